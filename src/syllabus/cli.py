@@ -1,0 +1,210 @@
+"""``syllabus run``: execute the stage notebooks in order with papermill.
+
+A stage whose inputs, params, notebook and package code are unchanged since its last successful
+run is skipped ("up to date"); ``--force`` runs it again. Each executed notebook is written into
+the stage folder atomically; a failing one is kept as ``<stage>.failed.ipynb``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .params import PARAMS_DIR, PROJECT_ROOT, ParamsError, available_profiles, load_profile, parse_override
+from .runs import (
+    STAGES,
+    RunDir,
+    RunError,
+    atomic_path,
+    atomic_write_json,
+    default_run_dir,
+    hash_file,
+    hash_obj,
+    hash_path,
+    normalise_stage,
+    read_json,
+)
+
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+EPILOG = f"""\
+stages (run in this order; each reads the artifacts of the earlier ones from the run folder):
+{chr(10).join('  ' + s for s in STAGES)}
+
+examples:
+  syllabus run                                  # tiny profile, all stages, results/tiny/
+  syllabus run --profile ci --stages 01,02      # only stages 01 and 02
+  syllabus run --profile params/my.yaml -p seed=7 -p training.learning_rate=1e-3
+  syllabus run --run-dir results/tiny-seed7 -p seed=7
+
+profiles in {PARAMS_DIR}: {', '.join(available_profiles())}
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="syllabus",
+        description="Student-centred reasoning distillation: run the stage notebooks with papermill.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="execute stage notebooks in order on a profile",
+        description="Execute the stage notebooks in order on a profile, writing into a run folder.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+    )
+    run.add_argument("--profile", default="tiny", help="profile name in params/ or a path to a YAML file (default: tiny)")
+    run.add_argument("--stages", default="all", help="comma-separated stages, e.g. 01,03 or dmc (default: all)")
+    run.add_argument("--run-dir", default=None, help="run folder (default: results/<profile name>)")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a profile value, dotted keys (repeatable), e.g. -p dmc.lam=2")
+    run.add_argument("--force", action="store_true", help="re-run stages even when they are up to date")
+    run.add_argument("--notebooks-dir", default=str(NOTEBOOKS_DIR), help=argparse.SUPPRESS)
+    check = sub.add_parser("check", help="validate a profile and print the resolved values")
+    check.add_argument("--profile", default="tiny")
+    check.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
+    return parser
+
+
+def parse_stages(text: str) -> list[str]:
+    if text.strip().lower() == "all":
+        return list(STAGES)
+    chosen = {normalise_stage(part) for part in text.split(",") if part.strip()}
+    if not chosen:
+        raise RunError("--stages is empty; give e.g. 01,03 or all")
+    return [s for s in STAGES if s in chosen]
+
+
+def code_hash() -> str:
+    """Hash of the package's source, so that a code change re-runs stages."""
+    return hash_obj({str(p.relative_to(PACKAGE_DIR)): hash_file(p)
+                     for p in sorted(PACKAGE_DIR.rglob("*")) if p.is_file() and "__pycache__" not in p.parts})
+
+
+def stage_key(run: RunDir, stage: str, notebook: Path, params_hash: str, src_hash: str) -> str:
+    upstream = {}
+    for earlier in STAGES[: STAGES.index(stage)]:
+        if run.is_complete(earlier):
+            upstream[earlier] = read_json(run.manifest_path(earlier)).get("outputs", {})
+    return hash_obj({"stage": stage, "params": params_hash, "notebook": hash_file(notebook),
+                     "code": src_hash, "upstream": upstream})
+
+
+def is_up_to_date(run: RunDir, stage: str, key: str) -> bool:
+    if not run.is_complete(stage):
+        return False
+    manifest = read_json(run.manifest_path(stage))
+    if manifest.get("cache_key") != key:
+        return False
+    for rel, digest in manifest.get("outputs", {}).items():
+        path = run.stage_dir(stage) / rel
+        if not path.exists() or hash_path(path) != digest:
+            return False
+    return True
+
+
+def execute_stage(run: RunDir, stage: str, notebook: Path) -> None:
+    import papermill as pm
+
+    out_dir = run.stage_dir(stage)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{stage}.ipynb"
+    failed = out_dir / f"{stage}.failed.ipynb"
+    # The manifest marks a finished stage: drop it first so that a crash leaves the stage "not done".
+    manifest = run.manifest_path(stage)
+    previous = read_json(manifest) if manifest.is_file() else None
+    if manifest.is_file():
+        manifest.unlink()
+    with atomic_path(target) as tmp:
+        try:
+            pm.execute_notebook(
+                str(notebook), str(tmp), parameters={"profile": str(run.params_file), "run_dir": str(run.root)},
+                kernel_name="python3", cwd=str(PROJECT_ROOT), progress_bar=False, language="python",
+            )
+        except BaseException:
+            if tmp.exists() and tmp.stat().st_size:
+                os.replace(tmp, failed)
+            raise
+    if failed.exists():
+        failed.unlink()
+    if not manifest.is_file():
+        raise RunError(f"notebook {notebook.name} ran but did not call stage.finish(); no manifest in {out_dir}")
+    del previous
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    overrides = dict(parse_override(p) for p in args.param)
+    prof = load_profile(args.profile, overrides)
+    stages = parse_stages(args.stages)
+    notebooks_dir = Path(args.notebooks_dir)
+    run = RunDir(args.run_dir) if args.run_dir else RunDir(default_run_dir(prof))
+    for stage in stages:
+        if not (notebooks_dir / f"{stage}.ipynb").is_file():
+            raise RunError(f"notebook {notebooks_dir / (stage + '.ipynb')} is missing")
+    run.prepare(prof)
+    params_hash = hash_obj(prof.to_dict())
+    src_hash = code_hash()
+    print(f"syllabus: profile '{prof.name}' -> {run.root}", flush=True)
+    total = time.time()
+    for stage in stages:
+        notebook = notebooks_dir / f"{stage}.ipynb"
+        key = stage_key(run, stage, notebook, params_hash, src_hash)
+        if not args.force and is_up_to_date(run, stage, key):
+            print(f"  {stage}: up to date, reused (nothing recomputed; --force to re-run)", flush=True)
+            continue
+        start = time.time()
+        print(f"  {stage}: running ...", flush=True)
+        try:
+            execute_stage(run, stage, notebook)
+        except Exception as exc:  # papermill wraps kernel errors; keep the first line readable
+            reason = str(exc).strip().splitlines()
+            last = [line for line in reason if line.strip()][-1] if reason else type(exc).__name__
+            print(
+                f"syllabus: stage {stage} failed: {last}\n"
+                f"  the executed notebook is in {run.stage_dir(stage) / (stage + '.failed.ipynb')}; "
+                "earlier stages' results are kept",
+                file=sys.stderr,
+            )
+            return 1
+        manifest = read_json(run.manifest_path(stage))
+        manifest["cache_key"] = key
+        manifest["wall_seconds"] = round(time.time() - start, 2)
+        atomic_write_json(run.manifest_path(stage), manifest)
+        print(f"  {stage}: done in {time.time() - start:.1f} s", flush=True)
+    print(f"syllabus: {len(stages)} stage(s) in {time.time() - total:.1f} s; results in {run.root}", flush=True)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import yaml
+
+    overrides = dict(parse_override(p) for p in args.param)
+    prof = load_profile(args.profile, overrides)
+    print(yaml.safe_dump(prof.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        return cmd_check(args)
+    except (ParamsError, RunError) as exc:
+        print(f"syllabus: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("syllabus: interrupted; finished stages are kept, re-run to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""Profiles: load a params YAML, apply overrides, validate, fail with the file, the key and the reason.
+
+A profile is one YAML file in ``params/`` (or any path). Every notebook of a run reads the same
+resolved profile. Validation is strict: unknown keys, wrong types and out-of-range values are
+errors, reported before any work starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+PARAMS_SCHEMA_VERSION = 1
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PARAMS_DIR = PROJECT_ROOT / "params"
+DATA_DIR_ENV = "SYLLABUS_DATA_DIR"
+
+
+class ParamsError(ValueError):
+    """A profile that cannot be used; the message names the file, the key and the fix."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- tasks and data
+LAB_MODULES = ("add", "subtract", "multiply", "divide", "percent", "rate", "comparison")
+
+
+class LabTask(Strict):
+    """The procedural lab task (GSM8K-style word problems); see ``syllabus.lab``."""
+
+    modules: list[str] = Field(default_factory=lambda: list(LAB_MODULES))
+    min_steps: int = Field(1, ge=1, le=8)
+    max_steps: int = Field(3, ge=1, le=8)
+    max_operand: int = Field(20, ge=2, le=10_000)
+    n_pool: int = Field(400, ge=1, description="problems that candidate datasets are built from")
+    n_probe: int = Field(60, ge=1, description="probe problems (teacher selection, NLL_ref, IOA probes)")
+    n_heldout: int = Field(100, ge=1, description="held-out problems for gains and evaluation")
+    n_pretrain: int = Field(2000, ge=0, description="problems whose gold solutions warm-start lab students")
+
+    @model_validator(mode="after")
+    def _check(self) -> "LabTask":
+        unknown = sorted(set(self.modules) - set(LAB_MODULES))
+        if unknown:
+            raise ValueError(f"unknown lab modules {unknown}; known: {list(LAB_MODULES)}")
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps ({self.min_steps}) > max_steps ({self.max_steps})")
+        return self
+
+
+class Data(Strict):
+    """Where problems come from. Hub ids are used only when set; otherwise ``data_dir``."""
+
+    task: Literal["lab", "gsm8k", "math"] = "lab"
+    data_dir: Path | None = Field(None, description=f"GSM8K/MATH files; else ${DATA_DIR_ENV}")
+    hub: dict[str, str] = Field(default_factory=dict, description="source -> hub dataset id")
+    eval_sets: list[str] = Field(default_factory=lambda: ["lab"], description="decontamination + benchmark sets")
+    lab: LabTask = Field(default_factory=LabTask)
+
+    def resolved_data_dir(self) -> Path | None:
+        if self.data_dir is not None:
+            return self.data_dir
+        env = os.environ.get(DATA_DIR_ENV)
+        return Path(env).expanduser().resolve() if env else None
+
+
+# --------------------------------------------------------------------------- models
+class LabArch(Strict):
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(256, ge=8)
+    max_position_embeddings: int = Field(512, ge=32)
+
+
+class Student(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    source: Literal["lab", "hub", "dir", "gguf"] = "lab"
+    model: str | None = Field(None, description="hub id, local directory, or GGUF file/package")
+    gguf_file: str | None = None
+    arch: LabArch | None = None
+    warmup_steps: int = Field(0, ge=0, description="lab students: pre-training steps on lab text")
+    warmup_fraction: float = Field(1.0, gt=0, le=1, description="share of lab modules seen in warm-up")
+    lora: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    chat_template: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "Student":
+        if self.source == "lab" and self.arch is None:
+            self.arch = LabArch()
+        if self.source != "lab" and not self.model:
+            raise ValueError(f"student '{self.name}': source '{self.source}' needs 'model'")
+        return self
+
+
+class Sampling(Strict):
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(256, ge=1)
+
+
+class Teacher(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    backend: Literal["lab", "hf", "file", "openai", "vllm"]
+    style: Literal["equations", "prose", "selfcheck", "sloppy"] | None = None
+    error_rate: float = Field(0.0, ge=0, le=1)
+    model: str | None = None
+    path: str | None = Field(None, description="file backend: JSONL path (relative to data_dir if not absolute)")
+    field: str | None = Field(None, description="file backend: which solution field to read")
+    sampling: Sampling = Field(default_factory=Sampling)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Teacher":
+        need = {"lab": "style", "hf": "model", "file": "path", "openai": "model", "vllm": "model"}[self.backend]
+        if getattr(self, need) in (None, ""):
+            raise ValueError(f"teacher '{self.name}': backend '{self.backend}' needs '{need}'")
+        return self
+
+
+class Training(Strict):
+    learning_rate: float = Field(3e-3, gt=0, le=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_seq_len: int = Field(256, ge=16)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+# --------------------------------------------------------------------------- stages
+class TeacherSelection(Strict):
+    probe_size: int = Field(40, ge=2)
+    heldout_fraction: float = Field(0.5, gt=0, lt=1)
+    samples_per_problem: int = Field(1, ge=1)
+    smoke_sft_steps: int = Field(30, ge=1)
+    select_top: int = Field(1, ge=1)
+
+
+class Curation(Strict):
+    samples_per_problem: int = Field(4, ge=1, description="M (DED)")
+    max_trace_tokens: int = Field(256, ge=8)
+    require_think_tags: bool = False
+    near_dup_ngram: int = Field(5, ge=1)
+    near_dup_threshold: float = Field(0.8, gt=0, le=1)
+    decontam_ngram: int = Field(13, ge=1)
+    easy_pass_rate: float = Field(0.75, ge=0, le=1)
+    pass_rate_samples: int = Field(4, ge=1, description="k samples for the student's pass rate")
+    keep_per_problem: int = Field(4, ge=1, description="P (DED diversity)")
+    balance_by: Literal["none", "level", "pass_rate"] = "none"
+    adapter: bool = True
+
+
+class DMC(Strict):
+    variant: str = "default"
+    r0: float = Field(1.0, ge=0)
+    lam: float = Field(1.0, ge=0, description="lambda in exp(-lambda * max(0, r - r0))")
+    capability_samples: int = Field(4, ge=1)
+    score_batch_size: int = Field(16, ge=1)
+
+
+class Correlation(Strict):
+    sft_steps: int = Field(40, ge=1)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    bootstrap: int = Field(1000, ge=10)
+    permutations: int = Field(1000, ge=10)
+    fit_fraction: float = Field(0.5, gt=0, lt=1)
+
+
+class IOA(Strict):
+    tau_gap: float = Field(0.3, ge=0, le=1)
+    tau_mastery: float = Field(0.9, ge=0, le=1)
+    tau_zpd: float = Field(0.15, ge=0)
+    max_remedial_rounds: int = Field(5, ge=0)
+
+
+class DynamicSelection(Strict):
+    policies: list[Literal["dmc_dynamic", "dmc_static", "random", "all", "easy_to_hard", "ioa"]] = Field(
+        default_factory=lambda: ["dmc_dynamic", "dmc_static", "random", "all", "easy_to_hard", "ioa"]
+    )
+    phases: int = Field(4, ge=1)
+    steps_per_phase: int = Field(20, ge=1)
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    mixture: Literal["best", "softmax"] = "best"
+    softmax_temperature: float = Field(0.05, gt=0)
+    ioa: IOA = Field(default_factory=IOA)
+
+
+class Benchmark(Strict):
+    tasks: list[str] = Field(default_factory=lambda: ["lab"])
+    limit: int | None = Field(50, ge=1)
+    max_gen_toks: int = Field(256, ge=1)
+    batch_size: int = Field(8, ge=1)
+    apply_chat_template: bool = False
+
+
+# --------------------------------------------------------------------------- profile
+class Profile(Strict):
+    """One run's settings. ``source_file`` is where it was read from (not a YAML key)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    params_version: int = PARAMS_SCHEMA_VERSION
+    seed: int = Field(1234, ge=0)
+    threads: int = Field(2, ge=1)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    results_dir: Path = Path("results")
+    data: Data = Field(default_factory=Data)
+    students: list[Student] = Field(default_factory=list, min_length=1)
+    teachers: list[Teacher] = Field(default_factory=list, min_length=1)
+    training: Training = Field(default_factory=Training)
+    teacher_selection: TeacherSelection = Field(default_factory=TeacherSelection)
+    curation: Curation = Field(default_factory=Curation)
+    dmc: DMC = Field(default_factory=DMC)
+    correlation: Correlation = Field(default_factory=Correlation)
+    dynamic: DynamicSelection = Field(default_factory=DynamicSelection)
+    benchmark: Benchmark = Field(default_factory=Benchmark)
+    _source_file: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _check(self) -> "Profile":
+        if self.params_version != PARAMS_SCHEMA_VERSION:
+            raise ValueError(
+                f"params_version {self.params_version} is not supported (this syllabus reads version "
+                f"{PARAMS_SCHEMA_VERSION}); update the file to the current layout"
+            )
+        for kind, items in (("student", self.students), ("teacher", self.teachers)):
+            names = [x.name for x in items]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {kind} names {dupes}")
+        if self.data.data_dir is not None and not self.data.data_dir.is_dir():
+            raise ValueError(
+                f"data.data_dir '{self.data.data_dir}' is not a directory; point it at the folder holding "
+                f"gsm8k/ and math/ (or remove the key and set ${DATA_DIR_ENV})"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-safe dict of every resolved value (defaults included)."""
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- loading
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
+
+
+def resolve_profile_path(profile: str | os.PathLike) -> Path:
+    """A profile name in ``params/`` or a path to a YAML file."""
+    text = str(profile)
+    path = Path(text).expanduser()
+    if path.suffix in (".yaml", ".yml") or os.sep in text:
+        if not path.is_file():
+            raise ParamsError(f"profile file '{path}' does not exist")
+        return path.resolve()
+    candidate = PARAMS_DIR / f"{text}.yaml"
+    if candidate.is_file():
+        return candidate
+    raise ParamsError(
+        f"unknown profile '{text}': no file {candidate}; available profiles: {', '.join(available_profiles())} "
+        "(or pass a path to a .yaml file)"
+    )
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key.sub=value`` with the value parsed as a YAML scalar/list (``-p training.learning_rate=1e-3``)."""
+    if "=" not in item:
+        raise ParamsError(f"override '{item}' is not of the form key=value (for example -p seed=7)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ParamsError(f"override '{item}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"override '{item}': value is not valid YAML ({exc})") from None
+    return key, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Set dotted keys; list items are addressed by index or by their ``name`` (``students.s1.lora=true``)."""
+    out = copy.deepcopy(raw)
+    for dotted, value in (overrides or {}).items():
+        parts = dotted.split(".")
+        node: Any = out
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                idx = _list_index(node, part, dotted)
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+                continue
+            if not isinstance(node, dict):
+                raise ParamsError(f"override '{dotted}': '{'.'.join(parts[:i])}' is not a mapping")
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+    return out
+
+
+def _list_index(node: list, part: str, dotted: str) -> int:
+    if part.isdigit() and int(part) < len(node):
+        return int(part)
+    for idx, item in enumerate(node):
+        if isinstance(item, dict) and item.get("name") == part:
+            return idx
+    names = [item.get("name") for item in node if isinstance(item, dict)]
+    raise ParamsError(f"override '{dotted}': no list item '{part}' (names: {names})")
+
+
+def _format_validation_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid profile ({exc.error_count()} problem(s)):"]
+    for err in exc.errors():
+        key = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?); see the defaults in params/tiny.yaml or syllabus.params"
+        elif "input" in err and err["type"] not in ("missing",):
+            msg += f" (got {err['input']!r})"
+        lines.append(f"  - key '{key}': {msg}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ParamsError(f"{path}:{where}: malformed YAML: {problem}") from None
+    if raw is None:
+        raise ParamsError(f"{path}: the file is empty; a profile needs at least 'name', 'students' and 'teachers'")
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def load_profile(profile: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Profile:
+    """Read, override and validate a profile; raise ParamsError naming file, key and reason."""
+    path = resolve_profile_path(profile)
+    raw = apply_overrides(read_yaml(path), overrides)
+    # Relative paths in a profile are relative to the profile file's folder.
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("data_dir"), str):
+        data["data_dir"] = str((path.parent / os.path.expandvars(data["data_dir"])).resolve())
+    try:
+        prof = Profile.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError(_format_validation_error(path, exc)) from None
+    prof._source_file = path
+    return prof
+
+
+def profile_source(prof: Profile) -> Path | None:
+    return prof._source_file

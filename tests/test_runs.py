@@ -1,0 +1,96 @@
+import json
+import os
+
+import pandas as pd
+import pytest
+
+from syllabus import runs
+from syllabus.runs import RunDir, RunError, atomic_path, normalise_stage, open_stage
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "a.json"
+    target.write_text("old")
+    with pytest.raises(ZeroDivisionError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            1 / 0
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_normalise_stage():
+    assert normalise_stage("3") == normalise_stage("03") == normalise_stage("dmc") == "03_dmc"
+    with pytest.raises(RunError, match="unknown stage 'foo'.*01_teacher_selection"):
+        normalise_stage("foo")
+
+
+def test_stage_writes_tables_figures_manifest(tmp_path):
+    stage = open_stage("03_dmc", "ci", run_dir=tmp_path / "run")
+    df = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+    stage.save_table(df, "demo")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    stage.save_figure(fig, "line")
+    manifest = stage.finish()
+    folder = tmp_path / "run" / "03_dmc"
+    assert (folder / "tables/demo.parquet").is_file() and (folder / "tables/demo.csv").is_file()
+    assert (folder / "figures/line.png").is_file() and (folder / "figures/line.svg").is_file()
+    on_disk = json.loads((folder / "manifest.json").read_text())
+    assert on_disk["outputs"] == manifest["outputs"]
+    for key in ("git", "packages", "params", "seed", "inputs", "outputs", "started", "finished"):
+        assert key in on_disk
+    assert on_disk["packages"]["torch"].startswith("2.")
+    assert pd.read_parquet(folder / "tables/demo.parquet").equals(df)
+
+
+def test_tables_and_figures_are_byte_identical_across_runs(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    digests = []
+    for i in range(2):
+        stage = open_stage("01", "ci", run_dir=tmp_path / f"r{i}")
+        stage.save_table(pd.DataFrame({"x": [0.1, 0.2]}), "t")
+        fig, ax = plt.subplots()
+        ax.bar(["a", "b"], [1, 2])
+        stage.save_figure(fig, "f")
+        digests.append(stage.finish()["outputs"])
+    assert digests[0] == digests[1]
+
+
+def test_input_from_unfinished_stage_is_a_clear_error(tmp_path):
+    stage = open_stage("03_dmc", "ci", run_dir=tmp_path)
+    with pytest.raises(RunError, match="stage 02_trace_curation has not finished"):
+        stage.read_table("02", "datasets")
+
+
+def test_run_folder_of_other_profile_is_refused(tmp_path):
+    open_stage("01", "ci", run_dir=tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(RunError, match="belongs to profile 'ci'"):
+        open_stage("01", "tiny", run_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_unwritable_run_folder(tmp_path):
+    if os.geteuid() == 0:
+        target = "/proc/syllabus-run"  # not writable even for root
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        target = locked / "run"
+    with pytest.raises(RunError, match="is not writable"):
+        RunDir(target).check_writable()
+
+
+def test_seed_is_stable():
+    assert runs.stage_seed(7, "03_dmc") == runs.stage_seed(7, "03_dmc") != runs.stage_seed(8, "03_dmc")
