@@ -1,0 +1,275 @@
+"""Steps shared by the stages: problem splits, students, pass rates and short distillation runs.
+
+Every function here is a thin composition of the package's parts (``lab``/``data`` for problems,
+``models`` for students and generation, ``verify`` for answers, ``train`` for SFT), so that a
+notebook cell reads like a sentence of the method.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from . import prompts
+from .params import Profile, Student
+from .records import Problem, Trace
+from .runs import Stage, hash_obj
+
+SPLITS = ("pool", "probe", "heldout")
+
+
+# --------------------------------------------------------------------------- problems
+@dataclass
+class Splits:
+    """Disjoint problem sets: ``pool`` (candidate datasets), ``probe`` (selection, NLL_ref), ``heldout`` (gains)."""
+
+    pool: list[Problem]
+    probe: list[Problem]
+    heldout: list[Problem]
+
+    def table(self) -> pd.DataFrame:
+        rows = []
+        for split in SPLITS:
+            for p in getattr(self, split):
+                row = p.to_dict()
+                row["metadata"] = _json(row["metadata"])
+                rows.append({"split": split, **row})
+        return pd.DataFrame(rows)
+
+    @classmethod
+    def from_table(cls, df: pd.DataFrame) -> "Splits":
+        parts = {s: [] for s in SPLITS}
+        for row in df.to_dict("records"):
+            split = row.pop("split")
+            parts[split].append(Problem.from_dict(_nan_to_none(row)))
+        return cls(**parts)
+
+    def by_id(self) -> dict[str, Problem]:
+        return {p.id: p for split in SPLITS for p in getattr(self, split)}
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True)
+
+
+def _nan_to_none(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+def lab_modules_in_order(modules: Iterable[str]) -> list[str]:
+    """Lab modules in prerequisite order (prerequisites first)."""
+    from . import lab
+
+    order = lab.topological_order()
+    chosen = set(modules)
+    return [m for m in order if m in chosen]
+
+
+def problem_splits(prof: Profile) -> Splits:
+    """The run's pool / probe / held-out problems, disjoint by normalised text, from the profile's task."""
+    d = prof.data
+    if d.task == "lab":
+        from . import lab
+
+        cfg = d.lab
+
+        def draw(n: int, salt: int, prefix: str, taken: set[str]) -> list[Problem]:
+            out: list[Problem] = []
+            batch = max(8, int(n * 1.3))
+            attempt = 0
+            while len(out) < n and attempt < 20:
+                for p in lab.generate_problems(batch, seed=prof.seed * 1000 + salt + 97 * attempt, modules=cfg.modules,
+                                               min_steps=cfg.min_steps, max_steps=cfg.max_steps,
+                                               max_operand=cfg.max_operand, id_prefix=f"{prefix}{attempt}"):
+                    key = _norm(p.text)
+                    if key not in taken and len(out) < n:
+                        taken.add(key)
+                        out.append(p)
+                attempt += 1
+            return out
+
+        taken: set[str] = set()
+        heldout = draw(d.n_heldout, 1, "heldout", taken)
+        probe = draw(d.n_probe, 2, "probe", taken)
+        pool = draw(d.n_pool, 3, "pool", taken)
+        return Splits(pool=pool, probe=probe, heldout=heldout)
+
+    from . import data
+
+    source = d.task
+    test = list(data.load_problems(source, "test", data_dir=d.resolved_data_dir(), hub_id=d.hub.get(source)))
+    rng = random.Random(prof.seed)
+    rng.shuffle(test)
+    heldout, rest = test[: d.n_heldout], test[d.n_heldout:]
+    probe, rest = rest[: d.n_probe], rest[d.n_probe:]
+    if d.pool_split == "test":
+        pool = rest[: d.n_pool]
+    else:
+        train = list(data.load_problems(source, "train", data_dir=d.resolved_data_dir(), hub_id=d.hub.get(source)))
+        rng.shuffle(train)
+        seen = {_norm(p.text) for p in heldout + probe}
+        pool = [p for p in train if _norm(p.text) not in seen][: d.n_pool]
+    return Splits(pool=pool, probe=probe, heldout=heldout)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def pretrain_texts(prof: Profile, spec: Student, exclude: Iterable[Problem] = ()) -> list[str]:
+    """Warm-up text for a lab student: gold solutions of fresh lab problems, on the first
+    ``warmup_fraction`` of the modules in prerequisite order (so students start with different skills)."""
+    from . import lab
+
+    cfg = prof.data.lab
+    modules = lab_modules_in_order(cfg.modules)
+    modules = modules[: max(1, math.ceil(len(modules) * spec.warmup_fraction))]
+    banned = {_norm(p.text) for p in exclude}
+    problems = lab.generate_problems(cfg.n_pretrain, seed=prof.seed * 1000 + 7, modules=modules,
+                                     min_steps=cfg.min_steps, max_steps=cfg.max_steps, max_operand=cfg.max_operand,
+                                     id_prefix="pretrain")
+    return [prompts.question_prompt(p.text) + prompts.target_text(p.solution or "") for p in problems
+            if _norm(p.text) not in banned]
+
+
+def tokenizer_texts(prof: Profile, pretrain: list[str]) -> list[str]:
+    """Text the lab tokenizer's vocabulary is built from: warm-up text plus every lab teacher style,
+    so that no teacher's words are unknown to the students (no trace is trained on here)."""
+    from . import lab
+
+    cfg = prof.data.lab
+    problems = lab.generate_problems(200, seed=prof.seed * 1000 + 11, modules=cfg.modules, min_steps=cfg.min_steps,
+                                     max_steps=cfg.max_steps, max_operand=cfg.max_operand, id_prefix="vocab")
+    styles = ("equations", "prose", "selfcheck", "sloppy")
+    rng = random.Random(prof.seed)
+    traces = [lab.write_trace(p, s, error_rate=0.5, rng=rng) for p in problems for s in styles]
+    return pretrain + [prompts.question_prompt(p.text) for p in problems] + traces
+
+
+# --------------------------------------------------------------------------- students
+@dataclass
+class StudentModel:
+    """A loaded student: its spec, model, tokenizer and whether it uses a chat template."""
+
+    spec: Student
+    model: Any
+    tokenizer: Any
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def use_chat(self) -> bool:
+        return self.spec.chat_template
+
+    def prompt(self, problem: Problem) -> str:
+        return prompts.build_prompt(problem.text, self.tokenizer, self.use_chat)
+
+    def target(self, trace_text: str) -> str:
+        return prompts.build_target(trace_text, self.use_chat, eos=self.tokenizer.eos_token)
+
+    def fingerprint(self) -> str:
+        from .scoring import model_fingerprint
+
+        return model_fingerprint(self.model)
+
+
+def load_student(stage: Stage, spec: Student | str, splits: Splits | None = None) -> StudentModel:
+    """Load (and for lab students warm-start, once per run, cached under ``cache/``) a student."""
+    from . import models
+
+    prof = stage.params
+    if isinstance(spec, str):
+        spec = next(s for s in prof.students if s.name == spec)
+    kwargs: dict[str, Any] = {}
+    if spec.source == "lab":
+        exclude = (splits.probe + splits.heldout) if splits else ()
+        pre = pretrain_texts(prof, spec, exclude)
+        kwargs = {"pretrain_texts": pre, "tokenizer_texts": tokenizer_texts(prof, pre)}
+    model, tok = models.load_student(spec, cache_dir=stage.run.cache, threads=prof.threads, training=prof.training,
+                                     seed=prof.seed, **kwargs)
+    model.eval()
+    return StudentModel(spec, model, tok)
+
+
+# --------------------------------------------------------------------------- generation and accuracy
+def student_samples(student: StudentModel, problems: list[Problem], *, k: int, prof: Profile, seed: int):
+    """k solutions per problem written by the student (greedy when k == 1)."""
+    from . import models
+
+    g = prof.student_generation
+    outs = models.generate(student.model, student.tokenizer, [student.prompt(p) for p in problems],
+                           max_new_tokens=g.max_new_tokens, temperature=0.0 if k == 1 else g.temperature,
+                           top_p=g.top_p, num_samples=k, batch_size=g.batch_size, seed=seed)
+    return outs
+
+
+def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: Profile, seed: int) -> pd.Series:
+    """The student's pass rate per problem from k samples (greedy when k == 1), by the one verifier."""
+    from .verify import verify
+
+    outs = student_samples(student, problems, k=k, prof=prof, seed=seed)
+    rates = [sum(verify(p, g.text) for g in gens) / len(gens) for p, gens in zip(problems, outs)]
+    return pd.Series(rates, index=[p.id for p in problems], name="pass_rate", dtype=float)
+
+
+def accuracy(student: StudentModel, problems: list[Problem], *, prof: Profile, seed: int = 0) -> float:
+    """Greedy accuracy on a problem set."""
+    return float(pass_rates(student, problems, k=1, prof=prof, seed=seed).mean()) if problems else float("nan")
+
+
+def module_accuracy(student: StudentModel, problems: list[Problem], *, prof: Profile, seed: int = 0) -> pd.Series:
+    """Greedy accuracy per module (IOA's P_S(k))."""
+    rates = pass_rates(student, problems, k=1, prof=prof, seed=seed)
+    modules = pd.Series({p.id: p.module for p in problems})
+    return rates.groupby(modules).mean()
+
+
+# --------------------------------------------------------------------------- distillation
+def sft_examples(student: StudentModel, problems: dict[str, Problem], traces: Iterable[Trace | dict]) -> list[tuple[str, str]]:
+    """(prompt, target) pairs in the student's format for a set of traces."""
+    out = []
+    for t in traces:
+        pid, text = (t.problem_id, t.text) if isinstance(t, Trace) else (t["problem_id"], t["text"])
+        out.append((student.prompt(problems[pid]), student.target(text)))
+    return out
+
+
+def distil(student: StudentModel, examples: list[tuple[str, str]], *, steps: int, stage: Stage, seed: int,
+           tag: str) -> tuple[StudentModel, Any]:
+    """A short SFT of a copy of the student on ``examples``; cached and resumable under ``cache/sft/``.
+
+    Returns the trained copy and the training result (losses, tokens seen). The original student is
+    left untouched, so equal-budget runs all start from the same weights.
+    """
+    from . import train
+
+    prof = stage.params
+    key = hash_obj({"student": student.fingerprint(), "examples": examples, "steps": steps, "seed": seed,
+                    "training": prof.training.model_dump(mode="json")})[:16]
+    out_dir = stage.run.cache / "sft" / f"{tag}-{key}"
+    model = copy.deepcopy(student.model)
+    result = train.sft(model, student.tokenizer, examples, steps=steps, cfg=prof.training, seed=seed,
+                       out_dir=out_dir, resume=True)
+    trained = result.model if getattr(result, "model", None) is not None else model
+    trained.eval()
+    return StudentModel(student.spec, trained, student.tokenizer), result
+
+
+def gain(before: float, after: float) -> float:
+    return after - before
+
+
+def cache_path(stage: Stage, *parts: str) -> Path:
+    path = stage.run.cache.joinpath(*parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
