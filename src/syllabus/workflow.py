@@ -213,12 +213,25 @@ def student_samples(student: StudentModel, problems: list[Problem], *, k: int, p
     return outs
 
 
-def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: Profile, seed: int) -> pd.Series:
-    """The student's pass rate per problem from k samples (greedy when k == 1), by the one verifier."""
+def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: Profile, seed: int,
+               cache_dir: Path | None = None) -> pd.Series:
+    """The student's pass rate per problem from k samples (greedy when k == 1), by the one verifier.
+
+    With ``cache_dir``, cached by (student weights, problems, k, generation settings, seed).
+    """
+    from .runs import cached_json
     from .verify import verify
 
-    outs = student_samples(student, problems, k=k, prof=prof, seed=seed)
-    rates = [sum(verify(p, g.text) for g in gens) / len(gens) for p, gens in zip(problems, outs)]
+    def compute() -> list[float]:
+        outs = student_samples(student, problems, k=k, prof=prof, seed=seed)
+        return [sum(verify(p, g.text) for g in gens) / len(gens) for p, gens in zip(problems, outs)]
+
+    if cache_dir is None:
+        rates = compute()
+    else:
+        key = hash_obj({"student": student.fingerprint(), "problems": [(p.id, p.text) for p in problems], "k": k,
+                        "gen": prof.student_generation.model_dump(mode="json"), "seed": seed})[:24]
+        rates = cached_json(Path(cache_dir) / "pass_rates" / f"{key}.json", compute)
     return pd.Series(rates, index=[p.id for p in problems], name="pass_rate", dtype=float)
 
 
