@@ -18,6 +18,7 @@ from itertools import combinations
 from pathlib import Path
 
 from syllabus import curate as C
+from syllabus import overlap as O
 from syllabus.params import Curation
 from syllabus.records import Problem, Trace
 
@@ -46,13 +47,13 @@ def timed(fn, *args, **kw):
 def naive_near_duplicates(problems: list[Problem], n: int, threshold: float) -> set[str]:
     """Baseline: every pair's Jaccard, keep-first by id (what the index must reproduce)."""
     ordered = sorted(problems, key=lambda p: p.id)
-    sh = {p.id: C.shingles(p.text, n) for p in ordered}
-    hashes = {p.id: C.text_hash(p.text) for p in ordered}
+    sh = {p.id: O.shingles(p.text, n) for p in ordered}
+    hashes = {p.id: O.text_hash(p.text) for p in ordered}
     dropped: set[str] = set()
     for a, b in combinations(ordered, 2):
         if a.id in dropped or b.id in dropped:
             continue
-        if hashes[a.id] == hashes[b.id] or C.jaccard(sh[a.id], sh[b.id]) >= threshold:
+        if hashes[a.id] == hashes[b.id] or O.jaccard(sh[a.id], sh[b.id]) >= threshold:
             dropped.add(b.id)
     return dropped
 
@@ -102,12 +103,12 @@ def main() -> None:
     print(f"adapter (rules) on {len(gold)} GSM8K train gold solutions: {len(adapted)} re-verified "
           f"({len(adapted) / len(gold):.2%}), {len(gold) / secs:,.0f} traces/s")
 
-    found, secs = timed(C.find_contamination, train_problems, {"gsm8k_test": gsm_test, "math500": math500})
+    found, secs = timed(O.find_contamination, train_problems, {"gsm8k_test": gsm_test, "math500": math500})
     print(f"\ndecontamination, 13-gram: {len(train_problems)} train problems vs gsm8k test + math500: "
           f"{len(found)} matches, {secs:.2f} s ({len(train_problems) / secs:,.0f} problems/s)")
     for c in found[:5]:
         print(f"  {c.problem_id} ~ {c.eval_set}:{c.eval_id} ({c.match}) '{c.text}'")
-    found, secs = timed(C.find_contamination, problems, {"gsm8k_test": gsm_test})
+    found, secs = timed(O.find_contamination, problems, {"gsm8k_test": gsm_test})
     print(f"sanity: gsm8k test vs itself: {len({c.problem_id for c in found})}/{len(problems)} flagged")
 
     (kept_p, dropped_p), secs = timed(C.dedup_problems, train_problems, ngram=5, threshold=0.8)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from syllabus import curate as C
+from syllabus import overlap as O
 from syllabus.adapter import adapt_text, adapter_prompt, final_answer, render_step, rule_steps
 from syllabus.params import Curation
 from syllabus.records import Problem, Trace
@@ -36,16 +37,16 @@ P1 = prob("p1", "Tom has 5 apples. He buys 3 more, doubles his apples and eats o
 
 # --------------------------------------------------------------------------- text
 def test_normalize_text_ignores_case_spacing_and_punctuation():
-    assert C.normalize_text("  Tom HAS 1,000   apples!\n") == "tom has 1000 apples"
-    assert C.normalize_text("3+4=7") == C.normalize_text("3 + 4 = 7") == "3 4 7"
-    assert C.text_hash("Don't stop.") == C.text_hash("dont STOP")
-    assert C.text_hash("a b c") != C.text_hash("a b d")
+    assert O.normalize_text("  Tom HAS 1,000   apples!\n") == "tom has 1000 apples"
+    assert O.normalize_text("3+4=7") == O.normalize_text("3 + 4 = 7") == "3 4 7"
+    assert O.text_hash("Don't stop.") == O.text_hash("dont STOP")
+    assert O.text_hash("a b c") != O.text_hash("a b d")
 
 
 def test_shingles_of_short_text_is_the_whole_text():
-    assert C.shingles("One two", 5) == {("one", "two")}
-    assert len(C.shingles("a b c d e f", 5)) == 2
-    assert C.shingles("...", 5) == set()
+    assert O.shingles("One two", 5) == {("one", "two")}
+    assert len(O.shingles("a b c d e f", 5)) == 2
+    assert O.shingles("...", 5) == set()
 
 
 # --------------------------------------------------------------------------- 1. format
@@ -138,7 +139,7 @@ def test_exact_and_near_duplicates_are_dropped_keeping_the_first():
     reason, detail = why["p1|t1|2"]
     assert reason == "near duplicate" and detail.endswith("with p1|t1|0")
     score = float(re.search(r"Jaccard ([\d.]+)", detail).group(1))
-    direct = C.jaccard(C.shingles(LONG, 5), C.shingles(traces[2].text, 5))
+    direct = O.jaccard(O.shingles(LONG, 5), O.shingles(traces[2].text, 5))
     assert 0.8 <= score == pytest.approx(direct, abs=1e-3)
     # Dataset scope also catches the copy under another problem.
     kept, dropped = C.dedup_traces(traces, scope="dataset")
@@ -166,7 +167,7 @@ def test_dedup_decision_does_not_depend_on_input_order():
 
 def test_near_duplicate_threshold_is_respected():
     a, b = "one two three four five six", "one two three four five seven"
-    assert C.jaccard(C.shingles(a, 3), C.shingles(b, 3)) == pytest.approx(3 / 5)
+    assert O.jaccard(O.shingles(a, 3), O.shingles(b, 3)) == pytest.approx(3 / 5)
     kept, _ = C.dedup_traces([tr("p1", a), tr("p1", b, sample=1)], ngram=3, threshold=0.61)
     assert len(kept) == 2
     kept, _ = C.dedup_traces([tr("p1", a), tr("p1", b, sample=1)], ngram=3, threshold=0.6)
@@ -202,7 +203,7 @@ def test_contaminated_problem_is_dropped_with_eval_set_and_ngram():
     assert why["dirty"] == ("gsm8k:e1 (ngram 'janets ducks lay 16 eggs per day she eats three for breakfast every')")
     assert why["short"].startswith("gsm8k:e2 (contains")
     assert why["wraps"].startswith("gsm8k:e2 (contained")
-    table = C.contamination_table(C.find_contamination(problems, {"gsm8k": EVAL}, n=13))
+    table = O.contamination_table(O.find_contamination(problems, {"gsm8k": EVAL}, n=13))
     assert list(table["problem_id"]) == ["dirty", "short", "wraps"]
     assert list(table["match"]) == ["ngram", "contains", "contained"]
 
@@ -221,7 +222,7 @@ def test_decontamination_finds_a_reworded_copy_of_a_real_gsm8k_test_problem(data
     copied = rows[123]["question"].upper().replace(" ", "  ")
     train = [json.loads(line) for line in (data_dir / "gsm8k" / "train.jsonl").open()][:50]
     pool = [prob("copy", "Here is a problem. " + copied)] + [prob(f"train-{i}", r["question"]) for i, r in enumerate(train)]
-    found = C.find_contamination(pool, {"gsm8k_test": eval_set})
+    found = O.find_contamination(pool, {"gsm8k_test": eval_set})
     assert ("copy", "gsm8k_test", "test-123") in {(c.problem_id, c.eval_set, c.eval_id) for c in found}
 
 
@@ -308,6 +309,10 @@ def test_rule_adapter_one_operation_per_step_plain_words_answer_kept():
     for gone in ("okay", "let's", "well", "therefore", "check", "<think>", "\u2713", "answer is"):
         assert gone not in low
     assert check_hashes(P1, text)
+    # Facts, then the operation; GSM8K calculator annotations and the closing "A: N" line handled.
+    assert adapt_text(P1, GOOD)[0].splitlines()[:2] == ["Step 1: Tom has 5 apples and buys 3 more", "Step 2: He has 5 + 3 = 8"]
+    gsm = "A dozen is 12 so he gets 252/12 = <<252/12=21>>21 dozen.\nA: 21"
+    assert adapt_text(P1, gsm)[0] == "Step 1: A dozen is 12\nStep 2: He gets 252/12 = 21 dozen\n#### 21"
 
 
 def test_structured_steps_are_rendered_when_they_agree_with_the_trace():
@@ -387,7 +392,8 @@ def test_candidate_datasets_are_named_tidy_and_hashed_stably():
     traces = [tr("p1", "a #### 15", "eq"), tr("p2", "b #### 15", "eq"), tr("p1", "c #### 15", "pr"),
               tr("p1", "Step 1: a\n#### 15", "eq", settings={"adapter": "rules"})]
     rates = {"p1": 0.1, "p2": 0.8}
-    df = C.build_candidate_datasets(problems, traces, styles={"eq": "equations", "pr": "prose"}, pass_rates=rates)
+    styles = {"eq": "equations", "pr": "prose"}
+    df = C.build_candidate_datasets(problems, traces, styles=styles, pass_rates=rates, unique=False)
     names = set(df["dataset"])
     assert names == {"all", "teacher=eq", "teacher=pr", "style=equations", "style=prose", "level=1", "level=2",
                      "pass_rate=0.00-0.25", "pass_rate=0.75-1.00", "all+adapted", "teacher=eq+adapted",
@@ -395,11 +401,11 @@ def test_candidate_datasets_are_named_tidy_and_hashed_stably():
     assert len(df[df["dataset"] == "all"]) == 3 and set(df[df["dataset"] == "all+adapted"]["adapted"]) == {True}
     for col in ("dataset", "dataset_hash", "problem_id", "teacher", "sample", "text", "question", "module", "level"):
         assert col in df.columns
-    again = C.build_candidate_datasets(problems, list(reversed(traces)), styles={"eq": "equations", "pr": "prose"},
-                                       pass_rates=rates)
+    again = C.build_candidate_datasets(problems, list(reversed(traces)), styles=styles, pass_rates=rates,
+                                       unique=False)
     hashes = df.groupby("dataset")["dataset_hash"].first()
     assert hashes.equals(again.groupby("dataset")["dataset_hash"].first())
-    changed = C.build_candidate_datasets(problems, [traces[0].replace(text="z #### 15")] + traces[1:])
+    changed = C.build_candidate_datasets(problems, [traces[0].replace(text="z #### 15")] + traces[1:], unique=False)
     assert changed.groupby("dataset")["dataset_hash"].first()["all"] != hashes["all"]
     assert hashes["teacher=pr"] != hashes["teacher=eq"]
     summary = C.dataset_summary(df)
@@ -409,6 +415,10 @@ def test_candidate_datasets_are_named_tidy_and_hashed_stably():
     assert dist[dist["dataset"] == "all"][["level", "traces"]].values.tolist() == [["1", 2], ["2", 1]]
     assert len(C.length_distribution(df)) == len(df)
     assert set(C.build_candidate_datasets(problems, traces, min_rows=2)["dataset"]) == {"all", "teacher=eq", "level=1"}
+    # A dataset equal to an earlier one (one teacher: teacher=eq is all) is left out unless asked for.
+    one = [t for t in traces if t.teacher == "eq"]
+    assert "teacher=eq" not in set(C.build_candidate_datasets(problems, one)["dataset"])
+    assert "teacher=eq" in set(C.build_candidate_datasets(problems, one, unique=False)["dataset"])
 
 
 def test_run_funnel_end_to_end_on_a_hand_made_pool():
@@ -438,3 +448,36 @@ def test_run_funnel_end_to_end_on_a_hand_made_pool():
                                      "diversity", "adapter"]
     assert wide["total"].tolist() == [8, 7, 6, 5, 4, 3, 3, 3]
     assert [c.problem_id for c in out.contamination] == ["dirty"]
+
+
+# --------------------------------------------------------------------------- properties
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+WORDS = ["tom", "has", "5", "3", "apples", "+", "=", "8", "so", "buys", "more", "16", "15", "-"]
+trace_lists = st.lists(
+    st.tuples(st.sampled_from(["p1", "p2"]), st.sampled_from(["a", "b"]),
+              st.lists(st.sampled_from(WORDS), min_size=0, max_size=12), st.booleans()),
+    min_size=0, max_size=12,
+).map(lambda rows: [tr(pid, " ".join(words) + (" #### 15" if end else ""), teacher, sample=i)
+                    for i, (pid, teacher, words, end) in enumerate(rows)])
+PROBLEMS = [P1, prob("p2", "Another problem about apples and pears.")]
+
+
+@settings(max_examples=40, deadline=None)
+@given(trace_lists, st.randoms(use_true_random=False))
+def test_every_step_partitions_its_input_and_ignores_input_order(traces, rnd):
+    steps = [
+        lambda ts: C.filter_format(ts, PROBLEMS, max_tokens=10),
+        lambda ts: C.filter_correct(ts, PROBLEMS, check_hashes),
+        lambda ts: C.dedup_traces(ts, ngram=3, threshold=0.7, scope="problem"),
+        lambda ts: C.select_diverse(ts, keep_per_problem=2),
+        lambda ts: C.adapt_traces(ts, PROBLEMS, check_hashes),
+    ]
+    for step in steps:
+        kept, dropped = step(traces)
+        kept_ids = [C.trace_id(t).removesuffix("|adapted") for t in kept]
+        dropped_ids = [d.item.removesuffix("|adapted") for d in dropped]
+        assert sorted(kept_ids + dropped_ids) == sorted(C.trace_id(t) for t in traces)
+        shuffled = traces[:]
+        rnd.shuffle(shuffled)
+        assert sorted(C.trace_id(t) for t in step(shuffled)[0]) == sorted(C.trace_id(t) for t in kept)

@@ -158,6 +158,7 @@ _PLAIN = {"therefore": "so", "thus": "so", "hence": "so", "subsequently": "then"
 _PLAIN_RE = re.compile(r"\b(" + "|".join(_PLAIN) + r")\b", re.IGNORECASE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9$\\(])")
 _CLAUSE = re.compile(r"\s*;\s*|,\s+(?:and\s+|then\s+|so\s+)?|\s+and\s+then\s+|\s+then\s+")
+_CONNECTOR = re.compile(r"\s*,?\s*\b(?:so|then|meaning|which means)\b\s*", re.IGNORECASE)
 _ANSWER_LINE = re.compile(r"####|\\boxed|\b(?:final\s+answer|answer\s+is)\b|^A:", re.IGNORECASE)
 _ANSWER_TAIL = re.compile(
     r"[,;]?\s*(?:(?:so|thus|therefore|hence)\s*,?\s*)?(?:(?:the\s+)?(?:final\s+answer|answer\s+is)|\$?\\boxed)",
@@ -174,9 +175,15 @@ def _plain_words(text: str) -> str:
 
 
 def _clauses(sentence: str) -> list[str]:
-    """Split a sentence into clauses when it holds more than one equation (one operation per step)."""
+    """One operation per step: split a sentence holding several equations, or facts then an equation."""
     parts = [p for p in _CLAUSE.split(sentence) if p.strip()]
-    return parts if sum("=" in p for p in parts) > 1 else [sentence]
+    if sum("=" in p for p in parts) > 1:
+        return parts
+    # Facts first, then the operation: "a dozen is 12 so he gets 252/12 = 21" -> two steps.
+    pieces = _CONNECTOR.split(sentence)
+    if len(pieces) == 2 and "=" in pieces[1] and "=" not in pieces[0] and len(pieces[0].split()) >= 3:
+        return pieces
+    return [sentence]
 
 
 def _without_answer(line: str) -> str:

@@ -9,18 +9,15 @@ Decisions that depend on order (which duplicate to keep, diversity ties, balance
 in a stable order - problems by id, traces by (problem id, teacher, sample) - so the same inputs give
 the same output whatever order they arrive in. Kept items come back in their input order.
 
-Text normalisation (``normalize_text``) follows lm-eval's decontamination (lower case, punctuation
-removed, whitespace collapsed), with one change: a ``.``, ``,`` or ``'`` between two word characters
-is deleted (``1,000`` -> ``1000``, ``don't`` -> ``dont``) while every other punctuation mark or symbol
-becomes a space, so ``3+4=7`` and ``3 + 4 = 7`` normalise alike.
+Text normalisation, n-grams, near-duplicate search and the decontamination lookup live in
+``syllabus.overlap``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Hashable, Iterable, Literal, Mapping, Sequence, TypeVar
 
@@ -30,6 +27,7 @@ from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
 
 from .adapter import AdapterError, adapt_text
+from .overlap import Contamination, EvalSets, NearDuplicateIndex, find_contamination, shingles, text_hash
 from .params import Curation
 from .records import Problem, Trace
 from .runs import hash_obj
@@ -88,38 +86,6 @@ def _drop_problem(problem: Problem, step: str, reason: str, detail: str = "") ->
 
 def _in_input_order(items: Sequence[Item], keep: set[int]) -> list[Item]:
     return [item for i, item in enumerate(items) if i in keep]
-
-
-_INNER_PUNCT = re.compile(r"(?<=\w)[.,'\u2019](?=\w)")
-_PUNCT = re.compile(r"[^\w\s]|_")
-
-
-def normalize_text(text: str) -> str:
-    """Lower case, punctuation and symbols removed, whitespace collapsed (see the module docstring)."""
-    text = _INNER_PUNCT.sub("", text.lower())
-    return " ".join(_PUNCT.sub(" ", text).split())
-
-
-def text_hash(text: str) -> str:
-    """Hash of the normalised text: equal for texts differing only in case, spacing or punctuation."""
-    return hashlib.sha256(normalize_text(text).encode("utf-8")).hexdigest()
-
-
-def word_ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
-    """All length-``n`` windows of ``words`` (none when there are fewer than ``n`` words)."""
-    return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-
-
-def shingles(text: str, n: int) -> set[tuple[str, ...]]:
-    """Word n-grams of the normalised text; a text shorter than ``n`` words is one shingle."""
-    words = normalize_text(text).split()
-    if not words:
-        return set()
-    return set(word_ngrams(words, n)) if len(words) >= n else {tuple(words)}
-
-
-def jaccard(a: set, b: set) -> float:
-    return len(a & b) / len(a | b) if a or b else 1.0
 
 
 def word_count(text: str) -> int:
@@ -222,32 +188,6 @@ def filter_correct(
 
 
 # --------------------------------------------------------------------------- 3. duplicates
-class _NearDuplicateIndex:
-    """Shingle sets of the items kept so far, with an inverted index to find Jaccard neighbours."""
-
-    def __init__(self, threshold: float):
-        self.threshold = threshold
-        self.postings: dict[tuple, list[int]] = defaultdict(list)
-        self.sizes: list[int] = []
-        self.names: list[str] = []
-
-    def nearest(self, sh: set) -> tuple[str, float] | None:
-        shared = Counter(j for g in sh for j in self.postings.get(g, ()))
-        best = None  # (jaccard, -index): highest Jaccard, then the earliest kept item
-        for j, c in shared.items():
-            score = c / (len(sh) + self.sizes[j] - c)
-            if score >= self.threshold and (best is None or (score, -j) > best):
-                best = (score, -j)
-        return None if best is None else (self.names[-best[1]], best[0])
-
-    def add(self, name: str, sh: set) -> None:
-        j = len(self.sizes)
-        self.sizes.append(len(sh))
-        self.names.append(name)
-        for g in sh:
-            self.postings[g].append(j)
-
-
 def _dedup(
     items: Sequence[Item],
     *,
@@ -261,7 +201,7 @@ def _dedup(
 ) -> tuple[list[Item], list[Dropped]]:
     keep, dropped = set(), []
     seen: dict[Hashable, dict[str, str]] = defaultdict(dict)
-    near: dict[Hashable, _NearDuplicateIndex] = defaultdict(lambda: _NearDuplicateIndex(threshold))
+    near: dict[Hashable, NearDuplicateIndex] = defaultdict(lambda: NearDuplicateIndex(threshold))
     for i in sorted(range(len(items)), key=lambda i: order(items[i])):
         item, g = items[i], group(items[i])
         h = text_hash(text(item))
@@ -313,66 +253,6 @@ def dedup_problems(
 
 
 # --------------------------------------------------------------------------- 4. decontamination
-EvalSets = Mapping[str, Sequence["Problem | str"]]
-
-
-@dataclass(frozen=True)
-class Contamination:
-    """One problem found in one evaluation set: the eval item and the shared n-gram (or containment)."""
-
-    problem_id: str
-    eval_set: str
-    eval_id: str
-    match: Literal["ngram", "contains", "contained"]
-    text: str
-
-
-class _EvalIndex:
-    """One evaluation set's n-grams and its normalised texts (for containment of short texts)."""
-
-    def __init__(self, items: Sequence[Problem | str], n: int):
-        self.ids = [x.id if isinstance(x, Problem) else str(i) for i, x in enumerate(items)]
-        self.texts = [normalize_text(x.text if isinstance(x, Problem) else x) for x in items]
-        self.ngrams: dict[tuple, int] = {}
-        for j, t in enumerate(self.texts):
-            for g in word_ngrams(t.split(), n):
-                self.ngrams.setdefault(g, j)
-        self.joined = "\n".join(f" {t} " for t in self.texts)
-        self.starts = np.cumsum([0] + [len(t) + 3 for t in self.texts[:-1]])
-        self.short = [(j, t) for j, t in enumerate(self.texts) if t and len(t.split()) < n]
-
-    def find(self, text: str, n: int) -> tuple[str, str, str] | None:
-        words = text.split()
-        if not words:
-            return None
-        for g in word_ngrams(words, n):
-            if g in self.ngrams:
-                return self.ids[self.ngrams[g]], "ngram", " ".join(g)
-        if len(words) < n:  # a problem shorter than n words: is all of it inside an eval item?
-            at = self.joined.find(f" {text} ")
-            if at >= 0:
-                j = int(np.searchsorted(self.starts, at, side="right")) - 1
-                return self.ids[j], "contains", text
-        padded = f" {text} "
-        for j, t in self.short:  # an eval item shorter than n words: is all of it inside the problem?
-            if f" {t} " in padded:
-                return self.ids[j], "contained", t
-        return None
-
-
-def find_contamination(problems: Sequence[Problem], eval_sets: EvalSets, n: int = 13) -> list[Contamination]:
-    """Every (problem, eval set) pair that shares a normalised word ``n``-gram, or where the shorter
-    text (under ``n`` words) lies wholly inside the other; the first match per pair is reported."""
-    indexes = {name: _EvalIndex(items, n) for name, items in sorted(eval_sets.items())}
-    found = []
-    for p in sorted(problems, key=lambda p: p.id):
-        text = normalize_text(p.text)
-        for name, index in indexes.items():
-            hit = index.find(text, n)
-            if hit:
-                found.append(Contamination(p.id, name, *hit))
-    return found
-
 
 def decontaminate(
     problems: Sequence[Problem], eval_sets: EvalSets, *, n: int = 13
@@ -397,10 +277,6 @@ def contamination_drops(
         else:
             kept.append(p)
     return kept, dropped
-
-
-def contamination_table(found: Sequence[Contamination]) -> pd.DataFrame:
-    return pd.DataFrame([asdict(c) for c in found], columns=["problem_id", "eval_set", "eval_id", "match", "text"])
 
 
 # --------------------------------------------------------------------------- 5. question compression
@@ -637,13 +513,15 @@ def build_candidate_datasets(
     pass_rates: Mapping[str, float] | None = None,
     bands: Sequence[float] = PASS_RATE_BANDS,
     min_rows: int = 1,
+    unique: bool = True,
 ) -> pd.DataFrame:
     """Named candidate datasets as one tidy table, one row per (dataset, trace).
 
     Datasets: ``all``, ``teacher=T``, ``style=S`` (teachers grouped by ``styles``), ``level=L`` (when
     problems have levels) and ``pass_rate=lo-hi`` (when ``pass_rates`` are given); each also as
     ``...+adapted`` built from the Adapter rewrites among ``traces``. Datasets under ``min_rows``
-    rows are left out. ``dataset_hash`` is a hash of the dataset's sorted content.
+    rows are left out, and with ``unique`` so is a dataset whose content equals one listed before it
+    (e.g. ``teacher=T`` when T is the only teacher). ``dataset_hash`` hashes the sorted content.
     """
     by_id = _index(problems)
     styles = styles or {}
@@ -673,10 +551,16 @@ def build_candidate_datasets(
         for name, g in groups:
             if len(g) >= min_rows:
                 parts.append(g.assign(dataset=name + suffix))
-    out = pd.concat(parts, ignore_index=True) if parts else base.iloc[0:0].assign(dataset=[])
     content = ["problem_id", "teacher", "sample", "adapter", "question", "text"]
-    hashes = {name: hash_obj(g[content].astype(str).values.tolist()) for name, g in out.groupby("dataset")}
-    out["dataset_hash"] = out["dataset"].map(hashes)
+    named, seen = [], set()
+    for part in parts:
+        h = hash_obj(part[content].astype(str).values.tolist())
+        if unique and h in seen:
+            continue
+        seen.add(h)
+        named.append(part.assign(dataset_hash=h))
+    out = pd.concat(named, ignore_index=True) if named else base.iloc[0:0].assign(dataset=[], dataset_hash=[])
+    out["pass_rate"] = pd.to_numeric(out["pass_rate"])
     front = ["dataset", "dataset_hash"]
     return out[front + [c for c in out.columns if c not in front]]
 
