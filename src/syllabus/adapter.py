@@ -146,12 +146,15 @@ def _steps_result(steps: Sequence[Mapping[str, Any]]) -> Any:
 _CHECK = re.compile(
     r"^\s*(?:check|checking|verify|verification|double[- ]check|sanity check|let me (?:check|verify)|"
     r"let's (?:check|verify)|let us (?:check|verify))\b|\u2713|\u2714", re.IGNORECASE)
+# Discourse markers at the start of a step: dropped always, or only before a comma when the word can
+# also be content ("Next year ...", "First prize ...").
 _LEADING = re.compile(
-    r"^(?:so|well|now|okay|ok|alright|first|firstly|then|next|therefore|thus|hence|finally|also|and|but|"
-    r"great|good|hmm)\b[,:]?\s*", re.IGNORECASE)
+    r"^(?:(?:so|well|now|okay|ok|alright|hmm|then|therefore|thus|hence|and|but|also)\b|"
+    r"(?:first|firstly|second|next|finally|great|good|lastly)\s*,)[,:]?\s*", re.IGNORECASE)
 _FILLER = re.compile(
     r"\b(?:let's|let us|let me|we can see that|we know that|it follows that|note that|notice that|basically|"
-    r"actually|just|clearly|obviously|of course|i think|we have that|we get that|simply|this means|that means)\b,?\s*", re.IGNORECASE)
+    r"actually|just|clearly|obviously|of course|i think|we have that|we get that|simply|this means|"
+    r"that means)\b,?\s*", re.IGNORECASE)
 _PLAIN = {"therefore": "so", "thus": "so", "hence": "so", "subsequently": "then", "additionally": "also",
           "utilize": "use", "approximately": "about", "compute": "work out", "calculate": "work out",
           "determine": "find", "consequently": "so", "obtain": "get"}
