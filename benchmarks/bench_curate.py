@@ -82,11 +82,12 @@ def main() -> None:
                       for p, r in zip(problems, rows) for t in TEACHERS)
     print(f"numeric check vs is_correct labels: {label_agree}/{len(traces)} agree")
 
-    cfg = Curation(max_trace_tokens=400, keep_per_problem=2, adapter=True)
-    result, secs = timed(C.run_funnel, problems, traces, cfg, verify=numeric_verify,
-                         eval_sets={"math500": math500}, pass_rates=None)
-    print(f"\nfull funnel (M=4 teachers x 1 sample, P=2, eval set math500): {secs:.2f} s")
-    print(result.funnel.wide().to_string(index=False))
+    for per_teacher in (True, False):
+        cfg = Curation(max_trace_tokens=400, keep_per_problem=2, adapter=True, per_teacher=per_teacher)
+        result, secs = timed(C.run_funnel, problems, traces, cfg, verify=numeric_verify,
+                             eval_sets={"math500": math500}, pass_rates=None)
+        print(f"\nfull funnel (4 teachers x 1 sample, P=2, eval set math500, per_teacher={per_teacher}): {secs:.2f} s")
+        print(result.funnel.wide().to_string(index=False))
     print(result.funnel.reasons().to_string(index=False))
 
     _, secs = timed(C.filter_format, traces, problems, max_tokens=400)
