@@ -168,6 +168,7 @@ class Curation(Strict):
     easy_pass_rate: float = Field(0.75, ge=0, le=1)
     pass_rate_samples: int = Field(4, ge=1, description="k samples for the student's pass rate")
     keep_per_problem: int = Field(4, ge=1, description="P (DED diversity)")
+    per_teacher: bool = Field(True, description="dedup and diversity within each teacher's traces of a problem")
     balance_by: Literal["none", "level", "pass_rate"] = "none"
     adapter: bool = True
 
