@@ -8,23 +8,12 @@ evaluated on the probe split. The leaderboard is ranked by that gain.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 
 from . import workflow
 from .params import Profile
-from .records import Problem, Trace
+from .records import Problem
 from .runs import Stage
-
-
-@dataclass
-class TeacherRun:
-    """What one teacher produced on the selection problems."""
-
-    name: str
-    traces: list[Trace]
-    n_generated: int
 
 
 def selection_problems(prof: Profile, splits: workflow.Splits) -> list[Problem]:
@@ -32,30 +21,18 @@ def selection_problems(prof: Profile, splits: workflow.Splits) -> list[Problem]:
     return splits.pool[: prof.teacher_selection.probe_size]
 
 
-def generate_all(stage: Stage, problems: list[Problem], student: workflow.StudentModel | None = None) -> dict[str, TeacherRun]:
-    """Traces from every candidate teacher of the profile (cached and resumable under ``cache/``)."""
-    from . import teachers
-    from .verify import verify
-
-    prof = stage.params
-    by_id = {p.id: p for p in problems}
-    runs: dict[str, TeacherRun] = {}
-    for spec in prof.teachers:
-        teacher = teachers.make_teacher(spec, data_dir=prof.data.resolved_data_dir(), cache_dir=stage.run.cache)
-        res = teachers.generate_traces(teacher, problems, prof.teacher_selection.samples_per_problem,
-                                       cache_dir=stage.run.cache, seed=prof.seed)
-        checked = [t.replace(correct=bool(verify(by_id[t.problem_id], t.text))) for t in res.traces]
-        runs[spec.name] = TeacherRun(spec.name, checked, res.n_generated)
-    return runs
+def generate_all(stage: Stage, problems: list[Problem]) -> dict[str, workflow.TeacherRun]:
+    """Traces from every candidate teacher on the selection problems (cached, resumable, verified)."""
+    return workflow.teacher_traces(stage, problems, stage.params.teacher_selection.samples_per_problem)
 
 
-def traces_table(runs: dict[str, TeacherRun]) -> pd.DataFrame:
+def traces_table(runs: dict[str, workflow.TeacherRun]) -> pd.DataFrame:
     rows = [{"teacher": r.name, "problem_id": t.problem_id, "sample": t.sample, "correct": t.correct,
              "truncated": t.truncated, "text": t.text} for r in runs.values() for t in r.traces]
     return pd.DataFrame(rows)
 
 
-def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, TeacherRun],
+def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, workflow.TeacherRun],
                 problems: list[Problem], eval_problems: list[Problem]) -> pd.DataFrame:
     """One row per teacher: its accuracy, trace statistics under the student, and the smoke-test gain."""
     from .scoring import score_pairs

@@ -247,6 +247,36 @@ def module_accuracy(student: StudentModel, problems: list[Problem], *, prof: Pro
     return rates.groupby(modules).mean()
 
 
+# --------------------------------------------------------------------------- teachers
+@dataclass
+class TeacherRun:
+    """What one teacher wrote for a set of problems, each trace checked by the verifier."""
+
+    name: str
+    traces: list[Trace]
+    n_generated: int
+
+
+def teacher_traces(stage: Stage, problems: list[Problem], n_samples: int,
+                   names: Iterable[str] | None = None) -> dict[str, TeacherRun]:
+    """Traces from the profile's teachers (all, or ``names``), cached by (teacher, settings, problem, sample)."""
+    from . import teachers
+    from .verify import verify
+
+    prof = stage.params
+    wanted = set(names) if names is not None else None
+    by_id = {p.id: p for p in problems}
+    runs: dict[str, TeacherRun] = {}
+    for spec in prof.teachers:
+        if wanted is not None and spec.name not in wanted:
+            continue
+        teacher = teachers.make_teacher(spec, data_dir=prof.data.resolved_data_dir(), cache_dir=stage.run.cache)
+        res = teachers.generate_traces(teacher, problems, n_samples, cache_dir=stage.run.cache, seed=prof.seed)
+        checked = [t.replace(correct=bool(verify(by_id[t.problem_id], t.text))) for t in res.traces]
+        runs[spec.name] = TeacherRun(spec.name, checked, res.n_generated)
+    return runs
+
+
 # --------------------------------------------------------------------------- distillation
 def sft_examples(student: StudentModel, problems: dict[str, Problem], traces: Iterable[Trace | dict]) -> list[tuple[str, str]]:
     """(prompt, target) pairs in the student's format for a set of traces."""
