@@ -59,6 +59,7 @@ def curate_pool(stage: Stage, student: workflow.StudentModel, splits: workflow.S
     styles = {t.name: (t.style or t.name) for t in prof.teachers}
     named = curate.build_candidate_datasets(result.problems, result.traces + result.adapted, styles=styles,
                                             pass_rates=rates)
+    named["correct"] = True  # every curated trace (and adapted rewrite) passed the verifier
     unverified = unverified_datasets(result.problems, traces, cfg, count_tokens, styles, rates)
     candidates = pd.concat([named, unverified], ignore_index=True)
     return Curated(result, candidates, traces)
@@ -74,6 +75,8 @@ def unverified_datasets(problems: list[Problem], traces: list[Trace], cfg, count
     table = curate.build_candidate_datasets(problems, diverse, styles=styles, pass_rates=rates, unique=False)
     table = table[table["dataset"].str.startswith("teacher=")].copy()
     table["dataset"] = table["dataset"] + "+unverified"
+    verdict = {(t.problem_id, t.teacher, t.sample): bool(t.correct) for t in diverse}
+    table["correct"] = [verdict[k] for k in zip(table["problem_id"], table["teacher"], table["sample"])]
     return table.reset_index(drop=True)
 
 

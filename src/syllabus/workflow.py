@@ -235,14 +235,18 @@ def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: 
     return pd.Series(rates, index=[p.id for p in problems], name="pass_rate", dtype=float)
 
 
-def accuracy(student: StudentModel, problems: list[Problem], *, prof: Profile, seed: int = 0) -> float:
+def accuracy(student: StudentModel, problems: list[Problem], *, prof: Profile, seed: int = 0,
+             cache_dir: Path | None = None) -> float:
     """Greedy accuracy on a problem set."""
-    return float(pass_rates(student, problems, k=1, prof=prof, seed=seed).mean()) if problems else float("nan")
+    if not problems:
+        return float("nan")
+    return float(pass_rates(student, problems, k=1, prof=prof, seed=seed, cache_dir=cache_dir).mean())
 
 
-def module_accuracy(student: StudentModel, problems: list[Problem], *, prof: Profile, seed: int = 0) -> pd.Series:
+def module_accuracy(student: StudentModel, problems: list[Problem], *, prof: Profile, seed: int = 0,
+                    cache_dir: Path | None = None) -> pd.Series:
     """Greedy accuracy per module (IOA's P_S(k))."""
-    rates = pass_rates(student, problems, k=1, prof=prof, seed=seed)
+    rates = pass_rates(student, problems, k=1, prof=prof, seed=seed, cache_dir=cache_dir)
     modules = pd.Series({p.id: p.module for p in problems})
     return rates.groupby(modules).mean()
 
