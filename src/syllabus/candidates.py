@@ -80,6 +80,13 @@ def unverified_datasets(problems: list[Problem], traces: list[Trace], cfg, count
     return table.reset_index(drop=True)
 
 
+def raw_traces_table(traces: list[Trace], problems: dict[str, Problem]) -> pd.DataFrame:
+    """Every sampled trace with its verdict, before any filter (teacher accuracy per module comes from here)."""
+    return pd.DataFrame([{"teacher": t.teacher, "problem_id": t.problem_id, "module": problems[t.problem_id].module,
+                          "level": problems[t.problem_id].level, "sample": t.sample, "correct": bool(t.correct),
+                          "truncated": bool(t.truncated), "text": t.text} for t in traces])
+
+
 def datasets_from_table(candidates: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Candidate datasets by name, in a stable order."""
     return {name: g.reset_index(drop=True) for name, g in candidates.groupby("dataset", sort=True)}

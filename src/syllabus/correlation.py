@@ -25,13 +25,13 @@ def gain_grid(stage: Stage, students: list[workflow.StudentModel], datasets: dic
     prof = stage.params
     rows = []
     for student in students:
-        before = workflow.accuracy(student, heldout, prof=prof, seed=stage.seed)
+        before = workflow.accuracy(student, heldout, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
         for name, table in datasets.items():
             examples = workflow.sft_examples(student, problems, compatibility.traces_of(table))
             for seed in prof.correlation.seeds:
                 trained, result = workflow.distil(student, examples, steps=prof.correlation.sft_steps, stage=stage,
                                                   seed=seed, tag=f"grid-{student.name}-{name}-s{seed}")
-                after = workflow.accuracy(trained, heldout, prof=prof, seed=stage.seed)
+                after = workflow.accuracy(trained, heldout, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
                 rows.append({"student": student.name, "dataset": name, "seed": seed, "n_examples": len(examples),
                              "tokens_seen": result.tokens_seen, "accuracy_before": before,
                              "accuracy_after": after, "gain": after - before})

@@ -39,7 +39,7 @@ def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, wo
 
     prof = stage.params
     by_id = {p.id: p for p in problems}
-    before = workflow.accuracy(student, eval_problems, prof=prof, seed=stage.seed)
+    before = workflow.accuracy(student, eval_problems, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
     rows = []
     for name, run in runs.items():
         traces = run.traces
@@ -60,7 +60,7 @@ def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, wo
             trained, _ = workflow.distil(student, workflow.sft_examples(student, by_id, correct),
                                          steps=prof.teacher_selection.smoke_sft_steps, stage=stage,
                                          seed=stage.seed, tag=f"smoke-{student.name}-{name}")
-            after = workflow.accuracy(trained, eval_problems, prof=prof, seed=stage.seed)
+            after = workflow.accuracy(trained, eval_problems, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
         else:
             after = before
         row.update({"accuracy_before": before, "accuracy_after": after, "gain": after - before})
