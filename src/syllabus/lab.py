@@ -150,10 +150,9 @@ def _draw_step(module: str, value: int, holder: str, rng: random.Random, max_ope
     raise ValueError(f"unknown lab module {module!r}")
 
 
-def _step_modules(main: str, n_steps: int, allowed: list[str], rng: random.Random) -> list[str]:
-    """Modules of the steps: earlier ones from the main module's prerequisites (within ``allowed``)."""
-    support = sorted((ancestors(main) | {main}) & set(allowed), key=MODULES.index) or [main]
-    return [rng.choice(support) for _ in range(n_steps - 1)] + [main]
+def _step_support(main: str, allowed: list[str]) -> list[str]:
+    """Modules that earlier steps may use: the main module's prerequisites and itself (within ``allowed``)."""
+    return sorted((ancestors(main) | {main}) & set(allowed), key=MODULES.index) or [main]
 
 
 # --------------------------------------------------------------------------- problems
@@ -161,12 +160,19 @@ def _draw_problem(rng: random.Random, modules: list[str], min_steps: int, max_st
                   max_operand: int, pid: str) -> Problem:
     main = rng.choice(modules)
     n_steps = rng.randint(min_steps, max_steps)
+    support = _step_support(main, modules)
     for _ in range(1000):
         holder, obj = rng.choice(NAMES), rng.choice(OBJECTS)
         start = rng.randint(2, max_operand)
         value, steps, sentences = start, [], [f"{holder} has {start} {obj}."]
-        for module in _step_modules(main, n_steps, modules, rng):
-            step = _draw_step(module, value, holder, rng, max_operand)
+        for i in range(n_steps):
+            # earlier steps: a random supported module, else any other that fits this value; last: the main one
+            options = [main] if i == n_steps - 1 else [rng.choice(support)] + rng.sample(support, len(support))
+            step, module = None, main
+            for module in options:
+                step = _draw_step(module, value, holder, rng, max_operand)
+                if step is not None:
+                    break
             if step is None:
                 break
             template = rng.randrange(len(STEP_TEMPLATES[module]))
@@ -222,12 +228,13 @@ def generate_problems(n: int, seed: int, *, modules: Iterable[str] | None = None
         problem = _draw_problem(rng, modules, min_steps, max_steps, max_operand, f"{id_prefix}-{len(out):05d}")
         if problem.text in seen:
             misses += 1
-            if misses > 50 * n + 1000:
+            if misses > 2000:  # 2000 draws in a row without a new problem: the space is (nearly) used up
                 raise RuntimeError(f"only {len(out)} distinct lab problems found for n={n}; widen the settings "
                                    "(more modules, steps or a larger max_operand)")
             continue
         seen.add(problem.text)
         out.append(problem)
+        misses = 0
     return out
 
 
