@@ -259,6 +259,37 @@ def _lab_splits(sizes: tuple, seed: int, settings: tuple) -> dict[str, list[Prob
     return lab.draw_splits(dict(sizes), seed, **dict(settings))
 
 
+MODEL_SOLUTIONS_FILE = "gsm8k/example_model_solutions.jsonl"
+MODEL_SOLUTION_KEYS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
+
+
+def load_model_solutions(data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """GSM8K's labelled GPT-3 solutions: one dict per (test problem, model) with ``problem_id``, ``model``,
+    ``solution``, ``is_correct`` (the released label) and ``gold``; ids match ``load_problems("gsm8k")``."""
+    directory = resolve_data_dir(data_dir)
+    if directory is None or not (directory / MODEL_SOLUTIONS_FILE).is_file():
+        raise DataError(f"no {MODEL_SOLUTIONS_FILE} under {directory or '(no data directory)'}; set data.data_dir "
+                        f"or {DATA_DIR_ENV} to the folder holding it")
+    path = directory / MODEL_SOLUTIONS_FILE
+    ids = {p.text: p.id for p in load_problems("gsm8k", "test", data_dir=directory)}
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            try:
+                row = json.loads(line)
+                gold = row["ground_truth"].rsplit("A:", 1)[1].strip()
+                pid = ids[row["question"]]
+            except (json.JSONDecodeError, KeyError, IndexError, AttributeError) as exc:
+                warnings.warn(f"{path}:{line_no}: skipped malformed row ({type(exc).__name__}: {exc})", stacklevel=2)
+                continue
+            for model in MODEL_SOLUTION_KEYS:
+                item = row.get(model) or {}
+                if isinstance(item.get("solution"), str) and isinstance(item.get("is_correct"), bool):
+                    out.append({"problem_id": pid, "model": model, "solution": item["solution"],
+                                "is_correct": item["is_correct"], "gold": gold, "line": line_no})
+    return out
+
+
 def load_from_params(profile: Profile, source: str | None = None, split: str = "test",
                      limit: int | None = None) -> ProblemSet:
     """``load_problems`` with the profile's data directory, hub ids, lab settings and seed."""
