@@ -30,7 +30,6 @@ PREREQUISITES: dict[str, tuple[str, ...]] = {
 }
 STYLES: tuple[str, ...] = ("equations", "prose", "selfcheck", "sloppy")
 SLOPPY_MIN_ERROR_RATE = 0.4  # the sloppy teacher slips at least this often, whatever its error_rate
-SPLITS: tuple[str, ...] = ("pool", "probe", "heldout", "pretrain")
 
 NAMES = ("Ava", "Ben", "Cara", "Dan", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jade")
 OBJECTS = ("apples", "books", "coins", "pens", "cards", "shells", "stamps", "marbles", "cookies", "stickers")

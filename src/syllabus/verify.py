@@ -21,6 +21,7 @@ import multiprocessing
 import re
 import threading
 from dataclasses import dataclass
+from decimal import Decimal, localcontext
 from fractions import Fraction
 
 from .records import Problem
@@ -109,8 +110,6 @@ def format_number(value: Fraction) -> str:
 
 
 def _decimal(value: Fraction) -> str:
-    from decimal import Decimal, localcontext
-
     with localcontext() as ctx:
         ctx.prec = 50
         out = format(Decimal(value.numerator) / Decimal(value.denominator), "f")
