@@ -122,20 +122,21 @@ def test_loading_is_cached_and_notices_changes(tmp_path):
 
 
 def test_lab_splits_follow_the_profile_and_are_disjoint():
-    task = LabTask(n_pool=50, n_probe=10, n_heldout=20, max_steps=2)
-    splits = {s: load_problems("lab", s, lab_task=task, seed=4) for s in ("pool", "probe", "heldout")}
+    task = LabTask(max_steps=2)
+    sizes = {"pool": 50, "probe": 10, "heldout": 20}
+    splits = {s: load_problems("lab", s, lab_task=task, lab_sizes=sizes, seed=4) for s in ("pool", "probe", "heldout")}
     assert [len(splits[s]) for s in ("pool", "probe", "heldout")] == [50, 10, 20]
     texts = [{p.text for p in ps} for ps in splits.values()]
     assert len(set().union(*texts)) == 80
     assert all(p.level <= 2 for ps in splits.values() for p in ps)
-    assert load_problems("lab", "probe", lab_task=task, seed=4) == splits["probe"]
-    assert load_problems("lab", "probe", lab_task=task, seed=5) != splits["probe"]
+    assert load_problems("lab", "probe", lab_task=task, lab_sizes=sizes, seed=4) == splits["probe"]
+    assert load_problems("lab", "probe", lab_task=task, lab_sizes=sizes, seed=5) != splits["probe"]
 
 
 def test_load_from_params_uses_the_profile():
     profile = load_profile("tiny")
     pool = load_from_params(profile, "lab", "pool")
-    assert len(pool) == profile.data.lab.n_pool and pool.meta["seed"] == profile.seed
+    assert len(pool) == profile.data.n_pool and pool.meta["seed"] == profile.seed
 
 
 @pytest.mark.parametrize("source,split,match", [

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import lab
-from .params import DATA_DIR_ENV, LabTask, Profile
+from .params import DATA_DIR_ENV, Data, LabTask, Profile
 from .records import Problem
 from .runs import hash_file
 from .verify import last_boxed, parse_number
@@ -194,16 +194,17 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
 
 def load_problems(source: str, split: str = "test", *, data_dir: str | os.PathLike | None = None,
                   hub_id: str | None = None, limit: int | None = None, lab_task: LabTask | None = None,
-                  seed: int = 0) -> ProblemSet:
+                  lab_sizes: dict[str, int] | None = None, seed: int = 0) -> ProblemSet:
     """Problems of ``source``/``split`` (hub first when ``hub_id`` is set, else the data directory).
 
-    ``lab`` splits are ``pool``, ``probe``, ``heldout`` (disjoint; sizes and settings from
-    ``lab_task``, default ``LabTask()``; drawn from ``seed``). ``limit`` keeps the first rows.
+    ``lab`` splits are ``pool``, ``probe``, ``heldout`` (disjoint; generator settings from
+    ``lab_task``, default ``LabTask()``; sizes from ``lab_sizes``, default the profile's
+    ``data.n_pool/n_probe/n_heldout`` defaults; drawn from ``seed``). ``limit`` keeps the first rows.
     """
     if source not in SOURCES:
         raise DataError(f"unknown problem source {source!r}; choose one of {list(SOURCES)}")
     if source == "lab":
-        out = _lab_split(split, lab_task or LabTask(), seed)
+        out = _lab_split(split, lab_task or LabTask(), seed, lab_sizes or DEFAULT_LAB_SIZES)
     elif source == "humaneval":
         if split != "test":
             raise DataError(f"humaneval has only the 'test' split (asked for {split!r})")
@@ -241,11 +242,14 @@ def _load_benchmark(source: str, split: str, data_dir, hub_id: str | None) -> Pr
                     f"data.hub.{source} on a machine that reaches the hub.")
 
 
-def _lab_split(split: str, task: LabTask, seed: int) -> ProblemSet:
+DEFAULT_LAB_SIZES = {name: Data.model_fields[f"n_{name}"].default for name in ("pool", "probe", "heldout")}
+
+
+def _lab_split(split: str, task: LabTask, seed: int, sizes: dict[str, int]) -> ProblemSet:
     if split not in LAB_SPLITS:
         raise DataError(f"lab has splits {list(LAB_SPLITS)} (asked for {split!r}); "
                         "warm-up text comes from syllabus.lab.pretrain_corpus")
-    sizes = {"pool": task.n_pool, "probe": task.n_probe, "heldout": task.n_heldout}
+    sizes = {name: int(sizes[name]) for name in LAB_SPLITS}
     settings = dict(modules=tuple(task.modules), min_steps=task.min_steps, max_steps=task.max_steps,
                     max_operand=task.max_operand)
     problems = _lab_splits(tuple(sizes.items()), seed, tuple(sorted(settings.items())))[split]
@@ -295,4 +299,6 @@ def load_from_params(profile: Profile, source: str | None = None, split: str = "
     """``load_problems`` with the profile's data directory, hub ids, lab settings and seed."""
     source = source or profile.data.task
     return load_problems(source, split, data_dir=profile.data.resolved_data_dir(), hub_id=profile.data.hub.get(source),
-                         limit=limit, lab_task=profile.data.lab, seed=profile.seed)
+                         limit=limit, lab_task=profile.data.lab, seed=profile.seed,
+                         lab_sizes={"pool": profile.data.n_pool, "probe": profile.data.n_probe,
+                                    "heldout": profile.data.n_heldout})

@@ -68,44 +68,22 @@ def lab_modules_in_order(modules: Iterable[str]) -> list[str]:
     """Lab modules in prerequisite order (prerequisites first)."""
     from . import lab
 
-    order = lab.topological_order()
-    chosen = set(modules)
-    return [m for m in order if m in chosen]
+    return lab.topological_order(list(modules))
 
 
 def problem_splits(prof: Profile) -> Splits:
-    """The run's pool / probe / held-out problems, disjoint by normalised text, from the profile's task."""
-    d = prof.data
-    if d.task == "lab":
-        from . import lab
+    """The run's pool / probe / held-out problems, disjoint by text, from the profile's task.
 
-        cfg = d.lab
-
-        def draw(n: int, salt: int, prefix: str, taken: set[str]) -> list[Problem]:
-            out: list[Problem] = []
-            batch = max(8, int(n * 1.3))
-            attempt = 0
-            while len(out) < n and attempt < 20:
-                for p in lab.generate_problems(batch, seed=prof.seed * 1000 + salt + 97 * attempt, modules=cfg.modules,
-                                               min_steps=cfg.min_steps, max_steps=cfg.max_steps,
-                                               max_operand=cfg.max_operand, id_prefix=f"{prefix}{attempt}"):
-                    key = _norm(p.text)
-                    if key not in taken and len(out) < n:
-                        taken.add(key)
-                        out.append(p)
-                attempt += 1
-            return out
-
-        taken: set[str] = set()
-        heldout = draw(d.n_heldout, 1, "heldout", taken)
-        probe = draw(d.n_probe, 2, "probe", taken)
-        pool = draw(d.n_pool, 3, "pool", taken)
-        return Splits(pool=pool, probe=probe, heldout=heldout)
-
+    Lab: drawn from the profile's seed. GSM8K / MATH: the test file is shuffled with the seed and
+    cut into held-out and probe; the pool is the rest of it (``data.pool_split: test``, e.g. when
+    the teachers are files of solutions to test problems) or the train file.
+    """
     from . import data
 
-    source = d.task
-    test = list(data.load_problems(source, "test", data_dir=d.resolved_data_dir(), hub_id=d.hub.get(source)))
+    d = prof.data
+    if d.task == "lab":
+        return Splits(**{s: list(data.load_from_params(prof, "lab", s)) for s in SPLITS})
+    test = list(data.load_from_params(prof, d.task, "test"))
     rng = random.Random(prof.seed)
     rng.shuffle(test)
     heldout, rest = test[: d.n_heldout], test[d.n_heldout:]
@@ -113,7 +91,7 @@ def problem_splits(prof: Profile) -> Splits:
     if d.pool_split == "test":
         pool = rest[: d.n_pool]
     else:
-        train = list(data.load_problems(source, "train", data_dir=d.resolved_data_dir(), hub_id=d.hub.get(source)))
+        train = list(data.load_from_params(prof, d.task, "train"))
         rng.shuffle(train)
         seen = {_norm(p.text) for p in heldout + probe}
         pool = [p for p in train if _norm(p.text) not in seen][: d.n_pool]
@@ -132,12 +110,9 @@ def pretrain_texts(prof: Profile, spec: Student, exclude: Iterable[Problem] = ()
     cfg = prof.data.lab
     modules = lab_modules_in_order(cfg.modules)
     modules = modules[: max(1, math.ceil(len(modules) * spec.warmup_fraction))]
-    banned = {_norm(p.text) for p in exclude}
-    problems = lab.generate_problems(cfg.n_pretrain, seed=prof.seed * 1000 + 7, modules=modules,
-                                     min_steps=cfg.min_steps, max_steps=cfg.max_steps, max_operand=cfg.max_operand,
-                                     id_prefix="pretrain")
-    return [prompts.question_prompt(p.text) + prompts.target_text(p.solution or "") for p in problems
-            if _norm(p.text) not in banned]
+    return lab.pretrain_corpus(cfg.n_pretrain, prof.seed * 1000 + 7, modules=modules, min_steps=cfg.min_steps,
+                               max_steps=cfg.max_steps, max_operand=cfg.max_operand,
+                               exclude=[p.text for p in exclude])
 
 
 def tokenizer_texts(prof: Profile, pretrain: list[str]) -> list[str]:
