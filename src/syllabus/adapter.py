@@ -117,6 +117,10 @@ def render_step(step: Mapping[str, Any]) -> str:
     """One structured step as one plain equation, e.g. ``Find the apples in all: 5 + 3 = 8``."""
     if not isinstance(step, Mapping):
         raise AdapterError(f"a structured step must be a mapping, got {type(step).__name__}")
+    if {"op", "a", "value", "result", "holder", "object"} <= set(step):  # the lab generator's steps
+        from .lab import step_equation
+
+        return f"{step['holder']} has {step['value']} {step['object']}. {step_equation(dict(step))}"
     op, operands, result, words = (_get(step, k) for k in ("op", "operands", "result", "words"))
     if result is None:
         raise AdapterError(f"structured step {dict(step)} has no result")

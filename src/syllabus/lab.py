@@ -261,7 +261,10 @@ def pretrain_corpus(n: int, seed: int, *, modules: Iterable[str] | None = None, 
 
 
 # --------------------------------------------------------------------------- the lab teachers
-def _equation(step: dict, value: int, result: int) -> str:
+def step_equation(step: dict, value: int | None = None, result: int | None = None) -> str:
+    """One step as an equation, e.g. ``3 - 1 = 2`` (``value``/``result`` override the step's own)."""
+    value = step["value"] if value is None else value
+    result = step["result"] if result is None else result
     if step["op"] == "rate":
         return f"{value} / {step['a']} * {step['b']} = {result}"
     if step["op"] == "%":
@@ -326,7 +329,7 @@ def write_trace(problem: Problem, style: str, *, error_rate: float, rng: random.
     values = [steps[0]["value"]] + results[:-1]
     lines: list[str] = []
     for i, (s, v, r) in enumerate(zip(steps, values, results), start=1):
-        eq = _equation(s, v, r)
+        eq = step_equation(s, v, r)
         if style == "equations":
             lines.append(eq)
         elif style == "sloppy":
@@ -337,7 +340,15 @@ def write_trace(problem: Problem, style: str, *, error_rate: float, rng: random.
             lines.append(f"Step {i}: {gold_sentence({**s, 'value': v}, r)}")
             lines.append(_check_line(s, v, r))
     if style == "prose":
-        lines.append(f"So the answer is {results[-1]}.")
+        lines.append(rng.choice(PROSE_ENDINGS).format(r=results[-1]))
     elif style == "selfcheck":
-        lines.append(f"All steps are checked, so the answer is {results[-1]}.")
+        lines.append(rng.choice(SELFCHECK_ENDINGS).format(r=results[-1]))
+    elif style == "equations" and rng.random() < 0.5:
+        lines.append(f"Answer: {results[-1]}")
     return "\n".join(lines + [f"#### {results[-1]}"])
+
+
+# Closing lines the lab teachers choose from, so that the M samples of one problem are not all identical.
+PROSE_ENDINGS = ("So the answer is {r}.", "The answer is {r}.", "That gives {r} in the end.")
+SELFCHECK_ENDINGS = ("All steps are checked, so the answer is {r}.", "Every step checks out, so the answer is {r}.",
+                     "Both the work and the checks agree: the answer is {r}.")
