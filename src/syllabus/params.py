@@ -143,6 +143,7 @@ class Training(Strict):
     max_seq_len: int = Field(256, ge=16)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="after warm-up: cosine to 0, or constant")
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
