@@ -231,5 +231,6 @@ def _check_values(df: pd.DataFrame, column: str, ok: Callable[[pd.Series], pd.Se
         i = int(np.flatnonzero(~valid)[0])
         row = df.iloc[i]
         who = f"dataset {row.get('dataset')!r}, problem {row.get('problem_id')!r}"
-        raise ValueError(f"DMC items: row {i} ({who}) has {column}={row[column]!r}; expected {expected}")
+        value = row[column].item() if hasattr(row[column], "item") else row[column]
+        raise ValueError(f"DMC items: row {i} ({who}) has {column}={value!r}; expected {expected}")
 
