@@ -169,7 +169,7 @@ def load_student(stage: Stage, spec: Student | str, splits: Splits | None = None
     if spec.source == "lab":
         exclude = (splits.probe + splits.heldout) if splits else ()
         pre = pretrain_texts(prof, spec, exclude)
-        kwargs = {"pretrain_texts": pre, "tokenizer_texts": tokenizer_texts(prof, pre)}
+        kwargs = {"pretrain_texts": pre, "vocab_texts": tokenizer_texts(prof, pre)}
     model, tok = models.load_student(spec, cache_dir=stage.run.cache, threads=prof.threads, training=prof.training,
                                      seed=prof.seed, **kwargs)
     model.eval()
