@@ -141,10 +141,7 @@ def save_final(stage: Stage, run: PolicyRun) -> str:
     """Save a policy's final student as a model directory (LoRA merged) for stage 6; returns its path."""
     from . import models
 
-    model = run.model.model
-    if hasattr(model, "merge_and_unload"):
-        model = copy.deepcopy(model).merge_and_unload()
     target = stage.run.cache / "final_models" / f"{run.model.name}-{run.policy}-seed{run.seed}"
-    models.save_model(model, run.model.tokenizer, target,
+    models.save_model(run.model.model, run.model.tokenizer, target,
                       info={"student": run.model.name, "policy": run.policy, "seed": run.seed})
     return str(target)

@@ -90,10 +90,10 @@ def hash_obj(obj: Any) -> str:
 # --------------------------------------------------------------------------- atomic writes
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place only if the block succeeds."""
+    """Yield a temporary path beside ``path`` (same suffix); rename it into place only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -318,8 +318,8 @@ class Stage:
         self.outputs[relative] = hash_file(p)
         return p
 
-    def save_figure(self, fig, name: str):
-        """Save a matplotlib figure as PNG and SVG under figures/; returns the figure for display."""
+    def save_figure(self, fig, name: str) -> None:
+        """Save a matplotlib figure as PNG and SVG under figures/ (the notebook shows it inline)."""
         import matplotlib
 
         matplotlib.rcParams["svg.hashsalt"] = "syllabus"  # stable SVG ids: byte-identical reruns
@@ -330,7 +330,6 @@ class Stage:
             fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight", metadata=meta)
             atomic_write_bytes(target, buf.getvalue())
             self.outputs[f"figures/{name}.{ext}"] = hash_file(target)
-        return fig
 
     def record_output(self, relative: str) -> None:
         self.outputs[relative] = hash_path(self.dir / relative)
