@@ -7,7 +7,7 @@ their reference solutions as targets. Prints examples/s and target tokens/s of b
 scores every pair with and without its prompt, for IFD), their ratio (target >= 3x), the largest
 absolute difference of any score (target <= 1e-5), and the cost of re-scoring through the cache.
 
-    PYTHONPATH=src python benchmarks/bench_dmc_scoring.py [--pairs 256] [--batched 16 4 64/2048] [--threads 2]
+    PYTHONPATH=src python benchmarks/bench_dmc_scoring.py [--pairs 256] [--batched 16 16/2048 64/2048] [--threads 2]
 
 Wall times on a shared machine are noisy; the CPU time of the process (best of ``--repeats``) is
 the steadier figure with one thread.
@@ -75,7 +75,7 @@ def timed(fn, repeats: int):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pairs", type=int, default=256)
-    ap.add_argument("--batched", nargs="+", default=["16", "4", "64/2048"],
+    ap.add_argument("--batched", nargs="+", default=["16", "16/2048", "64/2048"],
                     help="batched settings to compare, each ROWS or ROWS/MAX_BATCH_TOKENS")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -108,7 +108,8 @@ def main() -> None:
         again, cached_wall, cached_cpu = timed(lambda: cached_scores(model, tok, pairs, cache_dir=cache), 1)
 
     n_target = int(naive["n_tokens"].sum())
-    print(f"student: Llama {n_params / 1e6:.2f}M params (hidden {args.hidden}, {args.layers} layers, vocab {len(tok)}), "
+    print(f"student: Llama {n_params / 1e6:.2f}M params (hidden {args.hidden}, {args.layers} layers, "
+          f"vocab {len(tok)}), "
           f"{torch.get_num_threads()} thread(s), cpu; best of {args.repeats} runs per path")
     print(f"data: {len(pairs)} GSM8K pairs; prompt tokens mean {naive['n_prompt_tokens'].mean():.0f} "
           f"(min {naive['n_prompt_tokens'].min()}, max {naive['n_prompt_tokens'].max()}); target tokens mean "

@@ -323,7 +323,8 @@ def _read_cache(folder: Path) -> pd.DataFrame:
         try:
             frames.append(pd.read_parquet(part))
         except Exception as exc:  # a damaged part is never trusted
-            raise ValueError(f"scoring cache: cannot read {part} ({exc}); delete the file to re-score its pairs") from None
+            raise ValueError(f"scoring cache: cannot read {part} ({exc}); "
+                             "delete the file to re-score its pairs") from None
     if not frames:
         return pd.DataFrame(columns=SCORE_COLUMNS, index=pd.Index([], name="key"))
     df = pd.concat(frames, ignore_index=True).drop_duplicates("key", keep="last")
