@@ -33,10 +33,10 @@ def make_pairs(n: int = 23) -> list[tuple[str, str]]:
             for i in range(n)]
 
 
-@pytest.mark.parametrize("batch_size", [1, 4, 16])
-def test_batched_matches_one_at_a_time(model, tok, batch_size):
+@pytest.mark.parametrize("batch_size, max_batch_tokens", [(1, None), (4, None), (16, None), (64, 150)])
+def test_batched_matches_one_at_a_time(model, tok, batch_size, max_batch_tokens):
     pairs = make_pairs()
-    fast = score_pairs(model, tok, pairs, batch_size=batch_size)
+    fast = score_pairs(model, tok, pairs, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
     slow = score_pairs_naive(model, tok, pairs)
     assert list(fast.columns) == scoring.SCORE_COLUMNS
     np.testing.assert_allclose(fast[NUMERIC].to_numpy(), slow[NUMERIC].to_numpy(), atol=1e-5, rtol=0)
@@ -112,6 +112,29 @@ def test_soft_capped_logits_are_reproduced(tok):
     pairs = make_pairs(6)
     np.testing.assert_allclose(score_pairs(gemma, tok, pairs, batch_size=3)[NUMERIC].to_numpy(),
                                score_pairs_naive(gemma, tok, pairs)[NUMERIC].to_numpy(), atol=1e-5)
+
+
+def test_batches_respect_rows_and_token_budget():
+    lengths = [10, 50, 30, 50, 20, 5, 40]
+    batches = scoring._batches(lengths, batch_size=3, max_batch_tokens=100)
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    for b in batches:
+        assert len(b) <= 3 and len(b) * max(lengths[i] for i in b) <= 100 or len(b) == 1
+    assert batches[0] == [1, 3]  # longest first, stable on ties
+
+
+def test_models_with_other_logit_heads_fall_back_to_full_logits(tok):
+    from transformers import GraniteConfig, GraniteForCausalLM
+
+    torch.manual_seed(0)
+    cfg = GraniteConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, logits_scaling=4.0,
+                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    granite = GraniteForCausalLM(cfg).eval()
+    pairs = make_pairs(6)
+    assert not scoring._head_reproduces_logits(granite, [5, 6, 7, 8])  # logits are divided by logits_scaling
+    np.testing.assert_allclose(score_pairs(granite, tok, pairs, batch_size=3)[NUMERIC].to_numpy(),
+                               score_pairs_naive(granite, tok, pairs)[NUMERIC].to_numpy(), atol=1e-5)
 
 
 def test_max_length_truncates_and_flags(model, tok):

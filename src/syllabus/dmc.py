@@ -117,7 +117,8 @@ def nll_reference(own_nll: Iterable[float]) -> float:
     """NLL_ref(M): the median per-token NLL of the student's own sampled solutions on the probe set."""
     values = np.asarray(list(own_nll), dtype=float)
     if values.size == 0:
-        raise ValueError("nll_reference: no scores of the student's own solutions; sample and score the probe set first")
+        raise ValueError("nll_reference: no scores of the student's own solutions; "
+                         "sample and score the probe set first")
     if not np.all(np.isfinite(values)):
         raise ValueError(f"nll_reference: {int((~np.isfinite(values)).sum())} own-solution NLLs are not finite")
     ref = float(np.median(values))
@@ -139,15 +140,16 @@ def items_frame(dataset: str, traces: Sequence[Trace], pass_rate: Mapping[str, f
     rows = []
     for i, t in enumerate(traces):
         if t.correct is None:
-            raise ValueError(f"dataset '{dataset}': trace {i} (problem {t.problem_id!r}) has no verdict; verify it first")
+            raise ValueError(f"dataset '{dataset}': trace {i} (problem {t.problem_id!r}) has no verdict; "
+                             "verify it first")
         if t.problem_id not in pass_rate:
             raise ValueError(f"dataset '{dataset}': no student pass rate for problem {t.problem_id!r}; "
                              "estimate pass rates on every problem of the dataset (dmc.pass_rates)")
         rows.append({"dataset": dataset, "problem_id": t.problem_id, "teacher": t.teacher, "sample": t.sample,
                      "correct": bool(t.correct), "truncated": bool(t.truncated),
                      "pass_rate": float(pass_rate[t.problem_id])})
-    return pd.concat([pd.DataFrame(rows), scores.reset_index(drop=True).rename(columns={"truncated": "score_truncated"})],
-                     axis=1)
+    scores = scores.reset_index(drop=True).rename(columns={"truncated": "score_truncated"})
+    return pd.concat([pd.DataFrame(rows), scores], axis=1)
 
 
 def item_table(items: pd.DataFrame, nll_ref: float, *, variant: str = "default", **params: float) -> pd.DataFrame:

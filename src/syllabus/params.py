@@ -180,6 +180,7 @@ class DMC(Strict):
     lam: float = Field(1.0, ge=0, description="lambda in exp(-lambda * max(0, r - r0))")
     capability_samples: int = Field(4, ge=1)
     score_batch_size: int = Field(16, ge=1)
+    score_max_batch_tokens: int | None = Field(2048, ge=16, description="padded tokens per scoring batch (None: no cap)")
 
 
 class Correlation(Strict):

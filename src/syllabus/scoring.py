@@ -163,27 +163,44 @@ def _head_reproduces_logits(model, ids: list[int]) -> bool:
         return False
     x = torch.tensor([ids[:8]], device=_device(model))
     full = model(input_ids=x, use_cache=False).logits[0].float()
-    hidden = model.get_decoder()(input_ids=x, use_cache=False).last_hidden_state
-    mine = _head(model)(hidden[0]).float()
+    try:
+        hidden = model.get_decoder()(input_ids=x, use_cache=False).last_hidden_state
+        mine = _head(model)(hidden[0]).float()
+    except (AttributeError, TypeError, ValueError):  # an architecture without a plain decoder + head
+        return False
     return full.shape == mine.shape and torch.allclose(full, mine, rtol=1e-4, atol=1e-4)
 
 
-def _score_sequences(model, seqs: list[Encoded], batch_size: int, pad_id: int, progress: bool = False
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def _batches(lengths: list[int], batch_size: int, max_batch_tokens: int | None) -> list[list[int]]:
+    """Indices sorted by length (longest first), cut into batches of at most ``batch_size`` rows and,
+    when set, at most ``max_batch_tokens`` padded tokens (rows x longest row)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        if batches:
+            rows = len(batches[-1]) + 1
+            width = lengths[batches[-1][0]]
+            if rows <= batch_size and (max_batch_tokens is None or rows * width <= max_batch_tokens):
+                batches[-1].append(i)
+                continue
+        batches.append([i])
+    return batches
+
+
+def _score_sequences(model, seqs: list[Encoded], batch_size: int, max_batch_tokens: int | None, pad_id: int,
+                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Mean target NLL and entropy of each (context, target) sequence, batched and length-sorted."""
     device = _device(model)
     fast = _head_reproduces_logits(model, seqs[0][0] + seqs[0][1])
     head, decoder = _head(model), model.get_decoder()
     vocab = model.get_output_embeddings().weight.shape[0] if fast else 0
     chunk = max(1, HEAD_CHUNK_ELEMENTS // max(vocab, 1))
-    order = sorted(range(len(seqs)), key=lambda i: (-(len(seqs[i][0]) + len(seqs[i][1])), i))
     nll_sum, ent_sum = np.zeros(len(seqs)), np.zeros(len(seqs))
-    batches = range(0, len(order), batch_size)
+    batches = _batches([len(c) + len(t) for c, t in seqs], batch_size, max_batch_tokens)
     if progress:
         from tqdm.auto import tqdm
         batches = tqdm(batches, desc="scoring", unit="batch")
-    for start in batches:
-        idx = order[start:start + batch_size]
+    for idx in batches:
         width = max(len(seqs[i][0]) + len(seqs[i][1]) for i in idx)
         input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -216,8 +233,12 @@ def _score_sequences(model, seqs: list[Encoded], batch_size: int, pad_id: int, p
 
 
 def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16,
-                max_length: int | None = None, unconditional: bool = True, progress: bool = False) -> pd.DataFrame:
-    """Scores of each (prompt, target) pair, in input order: see ``SCORE_COLUMNS`` and the module doc."""
+                max_batch_tokens: int | None = None, max_length: int | None = None, unconditional: bool = True,
+                progress: bool = False) -> pd.DataFrame:
+    """Scores of each (prompt, target) pair, in input order: see ``SCORE_COLUMNS`` and the module doc.
+
+    A batch holds at most ``batch_size`` rows and, when set, ``max_batch_tokens`` padded tokens.
+    """
     if batch_size < 1:
         raise ValueError(f"scoring: batch_size must be >= 1, got {batch_size}")
     conditional, uncond, truncated = encode_pairs(tokenizer, pairs, max_length)
@@ -229,7 +250,7 @@ def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_siz
     model.eval()
     try:
         with torch.inference_mode():
-            nll, ent = _score_sequences(model, seqs, batch_size, pad_id, progress)
+            nll, ent = _score_sequences(model, seqs, batch_size, max_batch_tokens, pad_id, progress)
     finally:
         model.train(was_training)
     n = len(conditional)
@@ -261,7 +282,8 @@ def pair_key(prompt: str, target: str) -> str:
 
 
 def cached_scores(model, tokenizer, pairs: Sequence[tuple[str, str]], *, cache_dir: str | os.PathLike,
-                  batch_size: int = 16, max_length: int | None = None, unconditional: bool = True,
+                  batch_size: int = 16, max_batch_tokens: int | None = None, max_length: int | None = None,
+                  unconditional: bool = True,
                   fingerprint: str | None = None, progress: bool = False) -> pd.DataFrame:
     """``score_pairs`` with a disk cache: only pairs not yet scored by this model and settings are scored.
 
@@ -281,8 +303,9 @@ def cached_scores(model, tokenizer, pairs: Sequence[tuple[str, str]], *, cache_d
         if key not in known.index and key not in missing:
             missing[key] = pair
     if missing:
-        new = score_pairs(model, tokenizer, list(missing.values()), batch_size=batch_size, max_length=max_length,
-                          unconditional=unconditional, progress=progress)
+        new = score_pairs(model, tokenizer, list(missing.values()), batch_size=batch_size,
+                          max_batch_tokens=max_batch_tokens, max_length=max_length, unconditional=unconditional,
+                          progress=progress)
         new.insert(0, "key", list(missing))
         buf = io.BytesIO()
         new.to_parquet(buf, index=False)
@@ -300,7 +323,8 @@ def _read_cache(folder: Path) -> pd.DataFrame:
         try:
             frames.append(pd.read_parquet(part))
         except Exception as exc:  # a damaged part is never trusted
-            raise ValueError(f"scoring cache: cannot read {part} ({exc}); delete the file to re-score its pairs") from None
+            raise ValueError(f"scoring cache: cannot read {part} ({exc}); "
+                             "delete the file to re-score its pairs") from None
     if not frames:
         return pd.DataFrame(columns=SCORE_COLUMNS, index=pd.Index([], name="key"))
     df = pd.concat(frames, ignore_index=True).drop_duplicates("key", keep="last")

@@ -348,7 +348,8 @@ class IOAPolicy(Policy):
         ratio = mastery_ratio(state.student_scores, state.teacher_scores, plan["stages"][i])
         if ratio >= self.tau_mastery:
             plan["log"].append({"phase": phase, "stage": i, "mastered": True, "ratio": ratio})
-            return self._advance(phase, state, f"stage {i + 1} mastered (min P_S/P_T {ratio:.3f} >= {self.tau_mastery})")
+            why = f"stage {i + 1} mastered (min P_S/P_T {ratio:.3f} >= {self.tau_mastery})"
+            return self._advance(phase, state, why)
         if plan["rounds"] < self.max_remedial_rounds:
             plan["rounds"] += 1
             return self._stage(phase, state, f"stage {i + 1} not mastered (min P_S/P_T {ratio:.3f} < "
