@@ -200,6 +200,20 @@ def test_missing_gguf_file_and_model_dir_are_clear_errors(tmp_path):
             models.load_student(spec, cache_dir=tmp_path, training=TRAINING, threads=1)
 
 
+@pytest.mark.slow
+def test_a_saved_lab_model_works_as_an_lm_eval_hf_model(trained, tmp_path):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok = trained
+    lm = HFLM(pretrained=str(models.save_model(model, tok, tmp_path / "m")), device="cpu", batch_size=2)
+    assert lm.tok_decode(lm.tok_encode(TEXTS[0])) == TEXTS[0] and lm.eot_token_id == tok.eos_token_id
+    prompt = question_prompt("Tom has 3 apples. Tom buys 4 more. How many apples does Tom have now?")
+    args = (prompt, {"until": ["Question:"], "max_gen_toks": 24, "do_sample": False})
+    (text,) = lm.generate_until([Instance(request_type="generate_until", doc={}, arguments=args, idx=0)])
+    assert text == models.generate(model, tok, [prompt], max_new_tokens=24, stop=("Question:",))[0][0].text
+
+
 def test_guess_source_tells_dirs_gguf_files_packages_and_hub_ids(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
@@ -233,6 +247,6 @@ def test_smollm2_loads_from_the_package_gguf_and_answers_a_gsm8k_question(tmp_pa
     lora = models.add_lora(again, TRAINING)
     before = {k: v.clone() for k, v in lora.named_parameters() if v.requires_grad}
     res = train.sft(lora, tok, [(prompt, " " + row["answer"])], steps=2, cfg=TRAINING.model_copy(
-        update={"batch_size": 1, "max_seq_len": 96}), seed=0)
+        update={"batch_size": 1, "max_seq_len": 256}), seed=0)
     assert all(torch.isfinite(torch.tensor(res.losses)))
     assert any(not torch.equal(before[k], v) for k, v in lora.named_parameters() if v.requires_grad)
