@@ -67,7 +67,7 @@ def distributions(items: pd.DataFrame, *, value: str, by: str = "dataset", xlabe
 
 
 def dmc_factors(table: pd.DataFrame, *, dataset="dataset", student="student",
-                factors=("quality", "capability", "relative_difficulty", "dmc")):
+                factors=("quality", "capability", "rel_difficulty", "dmc")):
     """Stage 3: DMC and its factors per candidate dataset and student."""
     long = table.melt(id_vars=[dataset, student], value_vars=list(factors), var_name="factor", value_name="value")
     g = sns.catplot(data=long, x="value", y=dataset, hue=student, col="factor", kind="bar", sharex=False,
