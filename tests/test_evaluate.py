@@ -131,6 +131,16 @@ def test_run_lm_eval_rejects_bad_requests(tmp_path, random_model, data_dir):
         evaluate.run_lm_eval(tmp_path, ["syllabus_gsm8k"], **kw)
 
 
+def test_builtin_tasks_point_at_local_files_by_absolute_path(data_dir, tmp_path):
+    spec = evaluate.builtin_local_task("gsm8k", data_dir)
+    files = spec["task"][0]["dataset_kwargs"]["data_files"]
+    assert spec["group"] == "gsm8k_localfile" and spec["task"][0]["task"] == "gsm8k"
+    assert files == {"train": str(data_dir.resolve() / "gsm8k/train.jsonl"), "test": str(data_dir.resolve() / "gsm8k/test.jsonl")}
+    assert evaluate.builtin_local_task("minerva_math500", data_dir)["task"][0]["training_split"] is None
+    with pytest.raises(evaluate.EvaluateError, match="math500/test.jsonl"):
+        evaluate.builtin_local_task("minerva_math500", tmp_path)
+
+
 # --------------------------------------------------------------------------- lm-eval runs
 def test_lab_task_scores_through_the_verifier_and_resumes(tmp_path, sevens_model):
     golds = ["7", "8", "7", "12", "7", "70"]  # the model always answers "7 7 7 ..."
