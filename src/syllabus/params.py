@@ -40,9 +40,6 @@ class LabTask(Strict):
     min_steps: int = Field(1, ge=1, le=8)
     max_steps: int = Field(3, ge=1, le=8)
     max_operand: int = Field(20, ge=2, le=10_000)
-    n_pool: int = Field(400, ge=1, description="problems that candidate datasets are built from")
-    n_probe: int = Field(60, ge=1, description="probe problems (teacher selection, NLL_ref, IOA probes)")
-    n_heldout: int = Field(100, ge=1, description="held-out problems for gains and evaluation")
     n_pretrain: int = Field(2000, ge=0, description="problems whose gold solutions warm-start lab students")
 
     @model_validator(mode="after")
@@ -62,6 +59,11 @@ class Data(Strict):
     data_dir: Path | None = Field(None, description=f"GSM8K/MATH files; else ${DATA_DIR_ENV}")
     hub: dict[str, str] = Field(default_factory=dict, description="source -> hub dataset id")
     eval_sets: list[str] = Field(default_factory=lambda: ["lab"], description="decontamination + benchmark sets")
+    pool_split: Literal["train", "test"] = Field(
+        "train", description="split the pool comes from; 'test' partitions the test file into pool/probe/held-out")
+    n_pool: int = Field(400, ge=1, description="problems that candidate datasets are built from")
+    n_probe: int = Field(60, ge=2, description="probe problems (teacher selection, NLL_ref, IOA probes)")
+    n_heldout: int = Field(100, ge=1, description="held-out problems for gains and evaluation")
     lab: LabTask = Field(default_factory=LabTask)
 
     def resolved_data_dir(self) -> Path | None:
@@ -107,6 +109,15 @@ class Sampling(Strict):
     max_new_tokens: int = Field(256, ge=1)
 
 
+class StudentGeneration(Strict):
+    """How students write their own solutions (pass rates, NLL_ref, accuracy)."""
+
+    temperature: float = Field(0.7, ge=0, description="sampling temperature when k > 1 (k = 1 is greedy)")
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(160, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
 class Teacher(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     backend: Literal["lab", "hf", "file", "openai", "vllm"]
@@ -132,6 +143,7 @@ class Training(Strict):
     max_seq_len: int = Field(256, ge=16)
     weight_decay: float = Field(0.0, ge=0)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="after warm-up: cosine to 0, or constant")
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
@@ -157,6 +169,7 @@ class Curation(Strict):
     easy_pass_rate: float = Field(0.75, ge=0, le=1)
     pass_rate_samples: int = Field(4, ge=1, description="k samples for the student's pass rate")
     keep_per_problem: int = Field(4, ge=1, description="P (DED diversity)")
+    per_teacher: bool = Field(True, description="dedup and diversity within each teacher's traces of a problem")
     balance_by: Literal["none", "level", "pass_rate"] = "none"
     adapter: bool = True
 
@@ -219,6 +232,7 @@ class Profile(Strict):
     students: list[Student] = Field(default_factory=list, min_length=1)
     teachers: list[Teacher] = Field(default_factory=list, min_length=1)
     training: Training = Field(default_factory=Training)
+    student_generation: StudentGeneration = Field(default_factory=StudentGeneration)
     teacher_selection: TeacherSelection = Field(default_factory=TeacherSelection)
     curation: Curation = Field(default_factory=Curation)
     dmc: DMC = Field(default_factory=DMC)

@@ -358,9 +358,17 @@ class Stage:
             "notes": self.notes,
             "started": self.started,
             "finished": _now(),
+            "peak_rss_mb": _peak_rss_mb(),
         }
         atomic_write_json(self.dir / "manifest.json", manifest)
         return manifest
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this process (the notebook's kernel) in MiB."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _now() -> str:

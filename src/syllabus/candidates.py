@@ -1,0 +1,92 @@
+"""Stage 2 composed: the run's teachers write M traces per pool problem, the funnel of ``curate``
+keeps what is worth distilling, and the survivors are cut into named candidate datasets.
+
+Besides the curated datasets (per teacher, style, level, pass-rate band, adapted or not), each
+teacher also gets an ``+unverified`` dataset of the same size with the correctness filter left out,
+so that stages 3-4 see what verification is worth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from . import curate, workflow
+from .records import Problem, Trace
+from .runs import Stage
+
+
+@dataclass
+class Curated:
+    result: curate.CurationResult
+    candidates: pd.DataFrame
+    traces: list[Trace]
+
+
+def eval_sets(stage: Stage, splits: workflow.Splits) -> dict[str, list[Problem]]:
+    """Every evaluation set of the profile, for decontamination: the run's probe and held-out
+    problems, plus the benchmark sets named in ``data.eval_sets`` (loaded from the data directory)."""
+    from . import data
+
+    prof = stage.params
+    sets: dict[str, list[Problem]] = {"heldout": splits.heldout, "probe": splits.probe}
+    for name in prof.data.eval_sets:
+        if name == "lab" or name == prof.data.task:
+            continue
+        sets[name] = list(data.load_problems(name, "test", data_dir=prof.data.resolved_data_dir(),
+                                             hub_id=prof.data.hub.get(name)))
+    return sets
+
+
+def curate_pool(stage: Stage, student: workflow.StudentModel, splits: workflow.Splits,
+                pass_rates: pd.Series) -> Curated:
+    """Run the funnel on every teacher's traces for the pool and name the candidate datasets."""
+    from .verify import verify
+
+    prof = stage.params
+    cfg = prof.curation
+    runs = workflow.teacher_traces(stage, splits.pool, cfg.samples_per_problem)
+    traces = [t for run in runs.values() for t in run.traces]
+    tok = student.tokenizer
+
+    def count_tokens(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    rates = pass_rates.to_dict()
+    result = curate.run_funnel(splits.pool, traces, cfg, verify=verify, eval_sets=eval_sets(stage, splits),
+                               pass_rates=rates, count_tokens=count_tokens, seed=stage.seed)
+    styles = {t.name: (t.style or t.name) for t in prof.teachers}
+    named = curate.build_candidate_datasets(result.problems, result.traces + result.adapted, styles=styles,
+                                            pass_rates=rates)
+    named["correct"] = True  # every curated trace (and adapted rewrite) passed the verifier
+    unverified = unverified_datasets(result.problems, traces, cfg, count_tokens, styles, rates)
+    candidates = pd.concat([named, unverified], ignore_index=True)
+    return Curated(result, candidates, traces)
+
+
+def unverified_datasets(problems: list[Problem], traces: list[Trace], cfg, count_tokens, styles, rates) -> pd.DataFrame:
+    """Per teacher, the same problems and diversity budget as the curated data, correctness not checked."""
+    keep = {p.id for p in problems}
+    formatted, _ = curate.filter_format([t for t in traces if t.problem_id in keep], problems,
+                                        max_tokens=cfg.max_trace_tokens, count_tokens=count_tokens,
+                                        require_think_tags=cfg.require_think_tags)
+    diverse, _ = curate.select_diverse(formatted, keep_per_problem=cfg.keep_per_problem, per_teacher=True)
+    table = curate.build_candidate_datasets(problems, diverse, styles=styles, pass_rates=rates, unique=False)
+    table = table[table["dataset"].str.startswith("teacher=")].copy()
+    table["dataset"] = table["dataset"] + "+unverified"
+    verdict = {(t.problem_id, t.teacher, t.sample): bool(t.correct) for t in diverse}
+    table["correct"] = [verdict[k] for k in zip(table["problem_id"], table["teacher"], table["sample"])]
+    return table.reset_index(drop=True)
+
+
+def raw_traces_table(traces: list[Trace], problems: dict[str, Problem]) -> pd.DataFrame:
+    """Every sampled trace with its verdict, before any filter (teacher accuracy per module comes from here)."""
+    return pd.DataFrame([{"teacher": t.teacher, "problem_id": t.problem_id, "module": problems[t.problem_id].module,
+                          "level": problems[t.problem_id].level, "sample": t.sample, "correct": bool(t.correct),
+                          "truncated": bool(t.truncated), "text": t.text} for t in traces])
+
+
+def datasets_from_table(candidates: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Candidate datasets by name, in a stable order."""
+    return {name: g.reset_index(drop=True) for name, g in candidates.groupby("dataset", sort=True)}

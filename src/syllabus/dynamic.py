@@ -1,0 +1,150 @@
+"""Stage 5 composed: phased training where a policy picks the data before every phase.
+
+Each (policy, seed) run starts from the same student and trains ``phases`` x ``steps_per_phase``
+optimizer steps at the same batch size (equal compute). Before each phase the policy sees a
+``select.SelectionState`` measured on the current checkpoint: the DMC of every candidate dataset
+(recomputed, for the DMC policies), the student's per-module accuracy on the probe set (IOA's P_S)
+and the teacher's (P_T). The phase's examples are drawn from the chosen mixture.
+
+Every piece is cached by content (pass rates and scores by model fingerprint, each phase's SFT as a
+resumable checkpoint), so an interrupted run continues where it stopped and a finished one replays
+from the cache without training again.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from . import compatibility, select, train, workflow
+from .records import Problem
+from .runs import Stage, hash_obj
+
+DMC_POLICIES = ("dmc_dynamic", "dmc_static")
+
+
+@dataclass
+class PolicyRun:
+    """What one (policy, seed) run produced."""
+
+    policy: str
+    seed: int
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    choices: list[dict[str, Any]] = field(default_factory=list)
+    dmc: list[pd.DataFrame] = field(default_factory=list)
+    model: Any = None
+
+
+def policy_params(stage: Stage, name: str, seed: int, ioa_dataset: str | None) -> dict[str, Any]:
+    d = stage.params.dynamic
+    if name in DMC_POLICIES:
+        return {"mixture": d.mixture, "temperature": d.softmax_temperature}
+    if name == "random":
+        return {"seed": seed}
+    if name == "ioa":
+        return {"tau_gap": d.ioa.tau_gap, "tau_mastery": d.ioa.tau_mastery, "tau_zpd": d.ioa.tau_zpd,
+                "max_remedial_rounds": d.ioa.max_remedial_rounds, "dataset": ioa_dataset}
+    return {}
+
+
+def ioa_dataset(datasets: dict[str, pd.DataFrame], teacher: str) -> str:
+    """IOA teaches from adapted data: the selected teacher's adapted set when there is one."""
+    for name in (f"teacher={teacher}+adapted", f"teacher={teacher}", "all+adapted", "all"):
+        if name in datasets:
+            return name
+    return sorted(datasets)[0]
+
+
+def draw_examples(choice: select.Choice, datasets: dict[str, pd.DataFrame], n: int, rng: random.Random) -> pd.DataFrame:
+    """``n`` rows drawn with replacement from the chosen mixture (after the choice's module/level filter)."""
+    pools = {}
+    for name, weight in choice.weights.items():
+        if weight <= 0:
+            continue
+        rows = datasets[name]
+        if choice.modules is not None:
+            rows = rows[rows["module"].isin(choice.modules)]
+        if choice.levels is not None:
+            rows = rows[rows["level"].isin(choice.levels)]
+        if len(rows):
+            pools[name] = (weight, rows.reset_index(drop=True))
+    if not pools:  # the filter left nothing: fall back to the unfiltered mixture, and say so in the record
+        pools = {name: (w, datasets[name]) for name, w in choice.weights.items() if w > 0}
+    names = sorted(pools)
+    weights = [pools[k][0] for k in names]
+    picks = []
+    for _ in range(n):
+        name = rng.choices(names, weights=weights)[0]
+        rows = pools[name][1]
+        picks.append(rows.iloc[rng.randrange(len(rows))])
+    return pd.DataFrame(picks).reset_index(drop=True)
+
+
+def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, seed: int,
+               datasets: dict[str, pd.DataFrame], problems: dict[str, Problem], splits: workflow.Splits,
+               teacher_scores: dict[str, float], prerequisites: dict[str, list[str]], selected_teacher: str) -> PolicyRun:
+    prof = stage.params
+    d = prof.dynamic
+    policy = select.make_policy(policy_name, **policy_params(stage, policy_name, seed, ioa_dataset(datasets, selected_teacher)))
+    current = workflow.StudentModel(student.spec, copy.deepcopy(student.model), student.tokenizer)
+    levels = sorted({int(v) for rows in datasets.values() for v in rows["level"].dropna()})
+    run = PolicyRun(policy_name, seed)
+    tokens = 0
+    n_examples = d.steps_per_phase * prof.training.batch_size * prof.training.grad_accum
+    for phase in range(d.phases):
+        dmc_now: dict[str, float] = {}
+        if policy_name == "dmc_dynamic" or (policy_name == "dmc_static" and phase == 0):
+            items = compatibility.score_student(stage, current, datasets, problems, splits.probe, seed=stage.seed)
+            table = compatibility.dataset_scores(items).assign(policy=policy_name, seed=seed, phase=phase)
+            run.dmc.append(table)
+            dmc_now = dict(zip(table["dataset"], table["dmc"]))
+        module_scores = {}
+        if policy_name == "ioa":
+            module_scores = workflow.module_accuracy(current, splits.probe, prof=prof, seed=stage.seed,
+                                                     cache_dir=stage.run.cache).to_dict()
+        state = select.SelectionState(datasets=sorted(datasets), n_phases=d.phases, dmc=dmc_now,
+                                      student_scores=module_scores, teacher_scores=teacher_scores,
+                                      prerequisites=prerequisites, levels=levels)
+        choice = policy.choose(phase, state)
+        rng = random.Random(hash_obj([prof.seed, policy_name, seed, phase]))
+        batch = draw_examples(choice, datasets, n_examples, rng)
+        examples = workflow.sft_examples(current, problems, compatibility.traces_of(batch))
+        out_dir = stage.run.cache / "dynamic" / student.name / policy_name / f"seed{seed}" / f"phase{phase}"
+        result = train.sft(current.model, current.tokenizer, examples, steps=d.steps_per_phase, cfg=prof.training,
+                           seed=int(hash_obj([seed, phase])[:8], 16), out_dir=out_dir, resume=True)
+        current.model.eval()
+        tokens += result.tokens_seen
+        acc = workflow.accuracy(current, splits.heldout, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
+        run.curve.append({"policy": policy_name, "seed": seed, "phase": phase + 1, "tokens": tokens, "accuracy": acc})
+        mix = batch["dataset"].value_counts().to_dict()
+        run.choices.append({"policy": policy_name, "seed": seed, "phase": phase, "reason": choice.reason,
+                            "weights": {k: round(v, 4) for k, v in choice.weights.items() if v > 0},
+                            "modules": list(choice.modules) if choice.modules else None,
+                            "levels": list(choice.levels) if choice.levels else None,
+                            "drawn": dict(sorted(mix.items()))})
+    run.model = current
+    return run
+
+
+def start_curve(stage: Stage, student: workflow.StudentModel, heldout: list[Problem], policies: list[str],
+                seeds: list[int]) -> list[dict[str, Any]]:
+    """Phase 0 of every learning curve: the undistilled student."""
+    acc = workflow.accuracy(student, heldout, prof=stage.params, seed=stage.seed, cache_dir=stage.run.cache)
+    return [{"policy": p, "seed": s, "phase": 0, "tokens": 0, "accuracy": acc} for p in policies for s in seeds]
+
+
+def save_final(stage: Stage, run: PolicyRun) -> str:
+    """Save a policy's final student as a model directory (LoRA merged) for stage 6; returns its path."""
+    from . import models
+
+    model = run.model.model
+    if hasattr(model, "merge_and_unload"):
+        model = copy.deepcopy(model).merge_and_unload()
+    target = stage.run.cache / "final_models" / f"{run.model.name}-{run.policy}-seed{run.seed}"
+    models.save_model(model, run.model.tokenizer, target,
+                      info={"student": run.model.name, "policy": run.policy, "seed": run.seed})
+    return str(target)

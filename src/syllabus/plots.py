@@ -1,0 +1,134 @@
+"""One seaborn style for every figure, and the figures the stage notebooks show.
+
+Each function takes a tidy DataFrame (as saved in the stage's tables) and returns a matplotlib
+Figure; ``Stage.save_figure`` writes it as PNG and SVG next to the tables.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+
+PALETTE = "colorblind"
+
+
+def set_theme() -> None:
+    sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE, font_scale=0.95)
+    plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 120, "axes.titleweight": "bold"})
+
+
+set_theme()
+
+
+def _annotate(ax, xs, ys, labels) -> None:
+    for x, y, label in zip(xs, ys, labels):
+        ax.annotate(str(label), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+
+
+def accuracy_vs_gain(board: pd.DataFrame, *, x="teacher_accuracy", y="gain", label="teacher", hue=None):
+    """Stage 1: the teacher's own accuracy against what the student gained from it (DED's point)."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    sns.scatterplot(data=board, x=x, y=y, hue=hue, s=80, ax=ax)
+    _annotate(ax, board[x], board[y], board[label])
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("teacher accuracy on probe problems (fraction correct)")
+    ax.set_ylabel("student gain after smoke-test SFT\n(held-out accuracy, after - before)")
+    ax.set_title("Most accurate teacher vs most useful teacher")
+    return fig
+
+
+def funnel(counts: pd.DataFrame, *, step="step", count="kept", hue="teacher"):
+    """Stage 2: traces kept after each curation step, per teacher."""
+    order = list(dict.fromkeys(counts[step]))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(order)), 4))
+    sns.barplot(data=counts, x=step, y=count, hue=hue, order=order, ax=ax)
+    ax.set_xlabel("curation step")
+    ax.set_ylabel("traces kept (count)")
+    ax.set_title("Curation funnel")
+    ax.tick_params(axis="x", rotation=30)
+    return fig
+
+
+def distributions(items: pd.DataFrame, *, value: str, by: str = "dataset", xlabel: str, discrete=False):
+    """Stage 2: a distribution (length, level, pass rate) per candidate dataset."""
+    n = items[by].nunique()
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.35 * n + 1.5)))
+    if discrete:
+        table = items.groupby([by, value]).size().rename("count").reset_index()
+        sns.barplot(data=table, x=value, y="count", hue=by, ax=ax)
+        ax.set_ylabel("items (count)")
+    else:
+        sns.boxplot(data=items, x=value, y=by, ax=ax, fliersize=2, orient="h")
+        ax.set_ylabel("")
+    ax.set_xlabel(xlabel)
+    return fig
+
+
+def dmc_factors(table: pd.DataFrame, *, dataset="dataset", student="student",
+                factors=("quality", "capability", "relative_difficulty", "dmc")):
+    """Stage 3: DMC and its factors per candidate dataset and student."""
+    long = table.melt(id_vars=[dataset, student], value_vars=list(factors), var_name="factor", value_name="value")
+    g = sns.catplot(data=long, x="value", y=dataset, hue=student, col="factor", kind="bar", sharex=False,
+                    height=max(3, 0.3 * table[dataset].nunique() + 1.2), aspect=0.8)
+    g.set_titles("{col_name}")
+    g.set_axis_labels("mean over items", "")
+    g.figure.suptitle("DMC and its factors per candidate dataset", y=1.03)
+    return g.figure
+
+
+def scatter_with_fit(grid: pd.DataFrame, predictors: list[str], *, target="gain", hue="student"):
+    """Stage 4: each predictor against the measured gain, with a least-squares line."""
+    cols = min(3, len(predictors))
+    rows = int(np.ceil(len(predictors) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, pred in zip(axes.flat, predictors):
+        sns.scatterplot(data=grid, x=pred, y=target, hue=hue, ax=ax, s=40, legend=ax is axes.flat[0])
+        ok = grid[[pred, target]].dropna()
+        if len(ok) >= 2 and ok[pred].nunique() > 1:
+            slope, intercept = np.polyfit(ok[pred], ok[target], 1)
+            xs = np.linspace(ok[pred].min(), ok[pred].max(), 20)
+            ax.plot(xs, slope * xs + intercept, color="black", lw=1)
+        ax.set_xlabel(pred)
+        ax.set_ylabel("gain (held-out accuracy, after - before)")
+    for ax in list(axes.flat)[len(predictors):]:
+        ax.set_visible(False)
+    fig.suptitle("Which predictor tracks the distillation gain?")
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves(curves: pd.DataFrame, *, x="tokens", y="accuracy", hue="policy"):
+    """Stage 5: held-out accuracy against training tokens per policy (mean and spread over seeds)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    sns.lineplot(data=curves, x=x, y=y, hue=hue, marker="o", errorbar=("pi", 100), ax=ax)
+    ax.set_xlabel("training tokens seen")
+    ax.set_ylabel("held-out accuracy (fraction correct)")
+    ax.set_title("Learning curves at equal compute")
+    return fig
+
+
+def trajectories(scores: pd.DataFrame, *, x="phase", y="dmc", hue="dataset", col=None):
+    """Stage 5: DMC of each candidate dataset at each phase (recomputed on the current checkpoint)."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    sns.lineplot(data=scores, x=x, y=y, hue=hue, marker="o", errorbar=None, ax=ax)
+    ax.set_xlabel("phase")
+    ax.set_ylabel("DMC on the current checkpoint")
+    ax.set_title("DMC trajectories during dmc_dynamic training")
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def benchmark_bars(tidy: pd.DataFrame, *, value="value", model="model", task="task", err="stderr"):
+    """Stage 6: one bar per model and task, with its standard error."""
+    wide = tidy.pivot_table(index=model, columns=task, values=value, aggfunc="first")
+    errs = tidy.pivot_table(index=model, columns=task, values=err, aggfunc="first").reindex_like(wide)
+    fig, ax = plt.subplots(figsize=(7.5, max(3, 0.45 * wide.size / max(1, wide.shape[1]) * max(1, wide.shape[1] / 2) + 1.5)))
+    wide.plot.barh(ax=ax, xerr=errs.fillna(0), capsize=2, color=sns.color_palette(PALETTE, wide.shape[1]))
+    ax.set_xlabel("score (fraction; bars show the standard error)")
+    ax.set_ylabel("")
+    ax.set_xlim(0, max(0.05, float(np.nanmax(wide.to_numpy() + errs.fillna(0).to_numpy())) * 1.15))
+    ax.legend(title="task", fontsize=8)
+    ax.set_title("lm-evaluation-harness results")
+    return fig

@@ -1,0 +1,308 @@
+"""Teacher-forcing scores of (prompt, target) pairs under a causal LM: NLL, entropy and IFD.
+
+For each pair the student reads the prompt and is scored on the target tokens only:
+
+- ``nll``: mean per-token negative log-likelihood of the target given the prompt (nats);
+- ``entropy``: mean per-token entropy of the student's next-token distribution at the target positions;
+- ``nll_unconditional``: mean NLL of the same target tokens without the prompt (only a start token
+  before them), so that ``ifd = nll / nll_unconditional`` (instruction-following difficulty).
+
+``score_pairs`` is the fast path: pairs are sorted by length, right-padded into batches with attention
+masks and run under ``torch.inference_mode``; the LM head is applied to the target positions only,
+in chunks, so a large vocabulary never materialises a (batch x length x vocab) tensor.
+``score_pairs_naive`` scores one example at a time from the model's full logits: it is the baseline
+of ``benchmarks/bench_dmc_scoring.py`` and the reference the fast path must match to 1e-5.
+``cached_scores`` keeps scores on disk per (model fingerprint, settings), one row per pair, so
+re-scoring an unchanged pair costs nothing.
+
+Tokenisation: the prompt and the target are tokenised separately (target without special tokens)
+and concatenated, the usual SFT layout. The tokenizer's own start token (BOS) is prepended when
+the tokenizer adds one. ``max_length`` truncates long pairs: the target keeps its first tokens (at
+least half of ``max_length``), the prompt keeps its last; such rows are marked ``truncated``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .runs import atomic_write_bytes, hash_obj
+
+SCORER_VERSION = 1
+SCORE_COLUMNS = ["n_prompt_tokens", "n_tokens", "nll", "entropy", "nll_unconditional", "ifd", "truncated"]
+HEAD_CHUNK_ELEMENTS = 1 << 24  # logits computed at once: positions x vocab (64 MiB in float32)
+
+Encoded = tuple[list[int], list[int]]  # (context ids, target ids)
+
+
+# --------------------------------------------------------------------------- tokenisation
+def _start_ids(tokenizer) -> list[int]:
+    """What the tokenizer puts before a text ([BOS] for Llama-style tokenizers, [] for GPT-2 style)."""
+    bos = tokenizer.bos_token_id
+    if bos is not None and tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]:
+        return [bos]
+    return []
+
+
+def _unconditional_start(tokenizer, start: list[int]) -> list[int]:
+    """Context for scoring a target without its prompt: the start token, else BOS, else EOS."""
+    if start:
+        return start
+    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return [tid]
+    raise ValueError("scoring: the tokenizer has neither a BOS nor an EOS token, so a target cannot be "
+                     "scored without its prompt; set tokenizer.bos_token or pass unconditional=False")
+
+
+def _checked_pair(i: int, pair: Any) -> tuple[str, str]:
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(s, str) for s in pair)):
+        raise ValueError(f"scoring: pair {i} is not a (prompt, target) pair of strings: {pair!r:.120}")
+    return pair[0], pair[1]
+
+
+def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int | None = None
+                 ) -> tuple[list[Encoded], list[Encoded], list[bool]]:
+    """Token ids of each pair with and without its prompt, and whether it was truncated."""
+    if max_length is not None and max_length < 4:
+        raise ValueError(f"scoring: max_length={max_length} is too small; use at least 4 (or None for no limit)")
+    start = _start_ids(tokenizer)
+    conditional, unconditional, truncated = [], [], []
+    for i, pair in enumerate(pairs):
+        prompt, target = _checked_pair(i, pair)
+        ctx = start + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        tgt = tokenizer(target, add_special_tokens=False)["input_ids"]
+        if not tgt:
+            raise ValueError(f"scoring: pair {i} has an empty target (prompt {prompt[:60]!r}); "
+                             "drop it or give it a trace text")
+        if not ctx:
+            ctx = _unconditional_start(tokenizer, start)
+        cut = max_length is not None and len(ctx) + len(tgt) > max_length
+        if cut:
+            keep_t = min(len(tgt), max(max_length - len(ctx), max_length // 2))
+            ctx, tgt = ctx[len(ctx) - (max_length - keep_t):], tgt[:keep_t]
+        conditional.append((ctx, tgt))
+        unconditional.append((_unconditional_start(tokenizer, start), tgt))
+        truncated.append(cut)
+    return conditional, unconditional, truncated
+
+
+def _frame(conditional: list[Encoded], truncated: list[bool], nll, entropy, nll_unc) -> pd.DataFrame:
+    df = pd.DataFrame({
+        "n_prompt_tokens": [len(c) for c, _ in conditional],
+        "n_tokens": [len(t) for _, t in conditional],
+        "nll": np.asarray(nll, dtype=float),
+        "entropy": np.asarray(entropy, dtype=float),
+        "nll_unconditional": np.asarray(nll_unc, dtype=float),
+    })
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df["ifd"] = df["nll"] / df["nll_unconditional"].where(df["nll_unconditional"] > 0)
+    df["truncated"] = truncated
+    return df[SCORE_COLUMNS]
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+# --------------------------------------------------------------------------- the naive baseline
+def _token_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position NLL of ``labels`` and entropy, from logits (positions x vocab), in float32."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    nll = -logp.gather(-1, labels[:, None])[:, 0]
+    p = logp.exp()
+    entropy = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+    return nll, entropy
+
+
+def _score_one(model, ctx: list[int], tgt: list[int]) -> tuple[float, float]:
+    ids = torch.tensor([ctx + tgt], device=_device(model))
+    logits = model(input_ids=ids, use_cache=False).logits[0]
+    nll, ent = _token_stats(logits[len(ctx) - 1: len(ctx) + len(tgt) - 1], ids[0, len(ctx):])
+    return nll.double().mean().item(), ent.double().mean().item()
+
+
+def score_pairs_naive(model, tokenizer, pairs: Sequence[tuple[str, str]], *, max_length: int | None = None,
+                      unconditional: bool = True) -> pd.DataFrame:
+    """One pair at a time from the model's full logits (the baseline and the reference)."""
+    conditional, uncond, truncated = encode_pairs(tokenizer, pairs, max_length)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            cond = [_score_one(model, c, t) for c, t in conditional]
+            unc = [_score_one(model, c, t)[0] for c, t in uncond] if unconditional else [np.nan] * len(cond)
+    finally:
+        model.train(was_training)
+    return _frame(conditional, truncated, [n for n, _ in cond], [e for _, e in cond], unc)
+
+
+# --------------------------------------------------------------------------- the batched scorer
+def _head(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """hidden states -> logits, as the model's own forward computes them (LM head, optional soft-cap)."""
+    lm_head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        logits = lm_head(hidden)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    return head
+
+
+def _head_reproduces_logits(model, ids: list[int]) -> bool:
+    """Check once that decoder + head gives the model's logits (else use the full-logits path)."""
+    if model.get_output_embeddings() is None:
+        return False
+    x = torch.tensor([ids[:8]], device=_device(model))
+    full = model(input_ids=x, use_cache=False).logits[0].float()
+    hidden = model.get_decoder()(input_ids=x, use_cache=False).last_hidden_state
+    mine = _head(model)(hidden[0]).float()
+    return full.shape == mine.shape and torch.allclose(full, mine, rtol=1e-4, atol=1e-4)
+
+
+def _score_sequences(model, seqs: list[Encoded], batch_size: int, pad_id: int, progress: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Mean target NLL and entropy of each (context, target) sequence, batched and length-sorted."""
+    device = _device(model)
+    fast = _head_reproduces_logits(model, seqs[0][0] + seqs[0][1])
+    head, decoder = _head(model), model.get_decoder()
+    vocab = model.get_output_embeddings().weight.shape[0] if fast else 0
+    chunk = max(1, HEAD_CHUNK_ELEMENTS // max(vocab, 1))
+    order = sorted(range(len(seqs)), key=lambda i: (-(len(seqs[i][0]) + len(seqs[i][1])), i))
+    nll_sum, ent_sum = np.zeros(len(seqs)), np.zeros(len(seqs))
+    batches = range(0, len(order), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        batches = tqdm(batches, desc="scoring", unit="batch")
+    for start in batches:
+        idx = order[start:start + batch_size]
+        width = max(len(seqs[i][0]) + len(seqs[i][1]) for i in idx)
+        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        rows, cols, owner = [], [], []
+        for b, i in enumerate(idx):
+            ctx, tgt = seqs[i]
+            n = len(ctx) + len(tgt)
+            input_ids[b, :n] = torch.tensor(ctx + tgt)
+            mask[b, :n] = 1
+            rows += [b] * len(tgt)
+            cols += range(len(ctx), n)  # positions of the target tokens
+            owner += [i] * len(tgt)
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        rows_t, cols_t = torch.tensor(rows, device=device), torch.tensor(cols, device=device)
+        labels = input_ids[rows_t, cols_t]
+        if fast:  # hidden state before each target token, then the head on those positions only
+            hidden = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
+            hidden = hidden[rows_t, cols_t - 1]
+            parts = [_token_stats(head(hidden[s:s + chunk]), labels[s:s + chunk]) for s in range(0, len(rows), chunk)]
+        else:
+            logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+            parts = [_token_stats(logits[rows_t[s:s + chunk], cols_t[s:s + chunk] - 1], labels[s:s + chunk])
+                     for s in range(0, len(rows), chunk)]
+        nll = torch.cat([p[0] for p in parts]).double().cpu().numpy()
+        ent = torch.cat([p[1] for p in parts]).double().cpu().numpy()
+        np.add.at(nll_sum, owner, nll)
+        np.add.at(ent_sum, owner, ent)
+    counts = np.array([len(t) for _, t in seqs], dtype=float)
+    return nll_sum / counts, ent_sum / counts
+
+
+def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16,
+                max_length: int | None = None, unconditional: bool = True, progress: bool = False) -> pd.DataFrame:
+    """Scores of each (prompt, target) pair, in input order: see ``SCORE_COLUMNS`` and the module doc."""
+    if batch_size < 1:
+        raise ValueError(f"scoring: batch_size must be >= 1, got {batch_size}")
+    conditional, uncond, truncated = encode_pairs(tokenizer, pairs, max_length)
+    if not conditional:
+        return pd.DataFrame({c: pd.Series(dtype=bool if c == "truncated" else float) for c in SCORE_COLUMNS})
+    seqs = conditional + (uncond if unconditional else [])
+    pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            nll, ent = _score_sequences(model, seqs, batch_size, pad_id, progress)
+    finally:
+        model.train(was_training)
+    n = len(conditional)
+    nll_unc = nll[n:] if unconditional else np.full(n, np.nan)
+    return _frame(conditional, truncated, nll[:n], ent[:n], nll_unc)
+
+
+# --------------------------------------------------------------------------- fingerprints and cache
+def model_fingerprint(model) -> str:
+    """SHA-256 of the model class and every tensor of its state dict (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256(type(model).__name__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"|{name}|{flat.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(flat.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """SHA-256 of the tokenizer's full definition (vocabulary, merges, normaliser, special tokens)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else hash_obj(sorted(tokenizer.get_vocab().items()))
+    return hash_obj([type(tokenizer).__name__, body, tokenizer.bos_token_id, tokenizer.eos_token_id,
+                     _start_ids(tokenizer)])
+
+
+def pair_key(prompt: str, target: str) -> str:
+    return hash_obj([prompt, target])
+
+
+def cached_scores(model, tokenizer, pairs: Sequence[tuple[str, str]], *, cache_dir: str | os.PathLike,
+                  batch_size: int = 16, max_length: int | None = None, unconditional: bool = True,
+                  fingerprint: str | None = None, progress: bool = False) -> pd.DataFrame:
+    """``score_pairs`` with a disk cache: only pairs not yet scored by this model and settings are scored.
+
+    The cache folder is ``<cache_dir>/<model fingerprint>-<settings hash>/``; each call that scores
+    something adds one parquet file (written atomically) holding a ``key`` column and the scores.
+    ``fingerprint`` may pass a precomputed ``model_fingerprint(model)``. The result's ``attrs`` say
+    how many rows came from the cache (``n_cached``) and how many were scored (``n_scored``).
+    """
+    fingerprint = fingerprint or model_fingerprint(model)
+    settings = {"version": SCORER_VERSION, "tokenizer": tokenizer_fingerprint(tokenizer),
+                "max_length": max_length, "unconditional": unconditional}
+    folder = Path(cache_dir) / f"{fingerprint[:20]}-{hash_obj(settings)[:12]}"
+    keys = [pair_key(*_checked_pair(i, p)) for i, p in enumerate(pairs)]
+    known = _read_cache(folder)
+    missing: dict[str, tuple[str, str]] = {}
+    for key, pair in zip(keys, pairs):
+        if key not in known.index and key not in missing:
+            missing[key] = pair
+    if missing:
+        new = score_pairs(model, tokenizer, list(missing.values()), batch_size=batch_size, max_length=max_length,
+                          unconditional=unconditional, progress=progress)
+        new.insert(0, "key", list(missing))
+        buf = io.BytesIO()
+        new.to_parquet(buf, index=False)
+        atomic_write_bytes(folder / f"part-{hash_obj(sorted(missing))[:16]}.parquet", buf.getvalue())
+        known = pd.concat([known, new.set_index("key")]) if len(known) else new.set_index("key")
+    out = known.loc[keys, SCORE_COLUMNS].reset_index(drop=True)
+    out.attrs.update(n_cached=len(pairs) - len(missing), n_scored=len(missing), fingerprint=fingerprint)
+    return out
+
+
+def _read_cache(folder: Path) -> pd.DataFrame:
+    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    frames = []
+    for part in parts:
+        try:
+            frames.append(pd.read_parquet(part))
+        except Exception as exc:  # a damaged part is never trusted
+            raise ValueError(f"scoring cache: cannot read {part} ({exc}); delete the file to re-score its pairs") from None
+    if not frames:
+        return pd.DataFrame(columns=SCORE_COLUMNS, index=pd.Index([], name="key"))
+    df = pd.concat(frames, ignore_index=True).drop_duplicates("key", keep="last")
+    return df.set_index("key")
+

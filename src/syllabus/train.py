@@ -1,0 +1,206 @@
+"""Supervised fine-tuning on (prompt, target) pairs: a short plain loop that resumes bit-exactly.
+
+* Loss on the target tokens only (``loss_on="target"``) or on every token (``"all"``, warm-up
+  pre-training); the target gets the EOS token appended.
+* Batch order: epochs over the examples, each epoch a permutation drawn from ``(seed, epoch)``.
+  Step ``s`` always sees the same examples, so the order needs no saved state.
+* AdamW, linear warm-up (``warmup_ratio``) then cosine decay to zero or a constant rate
+  (``lr_schedule``), gradient clipping at 1.0, dynamic padding, gradient accumulation.
+* Checkpoints (trainable weights, optimizer, scheduler, torch RNG, step, loss curve) are written
+  atomically to ``out_dir/checkpoint.pt`` every ``checkpoint_every`` steps and at the end. A run
+  killed at any point and resumed ends with the same weights as an uninterrupted run (CPU, same
+  thread count).
+* ``out_dir`` also gets ``train_log.csv`` (step, loss, lr, tokens) and ``train_summary.json``
+  (steps, tokens seen, wall time, data hash and count, settings).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+
+from . import params as P
+from .runs import atomic_path, atomic_write_json, atomic_write_text, hash_obj
+
+CHECKPOINT = "checkpoint.pt"
+CLIP_NORM = 1.0
+
+
+class TrainError(RuntimeError):
+    """Training that cannot run as asked; the message says why and how to fix it."""
+
+
+@dataclass
+class TrainResult:
+    model: Any
+    losses: list[float]
+    tokens_seen: int
+    wall_s: float
+    data_hash: str
+    n_examples: int
+    steps: int
+    resumed_from: int = 0
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- data
+def tokenize_examples(tokenizer, examples: Sequence[tuple[str, str]], max_seq_len: int,
+                      loss_on: str) -> list[tuple[list[int], list[int]]]:
+    """(input ids, labels) per example; labels are -100 where no loss is taken. Truncated to ``max_seq_len``."""
+    from .models import encode_prompt
+
+    eos = tokenizer.eos_token_id
+    out = []
+    for i, pair in enumerate(examples):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise TrainError(f"training example {i} is not a (prompt, target) pair: {pair!r:.80}")
+        prompt, target = pair
+        p_ids = encode_prompt(tokenizer, prompt) if prompt else []
+        t_ids = tokenizer.encode(target, add_special_tokens=False) + ([eos] if eos is not None else [])
+        ids = (p_ids + t_ids)[:max_seq_len]
+        labels = list(ids) if loss_on == "all" else ([-100] * len(p_ids) + t_ids)[:max_seq_len]
+        out.append((ids, labels))
+    return out
+
+
+def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
+    """Example indices of one optimizer step: epochs of seeded permutations, concatenated."""
+    start = step * batch
+    out: list[int] = []
+    while len(out) < batch:
+        epoch, offset = divmod(start + len(out), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        out.extend(int(i) for i in perm[offset:offset + batch - len(out)])
+    return out
+
+
+def collate(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(ids) for ids, _ in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for r, (ids, lab) in enumerate(items):
+        input_ids[r, :len(ids)] = torch.tensor(ids)
+        labels[r, :len(lab)] = torch.tensor(lab)
+        mask[r, :len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def lr_factor(step: int, steps: int, warmup_ratio: float, schedule: str) -> float:
+    warmup = int(round(warmup_ratio * steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, state: dict[str, Any]) -> None:
+    payload = {"weights": _trainable_state(model), "optimizer": optimizer.state_dict(),
+               "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), **state}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _write_records(out_dir: Path, log: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    lines = ["step,loss,lr,tokens"] + [f"{r['step']},{r['loss']!r},{r['lr']!r},{r['tokens']}" for r in log]
+    atomic_write_text(out_dir / "train_log.csv", "\n".join(lines) + "\n")
+    atomic_write_json(out_dir / "train_summary.json", summary)
+
+
+# --------------------------------------------------------------------------- the loop
+def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int, cfg: P.Training, seed: int,
+        out_dir: str | Path | None = None, checkpoint_every: int | None = None, resume: bool = True,
+        loss_on: Literal["target", "all"] = "target") -> TrainResult:
+    """Train ``model`` in place for ``steps`` optimizer steps; see the module docstring."""
+    if loss_on not in ("target", "all"):
+        raise TrainError(f"loss_on must be 'target' or 'all', got {loss_on!r}")
+    if steps < 1:
+        raise TrainError(f"steps must be >= 1, got {steps}")
+    data = tokenize_examples(tokenizer, examples, cfg.max_seq_len, loss_on)
+    data = [d for d in data if any(l != -100 for l in d[1][1:])]
+    if not data:
+        raise TrainError(f"none of the {len(examples)} training examples has a target token within "
+                         f"max_seq_len={cfg.max_seq_len}; shorten the prompts or raise training.max_seq_len")
+    data_hash = hash_obj([list(e) for e in examples])
+    run_key = hash_obj({"data": data_hash, "steps": steps, "cfg": cfg.model_dump(mode="json"), "seed": seed,
+                        "loss_on": loss_on})
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainError("the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, steps, cfg.warmup_ratio, cfg.lr_schedule))
+    out = Path(out_dir) if out_dir is not None else None
+    log: list[dict[str, Any]] = []
+    start_step, tokens_seen, prior_wall = 0, 0, 0.0
+    torch.manual_seed(seed)
+    if out is not None and resume and (out / CHECKPOINT).is_file():
+        ckpt = torch.load(out / CHECKPOINT, weights_only=False)
+        if ckpt["run_key"] != run_key:
+            raise TrainError(f"{out / CHECKPOINT} belongs to a different training run (other data, steps, settings "
+                             "or seed); use another out_dir or resume=False to start over")
+        with torch.no_grad():
+            named = dict(model.named_parameters())
+            for name, value in ckpt["weights"].items():
+                named[name].copy_(value)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        start_step, tokens_seen, log, prior_wall = ckpt["step"], ckpt["tokens_seen"], ckpt["log"], ckpt["wall_s"]
+
+    def summary(step: int, wall: float) -> dict[str, Any]:
+        return {"steps_done": step, "steps": steps, "tokens_seen": tokens_seen, "wall_s": round(wall, 3),
+                "data_hash": data_hash, "n_examples": len(examples), "n_used": len(data), "seed": seed,
+                "loss_on": loss_on, "training": cfg.model_dump(mode="json"), "resumed_from": start_step,
+                "final_loss": log[-1]["loss"] if log else None, "batch_order": "epochs of seeded permutations"}
+
+    started = time.perf_counter()
+    model.train()
+    micro = cfg.batch_size
+    for step in range(start_step, steps):
+        chosen = batch_indices(len(data), micro * cfg.grad_accum, step, seed)
+        batches = [collate([data[i] for i in chosen[k:k + micro]], pad_id) for k in range(0, len(chosen), micro)]
+        n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        total = 0.0
+        for b in batches:
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), b["labels"][:, 1:].reshape(-1),
+                ignore_index=-100, reduction="sum") / n_target
+            loss.backward()
+            total += loss.item()
+            tokens_seen += int(b["attention_mask"].sum())
+        torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        log.append({"step": step + 1, "loss": total, "lr": lr, "tokens": tokens_seen})
+        done = step + 1
+        if out is not None and ((checkpoint_every and done % checkpoint_every == 0) or done == steps):
+            wall = prior_wall + time.perf_counter() - started
+            _save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler,
+                             {"step": done, "tokens_seen": tokens_seen, "log": log, "wall_s": wall, "run_key": run_key})
+            _write_records(out, log, summary(done, wall))
+    model.eval()
+    wall = prior_wall + time.perf_counter() - started
+    result_summary = summary(steps, wall)
+    if out is not None:
+        _write_records(out, log, result_summary)
+    return TrainResult(model=model, losses=[r["loss"] for r in log], tokens_seen=tokens_seen, wall_s=wall,
+                       data_hash=data_hash, n_examples=len(examples), steps=steps, resumed_from=start_step,
+                       summary=result_summary)

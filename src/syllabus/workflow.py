@@ -1,0 +1,297 @@
+"""Steps shared by the stages: problem splits, students, pass rates and short distillation runs.
+
+Every function here is a thin composition of the package's parts (``lab``/``data`` for problems,
+``models`` for students and generation, ``verify`` for answers, ``train`` for SFT), so that a
+notebook cell reads like a sentence of the method.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from . import prompts
+from .params import Profile, Student
+from .records import Problem, Trace
+from .runs import Stage, hash_obj
+
+SPLITS = ("pool", "probe", "heldout")
+
+
+# --------------------------------------------------------------------------- problems
+@dataclass
+class Splits:
+    """Disjoint problem sets: ``pool`` (candidate datasets), ``probe`` (selection, NLL_ref), ``heldout`` (gains)."""
+
+    pool: list[Problem]
+    probe: list[Problem]
+    heldout: list[Problem]
+
+    def table(self) -> pd.DataFrame:
+        rows = []
+        for split in SPLITS:
+            for p in getattr(self, split):
+                row = p.to_dict()
+                row["metadata"] = _json(row["metadata"])
+                rows.append({"split": split, **row})
+        return pd.DataFrame(rows)
+
+    @classmethod
+    def from_table(cls, df: pd.DataFrame) -> "Splits":
+        parts = {s: [] for s in SPLITS}
+        for row in df.to_dict("records"):
+            split = row.pop("split")
+            parts[split].append(Problem.from_dict(_nan_to_none(row)))
+        return cls(**parts)
+
+    def by_id(self) -> dict[str, Problem]:
+        return {p.id: p for split in SPLITS for p in getattr(self, split)}
+
+
+def _json(obj: Any) -> str:
+    import json
+
+    return json.dumps(obj, sort_keys=True)
+
+
+def _nan_to_none(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+def lab_modules_in_order(modules: Iterable[str]) -> list[str]:
+    """Lab modules in prerequisite order (prerequisites first)."""
+    from . import lab
+
+    return lab.topological_order(list(modules))
+
+
+def problem_splits(prof: Profile) -> Splits:
+    """The run's pool / probe / held-out problems, disjoint by text, from the profile's task.
+
+    Lab: drawn from the profile's seed. GSM8K / MATH: the test file is shuffled with the seed and
+    cut into held-out and probe; the pool is the rest of it (``data.pool_split: test``, e.g. when
+    the teachers are files of solutions to test problems) or the train file.
+    """
+    from . import data
+
+    d = prof.data
+    if d.task == "lab":
+        return Splits(**{s: list(data.load_from_params(prof, "lab", s)) for s in SPLITS})
+    test = list(data.load_from_params(prof, d.task, "test"))
+    rng = random.Random(prof.seed)
+    rng.shuffle(test)
+    heldout, rest = test[: d.n_heldout], test[d.n_heldout:]
+    probe, rest = rest[: d.n_probe], rest[d.n_probe:]
+    if d.pool_split == "test":
+        pool = rest[: d.n_pool]
+    else:
+        train = list(data.load_from_params(prof, d.task, "train"))
+        rng.shuffle(train)
+        seen = {_norm(p.text) for p in heldout + probe}
+        pool = [p for p in train if _norm(p.text) not in seen][: d.n_pool]
+    return Splits(pool=pool, probe=probe, heldout=heldout)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def pretrain_texts(prof: Profile, spec: Student, exclude: Iterable[Problem] = ()) -> list[str]:
+    """Warm-up text for a lab student: gold solutions of fresh lab problems, on the first
+    ``warmup_fraction`` of the modules in prerequisite order (so students start with different skills)."""
+    from . import lab
+
+    cfg = prof.data.lab
+    modules = lab_modules_in_order(cfg.modules)
+    modules = modules[: max(1, math.ceil(len(modules) * spec.warmup_fraction))]
+    return lab.pretrain_corpus(cfg.n_pretrain, prof.seed * 1000 + 7, modules=modules, min_steps=cfg.min_steps,
+                               max_steps=cfg.max_steps, max_operand=cfg.max_operand,
+                               exclude=[p.text for p in exclude])
+
+
+def tokenizer_texts(prof: Profile, pretrain: list[str]) -> list[str]:
+    """Text the lab tokenizer's vocabulary is built from: warm-up text plus every lab teacher style,
+    so that no teacher's words are unknown to the students (no trace is trained on here)."""
+    from . import lab
+
+    cfg = prof.data.lab
+    problems = lab.generate_problems(200, seed=prof.seed * 1000 + 11, modules=cfg.modules, min_steps=cfg.min_steps,
+                                     max_steps=cfg.max_steps, max_operand=cfg.max_operand, id_prefix="vocab")
+    styles = ("equations", "prose", "selfcheck", "sloppy")
+    rng = random.Random(prof.seed)
+    traces = [lab.write_trace(p, s, error_rate=0.5, rng=rng) for p in problems for s in styles]
+    return pretrain + [prompts.question_prompt(p.text) for p in problems] + traces
+
+
+# --------------------------------------------------------------------------- students
+@dataclass
+class StudentModel:
+    """A loaded student: its spec, model, tokenizer and whether it uses a chat template."""
+
+    spec: Student
+    model: Any
+    tokenizer: Any
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def use_chat(self) -> bool:
+        return self.spec.chat_template
+
+    def prompt(self, problem: Problem) -> str:
+        return prompts.build_prompt(problem.text, self.tokenizer, self.use_chat)
+
+    def target(self, trace_text: str) -> str:
+        return prompts.build_target(trace_text, self.use_chat, eos=self.tokenizer.eos_token)
+
+    def fingerprint(self) -> str:
+        from .scoring import model_fingerprint
+
+        return model_fingerprint(self.model)
+
+
+def load_student(stage: Stage, spec: Student | str, splits: Splits | None = None) -> StudentModel:
+    """Load (and for lab students warm-start, once per run, cached under ``cache/``) a student."""
+    from . import models
+
+    prof = stage.params
+    if isinstance(spec, str):
+        spec = next(s for s in prof.students if s.name == spec)
+    kwargs: dict[str, Any] = {}
+    if spec.source == "lab":
+        exclude = (splits.probe + splits.heldout) if splits else ()
+        pre = pretrain_texts(prof, spec, exclude)
+        kwargs = {"pretrain_texts": pre, "vocab_texts": tokenizer_texts(prof, pre)}
+    model, tok = models.load_student(spec, cache_dir=stage.run.cache, threads=prof.threads, training=prof.training,
+                                     seed=prof.seed, **kwargs)
+    model.eval()
+    return StudentModel(spec, model, tok)
+
+
+# --------------------------------------------------------------------------- generation and accuracy
+def student_samples(student: StudentModel, problems: list[Problem], *, k: int, prof: Profile, seed: int):
+    """k solutions per problem written by the student (greedy when k == 1)."""
+    from . import models
+
+    g = prof.student_generation
+    outs = models.generate(student.model, student.tokenizer, [student.prompt(p) for p in problems],
+                           max_new_tokens=g.max_new_tokens, temperature=0.0 if k == 1 else g.temperature,
+                           top_p=g.top_p, num_samples=k, batch_size=g.batch_size, seed=seed)
+    return outs
+
+
+def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: Profile, seed: int,
+               cache_dir: Path | None = None) -> pd.Series:
+    """The student's pass rate per problem from k samples (greedy when k == 1), by the one verifier.
+
+    With ``cache_dir``, cached by (student weights, problems, k, generation settings, seed).
+    """
+    from .runs import cached_json
+    from .verify import verify
+
+    def compute() -> list[float]:
+        outs = student_samples(student, problems, k=k, prof=prof, seed=seed)
+        return [sum(verify(p, g.text) for g in gens) / len(gens) for p, gens in zip(problems, outs)]
+
+    if cache_dir is None:
+        rates = compute()
+    else:
+        key = hash_obj({"student": student.fingerprint(), "problems": [(p.id, p.text) for p in problems], "k": k,
+                        "gen": prof.student_generation.model_dump(mode="json"), "seed": seed})[:24]
+        rates = cached_json(Path(cache_dir) / "pass_rates" / f"{key}.json", compute)
+    return pd.Series(rates, index=[p.id for p in problems], name="pass_rate", dtype=float)
+
+
+def accuracy(student: StudentModel, problems: list[Problem], *, prof: Profile, seed: int = 0,
+             cache_dir: Path | None = None) -> float:
+    """Greedy accuracy on a problem set."""
+    if not problems:
+        return float("nan")
+    return float(pass_rates(student, problems, k=1, prof=prof, seed=seed, cache_dir=cache_dir).mean())
+
+
+def module_accuracy(student: StudentModel, problems: list[Problem], *, prof: Profile, seed: int = 0,
+                    cache_dir: Path | None = None) -> pd.Series:
+    """Greedy accuracy per module (IOA's P_S(k))."""
+    rates = pass_rates(student, problems, k=1, prof=prof, seed=seed, cache_dir=cache_dir)
+    modules = pd.Series({p.id: p.module for p in problems})
+    return rates.groupby(modules).mean()
+
+
+# --------------------------------------------------------------------------- teachers
+@dataclass
+class TeacherRun:
+    """What one teacher wrote for a set of problems, each trace checked by the verifier."""
+
+    name: str
+    traces: list[Trace]
+    n_generated: int
+
+
+def teacher_traces(stage: Stage, problems: list[Problem], n_samples: int,
+                   names: Iterable[str] | None = None) -> dict[str, TeacherRun]:
+    """Traces from the profile's teachers (all, or ``names``), cached by (teacher, settings, problem, sample)."""
+    from . import teachers
+    from .verify import verify
+
+    prof = stage.params
+    wanted = set(names) if names is not None else None
+    by_id = {p.id: p for p in problems}
+    runs: dict[str, TeacherRun] = {}
+    for spec in prof.teachers:
+        if wanted is not None and spec.name not in wanted:
+            continue
+        teacher = teachers.make_teacher(spec, data_dir=prof.data.resolved_data_dir(), cache_dir=stage.run.cache)
+        res = teachers.generate_traces(teacher, problems, n_samples, cache_dir=stage.run.cache, seed=prof.seed)
+        checked = [t.replace(correct=bool(verify(by_id[t.problem_id], t.text))) for t in res.traces]
+        runs[spec.name] = TeacherRun(spec.name, checked, res.n_generated)
+    return runs
+
+
+# --------------------------------------------------------------------------- distillation
+def sft_examples(student: StudentModel, problems: dict[str, Problem], traces: Iterable[Trace | dict]) -> list[tuple[str, str]]:
+    """(prompt, target) pairs in the student's format for a set of traces."""
+    out = []
+    for t in traces:
+        pid, text = (t.problem_id, t.text) if isinstance(t, Trace) else (t["problem_id"], t["text"])
+        out.append((student.prompt(problems[pid]), student.target(text)))
+    return out
+
+
+def distil(student: StudentModel, examples: list[tuple[str, str]], *, steps: int, stage: Stage, seed: int,
+           tag: str) -> tuple[StudentModel, Any]:
+    """A short SFT of a copy of the student on ``examples``; cached and resumable under ``cache/sft/``.
+
+    Returns the trained copy and the training result (losses, tokens seen). The original student is
+    left untouched, so equal-budget runs all start from the same weights.
+    """
+    from . import train
+
+    prof = stage.params
+    key = hash_obj({"student": student.fingerprint(), "examples": examples, "steps": steps, "seed": seed,
+                    "training": prof.training.model_dump(mode="json")})[:16]
+    out_dir = stage.run.cache / "sft" / f"{tag}-{key}"
+    model = copy.deepcopy(student.model)
+    result = train.sft(model, student.tokenizer, examples, steps=steps, cfg=prof.training, seed=seed,
+                       out_dir=out_dir, resume=True)
+    trained = result.model if getattr(result, "model", None) is not None else model
+    trained.eval()
+    return StudentModel(student.spec, trained, student.tokenizer), result
+
+
+def gain(before: float, after: float) -> float:
+    return after - before
+
+
+def cache_path(stage: Stage, *parts: str) -> Path:
+    path = stage.run.cache.joinpath(*parts)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path

