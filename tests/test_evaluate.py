@@ -79,10 +79,10 @@ def test_pass_at_k_matches_the_unbiased_estimator():
 def test_code_eval_canonical_solutions_pass_and_empty_completions_fail(monkeypatch):
     monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
     problems = humaneval_problems(8)
-    tests = [f"{p.tests}\ncheck({p.entry_point})" for p in problems]
-    scores, passed = code_eval([[p.text + p.solution] for p in problems], tests, k=[1], timeout_s=10, memory_mb=1024)
+    tests = [p.tests for p in problems]  # they end with check(<entry_point>)
+    scores, passed = code_eval([[p.text + p.solution] for p in problems], tests, k=[1], timeout_s=10, memory_mb=512)
     assert scores == {"pass@1": 1.0}, passed
-    scores, passed = code_eval([[p.text] for p in problems], tests, k=[1], timeout_s=10, memory_mb=1024)
+    scores, passed = code_eval([[p.text] for p in problems], tests, k=[1], timeout_s=10, memory_mb=512)
     assert scores == {"pass@1": 0.0} and not any(x for row in passed for x in row)
 
 
@@ -101,6 +101,16 @@ def test_truncation_rate_counts_responses_that_used_the_whole_budget(tmp_path, r
     path.write_text("".join(json.dumps({"resps": [[text]], "arguments": {"gen_args_0": {
         "arg_0": "Question:", "arg_1": {"until": ["Question:"], "max_gen_toks": budget}}}}) + "\n" for text, budget in rows))
     assert evaluate.truncation_rate(path, tok) == 0.5
+
+
+def test_scorers_use_the_project_verifier():
+    from syllabus.eval_tasks import score_gsm8k, score_lab, score_math
+
+    assert score_gsm8k({"answer": "1200"}, ["She earns 1,200 dollars.\n#### 1,200"]) == {"exact_match": 1.0}
+    assert score_gsm8k({"answer": "12"}, ["#### 13"]) == {"exact_match": 0.0}
+    assert score_lab({"answer": "7"}, ["3 + 4 = 7\n#### 7"]) == {"exact_match": 1.0}
+    assert score_math({"answer": "\\frac{1}{2}"}, ["so it is $\\boxed{0.5}$"]) == {"exact_match": 1.0}
+    assert score_math({"answer": "\\frac{1}{2}"}, ["so it is $\\boxed{2}$"]) == {"exact_match": 0.0}
 
 
 def test_loaders_fail_clearly_without_a_data_dir(monkeypatch):

@@ -26,7 +26,7 @@ from .records import Problem
 
 ALLOW_CODE_EVAL_ENV = "HF_ALLOW_CODE_EVAL"
 DEFAULT_CODE_TIMEOUT_S = 10.0
-DEFAULT_CODE_MEMORY_MB = 1024
+DEFAULT_CODE_MEMORY_MB = 512  # as syllabus.verify.check_code
 
 # Fields of a Problem kept in an lm-eval document (metadata dicts vary too much for arrow).
 _DOC_FIELDS = ("id", "task", "source", "text", "answer", "solution", "module", "level", "tests", "entry_point")
@@ -151,8 +151,7 @@ def humaneval_program(prompt: str, completion: str) -> str:
 
 def score_humaneval(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     program = humaneval_program(doc["prompt"], results[0])
-    test = f"{doc['tests']}\ncheck({doc['entry_point']})"
-    pass_at_k, _ = code_eval([[program]], [test], k=(1,), timeout_s=doc["timeout_s"], memory_mb=doc["memory_mb"])
+    pass_at_k, _ = code_eval([[program]], [doc["tests"]], k=(1,), timeout_s=doc["timeout_s"], memory_mb=doc["memory_mb"])
     return {"pass@1": pass_at_k["pass@1"]}
 
 
