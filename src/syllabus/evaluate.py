@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from .eval_tasks import ALLOW_CODE_EVAL_ENV, read_problems_jsonl  # noqa: F401  (re-exported for callers)
+from .eval_tasks import ALLOW_CODE_EVAL_ENV
 from .records import Problem
 from .runs import atomic_write_json, atomic_write_text, hash_obj, hash_path, package_versions, read_json
 
