@@ -1,0 +1,337 @@
+"""Stage 6: benchmark a model with lm-evaluation-harness, offline, and tidy the results.
+
+``run_lm_eval`` calls ``lm_eval.simple_evaluate(model="hf", ...)`` once per task on the task YAMLs
+shipped in ``syllabus/tasks`` (``syllabus_gsm8k``, ``syllabus_math500``, ``syllabus_humaneval``,
+``syllabus_lab``) or on lm-eval's own ``gsm8k`` / ``minerva_math500`` pointed at the local data
+files. Per task it keeps lm-eval's own files (results JSON, samples JSONL, as the command line
+writes them) plus ``provenance.json`` (model hash, task config, limit, versions, truncation rate).
+A task whose provenance matches is not run again, so an interrupted benchmark resumes.
+
+Code tasks run with ``confirm_run_unsafe_code=True`` and ``HF_ALLOW_CODE_EVAL=1`` set only for that
+task's call; both are off again afterwards.
+
+Layout of ``output_dir`` (one model)::
+
+    <task>/lm_eval/<model>/results_<date>.json     lm-eval's results file
+    <task>/lm_eval/<model>/samples_<task>_<date>.jsonl
+    <task>/provenance.json                         written last: the task is complete
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from .eval_tasks import ALLOW_CODE_EVAL_ENV
+from .records import Problem
+from .runs import atomic_write_json, atomic_write_text, hash_obj, hash_path, package_versions, read_json
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+SYLLABUS_TASKS = ("syllabus_gsm8k", "syllabus_math500", "syllabus_humaneval", "syllabus_lab")
+# lm-eval's own tasks, pointed at local files: task -> (data file per split, relative to data_dir).
+BUILTIN_LOCAL_TASKS = {
+    "gsm8k": {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
+    "minerva_math500": {"test": "math500/test.jsonl"},
+}
+PROVENANCE = "provenance.json"
+
+
+class EvaluateError(RuntimeError):
+    """A benchmark that cannot run as asked; the message names the task, file or key and the fix."""
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """One task's scores for one model, read from lm-eval's results file."""
+
+    task: str
+    metrics: dict[str, float]            # "exact_match" or "exact_match,flexible-extract" -> value
+    stderrs: dict[str, float | None]
+    n: int
+    limit: int | None
+    truncation_rate: float
+    results_file: str
+    samples_file: str
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """All tasks of one model: what ``run_lm_eval`` returns and ``load_eval_result`` reads back."""
+
+    model: str
+    model_dir: str
+    output_dir: str
+    tasks: dict[str, TaskResult] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- helpers
+def write_problems_jsonl(problems: Iterable[Problem], path: str | os.PathLike) -> Path:
+    """Write problems (e.g. lab held-out problems) for ``syllabus_lab``; atomic."""
+    text = "".join(json.dumps(p.to_dict(), sort_keys=True) + "\n" for p in problems)
+    if not text:
+        raise EvaluateError(f"no problems to write to {path}")
+    return atomic_write_text(path, text)
+
+
+@contextlib.contextmanager
+def code_eval_allowed(enabled: bool) -> Iterator[None]:
+    """Set ``HF_ALLOW_CODE_EVAL=1`` inside the block when ``enabled``; restore the old value after."""
+    if not enabled:
+        yield
+        return
+    previous = os.environ.get(ALLOW_CODE_EVAL_ENV)
+    os.environ[ALLOW_CODE_EVAL_ENV] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(ALLOW_CODE_EVAL_ENV, None)
+        else:
+            os.environ[ALLOW_CODE_EVAL_ENV] = previous
+
+
+def task_config(task: str) -> dict[str, Any]:
+    """The YAML config of a shipped syllabus task ({} for lm-eval's built-in tasks)."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    path = TASKS_DIR / f"{task}.yaml"
+    return load_yaml(path, resolve_func=False) if path.is_file() else {}
+
+
+def is_unsafe(task: str) -> bool:
+    return bool(task_config(task).get("unsafe_code", False))
+
+
+def builtin_local_task(task: str, data_dir: str | os.PathLike) -> dict[str, Any]:
+    """lm-eval's own ``task`` as a group wrapper whose keys point it at local files (absolute paths)."""
+    if task not in BUILTIN_LOCAL_TASKS:
+        raise EvaluateError(f"no local variant of lm-eval task '{task}'; known: {sorted(BUILTIN_LOCAL_TASKS)}")
+    files = {}
+    for split, rel in BUILTIN_LOCAL_TASKS[task].items():
+        path = Path(data_dir).expanduser().resolve() / rel
+        if not path.is_file():
+            raise EvaluateError(f"task '{task}' needs {path} (split '{split}'); point data_dir at the folder holding {rel}")
+        files[split] = str(path)
+    spec: dict[str, Any] = {"task": task, "dataset_path": "json", "dataset_name": None,
+                            "dataset_kwargs": {"data_files": files}}
+    if "train" not in files:
+        spec["training_split"] = None
+    return {"group": f"{task}_localfile", "task": [spec], "metadata": {"version": 1.0}}
+
+
+def _task_spec(task: str, data_dir: Path | None) -> str | dict[str, Any]:
+    if task in SYLLABUS_TASKS:
+        return task
+    if task in BUILTIN_LOCAL_TASKS:
+        if data_dir is None:
+            raise EvaluateError(f"task '{task}' reads local files: pass data_dir")
+        return builtin_local_task(task, data_dir)
+    raise EvaluateError(
+        f"unknown benchmark task '{task}'; use one of {list(SYLLABUS_TASKS)} or lm-eval's {sorted(BUILTIN_LOCAL_TASKS)}"
+    )
+
+
+def _metric_key(key: str) -> str:
+    """lm-eval's 'exact_match,none' -> 'exact_match'; other filters stay ('exact_match,strict-match')."""
+    return key[: -len(",none")] if key.endswith(",none") else key
+
+
+# --------------------------------------------------------------------------- truncation
+def truncation_rate(samples_file: str | os.PathLike, tokenizer: Any, default_max_gen_toks: int = 256) -> float:
+    """Share of generations that used their whole token budget without reaching a stop string.
+
+    lm-eval cuts each response at its first stop string (and the end-of-text token), so a response
+    that still has ``max_gen_toks`` tokens ran out of budget. Counts re-encode the logged text.
+    """
+    lengths, budgets = [], []
+    with open(samples_file, encoding="utf-8") as fh:
+        for line in fh:
+            sample = json.loads(line)
+            gen_kwargs = sample["arguments"]["gen_args_0"].get("arg_1") or {}
+            budgets.append(int(gen_kwargs.get("max_gen_toks", default_max_gen_toks)))
+            text = sample["resps"][0][0]
+            lengths.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    if not lengths:
+        raise EvaluateError(f"{samples_file} has no samples")
+    return sum(n >= b for n, b in zip(lengths, budgets)) / len(lengths)
+
+
+# --------------------------------------------------------------------------- reading lm-eval's files
+def _only(paths: list[Path], what: str, where: Path) -> Path:
+    if len(paths) != 1:
+        raise EvaluateError(f"expected one {what} in {where}, found {len(paths)}; delete the folder and run again")
+    return paths[0]
+
+
+def read_task_result(task_dir: str | os.PathLike, task: str, tokenizer: Any = None) -> TaskResult:
+    """One task's result from lm-eval's files in ``task_dir`` (and its provenance when present)."""
+    task_dir = Path(task_dir)
+    results_file = _only(sorted(task_dir.rglob("results_*.json")), "results_*.json", task_dir)
+    results = read_json(results_file)
+    leaf = task
+    if task not in results["results"]:  # a group wrapper: its one leaf task carries the scores
+        leaves = [name for name in results["results"] if name != task]
+        leaf = _only([Path(n) for n in leaves], "leaf task", results_file).name
+    samples_file = _only(sorted(task_dir.rglob(f"samples_{leaf}_*.jsonl")), f"samples_{leaf}_*.jsonl", task_dir)
+    scores = results["results"][leaf]
+    metrics, stderrs = {}, {}
+    for key, value in scores.items():
+        if "," not in key or "_stderr," in key or not isinstance(value, (int, float)):
+            continue  # 'alias', 'sample_len' and stderrs are not metrics
+        name, _, filt = key.partition(",")
+        stderr = scores.get(f"{name}_stderr,{filt}")
+        metrics[_metric_key(key)] = float(value)
+        stderrs[_metric_key(key)] = float(stderr) if isinstance(stderr, (int, float)) else None
+    prov_path = task_dir / PROVENANCE
+    if prov_path.is_file():
+        trunc = read_json(prov_path)["truncation_rate"]
+    elif tokenizer is not None:
+        trunc = truncation_rate(samples_file, tokenizer)
+    else:
+        raise EvaluateError(f"{task_dir} has no {PROVENANCE}; pass a tokenizer to compute the truncation rate")
+    return TaskResult(
+        task=task, metrics=metrics, stderrs=stderrs, n=int(results["n-samples"][leaf]["effective"]),
+        limit=results["config"].get("limit"), truncation_rate=trunc,
+        results_file=str(results_file), samples_file=str(samples_file),
+    )
+
+
+# --------------------------------------------------------------------------- running
+def run_lm_eval(
+    model_dir: str | os.PathLike,
+    tasks: Sequence[str],
+    *,
+    data_dir: str | os.PathLike | None,
+    limit: int | None,
+    max_gen_toks: int,
+    batch_size: int,
+    apply_chat_template: bool,
+    device: str = "cpu",
+    output_dir: str | os.PathLike,
+    seed: int,
+    lab_file: str | os.PathLike | None = None,
+    model_name: str | None = None,
+    dtype: str = "float32",
+    code_timeout_s: float | None = None,
+    code_memory_mb: int | None = None,
+) -> EvalResult:
+    """Benchmark the HF model in ``model_dir`` on ``tasks`` with ``lm_eval.simple_evaluate``, one call per task.
+
+    Completed tasks (provenance with the same key) are read back instead of re-run.
+    """
+    from transformers import AutoTokenizer
+
+    model_dir = Path(model_dir).expanduser().resolve()
+    if not (model_dir / "config.json").is_file():
+        raise EvaluateError(f"model directory '{model_dir}' has no config.json; save the model with save_pretrained first")
+    output_dir = Path(output_dir).expanduser().resolve()
+    data_dir = Path(data_dir).expanduser().resolve() if data_dir is not None else None
+    if "syllabus_lab" in tasks and lab_file is None:
+        raise EvaluateError("task 'syllabus_lab' needs lab_file (write it with write_problems_jsonl)")
+    metadata: dict[str, Any] = {"chat_prompt": bool(apply_chat_template)}
+    if data_dir is not None:
+        metadata["data_dir"] = str(data_dir)
+    if lab_file is not None:
+        metadata["lab_file"] = str(Path(lab_file).expanduser().resolve())
+    if code_timeout_s is not None:
+        metadata["code_timeout_s"] = code_timeout_s
+    if code_memory_mb is not None:
+        metadata["code_memory_mb"] = code_memory_mb
+
+    name = model_name or model_dir.name
+    model_hash = hash_path(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    out = EvalResult(model=name, model_dir=str(model_dir), output_dir=str(output_dir))
+    for task in tasks:
+        spec = _task_spec(task, data_dir)
+        inputs = {
+            "model_hash": model_hash, "task": task, "spec": spec, "task_config": task_config(task),
+            "metadata": metadata, "limit": limit, "max_gen_toks": max_gen_toks, "batch_size": batch_size,
+            "apply_chat_template": apply_chat_template, "device": device, "dtype": dtype, "seed": seed,
+            "data_hash": hash_path(metadata["lab_file"]) if task == "syllabus_lab" else None,
+            "versions": package_versions(("lm_eval", "transformers", "torch", "datasets", "math-verify")),
+        }
+        key = hash_obj(inputs)
+        task_dir = output_dir / task
+        prov_path = task_dir / PROVENANCE
+        if not (prov_path.is_file() and read_json(prov_path).get("key") == key):
+            _run_task(model_dir, spec, task, task_dir, inputs, key, tokenizer,
+                      limit=limit, max_gen_toks=max_gen_toks, batch_size=batch_size,
+                      apply_chat_template=apply_chat_template, device=device, dtype=dtype, seed=seed)
+        out.tasks[task] = read_task_result(task_dir, task)
+    atomic_write_json(output_dir / "eval_result.json", asdict(out))
+    return out
+
+
+def _run_task(model_dir, spec, task, task_dir, inputs, key, tokenizer, *, limit, max_gen_toks, batch_size,
+              apply_chat_template, device, dtype, seed) -> None:
+    import lm_eval
+    from lm_eval.loggers import EvaluationTracker
+    from lm_eval.tasks import TaskManager
+
+    unsafe = is_unsafe(task)
+    task_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".lm_eval-", dir=task_dir))
+    try:
+        tracker = EvaluationTracker(output_path=str(staging))
+        with code_eval_allowed(unsafe):
+            results = lm_eval.simple_evaluate(
+                model="hf", model_args={"pretrained": str(model_dir), "dtype": dtype}, tasks=[spec],
+                task_manager=TaskManager(include_path=str(TASKS_DIR), metadata=inputs["metadata"]),
+                device=device, limit=limit, batch_size=batch_size, gen_kwargs={"max_gen_toks": max_gen_toks},
+                apply_chat_template=apply_chat_template, log_samples=True, evaluation_tracker=tracker,
+                random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                confirm_run_unsafe_code=unsafe,
+            )
+        samples = results.pop("samples")
+        tracker.save_results_aggregated(results=results, samples=samples)
+        for name in results["configs"]:
+            tracker.save_results_samples(task_name=name, samples=samples[name])
+        result = read_task_result(staging, task, tokenizer)  # checks that lm-eval wrote its files
+        final = task_dir / "lm_eval"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    provenance = {"key": key, **inputs, "truncation_rate": result.truncation_rate,
+                  "n": result.n, "metrics": result.metrics}
+    atomic_write_json(task_dir / PROVENANCE, provenance)
+
+
+def load_eval_result(output_dir: str | os.PathLike) -> EvalResult:
+    """Read back what ``run_lm_eval`` wrote to ``output_dir``."""
+    path = Path(output_dir) / "eval_result.json"
+    if not path.is_file():
+        raise EvaluateError(f"{path} does not exist; run run_lm_eval with output_dir={output_dir} first")
+    raw = read_json(path)
+    raw["tasks"] = {t: TaskResult(**r) for t, r in raw["tasks"].items()}
+    return EvalResult(**raw)
+
+
+# --------------------------------------------------------------------------- tidy table
+TIDY_COLUMNS = ["model", "task", "metric", "value", "stderr", "limit", "n", "truncation_rate"]
+
+
+def tidy_results(results: Iterable[EvalResult | str | os.PathLike]):
+    """One row per model x task x metric: model, task, metric, value, stderr, limit, n, truncation_rate."""
+    import pandas as pd
+
+    rows = []
+    for res in results:
+        res = res if isinstance(res, EvalResult) else load_eval_result(res)
+        for task, tr in res.tasks.items():
+            for metric, value in tr.metrics.items():
+                rows.append({"model": res.model, "task": task, "metric": metric, "value": value,
+                             "stderr": tr.stderrs.get(metric), "limit": tr.limit, "n": tr.n,
+                             "truncation_rate": tr.truncation_rate})
+    df = pd.DataFrame(rows, columns=TIDY_COLUMNS)
+    return df.astype({"value": float, "stderr": float, "truncation_rate": float}).sort_values(
+        ["model", "task", "metric"], ignore_index=True)

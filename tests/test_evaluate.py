@@ -1,0 +1,224 @@
+"""Stage 6: lm-eval on the shipped local tasks, with real (tiny) models, real verification, real code execution."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from syllabus import evaluate
+from syllabus.eval_tasks import EvalTaskError, code_eval, load_gsm8k, pass_at_k
+from syllabus.records import Problem
+
+torch = pytest.importorskip("torch")
+
+WORDS = ["7"] + [str(d) for d in range(10) if d != 7] + [
+    "Question", "Answer", ":", "####", ".", ",", "?", "the", "is", "he", "she", "has", "apples", "def", "return",
+    "(", ")", "+", "-", "*", "/", "=", "[UNK]", "<pad>", "</s>",
+]
+
+
+def save_tiny_model(out: Path, *, seed: int = 0, always_first_token: bool = False) -> Path:
+    """A 1-layer Llama with a word-level tokenizer, saved with save_pretrained.
+
+    ``always_first_token`` zeroes the final norm, so every logit is 0 and greedy decoding always
+    picks token 0 (the word "7"): a model whose answers are known in advance.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="<pad>", eos_token="</s>")
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                      pad_token_id=vocab["<pad>"], eos_token_id=vocab["</s>"], bos_token_id=None, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg)
+    if always_first_token:
+        with torch.no_grad():
+            model.model.norm.weight.zero_()
+    model.save_pretrained(out)
+    fast.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("random_model"))
+
+
+@pytest.fixture(scope="module")
+def sevens_model(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("sevens_model"), always_first_token=True)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def humaneval_problems(n: int) -> list[Problem]:
+    from syllabus.data import load_problems
+
+    return load_problems("humaneval", "test", data_dir=None)[:n]
+
+
+# --------------------------------------------------------------------------- units
+def test_pass_at_k_matches_the_unbiased_estimator():
+    assert pass_at_k(1, 1, 1) == 1.0 and pass_at_k(1, 0, 1) == 0.0
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(5, 1, 2) == pytest.approx(1 - (4 * 3) / (5 * 4))
+
+
+def test_code_eval_canonical_solutions_pass_and_empty_completions_fail(monkeypatch):
+    monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "1")
+    problems = humaneval_problems(8)
+    tests = [p.tests for p in problems]  # they end with check(<entry_point>)
+    scores, passed = code_eval([[p.text + p.solution] for p in problems], tests, k=[1], timeout_s=10, memory_mb=512)
+    assert scores == {"pass@1": 1.0}, passed
+    scores, passed = code_eval([[p.text] for p in problems], tests, k=[1], timeout_s=10, memory_mb=512)
+    assert scores == {"pass@1": 0.0} and not any(x for row in passed for x in row)
+
+
+def test_code_eval_refuses_without_the_allow_flag(monkeypatch):
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
+    with pytest.raises(PermissionError, match="HF_ALLOW_CODE_EVAL=1"):
+        code_eval([["print(1)"]], ["pass"])
+
+
+def test_truncation_rate_counts_responses_that_used_the_whole_budget(tmp_path, random_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(random_model)
+    rows = [("1 2 3", 3), ("1 2", 3), ("", 3), ("he has 7 apples", 4)]  # 3/3, 2/3, 0/3, 4/4 tokens
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps({"resps": [[text]], "arguments": {"gen_args_0": {
+        "arg_0": "Question:", "arg_1": {"until": ["Question:"], "max_gen_toks": budget}}}}) + "\n" for text, budget in rows))
+    assert evaluate.truncation_rate(path, tok) == 0.5
+
+
+def test_scorers_use_the_project_verifier():
+    from syllabus.eval_tasks import score_gsm8k, score_lab, score_math
+
+    assert score_gsm8k({"answer": "1200"}, ["She earns 1,200 dollars.\n#### 1,200"]) == {"exact_match": 1.0}
+    assert score_gsm8k({"answer": "12"}, ["#### 13"]) == {"exact_match": 0.0}
+    assert score_lab({"answer": "7"}, ["3 + 4 = 7\n#### 7"]) == {"exact_match": 1.0}
+    assert score_math({"answer": "\\frac{1}{2}"}, ["so it is $\\boxed{0.5}$"]) == {"exact_match": 1.0}
+    assert score_math({"answer": "\\frac{1}{2}"}, ["so it is $\\boxed{2}$"]) == {"exact_match": 0.0}
+
+
+def test_loaders_fail_clearly_without_a_data_dir(monkeypatch):
+    monkeypatch.delenv("SYLLABUS_DATA_DIR", raising=False)
+    with pytest.raises(EvalTaskError, match="data_dir"):
+        load_gsm8k()
+    with pytest.raises(EvalTaskError, match="does not exist"):
+        load_gsm8k(data_dir="/nonexistent/data")
+
+
+def test_gsm8k_documents_use_the_project_prompt(data_dir):
+    from syllabus.prompts import question_prompt
+
+    docs = load_gsm8k(data_dir=str(data_dir))["test"]
+    assert len(docs) == 1319
+    assert docs[0]["prompt"] == question_prompt(docs[0]["text"]) and docs[0]["answer"] == "18"
+    assert load_gsm8k(data_dir=str(data_dir), chat_prompt=True)["test"][0]["prompt"] == docs[0]["text"].strip()
+
+
+def test_run_lm_eval_rejects_bad_requests(tmp_path, random_model, data_dir):
+    kw = dict(data_dir=data_dir, limit=2, max_gen_toks=4, batch_size=2, apply_chat_template=False,
+              output_dir=tmp_path, seed=0)
+    with pytest.raises(evaluate.EvaluateError, match="unknown benchmark task 'gsm9k'"):
+        evaluate.run_lm_eval(random_model, ["gsm9k"], **kw)
+    with pytest.raises(evaluate.EvaluateError, match="lab_file"):
+        evaluate.run_lm_eval(random_model, ["syllabus_lab"], **kw)
+    with pytest.raises(evaluate.EvaluateError, match="no config.json"):
+        evaluate.run_lm_eval(tmp_path, ["syllabus_gsm8k"], **kw)
+
+
+def test_builtin_tasks_point_at_local_files_by_absolute_path(data_dir, tmp_path):
+    spec = evaluate.builtin_local_task("gsm8k", data_dir)
+    files = spec["task"][0]["dataset_kwargs"]["data_files"]
+    assert spec["group"] == "gsm8k_localfile" and spec["task"][0]["task"] == "gsm8k"
+    assert files == {"train": str(data_dir.resolve() / "gsm8k/train.jsonl"), "test": str(data_dir.resolve() / "gsm8k/test.jsonl")}
+    assert evaluate.builtin_local_task("minerva_math500", data_dir)["task"][0]["training_split"] is None
+    with pytest.raises(evaluate.EvaluateError, match="math500/test.jsonl"):
+        evaluate.builtin_local_task("minerva_math500", tmp_path)
+
+
+# --------------------------------------------------------------------------- lm-eval runs
+def test_lab_task_scores_through_the_verifier_and_resumes(tmp_path, sevens_model):
+    golds = ["7", "8", "7", "12", "7", "70"]  # the model always answers "7 7 7 ..."
+    problems = [Problem(id=f"lab-{i}", task="lab", source="lab", text=f"he has {g} apples ?", answer=g)
+                for i, g in enumerate(golds)]
+    lab_file = evaluate.write_problems_jsonl(problems, tmp_path / "lab.jsonl")
+    kw = dict(data_dir=None, limit=None, max_gen_toks=5, batch_size=3, apply_chat_template=False,
+              output_dir=tmp_path / "out", seed=0, lab_file=lab_file, model_name="sevens")
+    result = evaluate.run_lm_eval(sevens_model, ["syllabus_lab"], **kw)
+    lab = result.tasks["syllabus_lab"]
+    assert lab.metrics == {"exact_match": 0.5} and lab.n == 6 and lab.truncation_rate == 1.0
+    samples = [json.loads(line) for line in open(lab.samples_file)]
+    assert [s["resps"][0][0] for s in samples] == ["7 7 7 7 7"] * 6
+
+    again = evaluate.run_lm_eval(sevens_model, ["syllabus_lab"], **kw)  # complete: read back, not re-run
+    assert again.tasks["syllabus_lab"].results_file == lab.results_file
+    table = evaluate.tidy_results([tmp_path / "out"])
+    assert list(table.columns) == evaluate.TIDY_COLUMNS
+    assert table.to_dict("records") == [{"model": "sevens", "task": "syllabus_lab", "metric": "exact_match",
+                                         "value": 0.5, "stderr": pytest.approx(0.2236, abs=1e-4), "limit": None,
+                                         "n": 6, "truncation_rate": 1.0}]
+
+
+@pytest.mark.slow
+def test_project_path_and_lm_eval_command_line_agree(tmp_path, random_model, data_dir):
+    result = evaluate.run_lm_eval(random_model, ["syllabus_gsm8k"], data_dir=data_dir, limit=5, max_gen_toks=12,
+                                  batch_size=5, apply_chat_template=False, output_dir=tmp_path / "api", seed=0)
+    ours = result.tasks["syllabus_gsm8k"]
+
+    cli_out = tmp_path / "cli"
+    cmd = [str(Path(sys.executable).parent / "lm_eval"), "run", "--model", "hf", "--model_args", f"pretrained={random_model},dtype=float32",
+           "--device", "cpu", "--include_path", str(evaluate.TASKS_DIR), "--tasks", "syllabus_gsm8k", "--limit", "5",
+           "--batch_size", "5", "--gen_kwargs", "max_gen_toks=12", "--seed", "0",
+           "--metadata", json.dumps({"data_dir": str(data_dir)}), "--output_path", str(cli_out), "--log_samples"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = evaluate.read_task_result(cli_out, "syllabus_gsm8k", tokenizer=_tokenizer(random_model))
+
+    assert theirs.metrics == ours.metrics and theirs.stderrs == ours.stderrs and theirs.n == ours.n == 5
+    assert theirs.truncation_rate == ours.truncation_rate
+    assert _responses(theirs.samples_file) == _responses(ours.samples_file)
+
+
+@pytest.mark.slow
+def test_humaneval_runs_offline_with_gates_only_for_that_task(tmp_path, random_model, data_dir):
+    assert evaluate.is_unsafe("syllabus_humaneval") and not evaluate.is_unsafe("syllabus_gsm8k")
+    os.environ.pop("HF_ALLOW_CODE_EVAL", None)
+    result = evaluate.run_lm_eval(random_model, ["syllabus_humaneval"], data_dir=data_dir, limit=2, max_gen_toks=8,
+                                  batch_size=2, apply_chat_template=False, output_dir=tmp_path, seed=0)
+    assert "HF_ALLOW_CODE_EVAL" not in os.environ
+    he = result.tasks["syllabus_humaneval"]
+    assert he.metrics == {"pass@1": 0.0} and he.n == 2  # random words are not Python
+
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    with pytest.raises(ValueError, match="confirm_run_unsafe_code"):
+        lm_eval.simple_evaluate(model="hf", model_args={"pretrained": str(random_model)}, device="cpu",
+                                tasks=["syllabus_humaneval"], task_manager=TaskManager(include_path=str(evaluate.TASKS_DIR)),
+                                limit=1)
+
+
+def _tokenizer(model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def _responses(samples_file) -> dict[int, str]:
+    return {s["doc_id"]: s["resps"][0][0] for s in map(json.loads, open(samples_file))}
