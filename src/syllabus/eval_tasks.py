@@ -143,6 +143,11 @@ def score_lab(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     return _score("lab", doc, results)
 
 
+def score_by_task(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
+    """Score a document with the verifier of its own task (``syllabus_heldout``)."""
+    return _score(doc.get("task") or "lab", doc, results)
+
+
 def humaneval_program(prompt: str, completion: str) -> str:
     """The function under test: the prompt, then the completion cut at a closing code fence."""
     fence = completion.find("```")

@@ -33,13 +33,16 @@ from .records import Problem
 from .runs import atomic_write_json, atomic_write_text, hash_obj, hash_path, package_versions, read_json
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
-SYLLABUS_TASKS = ("syllabus_gsm8k", "syllabus_math500", "syllabus_humaneval", "syllabus_lab")
+SYLLABUS_TASKS = ("syllabus_gsm8k", "syllabus_math500", "syllabus_humaneval", "syllabus_lab", "syllabus_heldout")
 # lm-eval's own tasks, pointed at local files: task -> (data file per split, relative to data_dir).
 BUILTIN_LOCAL_TASKS = {
     "gsm8k": {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
     "minerva_math500": {"test": "math500/test.jsonl"},
 }
 PROVENANCE = "provenance.json"
+
+
+FILE_TASKS = ("syllabus_lab", "syllabus_heldout")  # tasks whose problems come from the caller's JSONL
 
 
 class EvaluateError(RuntimeError):
@@ -232,8 +235,9 @@ def run_lm_eval(
         raise EvaluateError(f"model directory '{model_dir}' has no config.json; save the model with save_pretrained first")
     output_dir = Path(output_dir).expanduser().resolve()
     data_dir = Path(data_dir).expanduser().resolve() if data_dir is not None else None
-    if "syllabus_lab" in tasks and lab_file is None:
-        raise EvaluateError("task 'syllabus_lab' needs lab_file (write it with write_problems_jsonl)")
+    for needs_file in FILE_TASKS:
+        if needs_file in tasks and lab_file is None:
+            raise EvaluateError(f"task '{needs_file}' needs lab_file (write it with write_problems_jsonl)")
     metadata: dict[str, Any] = {"chat_prompt": bool(apply_chat_template)}
     if data_dir is not None:
         metadata["data_dir"] = str(data_dir)
@@ -254,7 +258,7 @@ def run_lm_eval(
             "model_hash": model_hash, "task": task, "spec": spec, "task_config": task_config(task),
             "metadata": metadata, "limit": limit, "max_gen_toks": max_gen_toks, "batch_size": batch_size,
             "apply_chat_template": apply_chat_template, "device": device, "dtype": dtype, "seed": seed,
-            "data_hash": hash_path(metadata["lab_file"]) if task == "syllabus_lab" else None,
+            "data_hash": hash_path(metadata["lab_file"]) if task in FILE_TASKS else None,
             "versions": package_versions(("lm_eval", "transformers", "torch", "datasets", "math-verify")),
         }
         key = hash_obj(inputs)

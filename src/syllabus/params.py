@@ -210,12 +210,25 @@ class DynamicSelection(Strict):
     ioa: IOA = Field(default_factory=IOA)
 
 
+BENCHMARK_TASKS = ("syllabus_lab", "syllabus_heldout", "syllabus_gsm8k", "syllabus_math500", "syllabus_humaneval",
+                   "gsm8k", "minerva_math500")
+
+
 class Benchmark(Strict):
-    tasks: list[str] = Field(default_factory=lambda: ["lab"])
+    tasks: list[str] = Field(default_factory=lambda: ["syllabus_lab"],
+                             description="syllabus_lab / syllabus_heldout: this run's held-out problems; "
+                                         "syllabus_gsm8k / math500 / humaneval: the benchmark files")
     limit: int | None = Field(50, ge=1)
     max_gen_toks: int = Field(256, ge=1)
     batch_size: int = Field(8, ge=1)
     apply_chat_template: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "Benchmark":
+        unknown = [t for t in self.tasks if t not in BENCHMARK_TASKS]
+        if unknown:
+            raise ValueError(f"unknown benchmark task(s) {unknown}; choose from {list(BENCHMARK_TASKS)}")
+        return self
 
 
 # --------------------------------------------------------------------------- profile
