@@ -88,12 +88,29 @@ def code_hash() -> str:
                      for p in sorted(PACKAGE_DIR.rglob("*")) if p.is_file() and "__pycache__" not in p.parts})
 
 
-def stage_key(run: RunDir, stage: str, notebook: Path, params_hash: str, src_hash: str) -> str:
+# Profile sections a stage does not read (directly or through its inputs): changing them leaves the
+# stage up to date. Everything else, the notebook, the package code and upstream outputs are in its key.
+UNUSED_SECTIONS = {
+    "01_teacher_selection": ("curation", "dmc", "correlation", "dynamic", "benchmark"),
+    "02_trace_curation": ("teacher_selection", "dmc", "correlation", "dynamic", "benchmark"),
+    "03_dmc": ("teacher_selection", "curation", "correlation", "dynamic", "benchmark"),
+    "04_correlation": ("teacher_selection", "curation", "dynamic", "benchmark"),
+    "05_dynamic_selection": ("teacher_selection", "curation", "correlation", "benchmark"),
+    "06_benchmark": ("teacher_selection", "curation", "dmc", "correlation", "dynamic"),
+}
+
+
+def stage_params(params: dict, stage: str) -> dict:
+    """The part of the resolved profile that a stage depends on."""
+    return {k: v for k, v in params.items() if k not in UNUSED_SECTIONS[stage] and k != "description"}
+
+
+def stage_key(run: RunDir, stage: str, notebook: Path, params: dict, src_hash: str) -> str:
     upstream = {}
     for earlier in STAGES[: STAGES.index(stage)]:
         if run.is_complete(earlier):
             upstream[earlier] = read_json(run.manifest_path(earlier)).get("outputs", {})
-    return hash_obj({"stage": stage, "params": params_hash, "notebook": hash_file(notebook),
+    return hash_obj({"stage": stage, "params": stage_params(params, stage), "notebook": hash_file(notebook),
                      "code": src_hash, "upstream": upstream})
 
 
@@ -149,13 +166,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not (notebooks_dir / f"{stage}.ipynb").is_file():
             raise RunError(f"notebook {notebooks_dir / (stage + '.ipynb')} is missing")
     run.prepare(prof)
-    params_hash = hash_obj(prof.to_dict())
+    params = prof.to_dict()
     src_hash = code_hash()
     print(f"syllabus: profile '{prof.name}' -> {run.root}", flush=True)
     total = time.time()
     for stage in stages:
         notebook = notebooks_dir / f"{stage}.ipynb"
-        key = stage_key(run, stage, notebook, params_hash, src_hash)
+        key = stage_key(run, stage, notebook, params, src_hash)
         if not args.force and is_up_to_date(run, stage, key):
             print(f"  {stage}: up to date, reused (nothing recomputed; --force to re-run)", flush=True)
             continue
