@@ -24,7 +24,8 @@ def models_to_evaluate(stage: Stage, splits: workflow.Splits, finals: pd.DataFra
                      "chat_template": spec.chat_template})
     chat = {s.name: s.chat_template for s in prof.students}
     for r in finals.to_dict("records"):
-        rows.append({"model": f"{r['student']} + {r['policy']}", "kind": "distilled", "model_dir": r["model_dir"],
+        rows.append({"model": f"{r['student']} + {r['policy']}", "kind": "distilled",
+                     "model_dir": str(stage.run.root / r["model_dir"]),  # stored relative to the run folder
                      "chat_template": chat.get(r["student"], False)})
     for t in prof.teachers:
         if t.backend == "hf" and t.model and Path(t.model).is_dir():

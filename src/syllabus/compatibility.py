@@ -31,6 +31,7 @@ def reference_nll(stage: Stage, student: workflow.StudentModel, probe: list[Prob
     pairs = [(student.prompt(p), student.target(g.text)) for p, gens in zip(probe, outs) for g in gens if g.text.strip()]
     scores = cached_scores(student.model, student.tokenizer, pairs, cache_dir=stage.run.cache / "scores",
                            batch_size=prof.dmc.score_batch_size, fingerprint=student.fingerprint())
+    note_scoring(stage, scores)
     return dmc.nll_reference(scores["nll"]), scores
 
 
@@ -50,6 +51,7 @@ def score_student(stage: Stage, student: workflow.StudentModel, datasets: dict[s
         pairs = workflow.sft_examples(student, problems, traces)
         scores = cached_scores(student.model, student.tokenizer, pairs, cache_dir=stage.run.cache / "scores",
                                batch_size=prof.dmc.score_batch_size, fingerprint=fingerprint)
+        note_scoring(stage, scores)
         frames.append(dmc.items_frame(name, traces, rates.to_dict(), scores))
     items = pd.concat(frames, ignore_index=True)
     items["ifd"] = items["nll"] / items["nll_unconditional"].replace(0, np.nan)
@@ -57,6 +59,13 @@ def score_student(stage: Stage, student: workflow.StudentModel, datasets: dict[s
     table.insert(0, "student", student.name)
     table["nll_ref"] = nll_ref
     return table
+
+
+def note_scoring(stage: Stage, scores: pd.DataFrame) -> None:
+    """Add a ``cached_scores`` call's counts to the manifest note ``scoring`` (n_scored 0: all from the cache)."""
+    counts = stage.notes.setdefault("scoring", {"n_scored": 0, "n_cached": 0})
+    counts["n_scored"] += int(scores.attrs.get("n_scored", 0))
+    counts["n_cached"] += int(scores.attrs.get("n_cached", 0))
 
 
 def _rule_params(prof) -> dict[str, float]:

@@ -153,6 +153,10 @@ def _from_file(path: Path, source: str, split: str) -> ProblemSet:
     if len(skipped) > MAX_ROW_WARNINGS:
         warnings.warn(f"{path}: {len(skipped)} malformed rows skipped in all; see ProblemSet.meta['skipped_rows']",
                       stacklevel=3)
+    if not problems:
+        why = (f"none of its {len(skipped)} rows is a usable {source} problem (first: line {skipped[0][0]}: "
+               f"{skipped[0][1]})" if skipped else "is empty")
+        raise DataError(f"{path}: {why}; fix or replace the file (one JSON object per line)")
     meta = {"source": source, "split": split, "path": str(path), "sha256": _sha256(str(path), stat.st_mtime_ns),
             "skipped_rows": [{"line": n, "reason": r} for n, r in skipped], "n_skipped": len(skipped)}
     return ProblemSet(problems, meta)

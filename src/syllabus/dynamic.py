@@ -138,10 +138,11 @@ def start_curve(stage: Stage, student: workflow.StudentModel, heldout: list[Prob
 
 
 def save_final(stage: Stage, run: PolicyRun) -> str:
-    """Save a policy's final student as a model directory (LoRA merged) for stage 6; returns its path."""
+    """Save a policy's final student as a model directory (LoRA merged) for stage 6; returns its path
+    relative to the run folder (tables hold no absolute paths: two run folders give identical tables)."""
     from . import models
 
     target = stage.run.cache / "final_models" / f"{run.model.name}-{run.policy}-seed{run.seed}"
     models.save_model(run.model.model, run.model.tokenizer, target,
                       info={"student": run.model.name, "policy": run.policy, "seed": run.seed})
-    return str(target)
+    return target.relative_to(stage.run.root).as_posix()

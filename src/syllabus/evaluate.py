@@ -281,7 +281,7 @@ def _run_task(model_dir, spec, task, task_dir, inputs, key, tokenizer, *, limit,
 
     unsafe = is_unsafe(task)
     task_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".lm_eval-", dir=task_dir))
+    staging = Path(tempfile.mkdtemp(prefix=".lm_eval-", suffix=".tmp", dir=task_dir))
     try:
         tracker = EvaluationTracker(output_path=str(staging))
         with code_eval_allowed(unsafe):

@@ -105,7 +105,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside ``target``; it becomes ``target`` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         if target.exists():  # someone else finished first; theirs is as good as ours
@@ -127,7 +127,7 @@ def save_model(model, tokenizer, out_dir: str | os.PathLike, info: dict[str, Any
         model = copy.deepcopy(model).merge_and_unload()
     _strip_quantizer(model)
     if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
+        old = out_dir.with_name(f".{out_dir.name}.old.tmp")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out_dir, old)
         shutil.rmtree(old, ignore_errors=True)

@@ -267,6 +267,12 @@ class Profile(Strict):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"duplicate {kind} names {dupes}")
+        for key, ref in self._local_model_refs():
+            if not _local_path_exists(ref):
+                raise ValueError(
+                    f"{key} '{ref}' does not exist (looked in {Path.cwd()} and {PROJECT_ROOT}); point it at an "
+                    "existing model folder or .gguf file, or use a hub id / installed package name"
+                )
         if self.data.data_dir is not None and not self.data.data_dir.is_dir():
             raise ValueError(
                 f"data.data_dir '{self.data.data_dir}' is not a directory; point it at the folder holding "
@@ -274,9 +280,32 @@ class Profile(Strict):
             )
         return self
 
+    def _local_model_refs(self) -> list[tuple[str, str]]:
+        """(key, path) of every model the profile names by a local path: checked before any work starts."""
+        refs = []
+        for i, s in enumerate(self.students):
+            if s.model and (s.source == "dir" or (s.source == "gguf" and s.model.endswith(".gguf"))):
+                refs.append((f"students.{i}.model (student '{s.name}')", s.model))
+        for i, t in enumerate(self.teachers):
+            if t.model and t.backend in ("hf", "vllm") and _looks_like_path(t.model):
+                refs.append((f"teachers.{i}.model (teacher '{t.name}')", t.model))
+        return refs
+
     def to_dict(self) -> dict[str, Any]:
         """Plain, YAML-safe dict of every resolved value (defaults included)."""
         return self.model_dump(mode="json")
+
+
+def _looks_like_path(ref: str) -> bool:
+    """A model reference written as a path (not a hub id like ``org/name``)."""
+    return ref.startswith(("/", "./", "../", "~")) or ref.endswith(".gguf")
+
+
+def _local_path_exists(ref: str) -> bool:
+    """The path exists as given (relative to the working directory) or relative to the project root,
+    where ``syllabus run`` executes the notebooks."""
+    path = Path(os.path.expandvars(ref)).expanduser()
+    return path.exists() or (not path.is_absolute() and (PROJECT_ROOT / path).exists())
 
 
 # --------------------------------------------------------------------------- loading

@@ -25,6 +25,8 @@ import json
 import os
 import platform
 import random
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -88,6 +90,33 @@ def hash_obj(obj: Any) -> str:
 
 
 # --------------------------------------------------------------------------- atomic writes
+# Temporary names of every atomic writer in the package: hidden, ending in ``.tmp`` (plus the target's
+# suffix): ``.name.XXXX.tmp.json``, ``.model_dir.XXXX.tmp``. Nothing reads them; a killed run may leave them.
+TEMP_NAME = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+def is_temp_name(name: str) -> bool:
+    return bool(TEMP_NAME.match(name))
+
+
+def remove_temps(root: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files and folders that killed writers left under ``root``; return them.
+
+    Only safe while no other process writes into ``root`` (``syllabus run`` owns its run folder).
+    """
+    found = [p for p in Path(root).rglob(".*") if is_temp_name(p.name)]
+    removed = []
+    for path in sorted(found, key=lambda p: len(p.parts)):
+        if not path.exists() and not path.is_symlink():
+            continue  # inside a temporary folder removed just before
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); rename it into place only if the block succeeds."""
@@ -229,7 +258,7 @@ class RunDir:
     def check_writable(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-test-"):
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".write-test-", suffix=".tmp"):
                 pass
         except OSError as exc:
             raise RunError(f"run folder '{self.root}' is not writable ({exc.strerror}); choose another with --run-dir") from None
@@ -250,6 +279,7 @@ class RunDir:
                     f"run folder '{self.root}' belongs to profile '{info.get('profile')}', not '{prof.name}'; "
                     "use a new --run-dir (nothing was changed)"
                 )
+        remove_temps(self.root)  # what a killed run was writing when it died
         atomic_write_json(run_json, {"profile": prof.name, "params_version": PARAMS_SCHEMA_VERSION})
         atomic_write_text(self.params_file, yaml.safe_dump(prof.to_dict(), sort_keys=False))
 
