@@ -285,13 +285,3 @@ def distil(student: StudentModel, examples: list[tuple[str, str]], *, steps: int
     trained = result.model if getattr(result, "model", None) is not None else model
     trained.eval()
     return StudentModel(student.spec, trained, student.tokenizer), result
-
-
-def gain(before: float, after: float) -> float:
-    return after - before
-
-
-def cache_path(stage: Stage, *parts: str) -> Path:
-    path = stage.run.cache.joinpath(*parts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
