@@ -136,7 +136,6 @@ def execute_stage(run: RunDir, stage: str, notebook: Path) -> None:
     failed = out_dir / f"{stage}.failed.ipynb"
     # The manifest marks a finished stage: drop it first so that a crash leaves the stage "not done".
     manifest = run.manifest_path(stage)
-    previous = read_json(manifest) if manifest.is_file() else None
     if manifest.is_file():
         manifest.unlink()
     with atomic_path(target) as tmp:
@@ -153,7 +152,6 @@ def execute_stage(run: RunDir, stage: str, notebook: Path) -> None:
         failed.unlink()
     if not manifest.is_file():
         raise RunError(f"notebook {notebook.name} ran but did not call stage.finish(); no manifest in {out_dir}")
-    del previous
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -328,8 +328,8 @@ class Stage:
 
     def record_input(self, label: str, path_or_hash: str | os.PathLike) -> None:
         """Record an external input (a data file, a model) by hash."""
-        p = Path(path_or_hash) if not isinstance(path_or_hash, str) or os.path.exists(path_or_hash) else None
-        self.inputs[label] = hash_path(p) if p is not None and p.exists() else str(path_or_hash)
+        path = Path(path_or_hash)
+        self.inputs[label] = hash_path(path) if path.exists() else str(path_or_hash)
 
     # ------------------------------------------------------------ outputs
     def path(self, relative: str) -> Path:

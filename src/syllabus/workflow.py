@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from . import prompts
+from .overlap import normalize_text
 from .params import Profile, Student
 from .records import Problem, Trace
 from .runs import Stage, hash_obj
@@ -93,13 +94,9 @@ def problem_splits(prof: Profile) -> Splits:
     else:
         train = list(data.load_from_params(prof, d.task, "train"))
         rng.shuffle(train)
-        seen = {_norm(p.text) for p in heldout + probe}
-        pool = [p for p in train if _norm(p.text) not in seen][: d.n_pool]
+        seen = {normalize_text(p.text) for p in heldout + probe}
+        pool = [p for p in train if normalize_text(p.text) not in seen][: d.n_pool]
     return Splits(pool=pool, probe=probe, heldout=heldout)
-
-
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
 
 
 def pretrain_texts(prof: Profile, spec: Student, exclude: Iterable[Problem] = ()) -> list[str]:
@@ -282,6 +279,5 @@ def distil(student: StudentModel, examples: list[tuple[str, str]], *, steps: int
     model = copy.deepcopy(student.model)
     result = train.sft(model, student.tokenizer, examples, steps=steps, cfg=prof.training, seed=seed,
                        out_dir=out_dir, resume=True)
-    trained = result.model if getattr(result, "model", None) is not None else model
-    trained.eval()
-    return StudentModel(student.spec, trained, student.tokenizer), result
+    model.eval()  # sft trained the copy in place
+    return StudentModel(student.spec, model, student.tokenizer), result
