@@ -35,17 +35,19 @@ def traces_table(runs: dict[str, workflow.TeacherRun]) -> pd.DataFrame:
 def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, workflow.TeacherRun],
                 problems: list[Problem], eval_problems: list[Problem]) -> pd.DataFrame:
     """One row per teacher: its accuracy, trace statistics under the student, and the smoke-test gain."""
-    from .scoring import score_pairs
+    from .scoring import cached_scores
 
     prof = stage.params
     by_id = {p.id: p for p in problems}
+    fingerprint = student.fingerprint()
     before = workflow.accuracy(student, eval_problems, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
     rows = []
     for name, run in runs.items():
         traces = run.traces
         correct = [t for t in traces if t.correct]
         pairs = workflow.sft_examples(student, by_id, traces)
-        scores = score_pairs(student.model, student.tokenizer, pairs, batch_size=prof.dmc.score_batch_size)
+        scores = cached_scores(student.model, student.tokenizer, pairs, cache_dir=stage.run.cache / "scores",
+                               batch_size=prof.dmc.score_batch_size, fingerprint=fingerprint)
         row = {
             "teacher": name,
             "traces": len(traces),
