@@ -99,24 +99,33 @@ def scatter_with_fit(grid: pd.DataFrame, predictors: list[str], *, target="gain"
     return fig
 
 
-def learning_curves(curves: pd.DataFrame, *, x="tokens", y="accuracy", hue="policy"):
-    """Stage 5: held-out accuracy against training tokens per policy (mean and spread over seeds)."""
+def learning_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy"):
+    """Stage 5: held-out accuracy after each phase per policy: the mean over seeds, and the range
+    of the seeds as a band. Every phase is the same number of optimizer steps for every policy, so
+    the x axis is equal compute (token counts differ slightly with the lengths of the chosen traces)."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     sns.lineplot(data=curves, x=x, y=y, hue=hue, marker="o", errorbar=("pi", 100), ax=ax)
-    ax.set_xlabel("training tokens seen")
+    ax.set_xticks(sorted(curves[x].unique()))
+    ax.set_xlabel("phase (0 = before training; equal optimizer steps per phase)")
     ax.set_ylabel("held-out accuracy (fraction correct)")
-    ax.set_title("Learning curves at equal compute")
+    ax.set_title("Learning curves at equal compute (mean over seeds, band: min-max)")
+    ax.legend(fontsize=8, ncol=2)
     return fig
 
 
 def trajectories(scores: pd.DataFrame, *, x="phase", y="dmc", hue="dataset", col=None):
-    """Stage 5: DMC of each candidate dataset at each phase (recomputed on the current checkpoint)."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    sns.lineplot(data=scores, x=x, y=y, hue=hue, marker="o", errorbar=None, ax=ax)
-    ax.set_xlabel("phase")
+    """Stage 5: DMC of each candidate dataset at each phase (recomputed on the current checkpoint);
+    the legend sits outside the axes, ordered by the last phase's DMC, highest first."""
+    last = scores[scores[x] == scores[x].max()].sort_values(y, ascending=False)[hue].tolist()
+    order = last + sorted(set(scores[hue]) - set(last))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    sns.lineplot(data=scores, x=x, y=y, hue=hue, hue_order=order, marker="o", errorbar=None, ax=ax)
+    ax.set_xticks(sorted(scores[x].unique()))
+    ax.set_xlabel("phase (DMC measured before the phase's training)")
     ax.set_ylabel("DMC on the current checkpoint")
     ax.set_title("DMC trajectories during dmc_dynamic training")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=1 + len(order) // 18, bbox_to_anchor=(1.01, 1), loc="upper left", title=hue)
+    fig.tight_layout()
     return fig
 
 
