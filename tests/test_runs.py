@@ -94,3 +94,20 @@ def test_unwritable_run_folder(tmp_path):
 
 def test_seed_is_stable():
     assert runs.stage_seed(7, "03_dmc") == runs.stage_seed(7, "03_dmc") != runs.stage_seed(8, "03_dmc")
+
+
+def test_atomic_writes_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
+    import os
+
+    from syllabus.models import atomic_dir
+    from syllabus.runs import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "table.csv", "a\n")
+        with atomic_dir(tmp_path / "model") as folder:
+            (folder / "weights.bin").write_bytes(b"0")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "table.csv").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755

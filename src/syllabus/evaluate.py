@@ -30,7 +30,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from .eval_tasks import ALLOW_CODE_EVAL_ENV
 from .records import Problem
-from .runs import atomic_write_json, atomic_write_text, hash_obj, hash_path, package_versions, read_json
+from .runs import (atomic_write_json, atomic_write_text, hash_obj, hash_path, package_versions, publish_mode,
+                   read_json)
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 SYLLABUS_TASKS = ("syllabus_gsm8k", "syllabus_math500", "syllabus_humaneval", "syllabus_lab", "syllabus_heldout")
@@ -301,6 +302,7 @@ def _run_task(model_dir, spec, task, task_dir, inputs, key, tokenizer, *, limit,
         final = task_dir / "lm_eval"
         if final.exists():
             shutil.rmtree(final)
+        publish_mode(staging)
         os.replace(staging, final)
     finally:
         if staging.exists():

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from . import params as P
-from .runs import atomic_write_json, hash_file, hash_obj, sha256_bytes
+from .runs import atomic_write_json, hash_file, hash_obj, publish_mode, sha256_bytes
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 # One token per: a word (with its leading space), a digit, a punctuation mark, a whitespace character.
@@ -111,6 +111,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
         if target.exists():  # someone else finished first; theirs is as good as ours
             shutil.rmtree(tmp)
         else:
+            publish_mode(tmp)
             os.replace(tmp, target)
     finally:
         if tmp.exists():

@@ -117,6 +117,19 @@ def remove_temps(root: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path: str | os.PathLike) -> None:
+    """Give a finished temporary file or folder the mode a plain ``open``/``mkdir`` would have
+    (0666 / 0777 less the umask): ``mkstemp`` and ``mkdtemp`` create them private (0600 / 0700)."""
+    path = Path(path)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix); rename it into place only if the block succeeds."""
@@ -129,6 +142,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         if tmp_path.is_dir():
             raise RunError(f"atomic_path: {tmp_path} became a folder")
+        publish_mode(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
