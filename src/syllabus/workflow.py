@@ -150,9 +150,17 @@ class StudentModel:
         return prompts.build_target(trace_text, self.use_chat, eos=self.tokenizer.eos_token)
 
     def fingerprint(self) -> str:
+        """``scoring.model_fingerprint`` of the weights, hashed again only after they changed: the
+        memo is keyed by every tensor's identity and in-place version counter, which any optimizer
+        step or ``load_state_dict`` bumps (stage 5 trains ``model`` in place)."""
         from .scoring import model_fingerprint
 
-        return model_fingerprint(self.model)
+        state = [(id(t), getattr(t, "_version", None)) for t in self.model.state_dict(keep_vars=True).values()]
+        memo = getattr(self, "_fingerprint_memo", None)
+        if memo is None or memo[0] != state or None in (v for _, v in state):
+            memo = (state, model_fingerprint(self.model))
+            self._fingerprint_memo = memo
+        return memo[1]
 
 
 def load_student(stage: Stage, spec: Student | str, splits: Splits | None = None) -> StudentModel:
