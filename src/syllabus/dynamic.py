@@ -110,7 +110,9 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
                                       student_scores=module_scores, teacher_scores=teacher_scores,
                                       prerequisites=prerequisites, levels=levels)
         choice = policy.choose(phase, state)
-        rng = random.Random(hash_obj([prof.seed, policy_name, seed, phase]))
+        # Common random numbers: the draw depends on (seed, phase), not on the policy, so two policies
+        # that choose the same mixture train on the same examples and differ only by their choices.
+        rng = random.Random(hash_obj([prof.seed, seed, phase]))
         batch = draw_examples(choice, datasets, n_examples, rng)
         examples = workflow.sft_examples(current, problems, compatibility.traces_of(batch))
         out_dir = stage.run.cache / "dynamic" / student.name / policy_name / f"seed{seed}" / f"phase{phase}"
