@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from . import curate, workflow
+from .params import Profile
 from .records import Problem, Trace
 from .runs import Stage
 
@@ -24,15 +25,18 @@ class Curated:
     traces: list[Trace]
 
 
-def eval_sets(stage: Stage, splits: workflow.Splits) -> dict[str, list[Problem]]:
+def eval_sets(prof: Profile, splits: workflow.Splits) -> dict[str, list[Problem]]:
     """Every evaluation set of the profile, for decontamination: the run's probe and held-out
-    problems, plus the benchmark sets named in ``data.eval_sets`` (loaded from the data directory)."""
+    problems, plus the benchmark sets named in ``data.eval_sets`` (loaded from the data directory).
+
+    The task's own test set is left out only when the pool is drawn from it (``pool_split: test``):
+    then it is partitioned into pool, probe and held-out, and the run evaluates on its held-out part.
+    """
     from . import data
 
-    prof = stage.params
     sets: dict[str, list[Problem]] = {"heldout": splits.heldout, "probe": splits.probe}
     for name in prof.data.eval_sets:
-        if name == "lab" or name == prof.data.task:
+        if name == "lab" or (name == prof.data.task and prof.data.pool_split == "test"):
             continue
         sets[name] = list(data.load_problems(name, "test", data_dir=prof.data.resolved_data_dir(),
                                              hub_id=prof.data.hub.get(name)))
@@ -54,7 +58,7 @@ def curate_pool(stage: Stage, student: workflow.StudentModel, splits: workflow.S
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
     rates = pass_rates.to_dict()
-    result = curate.run_funnel(splits.pool, traces, cfg, verify=verify, eval_sets=eval_sets(stage, splits),
+    result = curate.run_funnel(splits.pool, traces, cfg, verify=verify, eval_sets=eval_sets(prof, splits),
                                pass_rates=rates, count_tokens=count_tokens, seed=stage.seed)
     styles = {t.name: (t.style or t.name) for t in prof.teachers}
     named = curate.build_candidate_datasets(result.problems, result.traces + result.adapted, styles=styles,
