@@ -1,13 +1,19 @@
 """DMC scoring throughput: the batched scorer against the naive one-example-at-a-time loop.
 
-Same student, same (prompt, target) pairs, side by side. The student is a small Llama built from a
-config (random weights: throughput and agreement do not depend on training) with a BPE tokenizer
-trained on GSM8K text; the pairs are GSM8K train questions in the project's prompt format and
-their reference solutions as targets. Prints examples/s and target tokens/s of both paths (each
-scores every pair with and without its prompt, for IFD), their ratio (target >= 3x), the largest
-absolute difference of any score (target <= 1e-5), and the cost of re-scoring through the cache.
+Same student, same (prompt, target) pairs, side by side. Two workloads:
 
-    PYTHONPATH=src python benchmarks/bench_dmc_scoring.py [--pairs 256] [--batched 16 16/2048 64/2048] [--threads 2]
+- ``lab`` (default): what stage 3 scores in the default ``tiny`` profile - the profile's first lab
+  student (its architecture and word-level tokenizer, built by the project's own code) and traces
+  written by the four lab teachers for lab problems, several per problem, as in the candidates;
+- ``gsm8k``: a larger case - a small Llama with a BPE tokenizer trained on GSM8K text, scoring GSM8K
+  train questions and their reference solutions.
+
+Weights are random (throughput and agreement do not depend on training). Prints examples/s and
+target tokens/s of both paths (each scores every pair with and without its prompt, for IFD), their
+ratio (target >= 3x), the largest absolute difference of any score (target <= 1e-5), and the cost
+of re-scoring through the cache.
+
+    PYTHONPATH=src python benchmarks/bench_dmc_scoring.py [--workload lab|gsm8k] [--pairs 512] [--threads 2]
 
 Wall times on a shared machine are noisy; the CPU time of the process (best of ``--repeats``) is
 the steadier figure with one thread.
@@ -26,6 +32,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from syllabus import lab, params, prompts, workflow
+from syllabus import models as syllabus_models
 from syllabus.prompts import question_prompt, target_text
 from syllabus.scoring import cached_scores, score_pairs, score_pairs_naive
 
@@ -62,6 +70,32 @@ def student(tokenizer, hidden: int, layers: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
+def lab_workload(profile: str, n_pairs: int):
+    """The profile's first lab student (random weights) and lab-teacher traces in its prompt format."""
+    prof = params.load_profile(profile)
+    spec = next(s for s in prof.students if s.source == "lab")
+    pre = workflow.pretrain_texts(prof, spec)
+    tok = syllabus_models.lab_tokenizer(workflow.tokenizer_texts(prof, pre))
+    model = syllabus_models.build_lab_model(spec.arch, tok, seed=0)
+    cfg = prof.data.lab
+    per_problem = 8  # 4 teacher styles x 2 samples, like keep_per_problem=2 in the tiny candidates
+    problems = lab.generate_problems(-(-n_pairs // per_problem), seed=5, modules=cfg.modules,
+                                     min_steps=cfg.min_steps, max_steps=cfg.max_steps, max_operand=cfg.max_operand)
+    rng = __import__("random").Random(0)
+    pairs = [(prompts.build_prompt(p.text), prompts.build_target(lab.write_trace(p, style, error_rate=0.1, rng=rng),
+                                                                 eos=tok.eos_token))
+             for p in problems for style in ("equations", "prose", "selfcheck", "sloppy") for _ in range(2)]
+    return model, tok, pairs[:n_pairs], f"lab student '{spec.name}' of profile {prof.name}"
+
+
+def gsm8k_workload(args):
+    rows = gsm8k_rows(args.data_dir, 2000)
+    tok = bpe_tokenizer([r["question"] + "\n" + r["answer"] for r in rows], args.vocab)
+    model = student(tok, args.hidden, args.layers)
+    pairs = [(question_prompt(r["question"]), target_text(r["answer"])) for r in rows[: args.pairs]]
+    return model, tok, pairs, f"Llama (hidden {args.hidden}, {args.layers} layers) with a GSM8K BPE tokenizer"
+
+
 def timed(fn, repeats: int):
     """Best of ``repeats`` runs: (result, wall seconds, CPU seconds of this process)."""
     best_wall = best_cpu = float("inf")
@@ -74,8 +108,10 @@ def timed(fn, repeats: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--pairs", type=int, default=256)
-    ap.add_argument("--batched", nargs="+", default=["16", "16/2048", "64/2048"],
+    ap.add_argument("--workload", choices=["lab", "gsm8k"], default="lab")
+    ap.add_argument("--profile", default="tiny", help="lab workload: the profile whose student is used")
+    ap.add_argument("--pairs", type=int, default=512)
+    ap.add_argument("--batched", nargs="+", default=["16", "64/2048", "64/1024"],
                     help="batched settings to compare, each ROWS or ROWS/MAX_BATCH_TOKENS")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -87,10 +123,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    rows = gsm8k_rows(args.data_dir, 2000)
-    tok = bpe_tokenizer([r["question"] + "\n" + r["answer"] for r in rows], args.vocab)
-    model = student(tok, args.hidden, args.layers)
-    pairs = [(question_prompt(r["question"]), target_text(r["answer"])) for r in rows[: args.pairs]]
+    if args.workload == "lab":
+        model, tok, pairs, what = lab_workload(args.profile, args.pairs)
+    else:
+        model, tok, pairs, what = gsm8k_workload(args)
     n_params = sum(p.numel() for p in model.parameters())
 
     score_pairs(model, tok, pairs[:8], batch_size=8)  # warm-up (first-call allocations), both paths
@@ -108,10 +144,9 @@ def main() -> None:
         again, cached_wall, cached_cpu = timed(lambda: cached_scores(model, tok, pairs, cache_dir=cache), 1)
 
     n_target = int(naive["n_tokens"].sum())
-    print(f"student: Llama {n_params / 1e6:.2f}M params (hidden {args.hidden}, {args.layers} layers, "
-          f"vocab {len(tok)}), "
+    print(f"student: {what}, {n_params / 1e6:.2f}M params, vocab {len(tok)}, "
           f"{torch.get_num_threads()} thread(s), cpu; best of {args.repeats} runs per path")
-    print(f"data: {len(pairs)} GSM8K pairs; prompt tokens mean {naive['n_prompt_tokens'].mean():.0f} "
+    print(f"data: {len(pairs)} {args.workload} pairs; prompt tokens mean {naive['n_prompt_tokens'].mean():.0f} "
           f"(min {naive['n_prompt_tokens'].min()}, max {naive['n_prompt_tokens'].max()}); target tokens mean "
           f"{naive['n_tokens'].mean():.0f} (min {naive['n_tokens'].min()}, max {naive['n_tokens'].max()}); "
           "every pair scored with and without its prompt")

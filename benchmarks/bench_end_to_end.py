@@ -48,7 +48,7 @@ def main() -> None:
     print(f"{'all stages':<24}{first:>10.1f}{peak:>15.0f}")
     second, out = run(args.profile, run_dir)
     reused = out.count("up to date")
-    print(f"cached re-run: {second:.1f} s = {100 * second / first:.1f} % of the first run; {reused} stage(s) reused")
+    print(f"cached re-run: {second:.1f} s = {100 * second / first:.2f} % of the first run; {reused} stage(s) reused")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 The slow tests share two pipeline runs of a shrunk ci profile (``SHRINK``; module-scoped fixture):
 ``reference`` (uninterrupted, an API key in the environment) and ``interrupted`` (another folder,
 SIGKILLed at each of ``KILL_POINTS`` and resumed each time); the last test re-runs the reference
-folder unchanged, with a forced stage 3, and with one changed benchmark parameter.
+folder unchanged, with a forced stage 3, with a changed correlation parameter and with a changed benchmark parameter.
 """
 
 from __future__ import annotations
@@ -419,7 +419,8 @@ def test_an_api_key_in_the_environment_is_written_nowhere(pipeline):
 @pytest.mark.notebooks
 def test_reruns_recompute_only_what_changed(pipeline):
     """Extends test_cli's reuse check: unchanged inputs leave every file as it was; a forced stage 3
-    re-scores nothing (inner caches); one changed benchmark parameter re-runs stage 6 alone."""
+    re-scores nothing (inner caches); a changed correlation parameter re-runs stage 4 alone (stages 5-6 do not
+    read it), and then one changed benchmark parameter re-runs stage 6 alone."""
     run_dir = pipeline["reference"]
     contents = lambda: {p: digest for p, (digest, _) in snapshot(run_dir).items()}  # noqa: E731
     before = contents()
@@ -438,7 +439,10 @@ def test_reruns_recompute_only_what_changed(pipeline):
     assert notes["scoring"]["n_scored"] == 0 and notes["scoring"]["n_cached"] > 0, notes
     assert {p: d for p, d in after_force.items() if "/tables/" in p} == {p: d for p, d in before.items()
                                                                           if "/tables/" in p}
-    changed = syllabus(run_dir, "-p", "benchmark.limit=3")
+    stats_only = syllabus(run_dir, "-p", "correlation.permutations=50")  # stage 5 and 6 read nothing of stage 4
+    assert stats_only.stdout.count("up to date, reused") == len(STAGES) - 1, stats_only.stdout
+    assert "04_correlation: running" in stats_only.stdout
+    changed = syllabus(run_dir, "-p", "correlation.permutations=50", "-p", "benchmark.limit=3")
     assert changed.stdout.count("up to date, reused") == len(STAGES) - 1, changed.stdout
     assert "06_benchmark: running" in changed.stdout
     results = pd.read_parquet(run_dir / "06_benchmark" / "tables" / "results.parquet")

@@ -72,6 +72,17 @@ def test_input_from_unfinished_stage_is_a_clear_error(tmp_path):
         stage.read_table("02", "datasets")
 
 
+def test_a_stage_reads_only_its_declared_inputs(tmp_path):
+    """Stage keys cover the outputs of STAGE_INPUTS only, so reading anything else must fail loudly."""
+    from syllabus.runs import STAGE_INPUTS, STAGES
+
+    for stage, inputs in STAGE_INPUTS.items():
+        assert all(STAGES.index(s) < STAGES.index(stage) for s in inputs), stage
+    stage = open_stage("05_dynamic_selection", "ci", run_dir=tmp_path)
+    with pytest.raises(RunError, match=r"from stage 04_correlation, which is not among its inputs.*STAGE_INPUTS"):
+        stage.read_table("04", "grid")
+
+
 def test_run_folder_of_other_profile_is_refused(tmp_path):
     open_stage("01", "ci", run_dir=tmp_path)
     before = sorted(p.name for p in tmp_path.iterdir())

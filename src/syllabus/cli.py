@@ -16,6 +16,7 @@ from pathlib import Path
 from .params import PARAMS_DIR, PROJECT_ROOT, ParamsError, available_profiles, load_profile, parse_override
 from .runs import (
     STAGES,
+    STAGE_INPUTS,
     RunDir,
     RunError,
     atomic_path,
@@ -107,7 +108,7 @@ def stage_params(params: dict, stage: str) -> dict:
 
 def stage_key(run: RunDir, stage: str, notebook: Path, params: dict, src_hash: str) -> str:
     upstream = {}
-    for earlier in STAGES[: STAGES.index(stage)]:
+    for earlier in STAGE_INPUTS[stage]:
         if run.is_complete(earlier):
             upstream[earlier] = read_json(run.manifest_path(earlier)).get("outputs", {})
     return hash_obj({"stage": stage, "params": stage_params(params, stage), "notebook": hash_file(notebook),

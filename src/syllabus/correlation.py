@@ -8,6 +8,8 @@ on part of the grid and judged on the rest.
 
 from __future__ import annotations
 
+import fnmatch
+
 import pandas as pd
 
 from . import compatibility, stats, workflow
@@ -17,6 +19,18 @@ from .runs import Stage
 # Predictors compared side by side (method.md stage 4.4); the expected sign is in the notebook.
 PREDICTORS = ("dmc", "quality", "capability", "rel_difficulty", "teacher_accuracy", "n_tokens", "perplexity",
               "ifd", "entropy")
+
+
+def grid_datasets(datasets: dict[str, pd.DataFrame], patterns: list[str] | None) -> dict[str, pd.DataFrame]:
+    """The candidate datasets that enter the grid: those matching any of ``correlation.datasets``
+    (glob patterns such as ``teacher=*``), or all when no pattern is given."""
+    if patterns is None:
+        return datasets
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(name, p) for name in datasets)]
+    if unmatched:
+        raise ValueError(f"correlation.datasets: pattern(s) {unmatched} match no candidate dataset; "
+                         f"the candidates of stage 2 are {sorted(datasets)}")
+    return {name: rows for name, rows in datasets.items() if any(fnmatch.fnmatchcase(name, p) for p in patterns)}
 
 
 def gain_grid(stage: Stage, students: list[workflow.StudentModel], datasets: dict[str, pd.DataFrame],

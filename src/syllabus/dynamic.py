@@ -139,12 +139,17 @@ def start_curve(stage: Stage, student: workflow.StudentModel, heldout: list[Prob
     return [{"policy": p, "seed": s, "phase": 0, "tokens": 0, "accuracy": acc} for p in policies for s in seeds]
 
 
-def save_final(stage: Stage, run: PolicyRun) -> str:
-    """Save a policy's final student as a model directory (LoRA merged) for stage 6; returns its path
-    relative to the run folder (tables hold no absolute paths: two run folders give identical tables)."""
+def save_final(stage: Stage, run: PolicyRun) -> dict[str, str]:
+    """Save a policy's final student as a model directory (LoRA merged) for stage 6.
+
+    Returns its path relative to the run folder (tables hold no absolute paths: two run folders give
+    identical tables) and the weights' fingerprint, so that stage 6's cache key changes whenever the
+    weights do, even if the path stays the same.
+    """
     from . import models
+    from .scoring import model_fingerprint
 
     target = stage.run.cache / "final_models" / f"{run.model.name}-{run.policy}-seed{run.seed}"
     models.save_model(run.model.model, run.model.tokenizer, target,
                       info={"student": run.model.name, "policy": run.policy, "seed": run.seed})
-    return target.relative_to(stage.run.root).as_posix()
+    return {"model_dir": target.relative_to(stage.run.root).as_posix(), "weights": model_fingerprint(run.model.model)}

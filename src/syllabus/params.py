@@ -184,6 +184,8 @@ class DMC(Strict):
 
 
 class Correlation(Strict):
+    datasets: list[str] | None = Field(None, description="glob patterns of the candidate datasets in the grid "
+                                                        "(e.g. 'teacher=*'); None: all of them")
     sft_steps: int = Field(40, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0])
     bootstrap: int = Field(1000, ge=10)

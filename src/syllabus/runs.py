@@ -47,6 +47,18 @@ STAGES = (
     "06_benchmark",
 )
 
+# The earlier stages whose artifacts each stage reads. A stage's cache key covers only these
+# stages' outputs, so changing the correlation study (stage 4) does not re-run stages 5 and 6;
+# ``Stage.input_path`` refuses to read from any other stage, so this table cannot go stale.
+STAGE_INPUTS = {
+    "01_teacher_selection": (),
+    "02_trace_curation": ("01_teacher_selection",),
+    "03_dmc": ("01_teacher_selection", "02_trace_curation"),
+    "04_correlation": ("01_teacher_selection", "02_trace_curation", "03_dmc"),
+    "05_dynamic_selection": ("01_teacher_selection", "02_trace_curation"),
+    "06_benchmark": ("01_teacher_selection", "05_dynamic_selection"),
+}
+
 # Packages whose versions go into every manifest.
 TRACKED_PACKAGES = (
     "syllabus", "torch", "transformers", "tokenizers", "datasets", "accelerate", "peft", "gguf",
@@ -328,6 +340,9 @@ class Stage:
     def input_path(self, stage: str, relative: str) -> Path:
         """Path of an artifact of an earlier stage, recorded with its hash as an input."""
         src = normalise_stage(stage)
+        if src not in STAGE_INPUTS[self.name]:
+            raise RunError(f"stage {self.name} reads '{relative}' from stage {src}, which is not among its inputs "
+                           f"{list(STAGE_INPUTS[self.name])}; add it to syllabus.runs.STAGE_INPUTS")
         self.run.manifest(src)  # clear error if the earlier stage has not finished
         path = self.run.stage_dir(src) / relative
         if not path.exists():

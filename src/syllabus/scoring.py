@@ -74,11 +74,15 @@ def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int | 
     if max_length is not None and max_length < 4:
         raise ValueError(f"scoring: max_length={max_length} is too small; use at least 4 (or None for no limit)")
     start = _start_ids(tokenizer)
+    checked = [_checked_pair(i, pair) for i, pair in enumerate(pairs)]
+    prompts, targets = [p for p, _ in checked], [t for _, t in checked]
+    # One batched call per side (the Rust tokenizer encodes a list far faster than item by item).
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if checked else []
+    target_ids = tokenizer(targets, add_special_tokens=False)["input_ids"] if checked else []
     conditional, unconditional, truncated = [], [], []
-    for i, pair in enumerate(pairs):
-        prompt, target = _checked_pair(i, pair)
-        ctx = start + tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        tgt = tokenizer(target, add_special_tokens=False)["input_ids"]
+    for i, (prompt, ids, tgt) in enumerate(zip(prompts, prompt_ids, target_ids)):
+        ctx = start + list(ids)
+        tgt = list(tgt)
         if not tgt:
             raise ValueError(f"scoring: pair {i} has an empty target (prompt {prompt[:60]!r}); "
                              "drop it or give it a trace text")
@@ -187,14 +191,22 @@ def _batches(lengths: list[int], batch_size: int, max_batch_tokens: int | None) 
     return batches
 
 
+def _nll_only(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position NLL by the fused cross-entropy kernel; no entropy (NaN), for the IFD pass."""
+    nll = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+    return nll, torch.full_like(nll, float("nan"))
+
+
 def _score_sequences(model, seqs: list[Encoded], batch_size: int, max_batch_tokens: int | None, pad_id: int,
-                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Mean target NLL and entropy of each (context, target) sequence, batched and length-sorted."""
+                     progress: bool = False, entropy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Mean target NLL and entropy (NaN when not asked for) of each (context, target) sequence,
+    batched and length-sorted."""
     device = _device(model)
     fast = _head_reproduces_logits(model, seqs[0][0] + seqs[0][1])
     head, decoder = _head(model), model.get_decoder()
     vocab = model.get_output_embeddings().weight.shape[0] if fast else 0
     chunk = max(1, HEAD_CHUNK_ELEMENTS // max(vocab, 1))
+    stats = _token_stats if entropy else _nll_only
     nll_sum, ent_sum = np.zeros(len(seqs)), np.zeros(len(seqs))
     batches = _batches([len(c) + len(t) for c, t in seqs], batch_size, max_batch_tokens)
     if progress:
@@ -219,10 +231,10 @@ def _score_sequences(model, seqs: list[Encoded], batch_size: int, max_batch_toke
         if fast:  # hidden state before each target token, then the head on those positions only
             hidden = decoder(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
             hidden = hidden[rows_t, cols_t - 1]
-            parts = [_token_stats(head(hidden[s:s + chunk]), labels[s:s + chunk]) for s in range(0, len(rows), chunk)]
+            parts = [stats(head(hidden[s:s + chunk]), labels[s:s + chunk]) for s in range(0, len(rows), chunk)]
         else:
             logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
-            parts = [_token_stats(logits[rows_t[s:s + chunk], cols_t[s:s + chunk] - 1], labels[s:s + chunk])
+            parts = [stats(logits[rows_t[s:s + chunk], cols_t[s:s + chunk] - 1], labels[s:s + chunk])
                      for s in range(0, len(rows), chunk)]
         nll = torch.cat([p[0] for p in parts]).double().cpu().numpy()
         ent = torch.cat([p[1] for p in parts]).double().cpu().numpy()
@@ -244,18 +256,17 @@ def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_siz
     conditional, uncond, truncated = encode_pairs(tokenizer, pairs, max_length)
     if not conditional:
         return pd.DataFrame({c: pd.Series(dtype=bool if c == "truncated" else float) for c in SCORE_COLUMNS})
-    seqs = conditional + (uncond if unconditional else [])
     pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            nll, ent = _score_sequences(model, seqs, batch_size, max_batch_tokens, pad_id, progress)
+            nll, ent = _score_sequences(model, conditional, batch_size, max_batch_tokens, pad_id, progress)
+            nll_unc = (_score_sequences(model, uncond, batch_size, max_batch_tokens, pad_id, progress, entropy=False)[0]
+                       if unconditional else np.full(len(conditional), np.nan))
     finally:
         model.train(was_training)
-    n = len(conditional)
-    nll_unc = nll[n:] if unconditional else np.full(n, np.nan)
-    return _frame(conditional, truncated, nll[:n], ent[:n], nll_unc)
+    return _frame(conditional, truncated, nll, ent, nll_unc)
 
 
 # --------------------------------------------------------------------------- fingerprints and cache
