@@ -29,6 +29,9 @@ def test_gsm8k_fields(data_dir):
     first = load_problems("gsm8k", "train", data_dir=data_dir)[0]
     assert first.task == "gsm8k" and first.answer == "72" and first.solution.endswith("#### 72")
     assert first.text.startswith("Natalia sold clips")
+    assert first.level == 2  # two reasoning lines before '####'
+    levels = [p.level for p in load_problems("gsm8k", "test", data_dir=data_dir)]
+    assert min(levels) >= 1 and max(levels) <= 8 and len(set(levels)) >= 5
 
 
 def test_math_fields(data_dir):

@@ -67,7 +67,17 @@ def _gsm8k_row(row: dict, index: int, split: str) -> Problem:
     if parse_number(final) is None:
         raise RowError(f"final answer {final!r} after '####' is not a number")
     return Problem(id=f"gsm8k-{split}-{index:05d}", task="gsm8k", source="gsm8k", text=_field(row, "question"),
-                   answer=final.replace(",", ""), solution=solution)
+                   answer=final.replace(",", ""), solution=solution, level=(steps := gsm8k_steps(solution)),
+                   module=f"steps-{steps}")
+
+
+def gsm8k_steps(solution: str) -> int:
+    """A GSM8K problem's level: the reasoning steps of its reference solution (its non-empty lines
+    before ``####``, one calculation each; 2-8 on the test set), capped to 1-8. GSM8K has no topics,
+    so the module (IOA's unit of skill) is ``steps-<level>`` too, each requiring the one below it
+    (``syllabus.dynamic.prerequisites``)."""
+    lines = [line for line in solution.rsplit("####", 1)[0].splitlines() if line.strip()]
+    return min(8, max(1, len(lines)))
 
 
 def _level(value: Any) -> int | None:

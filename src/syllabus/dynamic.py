@@ -39,6 +39,45 @@ class PolicyRun:
     model: Any = None
 
 
+def prerequisites(modules) -> dict[str, list[str]]:
+    """IOA's module graph: the lab task's own graph for lab modules; for GSM8K's ``steps-<k>`` modules
+    an estimated chain (k steps require k-1); no prerequisites for any other module (e.g. MATH subjects)."""
+    from . import lab
+
+    modules = set(modules)
+    graph = {}
+    for m in sorted(modules):
+        if m in lab.PREREQUISITES:
+            graph[m] = [p for p in lab.PREREQUISITES[m] if p in modules]
+        elif m.startswith("steps-") and m[6:].isdigit():
+            below = sorted((int(o[6:]), o) for o in modules
+                           if o.startswith("steps-") and o[6:].isdigit() and int(o[6:]) < int(m[6:]))
+            graph[m] = [below[-1][1]] if below else []
+        else:
+            graph[m] = []
+    return graph
+
+
+def teacher_module_scores(raw_traces: pd.DataFrame, teacher: str, measurable=None) -> dict[str, float]:
+    """IOA's P_T(k): the teacher's accuracy per module over its raw (unfiltered) traces of stage 2,
+    for the modules in ``measurable`` when given (those the probe set, where the student's P_S(k) is
+    measured, has problems of: a module without a P_S can be neither gapped nor gated)."""
+    rows = raw_traces[raw_traces["teacher"] == teacher].dropna(subset=["module"])
+    if measurable is not None:
+        rows = rows[rows["module"].isin(set(measurable))]
+    return rows.groupby("module")["correct"].mean().to_dict()
+
+
+def check_policies(policies: list[str], datasets: dict[str, pd.DataFrame], teacher_scores: dict[str, float]) -> None:
+    """Refuse, before any training, a policy that the candidate data cannot serve."""
+    if "easy_to_hard" in policies and not any(rows["level"].notna().any() for rows in datasets.values()):
+        raise ValueError("dynamic.policies: easy_to_hard needs problem levels and no candidate problem has one; "
+                         "remove easy_to_hard from dynamic.policies in the profile")
+    if "ioa" in policies and not teacher_scores:
+        raise ValueError("dynamic.policies: ioa needs problem modules (IOA's skills) and no raw trace of the selected "
+                         "teacher has one; remove ioa from dynamic.policies in the profile")
+
+
 def policy_params(stage: Stage, name: str, seed: int, ioa_dataset: str | None) -> dict[str, Any]:
     d = stage.params.dynamic
     if name in DMC_POLICIES:
