@@ -4,7 +4,7 @@
 The slow tests share two pipeline runs of a shrunk ci profile (``SHRINK``; module-scoped fixture):
 ``reference`` (uninterrupted, an API key in the environment) and ``interrupted`` (another folder,
 SIGKILLed at each of ``KILL_POINTS`` and resumed each time); the last test re-runs the reference
-folder unchanged, with a forced stage 3, with a changed correlation parameter and with a changed benchmark parameter.
+folder unchanged, with a forced stage 3, and with changed correlation, benchmark and stage-5 parameters.
 """
 
 from __future__ import annotations
@@ -357,7 +357,7 @@ class _DmcScoring:
 
 
 def _second_dynamic_phase(run_dir: Path) -> bool:
-    return any((run_dir / "cache" / "dynamic").glob("*/*/seed*/phase1"))
+    return any((run_dir / "cache" / "dynamic").glob("*/*/seed*/phase1-*"))
 
 
 KILL_POINTS = (("stage 1 smoke training", _first_smoke_training, "01_teacher_selection"),
@@ -447,6 +447,12 @@ def test_reruns_recompute_only_what_changed(pipeline):
     assert "06_benchmark: running" in changed.stdout
     results = pd.read_parquet(run_dir / "06_benchmark" / "tables" / "results.parquet")
     assert set(results["limit"]) == {3}
+    # a changed stage-5 budget trains new phases beside the old checkpoints (it must never meet another run's
+    # checkpoint in the same folder), and stage 6 follows because the final weights changed
+    longer = syllabus(run_dir, "-p", "correlation.permutations=50", "-p", "benchmark.limit=3",
+                      "-p", "dynamic.steps_per_phase=5")
+    assert longer.stdout.count("up to date, reused") == len(STAGES) - 2, longer.stdout
+    assert "05_dynamic_selection: running" in longer.stdout and "06_benchmark: running" in longer.stdout
 
 
 def test_preparing_a_run_folder_removes_what_killed_writers_left_and_nothing_else(small_run):

@@ -154,9 +154,14 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
         rng = random.Random(hash_obj([prof.seed, seed, phase]))
         batch = draw_examples(choice, datasets, n_examples, rng)
         examples = workflow.sft_examples(current, problems, compatibility.traces_of(batch))
-        out_dir = stage.run.cache / "dynamic" / student.name / policy_name / f"seed{seed}" / f"phase{phase}"
+        sft_seed = int(hash_obj([seed, phase])[:8], 16)
+        # The checkpoint folder is named by what the phase trains (start weights, examples, settings), so a
+        # changed input trains a new phase instead of meeting another run's checkpoint; a killed phase resumes.
+        key = hash_obj({"start": current.fingerprint(), "examples": examples, "steps": d.steps_per_phase,
+                        "training": prof.training.model_dump(mode="json"), "seed": sft_seed})[:12]
+        out_dir = stage.run.cache / "dynamic" / student.name / policy_name / f"seed{seed}" / f"phase{phase}-{key}"
         result = train.sft(current.model, current.tokenizer, examples, steps=d.steps_per_phase, cfg=prof.training,
-                           seed=int(hash_obj([seed, phase])[:8], 16), out_dir=out_dir, resume=True)
+                           seed=sft_seed, out_dir=out_dir, resume=True)
         current.model.eval()
         tokens += result.tokens_seen
         acc = workflow.accuracy(current, splits.heldout, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
