@@ -34,7 +34,7 @@ def accuracy_vs_gain(board: pd.DataFrame, *, x="teacher_accuracy", y="gain", lab
     _annotate(ax, board[x], board[y], board[label])
     ax.axhline(0, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("teacher accuracy on probe problems (fraction correct)")
-    ax.set_ylabel("student gain after smoke-test SFT\n(held-out accuracy, after - before)")
+    ax.set_ylabel("student gain after smoke-test SFT\n(probe accuracy, after - before)")
     ax.set_title("Most accurate teacher vs most useful teacher")
     return fig
 
