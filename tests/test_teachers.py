@@ -221,6 +221,69 @@ def test_interrupted_generation_resumes_and_a_rerun_generates_nothing(monkeypatc
     assert len(list(folder.glob("shard-*.jsonl"))) == 2  # the second run wrote a new shard, the first kept as is
 
 
+_GENERATE_SCRIPT = """
+import sys
+from syllabus import params as P, teachers
+from syllabus.records import Problem
+model_dir, cache_dir, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+spec = P.Teacher(name="tiny-hf", backend="hf", model=model_dir,
+                 sampling=P.Sampling(temperature=0.8, top_p=0.95, max_new_tokens=48))
+problems = [Problem(id=f"p{i}", task="lab", source="lab", answer=str(i + 3),
+                    text=f"Tom has {i} apples. He buys 3 more. How many apples?") for i in range(n)]
+teachers.generate_traces(teachers.make_teacher(spec), problems, 2, cache_dir=cache_dir, seed=5,
+                         progress=False, chunk_size=2)
+"""
+
+
+def _cached_lines(cache_dir) -> int:
+    return sum(len(teachers.read_cache(folder)) for folder in (cache_dir / "generations").glob("*"))
+
+
+def _run_generation(lab_model_dir, cache_dir, n, kill_after_first_chunk=False):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", _GENERATE_SCRIPT, str(lab_model_dir), str(cache_dir), str(n)],
+                            env=env, stderr=subprocess.PIPE)
+    if kill_after_first_chunk:
+        deadline = time.monotonic() + 300
+        while _cached_lines(cache_dir) == 0:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no trace was written"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    return proc.returncode, err.decode()
+
+
+def test_generation_killed_with_sigkill_resumes_to_the_traces_of_an_uninterrupted_run(lab_model_dir, tmp_path):
+    """A real SIGKILL in the middle of sampled generation; the re-run generates only what is missing and
+    ends with exactly the traces (same sampled text) of a run that was never interrupted."""
+    n = 24
+    rc, err = _run_generation(lab_model_dir, tmp_path / "killed", n, kill_after_first_chunk=True)
+    assert rc == -9, err[-2000:]
+    kept = _cached_lines(tmp_path / "killed")
+    assert 0 < kept < 2 * n, kept  # killed mid-way: some chunks written, not all
+    rc, err = _run_generation(lab_model_dir, tmp_path / "killed", n)
+    assert rc == 0, err[-2000:]
+    assert _cached_lines(tmp_path / "killed") == 2 * n
+    rc, err = _run_generation(lab_model_dir, tmp_path / "whole", n)
+    assert rc == 0, err[-2000:]
+    resumed = {k: t.to_dict() for f in (tmp_path / "killed" / "generations").glob("*")
+               for k, t in teachers.read_cache(f).items()}
+    whole = {k: t.to_dict() for f in (tmp_path / "whole" / "generations").glob("*")
+             for k, t in teachers.read_cache(f).items()}
+    assert resumed == whole
+    by_problem: dict[str, set[str]] = {}
+    for t in whole.values():
+        by_problem.setdefault(t["problem_id"], set()).add(t["text"])
+    assert sum(len(texts) > 1 for texts in by_problem.values()) >= n // 4  # sampled: the two samples differ
+
+
 def test_vllm_missing_names_the_extra_to_install():
     pytest.importorskip("torch")
     try:
