@@ -101,15 +101,21 @@ def scatter_with_fit(grid: pd.DataFrame, predictors: list[str], *, target="gain"
 
 def learning_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy"):
     """Stage 5: held-out accuracy after each phase per policy: the mean over seeds, and the range
-    of the seeds as a band. Every phase is the same number of optimizer steps for every policy, so
-    the x axis is equal compute (token counts differ slightly with the lengths of the chosen traces)."""
+    of the seeds as a band. Every phase is the same number of optimizer steps and examples for every
+    policy, so the x axis is equal compute in steps; token counts differ with the lengths of the chosen
+    traces (the ``tokens`` column). Policies are dodged sideways a little so that equal curves stay visible."""
+    order = list(dict.fromkeys(curves[hue]))
+    width = 0.06 if len(order) > 1 else 0.0
+    offsets = {name: width * (i - (len(order) - 1) / 2) / max(1, len(order) - 1) * 2 for i, name in enumerate(order)}
+    dodged = curves.assign(**{x: curves[x] + curves[hue].map(offsets)})
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    sns.lineplot(data=curves, x=x, y=y, hue=hue, marker="o", errorbar=("pi", 100), ax=ax)
+    sns.lineplot(data=dodged, x=x, y=y, hue=hue, hue_order=order, marker="o", errorbar=("pi", 100), ax=ax)
     ax.set_xticks(sorted(curves[x].unique()))
-    ax.set_xlabel("phase (0 = before training; equal optimizer steps per phase)")
+    ax.set_xlabel("phase (0 = before training; equal optimizer steps per phase; policies dodged)")
     ax.set_ylabel("held-out accuracy (fraction correct)")
     ax.set_title("Learning curves at equal compute (mean over seeds, band: min-max)")
     ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
     return fig
 
 
@@ -130,14 +136,18 @@ def trajectories(scores: pd.DataFrame, *, x="phase", y="dmc", hue="dataset", col
 
 
 def benchmark_bars(tidy: pd.DataFrame, *, value="value", model="model", task="task", err="stderr"):
-    """Stage 6: one bar per model and task, with its standard error."""
+    """Stage 6: one bar per model and task, with its standard error and its value written beside it
+    (so that a score of 0 reads as 0, not as a missing bar)."""
     wide = tidy.pivot_table(index=model, columns=task, values=value, aggfunc="first")
     errs = tidy.pivot_table(index=model, columns=task, values=err, aggfunc="first").reindex_like(wide)
     fig, ax = plt.subplots(figsize=(7.5, max(3, 0.45 * wide.size / max(1, wide.shape[1]) * max(1, wide.shape[1] / 2) + 1.5)))
     wide.plot.barh(ax=ax, xerr=errs.fillna(0), capsize=2, color=sns.color_palette(PALETTE, wide.shape[1]))
-    ax.set_xlabel("score (fraction; bars show the standard error)")
+    for bars in ax.containers:
+        if hasattr(bars, "patches"):
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=3)
+    ax.set_xlabel("score (fraction; whiskers show the standard error)")
     ax.set_ylabel("")
-    ax.set_xlim(0, max(0.05, float(np.nanmax(wide.to_numpy() + errs.fillna(0).to_numpy())) * 1.15))
+    ax.set_xlim(0, max(0.05, float(np.nanmax(wide.to_numpy() + errs.fillna(0).to_numpy())) * 1.25))
     ax.legend(title="task", fontsize=8)
     ax.set_title("lm-evaluation-harness results")
     return fig
