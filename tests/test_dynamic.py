@@ -23,3 +23,40 @@ def test_teacher_module_scores_and_early_policy_checks():
     with pytest.raises(ValueError, match="ioa needs problem modules"):
         dynamic.check_policies(["ioa"], no_levels, {})
     dynamic.check_policies(["random", "ioa"], no_levels, {"steps-2": 0.5})  # both servable: no error
+
+
+def _student_and_data():
+    from syllabus import models, params as P, workflow
+    from syllabus.records import Problem
+
+    problems = {f"p{i}": Problem(id=f"p{i}", task="lab", source="lab", text=f"What is {i} + {i}?", answer=str(2 * i))
+                for i in range(8)}
+    short = pd.DataFrame({"problem_id": list(problems), "teacher": "short", "sample": 0, "correct": True,
+                          "text": [f"{2 * i}.\n#### {2 * i}" for i in range(8)], "level": 1, "module": "add"})
+    long_ = short.assign(teacher="long", text=[f"First {i} + {i}. " * 6 + f"So {2 * i}.\n#### {2 * i}" for i in range(8)])
+    tok = models.lab_tokenizer([p.text for p in problems.values()] + list(short["text"]) + list(long_["text"]))
+    student = workflow.StudentModel(P.Student(name="s", source="lab"), None, tok)
+    return student, problems, {"short": short, "long": long_}
+
+
+def test_token_budget_gives_every_choice_the_same_tokens_within_one_example():
+    import random
+
+    from syllabus import select
+
+    student, problems, datasets = _student_and_data()
+    budget = 8 * dynamic.mean_example_tokens(student, problems, datasets, max_seq_len=256)
+    totals = {}
+    for name in datasets:
+        choice = select.Choice(weights={name: 1.0}, reason="test")
+        batch, examples = dynamic.draw_to_token_budget(student, problems, choice, datasets, budget, 2,
+                                                       random.Random(3), max_seq_len=256)
+        lengths = dynamic.example_tokens(student, examples, 256)
+        assert len(batch) == len(examples) and set(batch["teacher"]) == {name}
+        assert sum(lengths) >= budget > sum(lengths) - max(lengths)  # reached, and overshot by under one example
+        totals[name] = (len(examples), sum(lengths))
+        # the draws are a prefix of an unbounded draw: a smaller budget keeps the first examples
+        _, fewer = dynamic.draw_to_token_budget(student, problems, choice, datasets, budget / 2, 2,
+                                                random.Random(3), max_seq_len=256)
+        assert fewer == examples[:len(fewer)]
+    assert totals["short"][0] > totals["long"][0]  # more of the short examples for the same tokens

@@ -127,3 +127,16 @@ def test_killed_and_resumed_training_gives_identical_weights(tmp_path, project_r
     assert res.resumed_from == killed_at and res.losses == ref.losses and res.tokens_seen == ref.tokens_seen
     summary = json.loads((out_dir / "train_summary.json").read_text())
     assert summary["resumed_from"] == killed_at and summary["steps_done"] == STEPS
+
+
+def test_single_pass_trains_on_every_example_once(tmp_path):
+    model, tok = fresh()
+    examples = EXAMPLES[:19]
+    res = train.sft(model, tok, examples, steps=None, cfg=CFG, seed=1, single_pass=True, out_dir=tmp_path / "run")
+    assert res.steps == 3  # ceil(19 / 8): the last batch has 3 examples
+    assert res.tokens_seen == sum(len(ids) for ids, _ in train.tokenize_examples(tok, examples, CFG.max_seq_len,
+                                                                                     "target"))
+    seen = [i for step in range(3) for i in train.single_pass_indices(19, 8, step, 1)]
+    assert sorted(seen) == list(range(19))
+    with pytest.raises(train.TrainError, match="takes 3 steps, not 4"):
+        train.sft(fresh()[0], tok, examples, steps=4, cfg=CFG, seed=1, single_pass=True)

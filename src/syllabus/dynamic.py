@@ -1,7 +1,10 @@
 """Stage 5 composed: phased training where a policy picks the data before every phase.
 
-Each (policy, seed) run starts from the same student and trains ``phases`` x ``steps_per_phase``
-optimizer steps at the same batch size (equal compute). Before each phase the policy sees a
+Each (policy, seed) run starts from the same student and gets the same compute per phase: with
+``budget: tokens`` (default) one pass over examples drawn until they hold the phase's token budget
+(``steps_per_phase`` x batch examples of the candidates' mean length), so every policy trains on the
+same number of tokens within one example; with ``budget: steps`` ``steps_per_phase`` optimizer steps
+on ``steps_per_phase`` x batch examples, whatever their length. Before each phase the policy sees a
 ``select.SelectionState`` measured on the current checkpoint: the DMC of every candidate dataset
 (recomputed, for the DMC policies), the student's per-module accuracy on the probe set (IOA's P_S)
 and the teacher's (P_T). The phase's examples are drawn from the chosen mixture.
@@ -18,6 +21,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import compatibility, select, train, workflow
@@ -123,6 +127,38 @@ def draw_examples(choice: select.Choice, datasets: dict[str, pd.DataFrame], n: i
     return pd.DataFrame(picks).reset_index(drop=True)
 
 
+def example_tokens(student: workflow.StudentModel, examples: list[tuple[str, str]], max_seq_len: int) -> list[int]:
+    """Tokens each (prompt, target) example feeds the student in training (after truncation)."""
+    return [len(ids) for ids, _ in train.tokenize_examples(student.tokenizer, examples, max_seq_len, "target")]
+
+
+def mean_example_tokens(student: workflow.StudentModel, problems: dict[str, Problem],
+                        datasets: dict[str, pd.DataFrame], max_seq_len: int) -> float:
+    """Mean training tokens of a candidate example, over the distinct traces of all candidate datasets:
+    the same for every policy, so ``budget: tokens`` gives every policy the same tokens per phase."""
+    rows = pd.concat(list(datasets.values())).drop_duplicates(["problem_id", "text"])
+    examples = workflow.sft_examples(student, problems, compatibility.traces_of(rows))
+    return float(np.mean(example_tokens(student, examples, max_seq_len)))
+
+
+def draw_to_token_budget(student: workflow.StudentModel, problems: dict[str, Problem], choice: select.Choice,
+                         datasets: dict[str, pd.DataFrame], budget: float, n_hint: int, rng: random.Random,
+                         max_seq_len: int) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Examples drawn one after another from the choice (as ``draw_examples``) until their training tokens
+    reach ``budget``: the first draws are the same whatever the budget, so the overshoot is under one example."""
+    state = rng.getstate()
+    n = max(1, n_hint)
+    while True:
+        rng.setstate(state)
+        batch = draw_examples(choice, datasets, 2 * n, rng)
+        examples = workflow.sft_examples(student, problems, compatibility.traces_of(batch))
+        reached = np.flatnonzero(np.cumsum(example_tokens(student, examples, max_seq_len)) >= budget)
+        if len(reached):
+            m = int(reached[0]) + 1
+            return batch.iloc[:m].reset_index(drop=True), examples[:m]
+        n *= 2
+
+
 def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, seed: int,
                datasets: dict[str, pd.DataFrame], problems: dict[str, Problem], splits: workflow.Splits,
                teacher_scores: dict[str, float], prerequisites: dict[str, list[str]], selected_teacher: str) -> PolicyRun:
@@ -134,6 +170,9 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
     run = PolicyRun(policy_name, seed)
     tokens = 0
     n_examples = d.steps_per_phase * prof.training.batch_size * prof.training.grad_accum
+    phase_tokens = None  # budget: steps
+    if d.budget == "tokens":  # the same for every policy: the candidates' mean example length
+        phase_tokens = n_examples * mean_example_tokens(current, problems, datasets, prof.training.max_seq_len)
     for phase in range(d.phases):
         dmc_now: dict[str, float] = {}
         if policy_name == "dmc_dynamic" or (policy_name == "dmc_static" and phase == 0):
@@ -152,16 +191,21 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
         # Common random numbers: the draw depends on (seed, phase), not on the policy, so two policies
         # that choose the same mixture train on the same examples and differ only by their choices.
         rng = random.Random(hash_obj([prof.seed, seed, phase]))
-        batch = draw_examples(choice, datasets, n_examples, rng)
-        examples = workflow.sft_examples(current, problems, compatibility.traces_of(batch))
+        if phase_tokens is None:
+            batch = draw_examples(choice, datasets, n_examples, rng)
+            examples = workflow.sft_examples(current, problems, compatibility.traces_of(batch))
+        else:
+            batch, examples = draw_to_token_budget(current, problems, choice, datasets, phase_tokens, n_examples,
+                                                   rng, prof.training.max_seq_len)
         sft_seed = int(hash_obj([seed, phase])[:8], 16)
+        steps = d.steps_per_phase if phase_tokens is None else None
         # The checkpoint folder is named by what the phase trains (start weights, examples, settings), so a
         # changed input trains a new phase instead of meeting another run's checkpoint; a killed phase resumes.
-        key = hash_obj({"start": current.fingerprint(), "examples": examples, "steps": d.steps_per_phase,
+        key = hash_obj({"start": current.fingerprint(), "examples": examples, "steps": steps,
                         "training": prof.training.model_dump(mode="json"), "seed": sft_seed})[:12]
         out_dir = stage.run.cache / "dynamic" / student.name / policy_name / f"seed{seed}" / f"phase{phase}-{key}"
-        result = train.sft(current.model, current.tokenizer, examples, steps=d.steps_per_phase, cfg=prof.training,
-                           seed=sft_seed, out_dir=out_dir, resume=True)
+        result = train.sft(current.model, current.tokenizer, examples, steps=steps, cfg=prof.training,
+                           seed=sft_seed, out_dir=out_dir, resume=True, single_pass=phase_tokens is not None)
         current.model.eval()
         tokens += result.tokens_seen
         acc = workflow.accuracy(current, splits.heldout, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)

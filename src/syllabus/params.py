@@ -206,6 +206,10 @@ class DynamicSelection(Strict):
     )
     phases: int = Field(4, ge=1)
     steps_per_phase: int = Field(20, ge=1)
+    budget: Literal["tokens", "steps"] = Field(
+        "tokens", description="equal compute per phase: 'tokens' trains every policy on the same number of "
+                              "tokens (steps_per_phase x batch examples of the candidates' mean length, one pass, "
+                              "within one example); 'steps' on the same number of optimizer steps and examples")
     seeds: list[int] = Field(default_factory=lambda: [0])
     mixture: Literal["best", "softmax"] = "best"
     softmax_temperature: float = Field(0.05, gt=0)

@@ -101,9 +101,9 @@ def scatter_with_fit(grid: pd.DataFrame, predictors: list[str], *, target="gain"
 
 def learning_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy"):
     """Stage 5: held-out accuracy after each phase per policy: the mean over seeds, and the range
-    of the seeds as a band. Every phase is the same number of optimizer steps and examples for every
-    policy, so the x axis is equal compute in steps; token counts differ with the lengths of the chosen
-    traces (the ``tokens`` column). Policies are dodged sideways a little so that equal curves stay visible."""
+    of the seeds as a band. Every phase is the same compute for every policy (the same tokens, or with
+    ``dynamic.budget: steps`` the same steps; the ``tokens`` column has the counts). Policies are dodged
+    sideways a little so that equal curves stay visible."""
     order = list(dict.fromkeys(curves[hue]))
     width = 0.06 if len(order) > 1 else 0.0
     offsets = {name: width * (i - (len(order) - 1) / 2) / max(1, len(order) - 1) * 2 for i, name in enumerate(order)}
@@ -111,7 +111,7 @@ def learning_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="polic
     fig, ax = plt.subplots(figsize=(7, 4.2))
     sns.lineplot(data=dodged, x=x, y=y, hue=hue, hue_order=order, marker="o", errorbar=("pi", 100), ax=ax)
     ax.set_xticks(sorted(curves[x].unique()))
-    ax.set_xlabel("phase (0 = before training; equal optimizer steps per phase; policies dodged)")
+    ax.set_xlabel("phase (0 = before training; equal compute per phase; policies dodged)")
     ax.set_ylabel("held-out accuracy (fraction correct)")
     ax.set_title("Learning curves at equal compute (mean over seeds, band: min-max)")
     ax.legend(fontsize=8, ncol=2)

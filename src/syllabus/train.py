@@ -80,6 +80,11 @@ def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
     return out
 
 
+def single_pass_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
+    """Example indices of one optimizer step of a single pass: one seeded permutation, cut into batches."""
+    return [int(i) for i in np.random.default_rng([seed, 0]).permutation(n)[step * batch:(step + 1) * batch]]
+
+
 def collate(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(ids) for ids, _ in items)
     input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
@@ -121,22 +126,32 @@ def _write_records(out_dir: Path, log: list[dict[str, Any]], summary: dict[str, 
 
 
 # --------------------------------------------------------------------------- the loop
-def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int, cfg: P.Training, seed: int,
+def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | None, cfg: P.Training, seed: int,
         out_dir: str | Path | None = None, checkpoint_every: int | None = None, resume: bool = True,
-        loss_on: Literal["target", "all"] = "target") -> TrainResult:
-    """Train ``model`` in place for ``steps`` optimizer steps; see the module docstring."""
+        loss_on: Literal["target", "all"] = "target", single_pass: bool = False) -> TrainResult:
+    """Train ``model`` in place for ``steps`` optimizer steps; see the module docstring.
+
+    ``single_pass=True`` visits every example exactly once, in a seeded order, the last batch possibly
+    smaller: ``steps`` is then ``ceil(examples / (batch_size x grad_accum))`` (pass None to derive it).
+    """
     if loss_on not in ("target", "all"):
         raise TrainError(f"loss_on must be 'target' or 'all', got {loss_on!r}")
-    if steps < 1:
-        raise TrainError(f"steps must be >= 1, got {steps}")
     data = tokenize_examples(tokenizer, examples, cfg.max_seq_len, loss_on)
     data = [d for d in data if any(l != -100 for l in d[1][1:])]
     if not data:
         raise TrainError(f"none of the {len(examples)} training examples has a target token within "
                          f"max_seq_len={cfg.max_seq_len}; shorten the prompts or raise training.max_seq_len")
+    if single_pass:
+        one_pass = -(-len(data) // (cfg.batch_size * cfg.grad_accum))
+        if steps is not None and steps != one_pass:
+            raise TrainError(f"single_pass over {len(data)} examples at batch {cfg.batch_size} x {cfg.grad_accum} "
+                             f"takes {one_pass} steps, not {steps}; pass steps=None")
+        steps = one_pass
+    if steps is None or steps < 1:
+        raise TrainError(f"steps must be >= 1, got {steps}")
     data_hash = hash_obj([list(e) for e in examples])
     run_key = hash_obj({"data": data_hash, "steps": steps, "cfg": cfg.model_dump(mode="json"), "seed": seed,
-                        "loss_on": loss_on})
+                        "loss_on": loss_on, **({"single_pass": True} if single_pass else {})})
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -166,13 +181,14 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int, cf
         return {"steps_done": step, "steps": steps, "tokens_seen": tokens_seen, "wall_s": round(wall, 3),
                 "data_hash": data_hash, "n_examples": len(examples), "n_used": len(data), "seed": seed,
                 "loss_on": loss_on, "training": cfg.model_dump(mode="json"), "resumed_from": start_step,
-                "final_loss": log[-1]["loss"] if log else None, "batch_order": "epochs of seeded permutations"}
+                "final_loss": log[-1]["loss"] if log else None, "batch_order": "one pass, seeded order" if single_pass else "epochs of seeded permutations"}
 
     started = time.perf_counter()
     model.train()
     micro = cfg.batch_size
     for step in range(start_step, steps):
-        chosen = batch_indices(len(data), micro * cfg.grad_accum, step, seed)
+        chosen = (single_pass_indices(len(data), micro * cfg.grad_accum, step, seed) if single_pass
+                  else batch_indices(len(data), micro * cfg.grad_accum, step, seed))
         batches = [collate([data[i] for i in chosen[k:k + micro]], pad_id) for k in range(0, len(chosen), micro)]
         n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
         total = 0.0
