@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -240,12 +245,6 @@ def _cached_lines(cache_dir) -> int:
 
 
 def _run_generation(lab_model_dir, cache_dir, n, kill_after_first_chunk=False):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", _GENERATE_SCRIPT, str(lab_model_dir), str(cache_dir), str(n)],
                             env=env, stderr=subprocess.PIPE)

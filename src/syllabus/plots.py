@@ -105,9 +105,8 @@ def learning_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="polic
     ``dynamic.budget: steps`` the same steps; the ``tokens`` column has the counts). Policies are dodged
     sideways a little so that equal curves stay visible."""
     order = list(dict.fromkeys(curves[hue]))
-    width = 0.06 if len(order) > 1 else 0.0
-    offsets = {name: width * (i - (len(order) - 1) / 2) / max(1, len(order) - 1) * 2 for i, name in enumerate(order)}
-    dodged = curves.assign(**{x: curves[x] + curves[hue].map(offsets)})
+    offsets = np.linspace(-0.06, 0.06, len(order)) if len(order) > 1 else [0.0]
+    dodged = curves.assign(**{x: curves[x] + curves[hue].map(dict(zip(order, offsets)))})
     fig, ax = plt.subplots(figsize=(7, 4.2))
     sns.lineplot(data=dodged, x=x, y=y, hue=hue, hue_order=order, marker="o", errorbar=("pi", 100), ax=ax)
     ax.set_xticks(sorted(curves[x].unique()))

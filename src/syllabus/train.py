@@ -69,20 +69,25 @@ def tokenize_examples(tokenizer, examples: Sequence[tuple[str, str]], max_seq_le
     return out
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The seeded order in which an epoch visits ``n`` examples."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 def batch_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
     """Example indices of one optimizer step: epochs of seeded permutations, concatenated."""
     start = step * batch
     out: list[int] = []
     while len(out) < batch:
         epoch, offset = divmod(start + len(out), n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        out.extend(int(i) for i in perm[offset:offset + batch - len(out)])
+        out.extend(int(i) for i in epoch_order(n, seed, epoch)[offset:offset + batch - len(out)])
     return out
 
 
 def single_pass_indices(n: int, batch: int, step: int, seed: int) -> list[int]:
-    """Example indices of one optimizer step of a single pass: one seeded permutation, cut into batches."""
-    return [int(i) for i in np.random.default_rng([seed, 0]).permutation(n)[step * batch:(step + 1) * batch]]
+    """Example indices of one optimizer step of a single pass: the first epoch's order, cut into batches
+    (the last one possibly smaller), so a single pass visits what ``batch_indices`` visits in its first epoch."""
+    return [int(i) for i in epoch_order(n, seed, 0)[step * batch:(step + 1) * batch]]
 
 
 def collate(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -181,7 +186,8 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         return {"steps_done": step, "steps": steps, "tokens_seen": tokens_seen, "wall_s": round(wall, 3),
                 "data_hash": data_hash, "n_examples": len(examples), "n_used": len(data), "seed": seed,
                 "loss_on": loss_on, "training": cfg.model_dump(mode="json"), "resumed_from": start_step,
-                "final_loss": log[-1]["loss"] if log else None, "batch_order": "one pass, seeded order" if single_pass else "epochs of seeded permutations"}
+                "final_loss": log[-1]["loss"] if log else None,
+                "batch_order": "one pass, seeded order" if single_pass else "epochs of seeded permutations"}
 
     started = time.perf_counter()
     model.train()
