@@ -265,7 +265,7 @@ def _lab_split(split: str, task: LabTask, seed: int, sizes: dict[str, int]) -> P
                         "warm-up text comes from syllabus.lab.pretrain_corpus")
     sizes = {name: int(sizes[name]) for name in LAB_SPLITS}
     settings = dict(modules=tuple(task.modules), min_steps=task.min_steps, max_steps=task.max_steps,
-                    max_operand=task.max_operand)
+                    max_operand=task.max_operand, max_value=task.max_value)
     problems = _lab_splits(tuple(sizes.items()), seed, tuple(sorted(settings.items())))[split]
     return ProblemSet(problems, {"source": "lab", "split": split, "path": None, "sha256": None, "seed": seed,
                                  "settings": {**settings, "modules": list(task.modules)},

@@ -34,7 +34,7 @@ SLOPPY_MIN_ERROR_RATE = 0.4  # the sloppy teacher slips at least this often, wha
 NAMES = ("Ava", "Ben", "Cara", "Dan", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jade")
 OBJECTS = ("apples", "books", "coins", "pens", "cards", "shells", "stamps", "marbles", "cookies", "stickers")
 PERCENTS = (10, 20, 25, 30, 40, 50, 60, 70, 75, 80, 90)
-MAX_VALUE_FACTOR = 10  # intermediate values stay below max_operand * MAX_VALUE_FACTOR
+MAX_VALUE_FACTOR = 10  # by default, intermediate values stay below max_operand * MAX_VALUE_FACTOR
 
 # One sentence per step (2-3 wordings per module); {h} holder, {o} object, {a} {b} operands, {p} new holder.
 STEP_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -114,9 +114,9 @@ def apply_step(step: dict, value: int) -> int | None:
     return r if r is not None and r >= 1 else None
 
 
-def _draw_step(module: str, value: int, holder: str, rng: random.Random, max_operand: int) -> dict | None:
-    """Operands for one step of ``module`` on ``value`` (None when this value admits none)."""
-    cap = max_operand * MAX_VALUE_FACTOR
+def _draw_step(module: str, value: int, holder: str, rng: random.Random, max_operand: int,
+               cap: int) -> dict | None:
+    """Operands for one step of ``module`` on ``value`` (None when this value admits none); values stay <= ``cap``."""
     if module == "add":
         if cap - value < 1:
             return None
@@ -156,7 +156,7 @@ def _step_support(main: str, allowed: list[str]) -> list[str]:
 
 # --------------------------------------------------------------------------- problems
 def _draw_problem(rng: random.Random, modules: list[str], min_steps: int, max_steps: int,
-                  max_operand: int, pid: str) -> Problem:
+                  max_operand: int, pid: str, cap: int) -> Problem:
     main = rng.choice(modules)
     n_steps = rng.randint(min_steps, max_steps)
     support = _step_support(main, modules)
@@ -169,7 +169,7 @@ def _draw_problem(rng: random.Random, modules: list[str], min_steps: int, max_st
             options = [main] if i == n_steps - 1 else [rng.choice(support)] + rng.sample(support, len(support))
             step, module = None, main
             for module in options:
-                step = _draw_step(module, value, holder, rng, max_operand)
+                step = _draw_step(module, value, holder, rng, max_operand, cap)
                 if step is not None:
                     break
             if step is None:
@@ -208,9 +208,13 @@ def gold_sentence(step: dict, result: int | None = None) -> str:
 
 
 def generate_problems(n: int, seed: int, *, modules: Iterable[str] | None = None, min_steps: int = 1,
-                      max_steps: int = 3, max_operand: int = 20, id_prefix: str = "lab",
-                      exclude: Iterable[str] = ()) -> list[Problem]:
-    """``n`` distinct lab problems (by text, and none of ``exclude``), the same for the same seed anywhere."""
+                      max_steps: int = 3, max_operand: int = 20, max_value: int | None = None,
+                      id_prefix: str = "lab", exclude: Iterable[str] = ()) -> list[Problem]:
+    """``n`` distinct lab problems (by text, and none of ``exclude``), the same for the same seed anywhere.
+
+    Operands are at most ``max_operand``; every value along the way at most ``max_value`` (default
+    ``max_operand * MAX_VALUE_FACTOR``).
+    """
     modules = list(MODULES if modules is None else modules)
     _check_modules(modules)
     if not modules:
@@ -219,12 +223,15 @@ def generate_problems(n: int, seed: int, *, modules: Iterable[str] | None = None
         raise ValueError(f"generate_problems: need 1 <= min_steps ({min_steps}) <= max_steps ({max_steps})")
     if max_operand < 2:
         raise ValueError(f"generate_problems: max_operand must be at least 2 (got {max_operand})")
+    cap = max_value if max_value is not None else max_operand * MAX_VALUE_FACTOR
+    if cap < max_operand:
+        raise ValueError(f"generate_problems: max_value ({cap}) must be at least max_operand ({max_operand})")
     rng = random.Random(seed)
     seen = set(exclude)
     out: list[Problem] = []
     misses = 0
     while len(out) < n:
-        problem = _draw_problem(rng, modules, min_steps, max_steps, max_operand, f"{id_prefix}-{len(out):05d}")
+        problem = _draw_problem(rng, modules, min_steps, max_steps, max_operand, f"{id_prefix}-{len(out):05d}", cap)
         if problem.text in seen:
             misses += 1
             if misses > 2000:  # 2000 draws in a row without a new problem: the space is (nearly) used up
@@ -252,12 +259,30 @@ def draw_splits(sizes: dict[str, int], seed: int, **settings) -> dict[str, list[
     return out
 
 
+WARMUP_STYLES: tuple[str, ...] = ("gold", "equations", "prose", "selfcheck")
+# The teacher style closest to each warm-up style: the gold solutions are the prose teacher's sentences
+# without the "Step i:" prefix and closing line. A student warm-started in a style is familiar with it.
+FAMILIAR_STYLE: dict[str, str] = {"gold": "prose", "equations": "equations", "prose": "prose",
+                                  "selfcheck": "selfcheck"}
+
+
 def pretrain_corpus(n: int, seed: int, *, modules: Iterable[str] | None = None, min_steps: int = 1,
-                    max_steps: int = 3, max_operand: int = 20, exclude: Iterable[str] = ()) -> list[str]:
-    """Texts that warm-start lab students: prompt plus gold solution, in the one prompt format."""
+                    max_steps: int = 3, max_operand: int = 20, max_value: int | None = None,
+                    exclude: Iterable[str] = (), style: str = "gold") -> list[str]:
+    """Texts that warm-start lab students: prompt plus a correct solution, in the one prompt format.
+
+    ``style`` is ``gold`` (the reference solution) or a lab teacher's style written without slips,
+    so that students can be made familiar with one way of writing solutions (a planted preference).
+    """
+    if style not in WARMUP_STYLES:
+        raise ValueError(f"unknown warm-up style {style!r}; choose one of {list(WARMUP_STYLES)}")
     problems = generate_problems(n, seed, modules=modules, min_steps=min_steps, max_steps=max_steps,
-                                 max_operand=max_operand, id_prefix="lab-pretrain", exclude=exclude)
-    return [question_prompt(p.text) + target_text(p.solution) for p in problems]
+                                 max_operand=max_operand, max_value=max_value, id_prefix="lab-pretrain",
+                                 exclude=exclude)
+    if style == "gold":
+        return [question_prompt(p.text) + target_text(p.solution) for p in problems]
+    rng = random.Random(seed)
+    return [question_prompt(p.text) + target_text(write_trace(p, style, error_rate=0.0, rng=rng)) for p in problems]
 
 
 # --------------------------------------------------------------------------- the lab teachers

@@ -40,6 +40,8 @@ class LabTask(Strict):
     min_steps: int = Field(1, ge=1, le=8)
     max_steps: int = Field(3, ge=1, le=8)
     max_operand: int = Field(20, ge=2, le=10_000)
+    max_value: int | None = Field(None, ge=2, description="largest value along a problem's steps "
+                                                          "(None: 10 x max_operand)")
     n_pretrain: int = Field(2000, ge=0, description="problems whose gold solutions warm-start lab students")
 
     @model_validator(mode="after")
@@ -49,6 +51,8 @@ class LabTask(Strict):
             raise ValueError(f"unknown lab modules {unknown}; known: {list(LAB_MODULES)}")
         if self.min_steps > self.max_steps:
             raise ValueError(f"min_steps ({self.min_steps}) > max_steps ({self.max_steps})")
+        if self.max_value is not None and self.max_value < self.max_operand:
+            raise ValueError(f"max_value ({self.max_value}) < max_operand ({self.max_operand})")
         return self
 
 
@@ -89,7 +93,15 @@ class Student(Strict):
     gguf_file: str | None = None
     arch: LabArch | None = None
     warmup_steps: int = Field(0, ge=0, description="lab students: pre-training steps on lab text")
-    warmup_fraction: float = Field(1.0, gt=0, le=1, description="share of lab modules seen in warm-up")
+    warmup_fraction: float = Field(1.0, gt=0, le=1, description="share of lab modules seen in warm-up "
+                                                                 "(the first ones in prerequisite order)")
+    warmup_modules: list[str] | None = Field(None, description="lab modules seen in warm-up (overrides "
+                                                               "warmup_fraction)")
+    warmup_style: Literal["gold", "equations", "prose", "selfcheck"] = Field(
+        "gold", description="how the warm-up solutions are written: the reference solutions or a lab teacher's "
+                            "style without slips (the style a student is made familiar with)")
+    warmup_learning_rate: float | None = Field(None, gt=0, le=1, description="warm-up learning rate "
+                                                                             "(None: training.learning_rate)")
     lora: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     chat_template: bool = False
@@ -100,6 +112,9 @@ class Student(Strict):
             self.arch = LabArch()
         if self.source != "lab" and not self.model:
             raise ValueError(f"student '{self.name}': source '{self.source}' needs 'model'")
+        unknown = sorted(set(self.warmup_modules or ()) - set(LAB_MODULES))
+        if unknown:
+            raise ValueError(f"student '{self.name}': unknown warmup_modules {unknown}; known: {list(LAB_MODULES)}")
         return self
 
 
@@ -155,7 +170,10 @@ class TeacherSelection(Strict):
     probe_size: int = Field(40, ge=2)
     heldout_fraction: float = Field(0.5, gt=0, lt=1)
     samples_per_problem: int = Field(1, ge=1)
-    smoke_sft_steps: int = Field(30, ge=1)
+    smoke_sft_steps: int = Field(30, ge=1, description="smoke-test SFT steps when smoke_sft_tokens is not set")
+    smoke_sft_tokens: int | None = Field(None, ge=1, description="smoke-test training tokens per teacher and seed "
+                                                                 "(equal compute for short and long traces)")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="smoke-test seeds")
     select_top: int = Field(1, ge=1)
 
 
@@ -186,7 +204,9 @@ class DMC(Strict):
 class Correlation(Strict):
     datasets: list[str] | None = Field(None, description="glob patterns of the candidate datasets in the grid "
                                                         "(e.g. 'teacher=*'); None: all of them")
-    sft_steps: int = Field(40, ge=1)
+    sft_steps: int = Field(40, ge=1, description="SFT steps per grid cell when sft_tokens is not set")
+    sft_tokens: int | None = Field(None, ge=1, description="training tokens per grid cell (equal compute per cell: "
+                                                           "steps = sft_tokens / (batch x mean example tokens))")
     seeds: list[int] = Field(default_factory=lambda: [0])
     bootstrap: int = Field(1000, ge=10)
     permutations: int = Field(1000, ge=10)

@@ -99,17 +99,24 @@ def problem_splits(prof: Profile) -> Splits:
     return Splits(pool=pool, probe=probe, heldout=heldout)
 
 
+def warmup_modules(prof: Profile, spec: Student) -> list[str]:
+    """The lab modules a student's warm-up covers: ``warmup_modules``, else the first ``warmup_fraction``
+    of the task's modules in prerequisite order (so students start with different skills)."""
+    modules = lab_modules_in_order(prof.data.lab.modules)
+    if spec.warmup_modules is not None:
+        return [m for m in modules if m in spec.warmup_modules]
+    return modules[: max(1, math.ceil(len(modules) * spec.warmup_fraction))]
+
+
 def pretrain_texts(prof: Profile, spec: Student, exclude: Iterable[Problem] = ()) -> list[str]:
-    """Warm-up text for a lab student: gold solutions of fresh lab problems, on the first
-    ``warmup_fraction`` of the modules in prerequisite order (so students start with different skills)."""
+    """Warm-up text for a lab student: correct solutions of fresh lab problems on its warm-up modules,
+    written in its ``warmup_style``."""
     from . import lab
 
     cfg = prof.data.lab
-    modules = lab_modules_in_order(cfg.modules)
-    modules = modules[: max(1, math.ceil(len(modules) * spec.warmup_fraction))]
-    return lab.pretrain_corpus(cfg.n_pretrain, prof.seed * 1000 + 7, modules=modules, min_steps=cfg.min_steps,
-                               max_steps=cfg.max_steps, max_operand=cfg.max_operand,
-                               exclude=[p.text for p in exclude])
+    return lab.pretrain_corpus(cfg.n_pretrain, prof.seed * 1000 + 7, modules=warmup_modules(prof, spec),
+                               min_steps=cfg.min_steps, max_steps=cfg.max_steps, max_operand=cfg.max_operand,
+                               max_value=cfg.max_value, exclude=[p.text for p in exclude], style=spec.warmup_style)
 
 
 def tokenizer_texts(prof: Profile, pretrain: list[str]) -> list[str]:
@@ -119,7 +126,8 @@ def tokenizer_texts(prof: Profile, pretrain: list[str]) -> list[str]:
 
     cfg = prof.data.lab
     problems = lab.generate_problems(200, seed=prof.seed * 1000 + 11, modules=cfg.modules, min_steps=cfg.min_steps,
-                                     max_steps=cfg.max_steps, max_operand=cfg.max_operand, id_prefix="vocab")
+                                     max_steps=cfg.max_steps, max_operand=cfg.max_operand, max_value=cfg.max_value,
+                                     id_prefix="vocab")
     styles = ("equations", "prose", "selfcheck", "sloppy")
     rng = random.Random(prof.seed)
     traces = [lab.write_trace(p, s, error_rate=0.5, rng=rng) for p in problems for s in styles]
@@ -269,6 +277,20 @@ def sft_examples(student: StudentModel, problems: dict[str, Problem], traces: It
         pid, text = (t.problem_id, t.text) if isinstance(t, Trace) else (t["problem_id"], t["text"])
         out.append((student.prompt(problems[pid]), student.target(text)))
     return out
+
+
+def budget_steps(student: StudentModel, examples: list[tuple[str, str]], training, *, tokens: int | None,
+                 steps: int) -> int:
+    """Optimizer steps for an SFT budget: ``tokens`` / (tokens per step at these examples' mean length),
+    so runs on short and long traces see about the same number of tokens; ``steps`` when tokens is None."""
+    from . import train
+
+    if tokens is None:
+        return steps
+    lengths = [len(ids) for ids, _ in train.tokenize_examples(student.tokenizer, examples, training.max_seq_len,
+                                                               "target")]
+    per_step = training.batch_size * training.grad_accum * sum(lengths) / max(1, len(lengths))
+    return max(1, math.ceil(tokens / per_step))
 
 
 def distil(student: StudentModel, examples: list[tuple[str, str]], *, steps: int, stage: Stage, seed: int,
