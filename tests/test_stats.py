@@ -109,3 +109,45 @@ def test_grid_rows_without_items_are_named():
     grid.loc[3, "student"] = "s9"
     with pytest.raises(ValueError, match="grid row 3 .*'s9'.* has no items"):
         stats.dmc_for_grid(grid, items, ["dataset", "student"], "default", {})
+
+
+# --------------------------------------------------------------------------- cluster bootstrap, noise floor
+def test_cluster_bootstrap_keeps_groups_whole():
+    groups = ["a", "a", "b", "c", "c", "c"]
+    for idx in stats.cluster_bootstrap_indices(groups, 50, np.random.default_rng(0)):
+        drawn = [groups[i] for i in idx]
+        for g in set(drawn):  # a drawn group brings all its rows, as many times as it was drawn
+            assert drawn.count(g) % groups.count(g) == 0
+
+
+def test_cluster_bootstrap_widens_the_interval_of_duplicated_rows():
+    # 6 independent pairs, each copied 5 times: the row bootstrap believes it has 30 pairs
+    rng = np.random.default_rng(3)
+    x0, y0 = rng.normal(size=6), rng.normal(size=6)
+    x, y = np.repeat(x0, 5), np.repeat(y0, 5)
+    groups = np.repeat(np.arange(6), 5)
+    rows = stats.correlate(x, y, n_boot=400, n_perm=50, seed=0, methods=["pearson"])
+    clusters = stats.correlate(x, y, n_boot=400, n_perm=50, seed=0, methods=["pearson"], groups=groups)
+    assert clusters["n_groups"] == 6 and clusters["pearson"] == pytest.approx(rows["pearson"])
+    assert clusters["pearson_hi"] - clusters["pearson_lo"] > 1.5 * (rows["pearson_hi"] - rows["pearson_lo"])
+
+
+def test_paired_gain_by_hand():
+    before = np.array([0, 0, 1, 1])
+    after = np.array([[1, 0, 1, 1], [1, 1, 1, 0]])  # seed gains 0.25 and 0.25
+    g = stats.paired_gain(before, after)
+    assert g["gain"] == pytest.approx(0.25) and g["seed_sd"] == pytest.approx(0.0)
+    d = np.array([1.0, 0.5, 0.0, -0.5])  # per-problem differences averaged over seeds
+    assert g["se_problems"] == pytest.approx(d.std(ddof=1) / 2)
+    assert g["gain_se"] == pytest.approx(g["se_problems"])
+    assert g["gain_lo"] == pytest.approx(0.25 - stats.Z95 * g["gain_se"])
+    with pytest.raises(ValueError, match="3 problems after but 4 before"):
+        stats.paired_gain(before, np.ones((2, 3)))
+
+
+def test_reliability_and_needed_problems():
+    assert stats.reliability([0.1, 0.3, 0.5], [0.1, 0.1, 0.1]) == pytest.approx(1 - 0.01 / 0.04)
+    assert stats.reliability([0.1, 0.1], [0.1, 0.1]) != stats.reliability([0.1, 0.1], [0.1, 0.1])  # NaN
+    # 80% power at 95%: n = ((1.96 + 0.84) * sd / effect)^2
+    assert stats.needed_problems(0.05, 0.5) == int(np.ceil(((stats.Z95 + 0.8416) * 0.5 / 0.05) ** 2))
+    assert stats.binomial_se(0.5, 100) == pytest.approx(0.05)

@@ -69,22 +69,39 @@ COEFFICIENTS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 
 
 # --------------------------------------------------------------------------- one correlation
+def cluster_bootstrap_indices(groups: Sequence[Any], n_boot: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Row indices of ``n_boot`` resamples that draw whole groups with replacement (all rows of a drawn
+    group come along), so rows that are not independent (one dataset family) stay together."""
+    labels = pd.Index(pd.unique(np.asarray(groups, dtype=object)))
+    members = [np.flatnonzero(np.asarray(groups, dtype=object) == g) for g in labels]
+    picks = rng.integers(0, len(members), size=(n_boot, len(members)))
+    return [np.concatenate([members[g] for g in row]) for row in picks]
+
+
 def correlate(x: Sequence[float], y: Sequence[float], *, n_boot: int = 1000, n_perm: int = 1000, seed: int = 0,
-              confidence: float = 0.95, methods: Sequence[str] = METHODS) -> dict[str, Any]:
+              confidence: float = 0.95, methods: Sequence[str] = METHODS,
+              groups: Sequence[Any] | None = None) -> dict[str, Any]:
     """Coefficients, bootstrap CIs and permutation p-values of x against y.
 
-    Keys: ``n`` (complete pairs used), ``n_dropped`` (pairs with a NaN), and per method ``<m>``,
-    ``<m>_lo``, ``<m>_hi``, ``<m>_p``; ``note`` is empty or says why values are NaN.
+    With ``groups`` (one label per pair, e.g. the dataset family) the bootstrap resamples whole
+    groups (a cluster bootstrap), since pairs of one group are not independent; ``n_groups`` says
+    how many there were. Keys: ``n`` (complete pairs used), ``n_dropped`` (pairs with a NaN), and per
+    method ``<m>``, ``<m>_lo``, ``<m>_hi``, ``<m>_p``; ``note`` is empty or says why values are NaN.
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"correlate: x and y must be 1-d of equal length, got shapes {x.shape} and {y.shape}")
+    if groups is not None and len(groups) != len(x):
+        raise ValueError(f"correlate: {len(groups)} group labels for {len(x)} pairs")
     unknown = sorted(set(methods) - set(COEFFICIENTS))
     if unknown:
         raise ValueError(f"correlate: unknown methods {unknown}; known: {list(COEFFICIENTS)}")
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
     out: dict[str, Any] = {"n": int(keep.sum()), "n_dropped": int((~keep).sum()), "note": ""}
+    if groups is not None:
+        groups = np.asarray(groups, dtype=object)[keep]
+        out["n_groups"] = int(len(pd.unique(groups)))
     for m in methods:
         out.update({m: np.nan, f"{m}_lo": np.nan, f"{m}_hi": np.nan, f"{m}_p": np.nan})
     if len(x) < 3:
@@ -95,13 +112,19 @@ def correlate(x: Sequence[float], y: Sequence[float], *, n_boot: int = 1000, n_p
         out["note"] = f"{' and '.join(constant)} constant: correlation undefined"
         return out
     rng = np.random.default_rng(seed)
-    boot_idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    if groups is None:
+        boot_idx = rng.integers(0, len(x), size=(n_boot, len(x)))
+    else:
+        boot_idx = cluster_bootstrap_indices(groups, n_boot, rng)
     alpha = (1 - confidence) / 2
     degenerate = []
     for m in methods:
         coef = COEFFICIENTS[m]
         out[m] = float(coef(x, y)[0])
-        boot = coef(x[boot_idx], y[boot_idx])
+        if groups is None:
+            boot = coef(x[boot_idx], y[boot_idx])
+        else:  # resamples differ in length: one at a time
+            boot = np.array([coef(x[i], y[i])[0] for i in boot_idx])
         boot = boot[np.isfinite(boot)]  # a resample that repeats one value has no correlation
         if len(boot) < n_boot:
             degenerate.append(f"{m}: {n_boot - len(boot)} of {n_boot} resamples undefined")
@@ -125,16 +148,84 @@ def _permutation_p(coef, x: np.ndarray, y: np.ndarray, n_perm: int, rng: np.rand
 
 
 def predictor_table(df: pd.DataFrame, predictors: Sequence[str], target: str, *, n_boot: int = 1000,
-                    n_perm: int = 1000, seed: int = 0, confidence: float = 0.95) -> pd.DataFrame:
-    """One row per predictor: its correlations with ``target``, CIs, p-values and notes (same seed for all)."""
-    missing = [c for c in [*predictors, target] if c not in df.columns]
+                    n_perm: int = 1000, seed: int = 0, confidence: float = 0.95,
+                    group_col: str | None = None) -> pd.DataFrame:
+    """One row per predictor: its correlations with ``target``, CIs, p-values and notes (same seed for all).
+
+    ``group_col`` names a column whose groups the bootstrap resamples whole (see ``correlate``).
+    """
+    missing = [c for c in [*predictors, target, *([group_col] if group_col else [])] if c not in df.columns]
     if missing:
         raise ValueError(f"predictor_table: missing column(s) {missing}; present: {list(df.columns)}")
+    groups = df[group_col].tolist() if group_col else None
     rows = [{"predictor": p, **correlate(df[p], df[target], n_boot=n_boot, n_perm=n_perm, seed=seed,
-                                         confidence=confidence)} for p in predictors]
+                                         confidence=confidence, groups=groups)} for p in predictors]
     table = pd.DataFrame(rows)
-    first = ["predictor", "n", *[f"{m}{s}" for m in METHODS for s in ("", "_lo", "_hi", "_p")], "n_dropped", "note"]
+    first = ["predictor", "n", *(["n_groups"] if group_col else []),
+             *[f"{m}{s}" for m in METHODS for s in ("", "_lo", "_hi", "_p")], "n_dropped", "note"]
     return table[first]
+
+
+# --------------------------------------------------------------------------- noise floor of measured gains
+Z95 = 1.959963984540054
+
+
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of an accuracy ``p`` measured on ``n`` independent problems."""
+    return float(np.sqrt(max(p * (1 - p), 0.0) / n)) if n > 0 else float("nan")
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Mean of ``a - b`` on the same problems, both (seeds x problems) of 0/1 outcomes (or rates),
+    row ``s`` of ``a`` paired with row ``s`` of ``b`` (same seed; ``b`` may have one row for all).
+
+    Returns the difference, its standard error - the problem-sampling part (SD of the per-problem
+    differences averaged over seeds, over sqrt(problems)) plus the seed part (SD of the per-seed
+    differences over sqrt(seeds)) - the seed SD, and a normal 95% interval.
+    """
+    a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"paired comparison: {a.shape[1]} problems on one side but {b.shape[1]} on the other")
+    if len(b) not in (1, len(a)):
+        raise ValueError(f"paired comparison: {len(a)} seeds against {len(b)}; pair them seed by seed or give one row")
+    n_seeds, n = a.shape
+    diff = a - b
+    per_seed = diff.mean(1)
+    mean = float(per_seed.mean())
+    seed_sd = float(per_seed.std(ddof=1)) if n_seeds > 1 else float("nan")
+    se_problems = float(diff.mean(0).std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    se = float(np.sqrt(se_problems ** 2 + (seed_sd ** 2 / n_seeds if n_seeds > 1 else 0.0)))
+    return {"gain": mean, "gain_se": se, "gain_lo": mean - Z95 * se, "gain_hi": mean + Z95 * se,
+            "seed_sd": seed_sd, "se_problems": se_problems, "n_seeds": n_seeds, "n_problems": n}
+
+
+def paired_gain(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
+    """Gain of ``after`` (seeds x problems) over ``before`` (one outcome per problem), paired on the same
+    problems: ``paired_difference(after, before)``."""
+    before = np.asarray(before, dtype=float)
+    if np.atleast_2d(after).shape[1] != before.shape[0]:
+        raise ValueError(f"paired_gain: {np.atleast_2d(after).shape[1]} problems after but {before.shape[0]} before")
+    return paired_difference(after, before[None, :])
+
+
+def reliability(gains: Sequence[float], ses: Sequence[float]) -> float:
+    """Share of the spread of cell gains that is signal: 1 - mean(SE^2) / variance of the gains.
+
+    Near 1: cells differ far more than their noise; near 0 or below: the differences are noise.
+    """
+    g, se = np.asarray(gains, dtype=float), np.asarray(ses, dtype=float)
+    ok = np.isfinite(g) & np.isfinite(se)
+    if ok.sum() < 2 or np.var(g[ok], ddof=1) == 0:
+        return float("nan")
+    return float(1.0 - np.mean(se[ok] ** 2) / np.var(g[ok], ddof=1))
+
+
+def needed_problems(effect: float, sd_diff: float, power_z: float = 0.8416) -> int:
+    """Problems a paired comparison needs to show ``effect`` at 95% (two-sided) with 80% power,
+    given the SD of the per-problem differences."""
+    if not effect or not np.isfinite(sd_diff):
+        return -1
+    return int(np.ceil(((Z95 + power_z) * sd_diff / abs(effect)) ** 2))
 
 
 # --------------------------------------------------------------------------- fit on part, report on the rest
