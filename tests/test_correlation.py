@@ -12,3 +12,33 @@ def test_grid_datasets_selects_by_glob_and_names_unmatched_patterns():
     assert sorted(grid_datasets(datasets, ["teacher=?", "all"])) == ["all", "teacher=a", "teacher=b"]
     with pytest.raises(ValueError, match=r"\['style=\*'\] match no candidate dataset.*'level=1'"):
         grid_datasets(datasets, ["teacher=*", "style=*"])
+
+
+def test_dataset_families_group_variants_and_mixtures():
+    from syllabus.correlation import MIXED_FAMILY, dataset_family
+
+    assert dataset_family("teacher=prose") == dataset_family("teacher=prose+adapted") == "teacher=prose"
+    assert dataset_family("teacher=prose+unverified") == "teacher=prose"
+    for name in ("all", "all+adapted", "level=1", "pass_rate=0.00-0.25+adapted"):
+        assert dataset_family(name) == MIXED_FAMILY
+
+
+def test_cell_gains_pair_outcomes_and_mark_controls():
+    from syllabus.correlation import CONTROL_NONE, cell_gains, family_split, noise_floor
+
+    rows = []
+    before = [0, 0, 1, 1]
+    for name, seeds in {"teacher=a": {0: [1, 1, 1, 1], 1: [1, 0, 1, 1]}, CONTROL_NONE: {-1: before},
+                        "teacher=b": {0: [0, 0, 1, 0], 1: [0, 0, 0, 1]}, "all": {0: [1, 0, 1, 1], 1: [1, 0, 1, 1]}}.items():
+        for seed, after in seeds.items():
+            rows += [{"student": "s", "dataset": name, "seed": seed, "problem_id": f"p{i}", "correct_before": b,
+                      "correct_after": a} for i, (b, a) in enumerate(zip(before, after))]
+    cells = cell_gains(pd.DataFrame(rows)).set_index("dataset")
+    assert cells.loc["teacher=a", "gain"] == pytest.approx((0.5 + 0.25) / 2)
+    assert cells.loc["teacher=b", "gain"] == pytest.approx(-0.25)
+    assert cells.loc[CONTROL_NONE, "gain"] == 0 and bool(cells.loc[CONTROL_NONE, "control"])
+    assert cells.loc["teacher=a", "n_seeds"] == 2 and cells.loc["teacher=a", "n_problems"] == 4
+    floor = noise_floor(cells.reset_index())
+    assert floor.loc[0, "n_problems"] == 4 and floor.loc[0, "binomial_se"] == pytest.approx(0.25)
+    fit, hold = family_split(cells.reset_index(), 0.5, seed=0)
+    assert set(fit["family"]).isdisjoint(hold["family"]) and "mixed" not in set(fit["family"]) | set(hold["family"])

@@ -60,3 +60,32 @@ def test_token_budget_gives_every_choice_the_same_tokens_within_one_example():
                                                 random.Random(3), max_seq_len=256)
         assert fewer == examples[:len(fewer)]
     assert totals["short"][0] > totals["long"][0]  # more of the short examples for the same tokens
+
+
+def test_compare_policies_pairs_seed_by_seed_and_says_where_no_difference_is_shown():
+    ids = [f"p{i}" for i in range(40)]
+    start = pd.Series(0.0, index=ids)
+    rows = []
+    for seed in range(3):
+        for policy, solved in {"random": 10, "good": 30, "same": 10}.items():
+            rows += [{"policy": policy, "seed": seed, "problem_id": pid, "correct": float(i < solved + seed)}
+                     for i, pid in enumerate(ids)]
+    table = dynamic.compare_policies(pd.DataFrame(rows), start, references=("random",)).set_index("policy")
+    assert table.loc["good", "final_accuracy"] == pytest.approx((31 / 40))
+    assert table.loc["good", "vs_random"] == pytest.approx(0.5) and table.loc["good", "vs_random_shown"]
+    assert table.loc["same", "vs_random"] == 0 and not table.loc["same", "vs_random_shown"]
+    assert table.loc["good", "gain_lo"] > 0 and table.loc["good", "seeds"] == 3
+    assert "vs_random" not in table.columns or pd.isna(table.loc["random", "vs_random"])
+
+
+def test_budget_steps_equal_tokens_for_short_and_long_examples():
+    from syllabus import params as P, workflow
+
+    student, problems, datasets = _student_and_data()
+    training = P.Training(batch_size=2, max_seq_len=256)
+    steps = {}
+    for name, rows in datasets.items():
+        examples = workflow.sft_examples(student, problems, [dict(r) for r in rows.to_dict("records")])
+        steps[name] = workflow.budget_steps(student, examples, training, tokens=2000, steps=7)
+        assert workflow.budget_steps(student, examples, training, tokens=None, steps=7) == 7
+    assert steps["short"] > steps["long"] >= 1

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import compatibility, select, train, workflow
+from . import compatibility, select, stats, train, workflow
 from .records import Problem
 from .runs import Stage, hash_obj
 
@@ -41,6 +41,7 @@ class PolicyRun:
     choices: list[dict[str, Any]] = field(default_factory=list)
     dmc: list[pd.DataFrame] = field(default_factory=list)
     model: Any = None
+    final_outcomes: pd.Series | None = None  # held-out pass (0/1) per problem after the last phase
 
 
 def prerequisites(modules) -> dict[str, list[str]]:
@@ -208,7 +209,10 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
                            seed=sft_seed, out_dir=out_dir, resume=True, single_pass=phase_tokens is not None)
         current.model.eval()
         tokens += result.tokens_seen
-        acc = workflow.accuracy(current, splits.heldout, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
+        outcomes = workflow.pass_rates(current, splits.heldout, k=1, prof=prof, seed=stage.seed,
+                                       cache_dir=stage.run.cache)
+        run.final_outcomes = outcomes
+        acc = float(outcomes.mean())
         run.curve.append({"policy": policy_name, "seed": seed, "phase": phase + 1, "tokens": tokens, "accuracy": acc})
         mix = batch["dataset"].value_counts().to_dict()
         run.choices.append({"policy": policy_name, "seed": seed, "phase": phase, "reason": choice.reason,
@@ -218,6 +222,33 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
                             "drawn": dict(sorted(mix.items()))})
     run.model = current
     return run
+
+
+def outcomes_table(runs: list[PolicyRun]) -> pd.DataFrame:
+    """Per (policy, seed, problem): the held-out outcome after the last phase."""
+    return pd.concat([pd.DataFrame({"policy": r.policy, "seed": r.seed, "problem_id": r.final_outcomes.index,
+                                    "correct": r.final_outcomes.to_numpy()}) for r in runs], ignore_index=True)
+
+
+def compare_policies(outcomes: pd.DataFrame, start: pd.Series, references=("random", "dmc_static")) -> pd.DataFrame:
+    """Every policy's final accuracy, its gain over the starting student, and its paired difference
+    against each reference policy (seed with seed: the phases' draws share random numbers), each with a
+    95% CI (``stats.paired_difference``); ``shown`` says whether the interval excludes 0."""
+    wide = {p: g.pivot(index="seed", columns="problem_id", values="correct").sort_index()[list(start.index)]
+            for p, g in outcomes.groupby("policy", sort=False)}
+    rows = []
+    for policy, a in wide.items():
+        gain = stats.paired_gain(start.to_numpy(), a.to_numpy())
+        row = {"policy": policy, "seeds": len(a), "final_accuracy": float(a.to_numpy().mean()),
+               "gain": gain["gain"], "gain_lo": gain["gain_lo"], "gain_hi": gain["gain_hi"],
+               "seed_sd": gain["seed_sd"]}
+        for ref in references:
+            if ref in wide and ref != policy and list(wide[ref].index) == list(a.index):
+                d = stats.paired_difference(a.to_numpy(), wide[ref].to_numpy())
+                row.update({f"vs_{ref}": d["gain"], f"vs_{ref}_lo": d["gain_lo"], f"vs_{ref}_hi": d["gain_hi"],
+                            f"vs_{ref}_shown": bool(d["gain_lo"] > 0 or d["gain_hi"] < 0)})
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("final_accuracy", ascending=False, kind="mergesort").reset_index(drop=True)
 
 
 def start_curve(stage: Stage, student: workflow.StudentModel, heldout: list[Problem], policies: list[str],

@@ -28,13 +28,17 @@ def _annotate(ax, xs, ys, labels) -> None:
 
 
 def accuracy_vs_gain(board: pd.DataFrame, *, x="teacher_accuracy", y="gain", label="teacher", hue=None):
-    """Stage 1: the teacher's own accuracy against what the student gained from it (DED's point)."""
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    sns.scatterplot(data=board, x=x, y=y, hue=hue, s=80, ax=ax)
+    """Stage 1: the teacher's own accuracy against what the student gained from it (DED's point),
+    with the gain's 95% interval (columns ``gain_lo``/``gain_hi``) as a vertical bar."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    if {"gain_lo", "gain_hi"} <= set(board.columns):
+        ax.errorbar(board[x], board[y], yerr=[board[y] - board["gain_lo"], board["gain_hi"] - board[y]],
+                    fmt="none", ecolor="grey", elinewidth=1, capsize=3, zorder=1)
+    sns.scatterplot(data=board, x=x, y=y, hue=hue, s=80, ax=ax, zorder=2)
     _annotate(ax, board[x], board[y], board[label])
     ax.axhline(0, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("teacher accuracy on probe problems (fraction correct)")
-    ax.set_ylabel("student gain after smoke-test SFT\n(probe accuracy, after - before)")
+    ax.set_xlabel("teacher accuracy on its traces (fraction correct)")
+    ax.set_ylabel("student gain after smoke-test SFT\n(probe accuracy, after - before; 95% CI)")
     ax.set_title("Most accurate teacher vs most useful teacher")
     return fig
 
@@ -78,13 +82,39 @@ def dmc_factors(table: pd.DataFrame, *, dataset="dataset", student="student",
     return g.figure
 
 
+def cell_gains(cells: pd.DataFrame, *, student="student", dataset="dataset", y="gain"):
+    """Stage 4: every cell's paired gain with its 95% interval, one panel per student, sorted;
+    the controls (no SFT, gold solutions) in grey, zero as a dashed line."""
+    students = sorted(cells[student].unique())
+    n = cells.groupby(student).size().max()
+    fig, axes = plt.subplots(1, len(students), figsize=(5.2 * len(students), 0.28 * n + 1.6), squeeze=False)
+    for ax, name in zip(axes.flat, students):
+        g = cells[cells[student] == name].sort_values(y)
+        pos = np.arange(len(g))
+        colors = ["#999999" if c else sns.color_palette(PALETTE)[0] for c in g["control"]]
+        ax.barh(pos, g[y], color=colors)
+        ax.errorbar(g[y], pos, xerr=[g[y] - g["gain_lo"], g["gain_hi"] - g[y]], fmt="none", ecolor="black",
+                    elinewidth=0.8, capsize=2)
+        ax.set_yticks(pos, g[dataset], fontsize=8)
+        ax.axvline(0, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("gain in held-out accuracy (after - before, 95% CI)")
+        ax.set_title(f"{name} (from {g['accuracy_before'].iloc[0]:.2f}; grey: controls)", fontsize=10)
+    fig.suptitle("What each candidate dataset teaches each student, at equal compute")
+    fig.tight_layout()
+    return fig
+
+
 def scatter_with_fit(grid: pd.DataFrame, predictors: list[str], *, target="gain", hue="student"):
-    """Stage 4: each predictor against the measured gain, with a least-squares line."""
+    """Stage 4: each predictor against the measured gain (with its 95% interval when the table has
+    ``gain_lo``/``gain_hi``), and a least-squares line."""
     cols = min(3, len(predictors))
     rows = int(np.ceil(len(predictors) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     for ax, pred in zip(axes.flat, predictors):
-        sns.scatterplot(data=grid, x=pred, y=target, hue=hue, ax=ax, s=40, legend=ax is axes.flat[0])
+        if {"gain_lo", "gain_hi"} <= set(grid.columns) and target == "gain":
+            ax.errorbar(grid[pred], grid[target], yerr=[grid[target] - grid["gain_lo"], grid["gain_hi"] - grid[target]],
+                        fmt="none", ecolor="#bbbbbb", elinewidth=0.8, zorder=1)
+        sns.scatterplot(data=grid, x=pred, y=target, hue=hue, ax=ax, s=40, legend=ax is axes.flat[0], zorder=2)
         ok = grid[[pred, target]].dropna()
         if len(ok) >= 2 and ok[pred].nunique() > 1:
             slope, intercept = np.polyfit(ok[pred], ok[target], 1)
@@ -99,20 +129,32 @@ def scatter_with_fit(grid: pd.DataFrame, predictors: list[str], *, target="gain"
     return fig
 
 
-def learning_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy"):
-    """Stage 5: held-out accuracy after each phase per policy: the mean over seeds, and the range
-    of the seeds as a band. Every phase is the same compute for every policy (the same tokens, or with
-    ``dynamic.budget: steps`` the same steps; the ``tokens`` column has the counts). Policies are dodged
-    sideways a little so that equal curves stay visible."""
+def learning_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy", n_problems: int | None = None):
+    """Stage 5: held-out accuracy after each phase per policy: the mean over seeds and, with
+    ``n_problems``, a 95% band from the binomial SE of that mean and the seed spread
+    (mean +- 1.96 sqrt(p(1-p)/n + seed SD^2/seeds)); without it, the seeds' min-max. Every phase is the
+    same compute for every policy (the ``tokens`` column has the counts). Policies are dodged sideways
+    a little so that equal curves stay visible."""
     order = list(dict.fromkeys(curves[hue]))
-    offsets = np.linspace(-0.06, 0.06, len(order)) if len(order) > 1 else [0.0]
-    dodged = curves.assign(**{x: curves[x] + curves[hue].map(dict(zip(order, offsets)))})
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    sns.lineplot(data=dodged, x=x, y=y, hue=hue, hue_order=order, marker="o", errorbar=("pi", 100), ax=ax)
+    offsets = dict(zip(order, np.linspace(-0.08, 0.08, len(order)) if len(order) > 1 else [0.0]))
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    colors = dict(zip(order, sns.color_palette(PALETTE, len(order))))
+    for name in order:
+        g = curves[curves[hue] == name].groupby(x)[y]
+        mean, sd, count = g.mean(), g.std(ddof=1).fillna(0.0), g.count()
+        if n_problems:
+            half = 1.959963984540054 * np.sqrt(mean * (1 - mean) / n_problems + sd ** 2 / count)
+            lo, hi = mean - half, mean + half
+        else:
+            lo, hi = g.min(), g.max()
+        xs = mean.index.to_numpy(float) + offsets[name]
+        ax.plot(xs, mean.to_numpy(), marker="o", color=colors[name], label=name)
+        ax.fill_between(xs, lo.to_numpy(), hi.to_numpy(), color=colors[name], alpha=0.12)
     ax.set_xticks(sorted(curves[x].unique()))
     ax.set_xlabel("phase (0 = before training; equal compute per phase; policies dodged)")
     ax.set_ylabel("held-out accuracy (fraction correct)")
-    ax.set_title("Learning curves at equal compute (mean over seeds, band: min-max)")
+    band = "95% CI (binomial + seeds)" if n_problems else "min-max over seeds"
+    ax.set_title(f"Learning curves at equal compute (mean over seeds, band: {band})", fontsize=10)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     return fig

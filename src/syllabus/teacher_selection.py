@@ -1,16 +1,19 @@
 """Stage 1 - teacher selection (DED): the best teacher is the one the student learns most from.
 
 For every candidate teacher: its own accuracy, its trace lengths in student tokens, truncation rate,
-the student's per-token entropy and NLL of its traces, its DMC for the student, and the
-**smoke-test gain**: an equal-budget short SFT of the student on the teacher's verified traces,
-evaluated on the probe split. The leaderboard is ranked by that gain.
+the student's per-token entropy and NLL of its traces, and the **smoke-test gain**: an equal-budget
+short SFT of the student on the teacher's verified traces (``smoke_sft_tokens`` tokens, or
+``smoke_sft_steps`` steps), once per seed, evaluated on the probe split and paired with the
+student's own answers there (gain, SE, 95% CI, seed SD: ``stats.paired_gain``). The leaderboard is
+ranked by that gain.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
-from . import workflow
+from . import stats, workflow
 from .params import Profile
 from .records import Problem
 from .runs import Stage
@@ -38,9 +41,10 @@ def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, wo
     from .scoring import cached_scores
 
     prof = stage.params
+    ts = prof.teacher_selection
     by_id = {p.id: p for p in problems}
     fingerprint = student.fingerprint()
-    before = workflow.accuracy(student, eval_problems, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
+    before = workflow.pass_rates(student, eval_problems, k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
     rows = []
     for name, run in runs.items():
         traces = run.traces
@@ -58,18 +62,38 @@ def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, wo
             "student_nll": float(scores["nll"].mean()),
             "student_entropy": float(scores["entropy"].mean()),
         }
+        afters = [before.to_numpy()]  # no verified trace: nothing to train on, the student is unchanged
         if correct:
-            trained, _ = workflow.distil(student, workflow.sft_examples(student, by_id, correct),
-                                         steps=prof.teacher_selection.smoke_sft_steps, stage=stage,
-                                         seed=stage.seed, tag=f"smoke-{student.name}-{name}")
-            after = workflow.accuracy(trained, eval_problems, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
-        else:
-            after = before
-        row.update({"accuracy_before": before, "accuracy_after": after, "gain": after - before})
+            examples = workflow.sft_examples(student, by_id, correct)
+            steps = workflow.budget_steps(student, examples, prof.training, tokens=ts.smoke_sft_tokens,
+                                          steps=ts.smoke_sft_steps)
+            afters = []
+            for seed in ts.seeds:
+                trained, _ = workflow.distil(student, examples, steps=steps, stage=stage, seed=seed,
+                                             tag=f"smoke-{student.name}-{name}-s{seed}")
+                after = workflow.pass_rates(trained, eval_problems, k=1, prof=prof, seed=stage.seed,
+                                            cache_dir=stage.run.cache)
+                afters.append(after.loc[before.index].to_numpy())
+        paired = stats.paired_gain(before.to_numpy(), np.vstack(afters))
+        row.update({"accuracy_before": float(before.mean()), "accuracy_after": float(np.mean(afters)),
+                    "gain": paired["gain"], "gain_se": paired["gain_se"], "gain_lo": paired["gain_lo"],
+                    "gain_hi": paired["gain_hi"], "seed_sd": paired["seed_sd"], "seeds": len(afters)})
         rows.append(row)
     board = pd.DataFrame(rows).sort_values(["gain", "teacher_accuracy"], ascending=[False, False], kind="mergesort")
     board.insert(0, "rank", range(1, len(board) + 1))
     return board.reset_index(drop=True)
+
+
+def noise_floor(board: pd.DataFrame, n_problems: int) -> pd.DataFrame:
+    """How big the noise is next to the differences between teachers: the binomial SE of the student's
+    probe accuracy, the median seed SD and SE of a gain, and the SD of the gains across teachers."""
+    return pd.DataFrame([{
+        "probe_problems": n_problems, "accuracy_before": float(board["accuracy_before"].iloc[0]),
+        "binomial_se": stats.binomial_se(float(board["accuracy_before"].iloc[0]), n_problems),
+        "median_seed_sd": float(board["seed_sd"].median()), "median_gain_se": float(board["gain_se"].median()),
+        "sd_of_gains_across_teachers": float(board["gain"].std(ddof=1)),
+        "reliability": stats.reliability(board["gain"], board["gain_se"]),
+    }])
 
 
 def choose(board: pd.DataFrame, top: int) -> list[str]:
