@@ -16,7 +16,7 @@ from . import compatibility, stats, workflow
 from .records import Problem
 from .runs import Stage
 
-# Predictors compared side by side (method.md stage 4.4); the expected sign is in the notebook.
+# Predictors compared side by side (docs/method.md, stage 4); the expected sign is in the notebook.
 PREDICTORS = ("dmc", "quality", "capability", "rel_difficulty", "teacher_accuracy", "n_tokens", "perplexity",
               "ifd", "entropy")
 
