@@ -29,7 +29,7 @@ def _loads_completely(directory, source, split, rows):
     assert isinstance(problems, ProblemSet) and len(problems) == rows
     assert problems.meta["n_skipped"] == 0 and problems.meta["skipped_rows"] == []
     assert problems.meta["sha256"] == hash_file(problems.meta["path"])
-    assert problems.meta["path"] == str(directory / LOCAL_FILES[(source, split)])
+    assert problems.meta["path"] == str((directory / LOCAL_FILES[(source, split)]).resolve())
     assert len({p.id for p in problems}) == rows
     assert all(p.text and p.answer and p.solution for p in problems)
 
