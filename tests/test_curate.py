@@ -217,13 +217,13 @@ def test_twelve_shared_words_are_not_a_13gram_match():
 
 
 def test_decontamination_finds_a_reworded_copy_of_a_real_gsm8k_test_problem(data_dir):
-    rows = [json.loads(line) for line in (data_dir / "gsm8k" / "test.jsonl").open()][:300]
+    rows = [json.loads(line) for line in (data_dir / "gsm8k" / "test.jsonl").open()]
     eval_set = [prob(f"test-{i}", r["question"]) for i, r in enumerate(rows)]
-    copied = rows[123]["question"].upper().replace(" ", "  ")
-    train = [json.loads(line) for line in (data_dir / "gsm8k" / "train.jsonl").open()][:50]
+    copied = rows[23]["question"].upper().replace(" ", "  ")
+    train = [json.loads(line) for line in (data_dir / "gsm8k" / "train.jsonl").open()]
     pool = [prob("copy", "Here is a problem. " + copied)] + [prob(f"train-{i}", r["question"]) for i, r in enumerate(train)]
     found = O.find_contamination(pool, {"gsm8k_test": eval_set})
-    assert ("copy", "gsm8k_test", "test-123") in {(c.problem_id, c.eval_set, c.eval_id) for c in found}
+    assert ("copy", "gsm8k_test", "test-23") in {(c.problem_id, c.eval_set, c.eval_id) for c in found}
 
 
 # --------------------------------------------------------------------------- 5. compression

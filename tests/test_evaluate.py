@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 
 from syllabus import evaluate
@@ -114,8 +115,11 @@ def test_scorers_use_the_project_verifier():
 
 
 def test_loaders_fail_clearly_without_a_data_dir(monkeypatch):
-    monkeypatch.delenv("SYLLABUS_DATA_DIR", raising=False)
-    with pytest.raises(EvalTaskError, match="data_dir"):
+    def unreachable_hub(name, *args, **kwargs):
+        raise ConnectionError(f"cannot reach {name}")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable_hub)
+    with pytest.raises(EvalTaskError, match=r"syllabus_gsm8k: cannot load gsm8k/test.*4\. the hub.*metadata"):
         load_gsm8k()
     with pytest.raises(EvalTaskError, match="does not exist"):
         load_gsm8k(data_dir="/nonexistent/data")
@@ -125,7 +129,7 @@ def test_gsm8k_documents_use_the_project_prompt(data_dir):
     from syllabus.prompts import question_prompt
 
     docs = load_gsm8k(data_dir=str(data_dir))["test"]
-    assert len(docs) == 1319
+    assert len(docs) == 40  # the fixture subset
     assert docs[0]["prompt"] == question_prompt(docs[0]["text"]) and docs[0]["answer"] == "18"
     assert load_gsm8k(data_dir=str(data_dir), chat_prompt=True)["test"][0]["prompt"] == docs[0]["text"].strip()
 
@@ -164,6 +168,9 @@ def test_lab_task_scores_through_the_verifier_and_resumes(tmp_path, sevens_model
     assert lab.metrics == {"exact_match": 0.5} and lab.n == 6 and lab.truncation_rate == 1.0
     samples = [json.loads(line) for line in open(lab.samples_file)]
     assert [s["resps"][0][0] for s in samples] == ["7 7 7 7 7"] * 6
+    # lm-eval's folders are named after the model folder, not the machine's absolute path to it
+    names = {p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_dir()}
+    assert names == {"syllabus_lab", "syllabus_lab/lm_eval", f"syllabus_lab/lm_eval/{sevens_model.name}"}
 
     again = evaluate.run_lm_eval(sevens_model, ["syllabus_lab"], **kw)  # complete: read back, not re-run
     assert again.tasks["syllabus_lab"].results_file == lab.results_file

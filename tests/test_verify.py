@@ -88,9 +88,18 @@ def test_unknown_task_is_an_error():
 
 
 # --------------------------------------------------------------------------- real data
+# Each check runs on the committed fixture subsets and, when the full data is present, on all of it.
+DATA = pytest.mark.parametrize("which", ["fixture", "full"])
+
+
+def _data(request, which):
+    return request.getfixturevalue("data_dir" if which == "fixture" else "full_data_dir")
+
+
+@DATA
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_every_gsm8k_gold_solution_verifies(data_dir, split):
-    problems = load_problems("gsm8k", split, data_dir=data_dir)
+def test_every_gsm8k_gold_solution_verifies(request, which, split):
+    problems = load_problems("gsm8k", split, data_dir=_data(request, which))
     failures = [p.id for p in problems if not verify(p, p.solution)]
     print(f"\nGSM8K {split}: {len(failures)} of {len(problems)} gold solutions fail: {failures}")
     assert failures == []
@@ -98,8 +107,9 @@ def test_every_gsm8k_gold_solution_verifies(data_dir, split):
     assert shifted == []
 
 
-def test_math500_reference_solutions_verify(data_dir):
-    problems = load_problems("math500", data_dir=data_dir)
+@DATA
+def test_math500_reference_solutions_verify(request, which):
+    problems = load_problems("math500", data_dir=_data(request, which))
     exceptions = [(p.id, p.answer, extract_answer("math", p.solution)) for p in problems if not verify(p, p.solution)]
     print(f"\nMATH-500: {len(exceptions)} of {len(problems)} reference solutions do not verify:")
     for item in exceptions:
@@ -111,15 +121,16 @@ def test_math500_reference_solutions_verify(data_dir):
     assert sum(wrong) <= 2, f"{sum(wrong)} of {len(wrong)} mismatched answers accepted"
 
 
-def test_agreement_with_gsm8k_correctness_labels(data_dir):
-    rows = load_model_solutions(data_dir)
-    assert len(rows) == 5276
+@DATA
+def test_agreement_with_gsm8k_correctness_labels(request, which):
+    rows = load_model_solutions(_data(request, which))
+    assert len(rows) == {"fixture": 160, "full": 5276}[which]  # 4 GPT-3 models per problem
     disagreements = [r for r in rows if is_correct("gsm8k", r["solution"], r["gold"]) != r["is_correct"]]
     print(f"\nGSM8K labels: {len(rows) - len(disagreements)} of {len(rows)} agree; disagreements:")
     for r in disagreements:
         print(f"  {r['problem_id']} {r['model']} label={r['is_correct']} gold={r['gold']} "
               f"extracted={extract_answer('gsm8k', r['solution'])}")
-    assert sum(r["is_correct"] for r in rows) > 1000 and sum(not r["is_correct"] for r in rows) > 1000
+    assert min(sum(r["is_correct"] for r in rows), sum(not r["is_correct"] for r in rows)) > 0.19 * len(rows)
     assert len(disagreements) <= 0.01 * len(rows)
 
 

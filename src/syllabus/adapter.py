@@ -1,6 +1,6 @@
 """The IOA Adapter: rewrite a teacher's trace to fit a small student.
 
-One fixed step template (IOA's "Stepwise" format, ``ioa-notes.md`` section 5)::
+One fixed step template (IOA's "Stepwise" format, ``docs/method.md`` stage 2)::
 
     Step 1: <one operation, plain words>
     Step 2: ...
@@ -277,7 +277,7 @@ def difficulty_tag(level: int | None, max_level: int = 5) -> str:
 
 def adapter_prompt(problem: Problem, trace: str, student_summary: str | Mapping[str, Any],
                    max_level: int = 5) -> str:
-    """The rewrite prompt for an LLM teacher (IOA Adapter, ioa-notes.md section 5): the five
+    """The rewrite prompt for an LLM teacher (IOA Adapter, docs/method.md stage 2): the five
     adaptations, the student's profile, the difficulty caps and the one fixed step template."""
     if isinstance(student_summary, Mapping):
         student = "\n".join(f"- {k}: {v}" for k, v in student_summary.items())

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from traitlets.config import Config
+
 from .params import PARAMS_DIR, PROJECT_ROOT, ParamsError, available_profiles, load_profile, parse_override
 from .runs import (
     STAGES,
@@ -128,6 +130,11 @@ def is_up_to_date(run: RunDir, stage: str, key: str) -> bool:
     return True
 
 
+# The stage kernels talk to papermill over local IPC sockets, not TCP (ipykernel warns at every TCP
+# start that the traffic is unencrypted, and a local run has no use for a network port).
+KERNEL_CONFIG = Config({"KernelManager": {"transport": "ipc"}})
+
+
 def execute_stage(run: RunDir, stage: str, notebook: Path) -> None:
     import papermill as pm
 
@@ -144,6 +151,7 @@ def execute_stage(run: RunDir, stage: str, notebook: Path) -> None:
             pm.execute_notebook(
                 str(notebook), str(tmp), parameters={"profile": str(run.params_file), "run_dir": str(run.root)},
                 kernel_name="python3", cwd=str(PROJECT_ROOT), progress_bar=False, language="python",
+                config=KERNEL_CONFIG,
             )
         except BaseException:
             if tmp.exists() and tmp.stat().st_size:

@@ -25,7 +25,7 @@ CONTROLS = (CONTROL_NONE, CONTROL_GOLD)
 MIXED_FAMILY = "mixed"
 VARIANT_SUFFIXES = ("+adapted", "+unverified")
 
-# Predictors compared side by side (method.md stage 4.4); the expected sign is in the notebook.
+# Predictors compared side by side (docs/method.md, stage 4); the expected sign is in the notebook.
 PREDICTORS = ("dmc", "quality", "capability", "rel_difficulty", "teacher_accuracy", "n_tokens", "perplexity",
               "ifd", "entropy")
 

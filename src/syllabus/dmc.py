@@ -1,4 +1,4 @@
-"""Data-Model Compatibility (method.md, stage 3): every factor per item and per dataset.
+"""Data-Model Compatibility (docs/method.md, stage 3): every factor per item and per dataset.
 
 For a student M and a candidate dataset D of (problem, trace) items:
 
@@ -46,7 +46,7 @@ def _excess(r: np.ndarray, r0: float) -> np.ndarray:
 
 @register("default")
 def default_rule(quality, capability, rel_difficulty, *, r0: float = 1.0, lam: float = 1.0):
-    """method.md: correct traces, of problems the student fails, not far harder than its own text."""
+    """docs/method.md: correct traces, of problems the student fails, not far harder than its own text."""
     return quality * (1 - capability) * np.exp(-lam * _excess(rel_difficulty, r0))
 
 

@@ -8,7 +8,7 @@ with ``syllabus.verify``, the verifier curation and training use. HumanEval comp
 project's sandbox through :func:`code_eval`, an offline stand-in for the hub's ``code_eval`` metric.
 
 Metadata keys (``TaskManager(metadata=...)`` or ``lm_eval --metadata '{...}'``): ``data_dir``
-(else ``$SYLLABUS_DATA_DIR``), ``lab_file`` (syllabus_lab), ``chat_prompt`` (true when the chat
+(else ``syllabus.data``'s other places: ``$SYLLABUS_DATA_DIR``, ``../shared/data``, the hub), ``lab_file`` (syllabus_lab), ``chat_prompt`` (true when the chat
 template is applied: the user turn is then the bare question), ``code_timeout_s``,
 ``code_memory_mb`` (syllabus_humaneval).
 """
@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .params import DATA_DIR_ENV
 from .prompts import question_prompt
 from .records import Problem
 
@@ -37,16 +36,14 @@ class EvalTaskError(ValueError):
 
 
 # --------------------------------------------------------------------------- loaders
-def _data_dir(task: str, meta: dict[str, Any]) -> Path:
-    raw = meta.get("data_dir") or os.environ.get(DATA_DIR_ENV)
+def _data_dir(task: str, meta: dict[str, Any]) -> Path | None:
+    """The data directory in the metadata, if any (``syllabus.data`` tries the other places)."""
+    raw = meta.get("data_dir")
     if not raw:
-        raise EvalTaskError(
-            f"{task}: no data directory; pass metadata {{'data_dir': '/path'}} "
-            f"(lm_eval --metadata '{{\"data_dir\": \"/path\"}}') or set ${DATA_DIR_ENV}"
-        )
+        return None
     path = Path(raw).expanduser().resolve()
     if not path.is_dir():
-        raise EvalTaskError(f"{task}: data directory '{path}' (metadata 'data_dir' or ${DATA_DIR_ENV}) does not exist")
+        raise EvalTaskError(f"{task}: data directory '{path}' (metadata 'data_dir') does not exist")
     return path
 
 
@@ -72,9 +69,12 @@ def problems_to_dataset(problems: Sequence[Problem], *, chat: bool = False, extr
 
 
 def _load_source(task: str, source: str, meta: dict[str, Any], **extra: Any):
-    from .data import load_problems
+    from .data import DataError, load_problems
 
-    problems = load_problems(source, "test", data_dir=_data_dir(task, meta))
+    try:
+        problems = load_problems(source, "test", data_dir=_data_dir(task, meta))
+    except DataError as exc:
+        raise EvalTaskError(f"{task}: {exc} (lm-eval: pass metadata {{'data_dir': '/path'}})") from None
     return problems_to_dataset(problems, chat=bool(meta.get("chat_prompt")), extra=extra or None)
 
 
@@ -89,7 +89,7 @@ def load_math500(**meta: Any):
 def load_humaneval(**meta: Any):
     from .data import load_problems
 
-    problems = load_problems("humaneval", "test", data_dir=meta.get("data_dir") or os.environ.get(DATA_DIR_ENV))
+    problems = load_problems("humaneval", "test")
     limits = {
         "timeout_s": float(meta.get("code_timeout_s", DEFAULT_CODE_TIMEOUT_S)),
         "memory_mb": int(meta.get("code_memory_mb", DEFAULT_CODE_MEMORY_MB)),

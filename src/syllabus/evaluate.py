@@ -12,8 +12,8 @@ task's call; both are off again afterwards.
 
 Layout of ``output_dir`` (one model)::
 
-    <task>/lm_eval/<model>/results_<date>.json     lm-eval's results file
-    <task>/lm_eval/<model>/samples_<task>_<date>.jsonl
+    <task>/lm_eval/<model folder name>/results_<date>.json     lm-eval's results file
+    <task>/lm_eval/<model folder name>/samples_<task>_<date>.jsonl
     <task>/provenance.json                         written last: the task is complete
 """
 
@@ -279,6 +279,7 @@ def _run_task(model_dir, spec, task, task_dir, inputs, key, tokenizer, *, limit,
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
     from lm_eval.tasks import TaskManager
+    from lm_eval.utils import sanitize_model_name
 
     unsafe = is_unsafe(task)
     task_dir.mkdir(parents=True, exist_ok=True)
@@ -295,6 +296,8 @@ def _run_task(model_dir, spec, task, task_dir, inputs, key, tokenizer, *, limit,
                 confirm_run_unsafe_code=unsafe,
             )
         samples = results.pop("samples")
+        # lm-eval names its folder after the model path, i.e. the machine's absolute path: use the folder's name
+        tracker.general_config_tracker.model_name_sanitized = sanitize_model_name(Path(model_dir).name)
         tracker.save_results_aggregated(results=results, samples=samples)
         for name in results["configs"]:
             tracker.save_results_samples(task_name=name, samples=samples[name])

@@ -19,6 +19,7 @@ PARAMS_SCHEMA_VERSION = 1
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PARAMS_DIR = PROJECT_ROOT / "params"
 DATA_DIR_ENV = "SYLLABUS_DATA_DIR"
+SHARED_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"  # the third place data is looked for
 
 
 class ParamsError(ValueError):
@@ -71,10 +72,13 @@ class Data(Strict):
     lab: LabTask = Field(default_factory=LabTask)
 
     def resolved_data_dir(self) -> Path | None:
+        """The local data folder: ``data_dir``, else ``$SYLLABUS_DATA_DIR``, else ``../shared/data`` if it exists."""
         if self.data_dir is not None:
             return self.data_dir
         env = os.environ.get(DATA_DIR_ENV)
-        return Path(env).expanduser().resolve() if env else None
+        if env:
+            return Path(env).expanduser().resolve()
+        return SHARED_DATA_DIR if SHARED_DATA_DIR.is_dir() else None
 
 
 # --------------------------------------------------------------------------- models

@@ -7,7 +7,7 @@ levels), and a sentence saying why. Policies that remember something across phas
 ``ioa``) keep it in a JSON-friendly ``state_dict()`` so a resumed run continues exactly.
 
 Policies: ``dmc_dynamic``, ``dmc_static``, ``random``, ``all``, ``easy_to_hard`` and ``ioa`` (IOA's
-Knowledge Identifier and Organizer; ioa-notes.md sections 3-4).
+Knowledge Identifier and Organizer; docs/method.md, stage 5).
 """
 
 from __future__ import annotations
@@ -296,7 +296,7 @@ def organize(targets: Sequence[str], prerequisites: Mapping[str, Sequence[str]],
 
 @register
 class IOAPolicy(Policy):
-    """IOA Identifier + Organizer over phases (ioa-notes.md sections 3-4, Algorithm 1 lines 2-12).
+    """IOA Identifier + Organizer over phases (docs/method.md, stage 5; IOA Algorithm 1 lines 2-12).
 
     First phase: find the deficient modules (gap > tau_gap), order them in prerequisite layers and
     split layers that break the ZPD bound; train on stage 1. Each later phase: if the current stage

@@ -6,7 +6,7 @@ exact when the pairings can be enumerated). Degenerate inputs (fewer than 3 comp
 constant variable) give NaN and a ``note`` saying why, never an exception. ``predictor_table``
 runs it for several predictors against one target with the same resamples. ``fit_dmc_params``
 grid-searches the DMC parameters (r0, lam) on a fitting part of the grid and
-``holdout_correlation`` reports DMC's correlation on the rest (method.md, stage 4.5).
+``holdout_correlation`` reports DMC's correlation on the rest (docs/method.md, stage 4).
 """
 
 from __future__ import annotations
