@@ -24,7 +24,7 @@ import yaml
 
 from syllabus.cli import main
 from syllabus.params import PARAMS_DIR
-from syllabus.runs import STAGES, hash_file, open_stage
+from syllabus.runs import STAGES, RunDir, RunError, hash_file, open_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_ENV_KEY = "sk-test-SECRET-reliability-4f2a9c0e7b"
@@ -66,7 +66,18 @@ def ci_profile_with(tmp_path: Path, **sections) -> Path:
 def _bad_inputs(tmp_path: Path) -> list[tuple[list[str], list[str]]]:
     """(arguments after ``run --run-dir R``, words the error must contain)."""
     typo = ci_profile_with(tmp_path, dmc={"lamda": 2.0})
+    ci_text = (PARAMS_DIR / "ci.yaml").read_text()
+    twice = tmp_path / "ci-seed-twice.yaml"
+    twice.write_text(ci_text + "seed: 8\n")
+    first_seed = ci_text.splitlines().index("seed: 7") + 1
     return [
+        # issue 20: these four used to pass validation and fail inside a stage (or silently re-run everything)
+        (["--profile", str(twice)], [str(twice), "key 'seed' is given twice",
+                                     f"lines {first_seed} and {len(ci_text.splitlines()) + 1}"]),
+        (["--profile", "ci", "-p", "dmc.variant=nonexistent_rule"], ["dmc.variant", "'nonexistent_rule'", "'default'"]),
+        (["--profile", "ci", "-p", "dynamic.seeds=[]"], ["dynamic.seeds", "at least 1 item"]),
+        (["--profile", "ci", "-p", "teachers.prose.backend=file", "-p", "teachers.prose.path=/nonexistent/traces.jsonl"],
+         ["teachers.1.path", "/nonexistent/traces.jsonl", "does not exist", "nothing was started"]),
         (["--profile", str(typo)], [str(typo), "dmc.lamda", "unknown key"]),
         (["--profile", "ci", "-p", "seed=many"], ["key 'seed'", "valid integer", "'many'"]),
         (["--profile", "ci", "-p", "training.batch_size=eight"], ["training.batch_size", "'eight'"]),
@@ -92,6 +103,34 @@ def test_bad_input_is_refused_before_anything_in_the_run_folder_changes(small_ru
         for word in words:
             assert word in err, (args, word, err)
         assert snapshot(small_run) == before, args
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_first(small_run, capsys):
+    """The lock of ``syllabus run`` held by another process refuses a second run (and a notebook opened by
+    hand) at once; killing the holder releases it, and the next run takes over its lock file."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from syllabus.runs import RunDir; "
+         "lock = RunDir(sys.argv[1]).lock('syllabus run --profile ci (the first run)').__enter__(); "
+         "print('held', flush=True); time.sleep(300)", str(small_run)],
+        stdout=subprocess.PIPE, text=True)
+    lock_file = small_run / ".syllabus-run.lock"
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(small_run)
+        assert main(["run", "--profile", "ci", "--run-dir", str(small_run)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("syllabus: error: run folder"), err
+        assert f"in use by another syllabus run (pid {holder.pid} on" in err and "(the first run)" in err, err
+        with pytest.raises(RunError, match=f"pid {holder.pid}"):
+            open_stage("01", "ci", run_dir=small_run)  # would rewrite params.yaml under the running stages
+        assert snapshot(small_run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert json.loads(lock_file.read_text())["pid"] == holder.pid  # left behind by a killed holder ...
+    with RunDir(small_run).lock("syllabus run (the next run)"):  # ... and taken over: its pid is dead
+        assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+    assert not lock_file.exists()
 
 
 def test_run_folder_from_another_params_version_is_refused_and_kept(small_run, capsys):
