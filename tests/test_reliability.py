@@ -390,7 +390,7 @@ class _DmcScoring:
 
     def __call__(self, run_dir: Path) -> bool:
         parts = len(list((run_dir / "cache" / "scores").glob("*/part-*.parquet")))
-        if self.before is None and (run_dir / "03_dmc").is_dir():
+        if self.before is None and RunDir(run_dir).staging_dir("03_dmc").is_dir():
             self.before = parts
         return self.before is not None and parts > self.before
 
@@ -405,16 +405,24 @@ KILL_POINTS = (("stage 1 smoke training", _first_smoke_training, "01_teacher_sel
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """A reference run (API key in the environment) and, in another folder, a run killed at each of
-    ``KILL_POINTS`` and resumed each time; both with the same seed."""
+def reference_run(tmp_path_factory):
+    """One uninterrupted run of all stages (API key in the environment). Tests that change a run folder
+    copy it (``finished_copy``); only ``test_reruns_recompute_only_what_changed`` re-runs it in place."""
     root = tmp_path_factory.mktemp("pipeline")
     env = {**os.environ, "OPENAI_API_KEY": SECRET_ENV_KEY}
     reference = root / "reference"
     first = syllabus(reference, env=env)
-    result = {"reference": reference, "reference_output": first.stdout + first.stderr,
-              "reference_tables": tables(reference), "reference_files": snapshot(reference)}
-    interrupted = root / "interrupted"
+    return {"root": root, "reference": reference, "reference_output": first.stdout + first.stderr,
+            "reference_tables": tables(reference), "reference_files": snapshot(reference)}
+
+
+@pytest.fixture(scope="module")
+def pipeline(reference_run):
+    """The reference run and, in another folder, a run killed at each of ``KILL_POINTS`` and resumed each
+    time; both with the same seed."""
+    env = {**os.environ, "OPENAI_API_KEY": SECRET_ENV_KEY}
+    result = dict(reference_run)
+    interrupted = reference_run["root"] / "interrupted"
     kills = []
     for what, ready, _stage in KILL_POINTS:
         kills.append(run_until_killed(interrupted, ready, what, env))
@@ -526,3 +534,86 @@ def test_preparing_a_run_folder_removes_what_killed_writers_left_and_nothing_els
     assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()
                                                    if not any(part.endswith((".tmp", ".tmp.ipynb"))
                                                               for part in Path(k).parts)}
+
+
+# --------------------------------------------------------------------------- issue 20: a re-run never costs a result
+CHANGED_CURATION = ("-p", "curation.keep_per_problem=1")  # stage 2's tables change; stages 1 and 2 stay cheap
+
+
+def finished_copy(reference_run, tmp_path: Path) -> Path:
+    """A copy of the finished reference run folder, to re-run stages in."""
+    import shutil
+
+    target = tmp_path / "run"
+    shutil.copytree(reference_run["reference"], target, symlinks=True)
+    return target
+
+
+def stage_contents(run_dir: Path, stage: str) -> dict[str, str]:
+    """Every file of a stage folder: relative path -> sha256."""
+    return {str(p.relative_to(run_dir / stage)): hash_file(p) for p in sorted((run_dir / stage).rglob("*"))
+            if p.is_file()}
+
+
+def failing_notebooks(tmp_path: Path, stage: str) -> Path:
+    """A notebooks folder whose ``stage`` raises after writing all its tables, just before ``stage.finish()``."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    nb = json.loads((ROOT / "notebooks" / f"{stage}.ipynb").read_text())
+    finish = next(i for i, c in enumerate(nb["cells"]) if "stage.finish()" in "".join(c["source"]))
+    nb["cells"].insert(finish, {"cell_type": "code", "execution_count": None, "id": "injected-failure", "metadata": {},
+                                "outputs": [], "source": ["raise RuntimeError('injected failure before stage.finish()')"]})
+    (folder / f"{stage}.ipynb").write_text(json.dumps(nb))
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_a_stage_that_fails_on_re_run_keeps_its_previous_results(reference_run, tmp_path):
+    run_dir, stage = finished_copy(reference_run, tmp_path), "02_trace_curation"
+    before = stage_contents(run_dir, stage)
+    out = subprocess.run(syllabus_cmd(run_dir, "--stages", "02", *CHANGED_CURATION, "--notebooks-dir",
+                                      str(failing_notebooks(tmp_path, stage))),
+                         capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    assert "injected failure" in out.stderr and f"the previous results of {stage} (finished" in out.stderr, out.stderr
+    after = stage_contents(run_dir, stage)
+    assert after.pop(f"{stage}.failed.ipynb")  # the failed notebook, beside the previous results ...
+    assert after == before  # ... which are byte for byte as they were: tables, figures, notebook, manifest
+    staged = RunDir(run_dir).staging_dir(stage) / "tables" / "candidates.parquet"
+    assert hash_file(staged) != before["tables/candidates.parquet"]  # the failed run did write other tables
+    again = syllabus(run_dir, "--stages", "02")  # the old parameters: still up to date, nothing recomputed
+    assert f"{stage}: up to date" in again.stdout, again.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_a_sigkill_during_a_re_run_of_a_finished_stage_keeps_its_previous_results(reference_run, tmp_path):
+    run_dir, stage = finished_copy(reference_run, tmp_path), "02_trace_curation"
+    before = stage_contents(run_dir, stage)
+    staging = RunDir(run_dir).staging_dir(stage)
+    started = time.time_ns()
+
+    def new_table_written(_run_dir: Path) -> bool:
+        tables_dir = staging / "tables"
+        return any(entry.stat().st_mtime_ns > started for entry in os.scandir(tables_dir)
+                   if entry.name.endswith(".parquet") and not entry.name.startswith(".")) if tables_dir.is_dir() else False
+
+    log = tmp_path / "killed.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(syllabus_cmd(run_dir, "--stages", "02", *CHANGED_CURATION), stdout=fh,
+                                stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        deadline = time.monotonic() + 900
+        while not new_table_written(run_dir):
+            assert proc.poll() is None, f"the run ended before writing a table: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "stage 2 never wrote a table"
+            time.sleep(0.05)
+        kernels = descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for pid in wait_gone(kernels, 10.0):
+        os.kill(pid, signal.SIGKILL)
+    assert stage_contents(run_dir, stage) == before, log.read_text()[-2000:]
+    assert unreadable_files(run_dir) == []
+    again = syllabus(run_dir, "--stages", "02")  # the old parameters: still up to date, nothing recomputed
+    assert f"{stage}: up to date" in again.stdout, again.stdout
