@@ -1,8 +1,16 @@
+import json
 from pathlib import Path
 
 import pytest
 
-from syllabus.params import ParamsError, apply_overrides, available_profiles, load_profile, parse_override
+from syllabus.params import (
+    ParamsError,
+    apply_overrides,
+    available_profiles,
+    check_runnable,
+    load_profile,
+    parse_override,
+)
 
 
 def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
@@ -91,3 +99,87 @@ def test_resolved_dump_round_trips(tmp_path):
     prof = load_profile("tiny")
     again = write(tmp_path, yaml.safe_dump(prof.to_dict()), "resolved.yaml")
     assert load_profile(again).to_dict() == prof.to_dict()
+
+
+def test_a_key_given_twice_names_the_key_and_both_lines(tmp_path):
+    path = write(tmp_path, MINIMAL + "seed: 1\ndmc:\n  lam: 2\n  r0: 1\nseed: 2\n")
+    with pytest.raises(ParamsError, match=r"line 8: key 'seed' is given twice \(lines 4 and 8\)") as err:
+        load_profile(path)
+    assert str(path) in str(err.value)
+    nested = write(tmp_path, MINIMAL + "dmc:\n  lam: 2\n  r0: 1\n  lam: 3\n", "nested.yaml")
+    with pytest.raises(ParamsError, match=r"key 'lam' is given twice \(lines 5 and 7\)"):
+        load_profile(nested)
+    merged = write(tmp_path, MINIMAL + "x: &base {lam: 2}\n", "merge.yaml")  # anchors alone are fine
+    with pytest.raises(ParamsError, match="key 'x': unknown key"):
+        load_profile(merged)
+
+
+@pytest.mark.parametrize("override, key, words", [
+    ("dmc.variant=nonexistent_rule", "dmc.variant", ["unknown DMC rule", "'default'", "'nonexistent_rule'"]),
+    ("dynamic.policies=[dmc_dynamic,greedy]", "dynamic.policies", ["['greedy']", "'easy_to_hard'"]),
+    ("dynamic.seeds=[]", "dynamic.seeds", ["at least 1 item"]),
+    ("dynamic.policies=[]", "dynamic.policies", ["at least 1 item"]),
+    ("correlation.seeds=[]", "correlation.seeds", ["at least 1 item"]),
+    ("benchmark.tasks=[]", "benchmark.tasks", ["at least 1 item"]),
+])
+def test_registry_names_and_empty_lists_are_refused_on_load(tmp_path, override, key, words):
+    with pytest.raises(ParamsError) as err:
+        load_profile(write(tmp_path, MINIMAL), dict([parse_override(override)]))
+    assert f"key '{key}'" in str(err.value)
+    for word in words:
+        assert word in str(err.value), (word, str(err.value))
+
+
+def test_every_dmc_rule_and_policy_of_the_registries_is_accepted(tmp_path):
+    from syllabus.dmc import RULES
+    from syllabus.select import POLICIES
+
+    for rule in RULES:
+        assert load_profile(write(tmp_path, MINIMAL), {"dmc.variant": rule}).dmc.variant == rule
+    assert load_profile(write(tmp_path, MINIMAL), {"dynamic.policies": sorted(POLICIES)}).dynamic.policies
+
+
+def _gsm8k_dir(root: Path, n: int) -> Path:
+    folder = root / "gsm8k"
+    folder.mkdir(parents=True)
+    rows = [{"question": f"Tom has {i} apples and buys 2 more. How many now?", "answer": f"{i} + 2\n#### {i + 2}"}
+            for i in range(n)]
+    (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_check_runnable_finds_missing_files_and_sizes_larger_than_the_data(tmp_path):
+    data = _gsm8k_dir(tmp_path / "data", 10)
+    text = (MINIMAL.replace("teachers: [{name: t, backend: lab, style: prose}]",
+                            "teachers: [{name: t, backend: file, path: gsm8k/nothing.jsonl}]")
+            + f"data: {{task: gsm8k, data_dir: {data}, pool_split: test, n_heldout: 4, n_probe: 4, n_pool: 5}}\n")
+    prof = load_profile(write(tmp_path, text))
+    with pytest.raises(ParamsError) as err:
+        check_runnable(prof)
+    message = str(err.value)
+    assert "cannot run (2 problem(s))" in message and "nothing was started" in message
+    assert "key 'teachers.0.path'" in message and str(data / "gsm8k" / "nothing.jsonl") in message
+    assert "key 'data.n_pool': asks for 5 problems, the 'gsm8k' data has only 2 left" in message
+    fixed = write(tmp_path, text.replace("n_pool: 5", "n_pool: 2").replace("nothing.jsonl", "test.jsonl"), "ok.yaml")
+    check_runnable(load_profile(fixed, {"teacher_selection.probe_size": 2}))
+    with pytest.raises(ParamsError, match=r"key 'teacher_selection.probe_size': 3 probe problems .* pool of 2"):
+        check_runnable(load_profile(fixed, {"teacher_selection.probe_size": 3}))
+
+
+def test_check_runnable_refuses_a_policy_the_data_cannot_serve(tmp_path):
+    folder = tmp_path / "data" / "math"
+    folder.mkdir(parents=True)
+    rows = [{"problem": f"What is {i} + 1?", "solution": f"It is $\\boxed{{{i + 1}}}$.", "type": "Algebra"}
+            for i in range(12)]  # MATH rows without 'level'
+    (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = MINIMAL + (f"data: {{task: math, data_dir: {tmp_path / 'data'}, pool_split: test, n_heldout: 3, "
+                      "n_probe: 3, n_pool: 6}\nteacher_selection: {probe_size: 4}\n")
+    prof = load_profile(write(tmp_path, text), {"dynamic.policies": ["random", "easy_to_hard"]})
+    with pytest.raises(ParamsError, match=r"key 'dynamic.policies': easy_to_hard needs problem levels"):
+        check_runnable(prof)
+    check_runnable(load_profile(write(tmp_path, text), {"dynamic.policies": ["random", "ioa"]}))  # modules: 'type'
+
+
+def test_shipped_profiles_are_runnable():
+    for name in ("ci", "tiny"):
+        check_runnable(load_profile(name))

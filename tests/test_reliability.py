@@ -24,7 +24,7 @@ import yaml
 
 from syllabus.cli import main
 from syllabus.params import PARAMS_DIR
-from syllabus.runs import STAGES, hash_file, open_stage
+from syllabus.runs import STAGES, RunDir, RunError, hash_file, open_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_ENV_KEY = "sk-test-SECRET-reliability-4f2a9c0e7b"
@@ -66,7 +66,18 @@ def ci_profile_with(tmp_path: Path, **sections) -> Path:
 def _bad_inputs(tmp_path: Path) -> list[tuple[list[str], list[str]]]:
     """(arguments after ``run --run-dir R``, words the error must contain)."""
     typo = ci_profile_with(tmp_path, dmc={"lamda": 2.0})
+    ci_text = (PARAMS_DIR / "ci.yaml").read_text()
+    twice = tmp_path / "ci-seed-twice.yaml"
+    twice.write_text(ci_text + "seed: 8\n")
+    first_seed = ci_text.splitlines().index("seed: 7") + 1
     return [
+        # issue 20: these four used to pass validation and fail inside a stage (or silently re-run everything)
+        (["--profile", str(twice)], [str(twice), "key 'seed' is given twice",
+                                     f"lines {first_seed} and {len(ci_text.splitlines()) + 1}"]),
+        (["--profile", "ci", "-p", "dmc.variant=nonexistent_rule"], ["dmc.variant", "'nonexistent_rule'", "'default'"]),
+        (["--profile", "ci", "-p", "dynamic.seeds=[]"], ["dynamic.seeds", "at least 1 item"]),
+        (["--profile", "ci", "-p", "teachers.prose.backend=file", "-p", "teachers.prose.path=/nonexistent/traces.jsonl"],
+         ["teachers.1.path", "/nonexistent/traces.jsonl", "does not exist", "nothing was started"]),
         (["--profile", str(typo)], [str(typo), "dmc.lamda", "unknown key"]),
         (["--profile", "ci", "-p", "seed=many"], ["key 'seed'", "valid integer", "'many'"]),
         (["--profile", "ci", "-p", "training.batch_size=eight"], ["training.batch_size", "'eight'"]),
@@ -92,6 +103,34 @@ def test_bad_input_is_refused_before_anything_in_the_run_folder_changes(small_ru
         for word in words:
             assert word in err, (args, word, err)
         assert snapshot(small_run) == before, args
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_naming_the_first(small_run, capsys):
+    """The lock of ``syllabus run`` held by another process refuses a second run (and a notebook opened by
+    hand) at once; killing the holder releases it, and the next run takes over its lock file."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from syllabus.runs import RunDir; "
+         "lock = RunDir(sys.argv[1]).lock('syllabus run --profile ci (the first run)').__enter__(); "
+         "print('held', flush=True); time.sleep(300)", str(small_run)],
+        stdout=subprocess.PIPE, text=True)
+    lock_file = small_run / ".syllabus-run.lock"
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(small_run)
+        assert main(["run", "--profile", "ci", "--run-dir", str(small_run)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("syllabus: error: run folder"), err
+        assert f"in use by another syllabus run (pid {holder.pid} on" in err and "(the first run)" in err, err
+        with pytest.raises(RunError, match=f"pid {holder.pid}"):
+            open_stage("01", "ci", run_dir=small_run)  # would rewrite params.yaml under the running stages
+        assert snapshot(small_run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert json.loads(lock_file.read_text())["pid"] == holder.pid  # left behind by a killed holder ...
+    with RunDir(small_run).lock("syllabus run (the next run)"):  # ... and taken over: its pid is dead
+        assert json.loads(lock_file.read_text())["pid"] == os.getpid()
+    assert not lock_file.exists()
 
 
 def test_run_folder_from_another_params_version_is_refused_and_kept(small_run, capsys):
@@ -351,7 +390,7 @@ class _DmcScoring:
 
     def __call__(self, run_dir: Path) -> bool:
         parts = len(list((run_dir / "cache" / "scores").glob("*/part-*.parquet")))
-        if self.before is None and (run_dir / "03_dmc").is_dir():
+        if self.before is None and RunDir(run_dir).staging_dir("03_dmc").is_dir():
             self.before = parts
         return self.before is not None and parts > self.before
 
@@ -366,16 +405,24 @@ KILL_POINTS = (("stage 1 smoke training", _first_smoke_training, "01_teacher_sel
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """A reference run (API key in the environment) and, in another folder, a run killed at each of
-    ``KILL_POINTS`` and resumed each time; both with the same seed."""
+def reference_run(tmp_path_factory):
+    """One uninterrupted run of all stages (API key in the environment). Tests that change a run folder
+    copy it (``finished_copy``); only ``test_reruns_recompute_only_what_changed`` re-runs it in place."""
     root = tmp_path_factory.mktemp("pipeline")
     env = {**os.environ, "OPENAI_API_KEY": SECRET_ENV_KEY}
     reference = root / "reference"
     first = syllabus(reference, env=env)
-    result = {"reference": reference, "reference_output": first.stdout + first.stderr,
-              "reference_tables": tables(reference), "reference_files": snapshot(reference)}
-    interrupted = root / "interrupted"
+    return {"root": root, "reference": reference, "reference_output": first.stdout + first.stderr,
+            "reference_tables": tables(reference), "reference_files": snapshot(reference)}
+
+
+@pytest.fixture(scope="module")
+def pipeline(reference_run):
+    """The reference run and, in another folder, a run killed at each of ``KILL_POINTS`` and resumed each
+    time; both with the same seed."""
+    env = {**os.environ, "OPENAI_API_KEY": SECRET_ENV_KEY}
+    result = dict(reference_run)
+    interrupted = reference_run["root"] / "interrupted"
     kills = []
     for what, ready, _stage in KILL_POINTS:
         kills.append(run_until_killed(interrupted, ready, what, env))
@@ -487,3 +534,86 @@ def test_preparing_a_run_folder_removes_what_killed_writers_left_and_nothing_els
     assert {k: v[0] for k, v in after.items()} == {k: v[0] for k, v in before.items()
                                                    if not any(part.endswith((".tmp", ".tmp.ipynb"))
                                                               for part in Path(k).parts)}
+
+
+# --------------------------------------------------------------------------- issue 20: a re-run never costs a result
+CHANGED_CURATION = ("-p", "curation.keep_per_problem=1")  # stage 2's tables change; stages 1 and 2 stay cheap
+
+
+def finished_copy(reference_run, tmp_path: Path) -> Path:
+    """A copy of the finished reference run folder, to re-run stages in."""
+    import shutil
+
+    target = tmp_path / "run"
+    shutil.copytree(reference_run["reference"], target, symlinks=True)
+    return target
+
+
+def stage_contents(run_dir: Path, stage: str) -> dict[str, str]:
+    """Every file of a stage folder: relative path -> sha256."""
+    return {str(p.relative_to(run_dir / stage)): hash_file(p) for p in sorted((run_dir / stage).rglob("*"))
+            if p.is_file()}
+
+
+def failing_notebooks(tmp_path: Path, stage: str) -> Path:
+    """A notebooks folder whose ``stage`` raises after writing all its tables, just before ``stage.finish()``."""
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    nb = json.loads((ROOT / "notebooks" / f"{stage}.ipynb").read_text())
+    finish = next(i for i, c in enumerate(nb["cells"]) if "stage.finish()" in "".join(c["source"]))
+    nb["cells"].insert(finish, {"cell_type": "code", "execution_count": None, "id": "injected-failure", "metadata": {},
+                                "outputs": [], "source": ["raise RuntimeError('injected failure before stage.finish()')"]})
+    (folder / f"{stage}.ipynb").write_text(json.dumps(nb))
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_a_stage_that_fails_on_re_run_keeps_its_previous_results(reference_run, tmp_path):
+    run_dir, stage = finished_copy(reference_run, tmp_path), "02_trace_curation"
+    before = stage_contents(run_dir, stage)
+    out = subprocess.run(syllabus_cmd(run_dir, "--stages", "02", *CHANGED_CURATION, "--notebooks-dir",
+                                      str(failing_notebooks(tmp_path, stage))),
+                         capture_output=True, text=True, cwd=ROOT, timeout=1200)
+    assert out.returncode == 1, out.stdout + out.stderr[-3000:]
+    assert "injected failure" in out.stderr and f"the previous results of {stage} (finished" in out.stderr, out.stderr
+    after = stage_contents(run_dir, stage)
+    assert after.pop(f"{stage}.failed.ipynb")  # the failed notebook, beside the previous results ...
+    assert after == before  # ... which are byte for byte as they were: tables, figures, notebook, manifest
+    staged = RunDir(run_dir).staging_dir(stage) / "tables" / "candidates.parquet"
+    assert hash_file(staged) != before["tables/candidates.parquet"]  # the failed run did write other tables
+    again = syllabus(run_dir, "--stages", "02")  # the old parameters: still up to date, nothing recomputed
+    assert f"{stage}: up to date" in again.stdout, again.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_a_sigkill_during_a_re_run_of_a_finished_stage_keeps_its_previous_results(reference_run, tmp_path):
+    run_dir, stage = finished_copy(reference_run, tmp_path), "02_trace_curation"
+    before = stage_contents(run_dir, stage)
+    staging = RunDir(run_dir).staging_dir(stage)
+    started = time.time_ns()
+
+    def new_table_written(_run_dir: Path) -> bool:
+        tables_dir = staging / "tables"
+        return any(entry.stat().st_mtime_ns > started for entry in os.scandir(tables_dir)
+                   if entry.name.endswith(".parquet") and not entry.name.startswith(".")) if tables_dir.is_dir() else False
+
+    log = tmp_path / "killed.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(syllabus_cmd(run_dir, "--stages", "02", *CHANGED_CURATION), stdout=fh,
+                                stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        deadline = time.monotonic() + 900
+        while not new_table_written(run_dir):
+            assert proc.poll() is None, f"the run ended before writing a table: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "stage 2 never wrote a table"
+            time.sleep(0.05)
+        kernels = descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    for pid in wait_gone(kernels, 10.0):
+        os.kill(pid, signal.SIGKILL)
+    assert stage_contents(run_dir, stage) == before, log.read_text()[-2000:]
+    assert unreadable_files(run_dir) == []
+    again = syllabus(run_dir, "--stages", "02")  # the old parameters: still up to date, nothing recomputed
+    assert f"{stage}: up to date" in again.stdout, again.stdout

@@ -122,3 +122,37 @@ def test_atomic_writes_get_the_usual_permissions_not_mkstemps_private_ones(tmp_p
         os.umask(old)
     assert (tmp_path / "table.csv").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "model").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_staged_stage_replaces_the_stage_folder_only_when_finished(tmp_path, monkeypatch):
+    first = open_stage("01", "ci", run_dir=tmp_path)
+    first.save_table(pd.DataFrame({"x": [1]}), "t")
+    first.save_json({"cache": "kept"}, "inner_cache.json")
+    first.finish()
+    run = first.run
+    old = {p.name: p.read_bytes() for p in (tmp_path / "01_teacher_selection").rglob("*") if p.is_file()}
+    staging = run.begin_staging("01")
+    assert (staging / "inner_cache.json").is_file() and not (staging / "manifest.json").exists()
+    monkeypatch.setenv(runs.STAGING_ENV, str(staging))
+    again = open_stage("01", run.params_file, run_dir=tmp_path)  # as the notebook's kernel under syllabus run
+    assert again.dir == staging
+    again.save_table(pd.DataFrame({"x": [2]}), "t")
+    with pytest.raises(RunError, match="has not finished"):
+        run.commit_staging("01")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "01_teacher_selection").rglob("*") if p.is_file()} == old
+    again.finish()
+    run.commit_staging("01")
+    assert pd.read_parquet(tmp_path / "01_teacher_selection" / "tables" / "t.parquet")["x"].tolist() == [2]
+    assert not staging.exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_swap_cut_short_between_its_two_renames_is_completed_by_the_next_run(tmp_path):
+    stage = open_stage("01", "ci", run_dir=tmp_path)
+    stage.finish()
+    run = stage.run
+    staging = run.begin_staging("01")
+    runs.Stage("01", stage.params, run, staging).finish()
+    os.replace(run.stage_dir("01"), tmp_path / ".01_teacher_selection.replaced.tmp")  # killed right here
+    run.prepare(stage.params)
+    assert run.is_complete("01") and not staging.exists()
+    assert not (tmp_path / ".01_teacher_selection.replaced.tmp").exists()

@@ -1,8 +1,10 @@
 """``syllabus run``: execute the stage notebooks in order with papermill.
 
 A stage whose inputs, params, notebook and package code are unchanged since its last successful
-run is skipped ("up to date"); ``--force`` runs it again. Each executed notebook is written into
-the stage folder atomically; a failing one is kept as ``<stage>.failed.ipynb``.
+run is skipped ("up to date"); ``--force`` runs it again. The whole profile is checked before any
+stage starts. A stage runs in a staging folder that replaces the stage folder only when the stage
+has finished, so a failed or killed re-run keeps the previous results; a failing notebook is kept
+beside them as ``<stage>.failed.ipynb``. One run works in a run folder at a time (a lock).
 """
 
 from __future__ import annotations
@@ -15,10 +17,19 @@ from pathlib import Path
 
 from traitlets.config import Config
 
-from .params import PARAMS_DIR, PROJECT_ROOT, ParamsError, available_profiles, load_profile, parse_override
+from .params import (
+    PARAMS_DIR,
+    PROJECT_ROOT,
+    ParamsError,
+    available_profiles,
+    check_runnable,
+    load_profile,
+    parse_override,
+)
 from .runs import (
     STAGES,
     STAGE_INPUTS,
+    STAGING_ENV,
     RunDir,
     RunError,
     atomic_path,
@@ -136,31 +147,42 @@ KERNEL_CONFIG = Config({"KernelManager": {"transport": "ipc"}})
 
 
 def execute_stage(run: RunDir, stage: str, notebook: Path) -> None:
+    """Run the notebook in the stage's staging folder; the stage folder is not touched. A failing notebook
+    is moved beside the stage's previous results as ``<stage>.failed.ipynb``."""
     import papermill as pm
 
-    out_dir = run.stage_dir(stage)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"{stage}.ipynb"
-    failed = out_dir / f"{stage}.failed.ipynb"
-    # The manifest marks a finished stage: drop it first so that a crash leaves the stage "not done".
-    manifest = run.manifest_path(stage)
-    if manifest.is_file():
-        manifest.unlink()
-    with atomic_path(target) as tmp:
-        try:
-            pm.execute_notebook(
-                str(notebook), str(tmp), parameters={"profile": str(run.params_file), "run_dir": str(run.root)},
-                kernel_name="python3", cwd=str(PROJECT_ROOT), progress_bar=False, language="python",
-                config=KERNEL_CONFIG,
-            )
-        except BaseException:
-            if tmp.exists() and tmp.stat().st_size:
-                os.replace(tmp, failed)
-            raise
-    if failed.exists():
-        failed.unlink()
-    if not manifest.is_file():
-        raise RunError(f"notebook {notebook.name} ran but did not call stage.finish(); no manifest in {out_dir}")
+    staging = run.begin_staging(stage)
+    failed = run.failed_notebook(stage)
+    previous_env = os.environ.get(STAGING_ENV)
+    os.environ[STAGING_ENV] = str(staging)  # the kernel inherits it: open_stage writes into the staging folder
+    try:
+        with atomic_path(staging / f"{stage}.ipynb") as tmp:
+            try:
+                pm.execute_notebook(
+                    str(notebook), str(tmp), parameters={"profile": str(run.params_file), "run_dir": str(run.root)},
+                    kernel_name="python3", cwd=str(PROJECT_ROOT), progress_bar=False, language="python",
+                    config=KERNEL_CONFIG,
+                )
+            except BaseException:
+                if tmp.exists() and tmp.stat().st_size:
+                    failed.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp, failed)
+                raise
+    finally:
+        if previous_env is None:
+            os.environ.pop(STAGING_ENV, None)
+        else:
+            os.environ[STAGING_ENV] = previous_env
+    if not (staging / "manifest.json").is_file():
+        raise RunError(f"notebook {notebook.name} ran but did not call stage.finish(); no manifest in {staging}")
+
+
+def previous_results(run: RunDir, stage: str) -> str:
+    """What a failed run of ``stage`` left in place, in words."""
+    if run.is_complete(stage):
+        finished = read_json(run.manifest_path(stage)).get("finished", "?")
+        return f"the previous results of {stage} (finished {finished}) are kept unchanged in {run.stage_dir(stage)}"
+    return f"{stage} has no earlier results"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -172,6 +194,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     for stage in stages:
         if not (notebooks_dir / f"{stage}.ipynb").is_file():
             raise RunError(f"notebook {notebooks_dir / (stage + '.ipynb')} is missing")
+    check_runnable(prof)
+    with run.lock(" ".join(["syllabus", *sys.argv[1:]])):
+        return run_stages(args, prof, run, stages, notebooks_dir)
+
+
+def run_stages(args: argparse.Namespace, prof, run: RunDir, stages: list[str], notebooks_dir: Path) -> int:
     run.prepare(prof)
     params = prof.to_dict()
     src_hash = code_hash()
@@ -187,20 +215,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  {stage}: running ...", flush=True)
         try:
             execute_stage(run, stage, notebook)
+        except KeyboardInterrupt:
+            print(f"syllabus: interrupted in {stage}; {previous_results(run, stage)}", file=sys.stderr)
+            raise
         except Exception as exc:  # papermill wraps kernel errors; keep the first line readable
             reason = str(exc).strip().splitlines()
             last = [line for line in reason if line.strip()][-1] if reason else type(exc).__name__
             print(
                 f"syllabus: stage {stage} failed: {last}\n"
-                f"  the executed notebook is in {run.stage_dir(stage) / (stage + '.failed.ipynb')}; "
+                f"  the executed notebook is in {run.failed_notebook(stage)}; {previous_results(run, stage)}; "
                 "earlier stages' results are kept",
                 file=sys.stderr,
             )
             return 1
-        manifest = read_json(run.manifest_path(stage))
+        staged_manifest = run.staging_dir(stage) / "manifest.json"
+        manifest = read_json(staged_manifest)
         manifest["cache_key"] = key
         manifest["wall_seconds"] = round(time.time() - start, 2)
-        atomic_write_json(run.manifest_path(stage), manifest)
+        atomic_write_json(staged_manifest, manifest)
+        run.commit_staging(stage)
         print(f"  {stage}: done in {time.time() - start:.1f} s", flush=True)
     print(f"syllabus: {len(stages)} stage(s) in {time.time() - total:.1f} s; results in {run.root}", flush=True)
     return 0
@@ -211,6 +244,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     overrides = dict(parse_override(p) for p in args.param)
     prof = load_profile(args.profile, overrides)
+    check_runnable(prof)
     print(yaml.safe_dump(prof.to_dict(), sort_keys=False), end="")
     return 0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 PARAMS_SCHEMA_VERSION = 1
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ LAB_MODULES = ("add", "subtract", "multiply", "divide", "percent", "rate", "comp
 class LabTask(Strict):
     """The procedural lab task (GSM8K-style word problems); see ``syllabus.lab``."""
 
-    modules: list[str] = Field(default_factory=lambda: list(LAB_MODULES))
+    modules: list[str] = Field(default_factory=lambda: list(LAB_MODULES), min_length=1)
     min_steps: int = Field(1, ge=1, le=8)
     max_steps: int = Field(3, ge=1, le=8)
     max_operand: int = Field(20, ge=2, le=10_000)
@@ -197,12 +197,21 @@ class Curation(Strict):
 
 
 class DMC(Strict):
-    variant: str = "default"
+    variant: str = Field("default", description="a rule of syllabus.dmc.RULES")
     r0: float = Field(1.0, ge=0)
     lam: float = Field(1.0, ge=0, description="lambda in exp(-lambda * max(0, r - r0))")
     capability_samples: int = Field(4, ge=1)
     score_batch_size: int = Field(16, ge=1)
     score_max_batch_tokens: int | None = Field(2048, ge=16, description="padded tokens per scoring batch (None: no cap)")
+
+    @field_validator("variant")
+    @classmethod
+    def _registered(cls, variant: str) -> str:
+        from .dmc import RULES  # the rule registry (imported here: dmc imports pandas)
+
+        if variant not in RULES:
+            raise ValueError(f"unknown DMC rule; registered rules: {sorted(RULES)}")
+        return variant
 
 
 class Correlation(Strict):
@@ -211,7 +220,7 @@ class Correlation(Strict):
     sft_steps: int = Field(40, ge=1, description="SFT steps per grid cell when sft_tokens is not set")
     sft_tokens: int | None = Field(None, ge=1, description="training tokens per grid cell (equal compute per cell: "
                                                            "steps = sft_tokens / (batch x mean example tokens))")
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     bootstrap: int = Field(1000, ge=10)
     permutations: int = Field(1000, ge=10)
     fit_fraction: float = Field(0.5, gt=0, lt=1)
@@ -225,19 +234,29 @@ class IOA(Strict):
 
 
 class DynamicSelection(Strict):
-    policies: list[Literal["dmc_dynamic", "dmc_static", "random", "all", "easy_to_hard", "ioa"]] = Field(
-        default_factory=lambda: ["dmc_dynamic", "dmc_static", "random", "all", "easy_to_hard", "ioa"]
-    )
+    policies: list[str] = Field(
+        default_factory=lambda: ["dmc_dynamic", "dmc_static", "random", "all", "easy_to_hard", "ioa"], min_length=1,
+        description="policies of syllabus.select.POLICIES")
     phases: int = Field(4, ge=1)
     steps_per_phase: int = Field(20, ge=1)
     budget: Literal["tokens", "steps"] = Field(
         "tokens", description="equal compute per phase: 'tokens' trains every policy on the same number of "
                               "tokens (steps_per_phase x batch examples of the candidates' mean length, one pass, "
                               "within one example); 'steps' on the same number of optimizer steps and examples")
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     mixture: Literal["best", "softmax"] = "best"
     softmax_temperature: float = Field(0.05, gt=0)
     ioa: IOA = Field(default_factory=IOA)
+
+    @field_validator("policies")
+    @classmethod
+    def _registered(cls, policies: list[str]) -> list[str]:
+        from .select import POLICIES  # the policy registry
+
+        unknown = [p for p in policies if p not in POLICIES]
+        if unknown:
+            raise ValueError(f"unknown selection policies {unknown}; registered policies: {sorted(POLICIES)}")
+        return policies
 
 
 BENCHMARK_TASKS = ("syllabus_lab", "syllabus_heldout", "syllabus_gsm8k", "syllabus_math500", "syllabus_humaneval",
@@ -245,7 +264,7 @@ BENCHMARK_TASKS = ("syllabus_lab", "syllabus_heldout", "syllabus_gsm8k", "syllab
 
 
 class Benchmark(Strict):
-    tasks: list[str] = Field(default_factory=lambda: ["syllabus_lab"],
+    tasks: list[str] = Field(default_factory=lambda: ["syllabus_lab"], min_length=1,
                              description="syllabus_lab / syllabus_heldout: this run's held-out problems; "
                                          "syllabus_gsm8k / math500 / humaneval: the benchmark files")
     limit: int | None = Field(50, ge=1)
@@ -422,10 +441,39 @@ def _format_validation_error(path: Path, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping of a YAML file names one key twice (plain YAML keeps the last value silently)."""
+
+    def __init__(self, key: Any, first_line: int, second_line: int):
+        super().__init__(f"key '{key}' is given twice (lines {first_line} and {second_line})")
+        self.key, self.first_line, self.second_line = key, first_line, second_line
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (merge keys ``<<`` aside)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: let the base loader report it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise DuplicateKeyError(key, first, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
+            raw = yaml.load(fh, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except DuplicateKeyError as exc:
+        raise ParamsError(f"{path}: line {exc.second_line}: {exc}; keep one of them (YAML would silently use the "
+                          "last)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -456,3 +504,48 @@ def load_profile(profile: str | os.PathLike, overrides: dict[str, Any] | None = 
 
 def profile_source(prof: Profile) -> Path | None:
     return prof._source_file
+
+
+def check_runnable(prof: Profile) -> None:
+    """Check what the file alone cannot show, before any stage starts: the files the profile names, that
+    the data holds as many problems as asked, and that it can serve the chosen stage-5 policies.
+
+    Raises ParamsError listing every problem with its key (the stages would fail on each, hours in).
+    """
+    from . import teachers, workflow  # they import this module; they load data and name files
+    from .data import DataError
+
+    problems: list[tuple[str, str]] = []
+    data_dir = prof.data.resolved_data_dir()
+    for i, teacher in enumerate(prof.teachers):
+        if teacher.backend == "file":
+            try:
+                teachers.file_teacher_path(teacher, data_dir)
+            except teachers.TeacherError as exc:
+                problems.append((f"teachers.{i}.path", str(exc)))
+    try:
+        splits = workflow.problem_splits(prof)
+    except DataError as exc:
+        problems.append((f"data (task '{prof.data.task}')", str(exc)))
+    else:
+        d = prof.data
+        short = [(split, getattr(d, f"n_{split}"), len(getattr(splits, split))) for split in ("heldout", "probe", "pool")
+                 if len(getattr(splits, split)) < getattr(d, f"n_{split}")]
+        for split, asked, have in short[:1]:  # the later splits are short because this one took their problems
+            problems.append((f"data.n_{split}", f"asks for {asked} problems, the '{d.task}' data has only {have} left "
+                                                "(held-out problems are taken first, then probe, then pool); lower it "
+                                                "or the sizes before it"))
+        probe_size = prof.teacher_selection.probe_size
+        if not short and probe_size > len(splits.pool):
+            problems.append(("teacher_selection.probe_size", f"{probe_size} probe problems are taken from a pool of "
+                                                             f"{len(splits.pool)}; lower it to {len(splits.pool)}"))
+        needs = {"easy_to_hard": ("level", "problem levels"), "ioa": ("module", "problem modules (IOA's skills)")}
+        for policy, (attribute, what) in needs.items():
+            if splits.pool and policy in prof.dynamic.policies and not any(getattr(p, attribute) is not None for p in splits.pool):
+                problems.append(("dynamic.policies", f"{policy} needs {what} and no pool problem of the '{d.task}' "
+                                                     f"data has one; remove {policy} from dynamic.policies"))
+    if problems:
+        lines = [f"{profile_source(prof) or prof.name}: the profile cannot run ({len(problems)} problem(s)); "
+                 "nothing was started:"]
+        lines += [f"  - key '{key}': {why}" for key, why in problems]
+        raise ParamsError("\n".join(lines))

