@@ -58,9 +58,11 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--cache", default="/tmp/syllabus-calibration")
     ap.add_argument("--out", default="calibration.csv")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the profile's)")
     a = ap.parse_args()
     prof = P.load_profile(a.profile)
-    torch.set_num_threads(prof.threads)
+    threads = a.threads or prof.threads
+    torch.set_num_threads(threads)
     splits = workflow.problem_splits(prof)
     wanted = a.students.split(",") if a.students else [s.name for s in prof.students]
     rows = []
@@ -68,7 +70,7 @@ def main() -> None:
         pre = workflow.pretrain_texts(prof, spec, splits.probe + splits.heldout)
         start = time.perf_counter()
         model, tok = models.load_student(spec, cache_dir=a.cache, training=prof.training, pretrain_texts=pre,
-                                         vocab_texts=workflow.tokenizer_texts(prof, pre), threads=prof.threads,
+                                         vocab_texts=workflow.tokenizer_texts(prof, pre), threads=threads,
                                          seed=prof.seed)
         student = workflow.StudentModel(spec, model.eval(), tok)
         base = accuracy_by_module(student, splits.heldout, prof)
