@@ -13,6 +13,7 @@ import fnmatch
 import pandas as pd
 
 from . import compatibility, stats, workflow
+from .progress import Task
 from .records import Problem
 from .runs import Stage
 
@@ -38,6 +39,7 @@ def gain_grid(stage: Stage, students: list[workflow.StudentModel], datasets: dic
     """One row per (student, dataset, seed): accuracy before and after an equal-budget SFT, and the gain."""
     prof = stage.params
     rows = []
+    cells = Task("grid cells", len(students) * len(datasets) * len(prof.correlation.seeds))
     for student in students:
         before = workflow.accuracy(student, heldout, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
         for name, table in datasets.items():
@@ -49,6 +51,8 @@ def gain_grid(stage: Stage, students: list[workflow.StudentModel], datasets: dic
                 rows.append({"student": student.name, "dataset": name, "seed": seed, "n_examples": len(examples),
                              "tokens_seen": result.tokens_seen, "accuracy_before": before,
                              "accuracy_after": after, "gain": after - before})
+                cells.advance()
+    cells.close()
     return pd.DataFrame(rows)
 
 
