@@ -140,7 +140,7 @@ class StageProgress:
         self.live = bool(getattr(self.stream, "isatty", lambda: False)())
         self.interval, self.log_interval = interval, log_interval
         self.cell, self.cells = 0, 0
-        self._next_cell: tuple[int, int] | None = None
+        self._next_cell: tuple[int, int, float] | None = None
         self.loops: dict[str, _Loop] = {}
         self._started = time.time()
         self._lock = threading.Lock()
@@ -155,7 +155,7 @@ class StageProgress:
     # the papermill engine calls this before each code cell
     def cell_started(self, index: int, total: int) -> None:
         with self._lock:
-            self._next_cell = (index, total)  # applied by the drawing thread after the last cell's loop events
+            self._next_cell = (index, total, time.time())  # applied by the drawing thread, after the last events
 
     def __enter__(self) -> "StageProgress":
         if not self.enabled:
@@ -185,14 +185,15 @@ class StageProgress:
             shutil.rmtree(self._folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ drawing
-    def line(self, now: float | None = None) -> str:
-        """The current progress line (without a newline)."""
+    def line(self, now: float | None = None, finished: list[_Loop] | None = None) -> str:
+        """The progress line (without a newline): the cell, the elapsed time and the running loops
+        (outer first), followed by ``finished`` loops."""
         now = time.time() if now is None else now
         with self._lock:
             head = f"  {self.stage}: "
             head += f"cell {self.cell}/{self.cells}, " if self.cells else "starting, "
             head += format_seconds(now - self._started)
-            loops = [loop.describe(now) for loop in self.loops.values()]
+            loops = [loop.describe(now) for loop in [*self.loops.values(), *(finished or [])]]
         return " | ".join([head, *loops])
 
     def _loop(self) -> None:
@@ -201,41 +202,42 @@ class StageProgress:
         self._tick()
 
     def _tick(self) -> None:
-        if self._read_events() and not self.live:
-            self._log_line(force=True)  # a loop finished: say so in the log, within its cell
+        finished = self._read_events()
+        if finished and not self.loops and not self.live:
+            self._log_line(force=True, finished=finished)  # an outermost loop ended: say so, within its cell
         with self._lock:
             if self._next_cell is not None:
-                (self.cell, self.cells), self._next_cell = self._next_cell, None
-                self.loops = {}  # a loop runs within one cell
+                self.cell, self.cells, since = self._next_cell
+                self._next_cell = None
+                self.loops = {k: v for k, v in self.loops.items() if v.first_t >= since}  # a loop runs within one cell
         if self.live:
             width = shutil.get_terminal_size((100, 20)).columns - 1
             self._write("\r\x1b[K" + self.line()[:width])
         else:
             self._log_line(force=False)
 
-    def _log_line(self, force: bool) -> None:
+    def _log_line(self, force: bool, finished: list[_Loop] | None = None) -> None:
         """In a log: a line when forced, else at most every ``log_interval`` seconds and only when something moved."""
         now = time.time()
         with self._lock:
             state = (self.cell, tuple((k, v.done) for k, v in self.loops.items()))
-        if force or (state != self._last_state and now - self._last_emit >= self.log_interval):
-            self._write(self.line(now) + "\n")
+        if force or (self.cell and state != self._last_state and now - self._last_emit >= self.log_interval):
+            self._write(self.line(now, finished) + "\n")
             self._last_state, self._last_emit = state, now
 
-    def _read_events(self) -> bool:
-        """Read the new complete lines of the progress file; True when a loop ended."""
+    def _read_events(self) -> list[_Loop]:
+        """Read the new complete lines of the progress file; return the loops that ended (and drop them)."""
         if self._path is None:
-            return False
+            return []
         try:
             with open(self._path, "rb") as fh:
                 fh.seek(self._offset)
                 data = fh.read()
         except OSError:
-            return False
+            return []
         self._offset += len(data)
         data = self._pending + data
         *lines, self._pending = data.split(b"\n")
-        ended = False
         with self._lock:
             for raw in lines:
                 try:
@@ -247,8 +249,9 @@ class StageProgress:
                     self.loops[event["id"]] = loop = _Loop(event)
                 else:
                     loop.update(event)
-                ended |= loop.ended
-        return ended
+            finished = [loop for loop in self.loops.values() if loop.ended]
+            self.loops = {key: loop for key, loop in self.loops.items() if not loop.ended}
+        return finished
 
     def _write(self, text: str) -> None:
         try:

@@ -141,12 +141,17 @@ def _benchmark(run: RunDir) -> list[str]:
         return []
     rows = []
     for r in results.to_dict("records"):
-        se = r.get("stderr")
-        ok = se is not None and not (isinstance(se, float) and math.isnan(se))
-        ci = _ci(max(0.0, r["value"] - Z95 * se), min(1.0, r["value"] + Z95 * se)) if ok else "n/a"
-        rows.append([str(r["model"]), str(r["task"]), str(r["metric"]), _num(r["value"]), ci, str(r.get("n", "")),
-                     _num(r.get("truncation_rate"), 2)])
-    return (["lm-evaluation-harness; 95% interval = value +- 1.96 standard errors.", ""]
+        n = r.get("n")
+        if n is not None and not pd.isna(n) and 0 <= r["value"] <= 1:  # a share of problems: Wilson, also at 0 and 1
+            ci = _ci(*wilson(r["value"] * int(n), int(n)))
+        elif r.get("stderr") is not None and not pd.isna(r["stderr"]):
+            ci = _ci(r["value"] - Z95 * r["stderr"], r["value"] + Z95 * r["stderr"])
+        else:
+            ci = "n/a"
+        rows.append([str(r["model"]), str(r["task"]), str(r["metric"]), _num(r["value"]), ci,
+                     "" if n is None or pd.isna(n) else str(int(n)), _num(r.get("truncation_rate"), 2)])
+    return (["lm-evaluation-harness scores; 95% Wilson intervals on the problems scored (value +- 1.96 "
+             "standard errors for a metric that is not a share).", ""]
             + _table(["model", "task", "metric", "value", "95% CI", "problems", "truncated"], rows))
 
 
