@@ -326,6 +326,9 @@ def status_target(args: argparse.Namespace) -> tuple[RunDir, Profile]:
 def cmd_status(args: argparse.Namespace) -> int:
     run, prof = status_target(args)
     notebooks_dir = Path(args.notebooks_dir)
+    for stage in STAGES:
+        if not (notebooks_dir / f"{stage}.ipynb").is_file():
+            raise RunError(f"notebook {notebooks_dir / (stage + '.ipynb')} is missing")
     params = prof.to_dict()
     files = code_files()
     where = "no run folder yet" if not run.root.is_dir() else "run folder"

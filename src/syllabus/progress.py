@@ -203,8 +203,8 @@ class StageProgress:
 
     def _tick(self) -> None:
         finished = self._read_events()
-        if finished and not self.loops and not self.live:
-            self._log_line(force=True, finished=finished)  # an outermost loop ended: say so, within its cell
+        if finished and not self.loops and not self.live:  # an outermost loop ended: say so, within its cell
+            self._log_line(force=True, finished=[min(finished, key=lambda loop: loop.first_t)])
         with self._lock:
             if self._next_cell is not None:
                 self.cell, self.cells, since = self._next_cell
