@@ -105,6 +105,8 @@ def format_seconds(seconds: float) -> str:
 
 
 class _Loop:
+    """One loop as the command line knows it from its events."""
+
     def __init__(self, event: dict):
         self.label, self.unit, self.first_t = event["label"], event.get("unit", ""), event["t"]
         self.done, self.total, self.last_t, self.ended = 0, 0, event["t"], False
@@ -242,13 +244,13 @@ class StageProgress:
             for raw in lines:
                 try:
                     event = json.loads(raw)
-                except ValueError:
+                    loop = self.loops.get(event["id"])
+                    if loop is None:
+                        self.loops[event["id"]] = _Loop(event)
+                    else:
+                        loop.update(event)
+                except (ValueError, KeyError, TypeError):  # not an event of ours: the display carries on
                     continue
-                loop = self.loops.get(event["id"])
-                if loop is None:
-                    self.loops[event["id"]] = loop = _Loop(event)
-                else:
-                    loop.update(event)
             finished = [loop for loop in self.loops.values() if loop.ended]
             self.loops = {key: loop for key, loop in self.loops.items() if not loop.ended}
         return finished
