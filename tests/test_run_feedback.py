@@ -100,6 +100,13 @@ def test_progress_goes_to_stderr_with_cells_and_loops_and_never_into_tables(stan
     assert not any(stand_in["run_dir"].rglob("events.jsonl"))  # the progress file lives outside the run folder
 
 
+def wait_for(condition, timeout: float = 20.0) -> None:
+    """Poll until ``condition()`` holds (the display reads events in its own thread)."""
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline:
+        time.sleep(0.02)
+
+
 def test_progress_line_counts_cells_and_estimates_time_left():
     out = io.StringIO()
     with progress.StageProgress("04_correlation", stream=out, interval=0.02, log_interval=60) as shown:
@@ -110,7 +117,7 @@ def test_progress_line_counts_cells_and_estimates_time_left():
             for _ in range(2):
                 time.sleep(0.1)
                 cells.advance()
-            time.sleep(0.1)
+            wait_for(lambda: "grid cells 2/4" in shown.line())
             line = shown.line()
             cells.advance(2)
     assert progress.ENV_VAR not in os.environ and not events.parent.exists()
@@ -128,7 +135,7 @@ def test_on_a_terminal_the_line_is_redrawn_in_place_and_cleared_at_the_end():
     with progress.StageProgress("05_dynamic_selection", stream=screen, interval=0.02) as shown:
         shown.cell_started(2, 7)
         with progress.task("policy x seed runs", 6):
-            time.sleep(0.1)
+            wait_for(lambda: "policy x seed runs 0/6" in screen.getvalue())
     text = screen.getvalue()
     assert "\n" not in text and text.endswith("\r\x1b[K")
     assert re.search(r"\r\x1b\[K  05_dynamic_selection: cell 2/7, \d+s \| policy x seed runs 0/6", text), text

@@ -72,7 +72,7 @@ class Task:
     def _report(self, end: bool) -> None:
         if self.active:
             _emit({"id": self.id, "label": self.label, "done": self.done, "total": self.total, "unit": self.unit,
-                   "end": end, "t": round(time.time(), 3)})
+                   "end": end, "t": time.time()})
 
 
 @contextlib.contextmanager
@@ -211,7 +211,8 @@ class StageProgress:
             if self._next_cell is not None:
                 self.cell, self.cells, since = self._next_cell
                 self._next_cell = None
-                self.loops = {k: v for k, v in self.loops.items() if v.first_t >= since}  # a loop runs within one cell
+                # a loop runs within one cell: drop any left from the last one (a loop left open by an error)
+                self.loops = {k: v for k, v in self.loops.items() if v.first_t >= since - 0.5}
         if self.live:
             width = shutil.get_terminal_size((100, 20)).columns - 1
             self._write("\r\x1b[K" + self.line()[:width])
