@@ -227,6 +227,10 @@ def test_the_run_writes_a_report_with_every_figure_and_what_to_notice(stand_in):
     assert summary.startswith("# syllabus run `run` (profile ci)") and "| 03_dmc | not finished |" in summary
 
 
+def test_report_files_are_the_ones_the_run_checks_before_skipping_an_unchanged_report():
+    assert cli.REPORT_FILES == (report.REPORT_FILE, report.SUMMARY_FILE)
+
+
 def test_report_command_rebuilds_the_same_files(stand_in, capsys):
     run_dir = stand_in["run_dir"]
     before = {name: (run_dir / name).read_bytes() for name in (report.REPORT_FILE, report.SUMMARY_FILE)}

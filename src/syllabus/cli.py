@@ -32,6 +32,7 @@ from .runs import (
 )
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+REPORT_FILES = ("report.html", "summary.md")  # report.REPORT_FILE, report.SUMMARY_FILE (report loads nbconvert)
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 EPILOG = f"""\
@@ -259,11 +260,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     src_hash = code_hash(src_files)
     print(f"syllabus: profile '{prof.name}' -> {run.root}", flush=True)
     total = time.time()
+    reused = 0
     for stage in stages:
         notebook = notebooks_dir / f"{stage}.ipynb"
         key = stage_key(run, stage, notebook, params, src_hash)
         if not args.force and is_up_to_date(run, stage, key):
             print(f"  {stage}: up to date, reused (nothing recomputed; --force to re-run)", flush=True)
+            reused += 1
             continue
         start = time.time()
         inputs = key_inputs(run, stage, notebook, params, src_files)
@@ -288,6 +291,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         atomic_write_json(run.manifest_path(stage), manifest)
         print(f"  {stage}: done in {time.time() - start:.1f} s", flush=True)
     print(f"syllabus: {len(stages)} stage(s) in {time.time() - total:.1f} s; results in {run.root}", flush=True)
+    written = [run.root / name for name in REPORT_FILES]
+    if reused == len(stages) and all(path.is_file() for path in written):
+        print(f"syllabus: report unchanged in {written[0]} and {written[1]}", flush=True)
+        return 0
     try:
         from . import report  # nbconvert and pandas: loaded only when a report is built
 
