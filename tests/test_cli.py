@@ -1,5 +1,6 @@
 """The command line: help, bad input, and every notebook executed on the ci profile."""
 
+import base64
 import json
 import os
 import subprocess
@@ -68,6 +69,17 @@ def test_all_notebooks_run_on_ci_profile_then_reuse(tmp_path):
         manifest = json.loads((folder / "manifest.json").read_text())
         assert manifest["stage"] == stage and manifest["outputs"], stage
         assert manifest["git"] is not None and "cache_key" in manifest
+    # progress on stderr, a report holding every stage's figure, headline numbers with intervals
+    assert all(f"{stage}: cell " in first.stderr for stage in STAGES), first.stderr
+    html = (run_dir / "report.html").read_text()
+    figures = sorted(run_dir.glob("*/figures/*.png"))
+    assert {p.parent.parent.name for p in figures} == set(STAGES)
+    for png in figures:
+        assert base64.b64encode(png.read_bytes()).decode() in html, png
+    summary = (run_dir / "summary.md").read_text()
+    assert summary.count("## Stage ") == len(STAGES) and "95% CI" in summary
+    status = run_cli("status", "--profile", "ci", "--run-dir", str(run_dir))
+    assert status.returncode == 0 and status.stdout.count("up to date") == len(STAGES), status.stdout
     second = run_cli("run", "--profile", "ci", "--run-dir", str(run_dir))
     assert second.returncode == 0
     assert second.stdout.count("up to date") == len(STAGES), second.stdout

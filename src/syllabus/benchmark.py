@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import evaluate, models, workflow
+from .progress import track
 from .runs import Stage
 
 
@@ -39,7 +40,7 @@ def run_all(stage: Stage, entries: pd.DataFrame, splits: workflow.Splits) -> lis
     b = prof.benchmark
     lab_file = evaluate.write_problems_jsonl(splits.heldout, stage.path("lm_eval/heldout_problems.jsonl"))
     results = []
-    for row in entries.to_dict("records"):
+    for row in track(entries.to_dict("records"), "lm-eval models"):
         slug = row["model"].replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
         results.append(evaluate.run_lm_eval(
             row["model_dir"], b.tasks, data_dir=prof.data.resolved_data_dir(), limit=b.limit,

@@ -21,11 +21,14 @@ from .params import (
     PARAMS_DIR,
     PROJECT_ROOT,
     ParamsError,
+    Profile,
     available_profiles,
     check_runnable,
     load_profile,
     parse_override,
+    profile_source,
 )
+from .progress import StageProgress, papermill_engine
 from .runs import (
     STAGES,
     STAGE_INPUTS,
@@ -43,6 +46,7 @@ from .runs import (
 )
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+REPORT_FILES = ("report.html", "summary.md")  # report.REPORT_FILE, report.SUMMARY_FILE (report loads nbconvert)
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 EPILOG = f"""\
@@ -54,6 +58,8 @@ examples:
   syllabus run --profile ci --stages 01,02      # only stages 01 and 02
   syllabus run --profile params/my.yaml -p seed=7 -p training.learning_rate=1e-3
   syllabus run --run-dir results/tiny-seed7 -p seed=7
+  syllabus status --profile tiny                # which stages are done, up to date, stale or missing
+  syllabus report results/tiny                  # rebuild report.html and summary.md
 
 profiles in {PARAMS_DIR}: {', '.join(available_profiles())}
 """
@@ -80,7 +86,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                      help="override a profile value, dotted keys (repeatable), e.g. -p dmc.lam=2")
     run.add_argument("--force", action="store_true", help="re-run stages even when they are up to date")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress line on stderr (cells, loops, time left); the stage lines stay")
     run.add_argument("--notebooks-dir", default=str(NOTEBOOKS_DIR), help=argparse.SUPPRESS)
+    status = sub.add_parser(
+        "status", help="say which stages of a run folder are done, up to date, stale (and why) or missing",
+        description="For each stage of a run folder: up to date (a run would reuse it), stale (a run would re-run "
+                    "it, and which params section, input or code changed), done (finished outside syllabus run) "
+                    "or missing, with its last wall time. Starts no work and changes nothing.")
+    status.add_argument("--profile", default=None,
+                        help="profile to compare with (default: the run folder's own, else tiny)")
+    status.add_argument("--run-dir", default=None, help="run folder (default: results/<profile name>)")
+    status.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="the overrides a run would get (repeatable)")
+    status.add_argument("--notebooks-dir", default=str(NOTEBOOKS_DIR), help=argparse.SUPPRESS)
+    rebuild = sub.add_parser("report", help="rebuild report.html and summary.md of a run folder",
+                             description="Rebuild RUN_DIR/report.html (the executed notebooks on one page, code "
+                                         "hidden) and RUN_DIR/summary.md (headline numbers with their CIs).")
+    rebuild.add_argument("run_dir", metavar="RUN_DIR")
     check = sub.add_parser("check", help="validate a profile and print the resolved values")
     check.add_argument("--profile", default="tiny")
     check.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
@@ -96,10 +119,15 @@ def parse_stages(text: str) -> list[str]:
     return [s for s in STAGES if s in chosen]
 
 
-def code_hash() -> str:
+def code_files() -> dict[str, str]:
+    """Hash of every file of the package's source, by path relative to the package."""
+    return {str(p.relative_to(PACKAGE_DIR)): hash_file(p)
+            for p in sorted(PACKAGE_DIR.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+def code_hash(files: dict[str, str] | None = None) -> str:
     """Hash of the package's source, so that a code change re-runs stages."""
-    return hash_obj({str(p.relative_to(PACKAGE_DIR)): hash_file(p)
-                     for p in sorted(PACKAGE_DIR.rglob("*")) if p.is_file() and "__pycache__" not in p.parts})
+    return hash_obj(code_files() if files is None else files)
 
 
 # Profile sections a stage does not read (directly or through its inputs): changing them leaves the
@@ -128,6 +156,67 @@ def stage_key(run: RunDir, stage: str, notebook: Path, params: dict, src_hash: s
                      "code": src_hash, "upstream": upstream})
 
 
+def key_inputs(run: RunDir, stage: str, notebook: Path, params: dict, files: dict[str, str]) -> dict:
+    """What went into a stage's key, part by part (kept in its manifest, so ``status`` can say what changed)."""
+    return {
+        "params": {section: hash_obj(value) for section, value in stage_params(params, stage).items()},
+        "notebook": hash_file(notebook),
+        "code": files,
+        "upstream": {earlier: hash_obj(read_json(run.manifest_path(earlier)).get("outputs", {}))
+                     for earlier in STAGE_INPUTS[stage] if run.is_complete(earlier)},
+    }
+
+
+def _changed(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _names(items: list[str], limit: int = 4) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def why_stale(old: dict | None, new: dict) -> list[str]:
+    """The parts of a stage's key that differ between its last run (``old``) and now (``new``)."""
+    if not old:
+        return ["its inputs changed (it ran under an older syllabus, which kept no record of which)"]
+    reasons = []
+    if sections := _changed(old.get("params", {}), new["params"]):
+        reasons.append(f"params changed: {_names(sections)}")
+    if old.get("notebook") != new["notebook"]:
+        reasons.append("its notebook changed")
+    if files := _changed(old.get("code", {}), new["code"]):
+        reasons.append(f"code changed: {_names(files)}")
+    for earlier in _changed(old.get("upstream", {}), new["upstream"]):
+        reasons.append(f"{earlier} has not finished" if earlier not in new["upstream"]
+                       else f"the outputs of {earlier} changed")
+    return reasons or ["its cache key changed"]
+
+
+def changed_outputs(run: RunDir, stage: str, manifest: dict) -> list[str]:
+    """The recorded outputs of a finished stage that are missing or differ on disk."""
+    return [rel for rel, digest in manifest.get("outputs", {}).items()
+            if not (run.stage_dir(stage) / rel).exists() or hash_path(run.stage_dir(stage) / rel) != digest]
+
+
+def stage_status(run: RunDir, stage: str, notebook: Path, params: dict, files: dict[str, str]) -> dict:
+    """``{"stage", "state", "why", "wall_seconds"}``: state is "up to date" (a run reuses it), "stale" (a run
+    re-runs it; ``why`` says what changed), "done" (finished outside ``syllabus run``) or "missing"."""
+    if not run.is_complete(stage):
+        failed = run.stage_dir(stage) / f"{stage}.failed.ipynb"
+        why = f"its last run failed ({failed.name} is kept)" if failed.is_file() else "not run yet"
+        return {"stage": stage, "state": "missing", "why": [why], "wall_seconds": None}
+    manifest = read_json(run.manifest_path(stage))
+    status = {"stage": stage, "state": "up to date", "why": [], "wall_seconds": manifest.get("wall_seconds")}
+    if "cache_key" not in manifest:
+        return status | {"state": "done", "why": ["finished outside syllabus run (no cache key); a run re-runs it"]}
+    if manifest["cache_key"] != stage_key(run, stage, notebook, params, code_hash(files)):
+        return status | {"state": "stale",
+                         "why": why_stale(manifest.get("key_inputs"), key_inputs(run, stage, notebook, params, files))}
+    if changed := changed_outputs(run, stage, manifest):
+        return status | {"state": "stale", "why": [f"outputs changed on disk since it ran: {_names(changed)}"]}
+    return status
+
+
 def is_up_to_date(run: RunDir, stage: str, key: str) -> bool:
     if not run.is_complete(stage):
         return False
@@ -141,48 +230,17 @@ def is_up_to_date(run: RunDir, stage: str, key: str) -> bool:
     return True
 
 
-# The stage kernels talk to papermill over local IPC sockets, not TCP (ipykernel warns at every TCP
-# start that the traffic is unencrypted, and a local run has no use for a network port).
-KERNEL_CONFIG = Config({"KernelManager": {"transport": "ipc"}})
+from traitlets.config import Config
 
-
-def execute_stage(run: RunDir, stage: str, notebook: Path) -> None:
-    """Run the notebook in the stage's staging folder; the stage folder is not touched. A failing notebook
-    is moved beside the stage's previous results as ``<stage>.failed.ipynb``."""
-    import papermill as pm
-
-    staging = run.begin_staging(stage)
-    failed = run.failed_notebook(stage)
-    previous_env = os.environ.get(STAGING_ENV)
-    os.environ[STAGING_ENV] = str(staging)  # the kernel inherits it: open_stage writes into the staging folder
-    try:
-        with atomic_path(staging / f"{stage}.ipynb") as tmp:
-            try:
-                pm.execute_notebook(
-                    str(notebook), str(tmp), parameters={"profile": str(run.params_file), "run_dir": str(run.root)},
-                    kernel_name="python3", cwd=str(PROJECT_ROOT), progress_bar=False, language="python",
-                    config=KERNEL_CONFIG,
-                )
-            except BaseException:
-                if tmp.exists() and tmp.stat().st_size:
-                    failed.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(tmp, failed)
-                raise
-    finally:
-        if previous_env is None:
-            os.environ.pop(STAGING_ENV, None)
-        else:
-            os.environ[STAGING_ENV] = previous_env
-    if not (staging / "manifest.json").is_file():
-        raise RunError(f"notebook {notebook.name} ran but did not call stage.finish(); no manifest in {staging}")
-
-
-def previous_results(run: RunDir, stage: str) -> str:
-    """What a failed run of ``stage`` left in place, in words."""
-    if run.is_complete(stage):
-        finished = read_json(run.manifest_path(stage)).get("finished", "?")
-        return f"the previous results of {stage} (finished {finished}) are kept unchanged in {run.stage_dir(stage)}"
-    return f"{stage} has no earlier results"
+from .params import (
+    PARAMS_DIR,
+    PROJECT_ROOT,
+    ParamsError,
+    available_profiles,
+    check_runnable,
+    load_profile,
+    parse_override,
+)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -202,19 +260,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_stages(args: argparse.Namespace, prof, run: RunDir, stages: list[str], notebooks_dir: Path) -> int:
     run.prepare(prof)
     params = prof.to_dict()
-    src_hash = code_hash()
+    src_files = code_files()
+    src_hash = code_hash(src_files)
     print(f"syllabus: profile '{prof.name}' -> {run.root}", flush=True)
     total = time.time()
+    reused = 0
     for stage in stages:
         notebook = notebooks_dir / f"{stage}.ipynb"
         key = stage_key(run, stage, notebook, params, src_hash)
         if not args.force and is_up_to_date(run, stage, key):
             print(f"  {stage}: up to date, reused (nothing recomputed; --force to re-run)", flush=True)
+            reused += 1
             continue
         start = time.time()
+        inputs = key_inputs(run, stage, notebook, params, src_files)
         print(f"  {stage}: running ...", flush=True)
         try:
-            execute_stage(run, stage, notebook)
+            with StageProgress(stage, enabled=not args.quiet) as progress:
+                execute_stage(run, stage, notebook, on_cell=progress.cell_started)
         except KeyboardInterrupt:
             print(f"syllabus: interrupted in {stage}; {previous_results(run, stage)}", file=sys.stderr)
             raise
@@ -231,11 +294,84 @@ def run_stages(args: argparse.Namespace, prof, run: RunDir, stages: list[str], n
         staged_manifest = run.staging_dir(stage) / "manifest.json"
         manifest = read_json(staged_manifest)
         manifest["cache_key"] = key
+        manifest["key_inputs"] = inputs
         manifest["wall_seconds"] = round(time.time() - start, 2)
         atomic_write_json(staged_manifest, manifest)
         run.commit_staging(stage)
         print(f"  {stage}: done in {time.time() - start:.1f} s", flush=True)
     print(f"syllabus: {len(stages)} stage(s) in {time.time() - total:.1f} s; results in {run.root}", flush=True)
+    written = [run.root / name for name in REPORT_FILES]
+    if reused == len(stages) and all(path.is_file() for path in written):
+        print(f"syllabus: report unchanged in {written[0]} and {written[1]}", flush=True)
+        return 0
+    try:
+        from . import report  # nbconvert and pandas: loaded only when a report is built
+
+        built = report.build(run)
+    except Exception as exc:  # the stages' results are complete; only the report is missing
+        print(f"syllabus: the report could not be built ({type(exc).__name__}: {exc}); the stages' results are "
+              f"complete; rebuild it with: syllabus report {run.root}", file=sys.stderr)
+        return 1
+    print(f"syllabus: report in {built['html']} and {built['summary']}", flush=True)
+    return 0
+
+
+def status_target(args: argparse.Namespace) -> tuple[RunDir, Profile]:
+    """The run folder and the profile ``syllabus status`` compares it with (what ``syllabus run`` would use)."""
+    overrides = dict(parse_override(p) for p in args.param)
+    if args.run_dir is None:
+        prof = load_profile(args.profile or "tiny", overrides)
+        return RunDir(default_run_dir(prof)), prof
+    run = RunDir(args.run_dir)
+    run_json = run.root / "run.json"
+    recorded = read_json(run_json).get("profile") if run_json.is_file() else None
+    if args.profile is not None:
+        prof = load_profile(args.profile, overrides)
+        if recorded is not None and recorded != prof.name:
+            raise RunError(f"run folder '{run.root}' belongs to profile '{recorded}', not '{prof.name}'; "
+                           f"leave out --profile to compare it with its own")
+    elif recorded is not None and recorded in available_profiles():
+        prof = load_profile(recorded, overrides)
+    elif run.params_file.is_file():
+        prof = load_profile(str(run.params_file), overrides)
+    else:
+        prof = load_profile("tiny", overrides)
+    return run, prof
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    run, prof = status_target(args)
+    notebooks_dir = Path(args.notebooks_dir)
+    for stage in STAGES:
+        if not (notebooks_dir / f"{stage}.ipynb").is_file():
+            raise RunError(f"notebook {notebooks_dir / (stage + '.ipynb')} is missing")
+    params = prof.to_dict()
+    files = code_files()
+    where = "no run folder yet" if not run.root.is_dir() else "run folder"
+    print(f"syllabus: {where} {run.root}, compared with profile '{prof.name}' ({profile_source(prof)})")
+    rows = {}
+    for stage in STAGES:
+        row = stage_status(run, stage, notebooks_dir / f"{stage}.ipynb", params, files)
+        waiting = [e for e in STAGE_INPUTS[stage] if rows[e]["state"] != "up to date"]
+        if row["state"] == "up to date" and waiting:
+            row["why"].append(f"re-runs if {_names(waiting)} change(s) its outputs when re-run")
+        rows[stage] = row
+    print(f"  {'stage':<22} {'state':<11} {'last wall time':>14}  why")
+    for row in rows.values():
+        wall = "-" if row["wall_seconds"] is None else f"{row['wall_seconds']:.1f} s"
+        print(f"  {row['stage']:<22} {row['state']:<11} {wall:>14}  {'; '.join(row['why'])}".rstrip())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from . import report  # nbconvert and pandas: loaded only when a report is built
+
+    run = RunDir(args.run_dir)
+    if not any(run.is_complete(stage) for stage in STAGES):
+        raise RunError(f"'{run.root}' holds no finished stage (no <stage>/manifest.json); "
+                       "give the folder of a run, e.g. results/tiny")
+    built = report.build(run)
+    print(f"syllabus: report in {built['html']} and {built['summary']}")
     return 0
 
 
@@ -253,9 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "run":
-            return cmd_run(args)
-        return cmd_check(args)
+        commands = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "report": cmd_report}
+        return commands[args.command](args)
     except (ParamsError, RunError) as exc:
         print(f"syllabus: error: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ import pandas as pd
 
 from . import dmc, workflow
 from .records import Problem, Trace
+from .progress import track
 from .runs import Stage
 from .scoring import cached_scores
 
@@ -46,7 +47,7 @@ def score_student(stage: Stage, student: workflow.StudentModel, datasets: dict[s
                                 seed=seed, cache_dir=stage.run.cache)
     nll_ref, _ = reference_nll(stage, student, probe)
     frames = []
-    for name, rows in datasets.items():
+    for name, rows in track(datasets.items(), f"DMC scoring of {student.name}", unit="datasets"):
         traces = traces_of(rows)
         pairs = workflow.sft_examples(student, problems, traces)
         scores = cached_scores(student.model, student.tokenizer, pairs, cache_dir=stage.run.cache / "scores",

@@ -17,6 +17,7 @@ import fnmatch
 import pandas as pd
 
 from . import compatibility, stats, workflow
+from .progress import Task
 from .records import Problem
 from .runs import Stage
 
@@ -69,6 +70,7 @@ def gain_grid(stage: Stage, students: list[workflow.StudentModel], datasets: dic
     prof = stage.params
     rows, outcomes = [], []
     ids = [p.id for p in heldout]
+    progress = Task("grid cells", len(students) * (len(datasets) + 1) * len(prof.correlation.seeds))
     for student in students:
         before = workflow.pass_rates(student, heldout, k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
         # control:none - the untouched student evaluated again, without the cache: greedy decoding is
@@ -87,6 +89,7 @@ def gain_grid(stage: Stage, students: list[workflow.StudentModel], datasets: dic
                 after = workflow.pass_rates(trained, heldout, k=1, prof=prof, seed=stage.seed,
                                             cache_dir=stage.run.cache)
                 results.append((name, seed, after, (len(examples), steps, result.tokens_seen)))
+                progress.advance()
         for name, seed, after, sizes in results:
             n_examples, steps, tokens = sizes if sizes else (0, 0, 0)
             rows.append({"student": student.name, "dataset": name, "seed": -1 if seed is None else seed,
@@ -97,6 +100,7 @@ def gain_grid(stage: Stage, students: list[workflow.StudentModel], datasets: dic
                                           "seed": -1 if seed is None else seed, "problem_id": ids,
                                           "correct_before": before.loc[ids].to_numpy(),
                                           "correct_after": after.loc[ids].to_numpy()}))
+    progress.close()
     return pd.DataFrame(rows), pd.concat(outcomes, ignore_index=True)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from . import compatibility, select, stats, train, workflow
+from .progress import track
 from .records import Problem
 from .runs import Stage, hash_obj
 
@@ -174,7 +175,7 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
     phase_tokens = None  # budget: steps
     if d.budget == "tokens":  # the same for every policy: the candidates' mean example length
         phase_tokens = n_examples * mean_example_tokens(current, problems, datasets, prof.training.max_seq_len)
-    for phase in range(d.phases):
+    for phase in track(range(d.phases), f"{policy_name} seed {seed} phases"):
         dmc_now: dict[str, float] = {}
         if policy_name == "dmc_dynamic" or (policy_name == "dmc_static" and phase == 0):
             items = compatibility.score_student(stage, current, datasets, problems, splits.probe, seed=stage.seed)

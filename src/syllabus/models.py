@@ -29,6 +29,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from . import params as P
+from .progress import Task
 from .runs import atomic_write_json, hash_file, hash_obj, publish_mode, sha256_bytes
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
@@ -435,6 +436,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
     results: list[list[Generation]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
+    batches = Task("generation", -(-len(order) // per_batch), "batches")
     for b, start in enumerate(range(0, len(order), per_batch)):
         rows = order[start:start + per_batch]
         width = max(len(encoded[i]) for i in rows)
@@ -453,6 +455,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
         for k, ids in enumerate(new_tokens):
             gen = _finish(tokenizer, ids, stop, max_new_tokens, {eos_id, pad_id})
             results[rows[k // returns]].extend([gen] * (1 if sampling else num_samples))
+        batches.advance()
+    batches.close()
     model.train(was_training)
     return results
 

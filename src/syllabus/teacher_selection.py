@@ -15,6 +15,7 @@ import pandas as pd
 
 from . import stats, workflow
 from .params import Profile
+from .progress import track
 from .records import Problem
 from .runs import Stage
 
@@ -46,7 +47,7 @@ def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, wo
     fingerprint = student.fingerprint()
     before = workflow.pass_rates(student, eval_problems, k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
     rows = []
-    for name, run in runs.items():
+    for name, run in track(runs.items(), "smoke tests (teachers)"):
         traces = run.traces
         correct = [t for t in traces if t.correct]
         pairs = workflow.sft_examples(student, by_id, traces)

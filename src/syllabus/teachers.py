@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from . import params as P
+from .progress import task
 from .prompts import STOP_STRINGS, build_prompt
 from .records import Problem, Trace
 from .runs import hash_obj, hash_path, sha256_bytes
@@ -397,23 +398,25 @@ def generate_traces(teacher: Teacher, problems: Sequence[Problem], n_samples: in
     todo = [p for p in problems if any(_record_key(p, k, seed) not in cached for k in range(n_wanted))]
     n_generated, shard = 0, None
     bar = tqdm(total=len(todo), desc=f"traces from {teacher.name}", unit="problem", disable=not progress or not todo)
-    for chunk in _chunks(todo, chunk_size):
-        by_id = {p.id: p for p in chunk}
-        lines = []
-        for trace in teacher.generate(chunk, n_wanted, seed):
-            key = _record_key(by_id[trace.problem_id], trace.sample, seed)
-            if key in cached:
-                continue
-            cached[key] = trace
-            lines.append(json.dumps({"key": key, "trace": trace.to_dict()}, sort_keys=True) + "\n")
-            n_generated += 1
-        if lines:
-            shard = shard or _new_shard(folder)
-            with open(shard, "a", encoding="utf-8") as fh:
-                fh.write("".join(lines))
-                fh.flush()
-                os.fsync(fh.fileno())
-        bar.update(len(chunk))
+    with task(f"traces from {teacher.name}", len(todo), "problems") as loop:
+        for chunk in _chunks(todo, chunk_size):
+            by_id = {p.id: p for p in chunk}
+            lines = []
+            for trace in teacher.generate(chunk, n_wanted, seed):
+                key = _record_key(by_id[trace.problem_id], trace.sample, seed)
+                if key in cached:
+                    continue
+                cached[key] = trace
+                lines.append(json.dumps({"key": key, "trace": trace.to_dict()}, sort_keys=True) + "\n")
+                n_generated += 1
+            if lines:
+                shard = shard or _new_shard(folder)
+                with open(shard, "a", encoding="utf-8") as fh:
+                    fh.write("".join(lines))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            bar.update(len(chunk))
+            loop.advance(len(chunk))
     bar.close()
     traces, missing = [], []
     for p in problems:

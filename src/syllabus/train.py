@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from . import params as P
+from .progress import Task
 from .runs import atomic_path, atomic_write_json, atomic_write_text, hash_obj
 
 CHECKPOINT = "checkpoint.pt"
@@ -192,6 +193,7 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
     started = time.perf_counter()
     model.train()
     micro = cfg.batch_size
+    loop = Task("SFT steps", steps - start_step)
     for step in range(start_step, steps):
         chosen = (single_pass_indices(len(data), micro * cfg.grad_accum, step, seed) if single_pass
                   else batch_indices(len(data), micro * cfg.grad_accum, step, seed))
@@ -219,6 +221,8 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
             _save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler,
                              {"step": done, "tokens_seen": tokens_seen, "log": log, "wall_s": wall, "run_key": run_key})
             _write_records(out, log, summary(done, wall))
+        loop.advance()
+    loop.close()
     model.eval()
     wall = prior_wall + time.perf_counter() - started
     result_summary = summary(steps, wall)

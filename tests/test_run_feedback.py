@@ -1,0 +1,268 @@
+"""What a user sees around a run (issue 19): progress on stderr, ``syllabus status`` and the report.
+
+Most tests share one real ``syllabus run`` (papermill, real kernels) of two small stand-in notebooks
+for stages 01 and 02 (``--notebooks-dir``): each opens its stage, runs a reported loop, saves a table
+and a figure. The report of a whole ci run is checked in test_cli's notebook test.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from syllabus import cli, progress, report
+from syllabus.cli import main
+from syllabus.runs import STAGES, RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOP = "stand-in loop"
+
+
+def stand_in_notebook(stage: str) -> nbformat.NotebookNode:
+    params = nbformat.v4.new_code_cell('profile = "ci"\nrun_dir = None')
+    params.metadata["tags"] = ["parameters"]
+    return nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell(f"# Stand-in for {stage}"),
+        params,
+        nbformat.v4.new_code_cell(
+            "import time\n\nimport matplotlib.pyplot as plt\nimport pandas as pd\n\n"
+            "from syllabus import progress\nfrom syllabus.runs import open_stage\n\n"
+            f'stage = open_stage("{stage}", profile, run_dir=run_dir)'),
+        nbformat.v4.new_code_cell(
+            f'for i in progress.track(range(3), "{LOOP}"):\n    time.sleep(0.7)\n'
+            'stage.save_table(pd.DataFrame({"x": [1, 2, 3]}), "numbers")'),
+        nbformat.v4.new_code_cell('fig, ax = plt.subplots()\nax.plot([1, 3, 2])\nstage.save_figure(fig, "line")'),
+        nbformat.v4.new_markdown_cell("**What to notice.** The line goes up, then down."),
+        nbformat.v4.new_code_cell("stage.finish();"),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+
+
+def syllabus(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "syllabus.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def stand_in(tmp_path_factory):
+    root = tmp_path_factory.mktemp("feedback")
+    notebooks = root / "notebooks"
+    notebooks.mkdir()
+    for stage in STAGES:
+        nbformat.write(stand_in_notebook(stage), notebooks / f"{stage}.ipynb")
+    run_dir = root / "run"
+    common = ["--profile", "ci", "--run-dir", str(run_dir), "--notebooks-dir", str(notebooks)]
+    fresh = syllabus("status", "--profile", "ci", "--run-dir", str(run_dir), "--notebooks-dir", str(notebooks))
+    first = syllabus("run", *common, "--stages", "01,02")
+    assert first.returncode == 0, first.stdout + first.stderr
+    tables = {p: p.read_bytes() for p in sorted(run_dir.glob("*/tables/*"))}
+    quiet = syllabus("run", *common, "--stages", "01", "--force", "--quiet")
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    return {"root": root, "notebooks": notebooks, "run_dir": run_dir, "fresh": fresh, "first": first,
+            "quiet": quiet, "tables": tables}
+
+
+def status_rows(text: str) -> dict[str, str]:
+    """stage -> the rest of its line in ``syllabus status`` output."""
+    return {line.split()[0]: line.split(None, 1)[1] for line in text.splitlines() if line.strip()[:2].isdigit()}
+
+
+def call_status(capsys, run: dict, *extra: str) -> dict[str, str]:
+    assert main(["status", "--run-dir", str(run["run_dir"]), "--notebooks-dir", str(run["notebooks"]), *extra]) == 0
+    return status_rows(capsys.readouterr().out)
+
+
+# --------------------------------------------------------------------------- progress
+def test_progress_goes_to_stderr_with_cells_and_loops_and_never_into_tables(stand_in):
+    first = stand_in["first"]
+    for stage in ("01_teacher_selection", "02_trace_curation"):
+        lines = [line for line in first.stderr.splitlines() if line.strip().startswith(f"{stage}: ")]
+        assert any(" cell " in line and "/6" in line for line in lines), first.stderr
+        assert any(f"{LOOP} 3/3" in line for line in lines), first.stderr
+    assert "cell " not in first.stdout and LOOP not in first.stdout  # stdout keeps the stage lines only
+    assert "01_teacher_selection: running ..." in first.stdout
+    for path, data in stand_in["tables"].items():
+        assert LOOP.encode() not in data and b"cell" not in data, path
+    # the quiet re-run: no progress at all, the same table bytes
+    assert LOOP not in stand_in["quiet"].stderr and " cell " not in stand_in["quiet"].stderr
+    assert {p: p.read_bytes() for p in stand_in["tables"]} == stand_in["tables"]
+    assert not any(stand_in["run_dir"].rglob("events.jsonl"))  # the progress file lives outside the run folder
+
+
+def wait_for(condition, timeout: float = 20.0) -> None:
+    """Poll until ``condition()`` holds (the display reads events in its own thread)."""
+    deadline = time.time() + timeout
+    while not condition() and time.time() < deadline:
+        time.sleep(0.02)
+
+
+def test_progress_line_counts_cells_and_estimates_time_left():
+    out = io.StringIO()
+    with progress.StageProgress("04_correlation", stream=out, interval=0.02, log_interval=60) as shown:
+        events = Path(os.environ[progress.ENV_VAR])  # what the kernel will inherit
+        assert events.is_file()
+        shown.cell_started(3, 9)
+        with progress.task("grid cells", 4) as cells:
+            for _ in range(2):
+                time.sleep(0.1)
+                cells.advance()
+            wait_for(lambda: "grid cells 2/4" in shown.line())
+            line = shown.line()
+            cells.advance(2)
+    assert progress.ENV_VAR not in os.environ and not events.parent.exists()
+    assert line.startswith("  04_correlation: cell 3/9, ") and "grid cells 2/4, ~" in line and "s left" in line
+    assert "grid cells 4/4 in " in out.getvalue()  # the finished loop is logged even within log_interval
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_line_is_redrawn_in_place_and_cleared_at_the_end():
+    screen = Terminal()
+    with progress.StageProgress("05_dynamic_selection", stream=screen, interval=0.02) as shown:
+        shown.cell_started(2, 7)
+        with progress.task("policy x seed runs", 6):
+            wait_for(lambda: "policy x seed runs 0/6" in screen.getvalue())
+    text = screen.getvalue()
+    assert "\n" not in text and text.endswith("\r\x1b[K")
+    assert re.search(r"\r\x1b\[K  05_dynamic_selection: cell 2/7, \d+s \| policy x seed runs 0/6", text), text
+
+
+def test_loops_write_nothing_without_a_progress_file(tmp_path, monkeypatch):
+    monkeypatch.delenv(progress.ENV_VAR, raising=False)
+    assert list(progress.track(["a", "b"], "anything")) == ["a", "b"]
+    with progress.StageProgress("01", enabled=False, stream=io.StringIO()) as off:
+        assert progress.ENV_VAR not in os.environ and off.line()  # disabled (--quiet): the kernel gets no file
+
+
+# --------------------------------------------------------------------------- status
+def test_status_of_a_fresh_run_folder_says_every_stage_is_missing(stand_in):
+    fresh = stand_in["fresh"]
+    assert fresh.returncode == 0, fresh.stderr
+    assert "no run folder yet" in fresh.stdout
+    rows = status_rows(fresh.stdout)
+    assert list(rows) == list(STAGES) and all(r.startswith("missing") and "not run yet" in r for r in rows.values())
+
+
+def test_status_of_a_finished_run_says_up_to_date_with_wall_times_and_changes_nothing(stand_in, capsys):
+    before = {p: p.stat().st_mtime_ns for p in stand_in["run_dir"].rglob("*")}
+    rows = call_status(capsys, stand_in)
+    for stage in ("01_teacher_selection", "02_trace_curation"):
+        assert rows[stage].startswith("up to date") and " s" in rows[stage], rows
+    assert rows["03_dmc"].startswith("missing")
+    assert {p: p.stat().st_mtime_ns for p in stand_in["run_dir"].rglob("*")} == before
+
+
+def test_status_of_a_partly_changed_run_says_what_changed(stand_in, capsys, monkeypatch, tmp_path):
+    run = dict(stand_in)
+    # a params section that stage 02 reads and stage 01 does not
+    rows = call_status(capsys, run, "-p", "curation.easy_pass_rate=0.5")
+    assert rows["01_teacher_selection"].startswith("up to date")
+    assert rows["02_trace_curation"].startswith("stale") and "params changed: curation" in rows["02_trace_curation"]
+    # a changed notebook: stage 01 stale, stage 02 waits on it
+    notebooks = tmp_path / "notebooks"
+    shutil.copytree(stand_in["notebooks"], notebooks)
+    nb = nbformat.read(notebooks / "01_teacher_selection.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell("one more remark"))
+    nbformat.write(nb, notebooks / "01_teacher_selection.ipynb")
+    run["notebooks"] = notebooks
+    rows = call_status(capsys, run)
+    assert rows["01_teacher_selection"].startswith("stale") and "its notebook changed" in rows["01_teacher_selection"]
+    assert rows["02_trace_curation"].startswith("up to date") and "re-runs if 01_teacher_selection" in rows["02_trace_curation"]
+    # changed package code, named by file
+    files = cli.code_files()
+    monkeypatch.setattr(cli, "code_files", lambda: {**files, "dmc.py": "0" * 64})
+    rows = call_status(capsys, stand_in)
+    assert all(rows[s].startswith("stale") and "code changed: dmc.py" in rows[s]
+               for s in ("01_teacher_selection", "02_trace_curation")), rows
+
+
+def test_status_notices_an_output_changed_on_disk_and_a_failed_stage(stand_in, capsys, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(stand_in["run_dir"], run_dir)
+    (run_dir / "02_trace_curation" / "tables" / "numbers.csv").write_text("x\n9\n")
+    (run_dir / "03_dmc").mkdir()
+    (run_dir / "03_dmc" / "03_dmc.failed.ipynb").write_text("{}")
+    rows = call_status(capsys, {**stand_in, "run_dir": run_dir})
+    assert rows["02_trace_curation"].startswith("stale") and "tables/numbers.csv" in rows["02_trace_curation"]
+    assert rows["03_dmc"].startswith("missing") and "failed" in rows["03_dmc"]
+
+
+def test_status_refuses_a_profile_the_run_folder_does_not_belong_to(stand_in, capsys):
+    assert main(["status", "--profile", "tiny", "--run-dir", str(stand_in["run_dir"])]) == 2
+    assert "belongs to profile 'ci'" in capsys.readouterr().err
+
+
+def test_why_stale_names_each_changed_part():
+    old = {"params": {"seed": "a", "dmc": "b"}, "notebook": "n", "code": {"x.py": "1"}, "upstream": {"01": "o"}}
+    new = {"params": {"seed": "a", "dmc": "c"}, "notebook": "m", "code": {"x.py": "1", "y.py": "2"}, "upstream": {}}
+    assert cli.why_stale(old, new) == ["params changed: dmc", "its notebook changed", "code changed: y.py",
+                                       "01 has not finished"]
+    assert "older syllabus" in cli.why_stale(None, new)[0]
+
+
+# --------------------------------------------------------------------------- report
+def test_the_run_writes_a_report_with_every_figure_and_what_to_notice(stand_in):
+    run_dir = stand_in["run_dir"]
+    html = (run_dir / "report.html").read_text()
+    for stage in ("01_teacher_selection", "02_trace_curation"):
+        png = base64.b64encode((run_dir / stage / "figures" / "line.png").read_bytes()).decode()
+        assert png in html and f'id="{stage}"' in html
+    assert html.count("What to notice.") == 2 and "stage.save_figure" not in html  # code is hidden
+    assert LOOP not in html  # no stderr, no progress
+    summary = (run_dir / "summary.md").read_text()
+    assert summary.startswith("# syllabus run `run` (profile ci)") and "| 03_dmc | not finished |" in summary
+
+
+def test_report_files_are_the_ones_the_run_checks_before_skipping_an_unchanged_report():
+    assert cli.REPORT_FILES == (report.REPORT_FILE, report.SUMMARY_FILE)
+
+
+def test_report_command_rebuilds_the_same_files(stand_in, capsys):
+    run_dir = stand_in["run_dir"]
+    before = {name: (run_dir / name).read_bytes() for name in (report.REPORT_FILE, report.SUMMARY_FILE)}
+    (run_dir / report.REPORT_FILE).unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert str(run_dir / report.REPORT_FILE) in capsys.readouterr().out
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+
+
+def test_report_of_a_folder_without_finished_stages_is_refused(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "holds no finished stage" in capsys.readouterr().err
+
+
+def test_wilson_interval():
+    lo, hi = report.wilson(0, 20)
+    assert lo == 0 and hi == pytest.approx(0.161, abs=1e-3)
+    lo, hi = report.wilson(10, 20)
+    assert (lo, hi) == pytest.approx((0.299, 0.701), abs=1e-3)
+
+
+def test_headline_tables_of_the_reference_run_format_with_intervals(tmp_path):
+    """summary.md's stage 4 and 6 sections from the committed tiny reference tables."""
+    import pandas as pd
+
+    run = RunDir(tmp_path)
+    for stage, name, source in (("04_correlation", "predictors", "04_predictors.csv"),
+                                ("06_benchmark", "results", "06_results.csv")):
+        folder = tmp_path / stage
+        (folder / "tables").mkdir(parents=True)
+        pd.read_csv(ROOT / "results" / "reference" / "tiny" / source).to_parquet(folder / "tables" / f"{name}.parquet")
+        (folder / "manifest.json").write_text(json.dumps({"stage": stage, "wall_seconds": 1.0}))
+    text = report.summary_markdown(run)
+    assert "| dmc | 52 | 0.18 | [-0.09, 0.45] | 0.224 |" in text
+    assert "| lab-m (undistilled) | syllabus_lab | exact_match | 0.100 | [0.06, 0.17] | 100 | 0.02 |" in text
