@@ -230,17 +230,49 @@ def is_up_to_date(run: RunDir, stage: str, key: str) -> bool:
     return True
 
 
-from traitlets.config import Config
+# The stage kernels talk to papermill over local IPC sockets, not TCP (ipykernel warns at every TCP
+# start that the traffic is unencrypted, and a local run has no use for a network port).
+KERNEL_CONFIG = Config({"KernelManager": {"transport": "ipc"}})
 
-from .params import (
-    PARAMS_DIR,
-    PROJECT_ROOT,
-    ParamsError,
-    available_profiles,
-    check_runnable,
-    load_profile,
-    parse_override,
-)
+
+def execute_stage(run: RunDir, stage: str, notebook: Path, on_cell=None) -> None:
+    """Run the notebook in the stage's staging folder; the stage folder is not touched. A failing notebook
+    is moved beside the stage's previous results as ``<stage>.failed.ipynb``. ``on_cell(i, n)`` hears of
+    each code cell."""
+    import papermill as pm
+
+    staging = run.begin_staging(stage)
+    failed = run.failed_notebook(stage)
+    previous_env = os.environ.get(STAGING_ENV)
+    os.environ[STAGING_ENV] = str(staging)  # the kernel inherits it: open_stage writes into the staging folder
+    try:
+        with atomic_path(staging / f"{stage}.ipynb") as tmp:
+            try:
+                pm.execute_notebook(
+                    str(notebook), str(tmp), parameters={"profile": str(run.params_file), "run_dir": str(run.root)},
+                    kernel_name="python3", cwd=str(PROJECT_ROOT), progress_bar=False, language="python",
+                    config=KERNEL_CONFIG, engine_name=papermill_engine(), on_cell=on_cell,
+                )
+            except BaseException:
+                if tmp.exists() and tmp.stat().st_size:
+                    failed.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp, failed)
+                raise
+    finally:
+        if previous_env is None:
+            os.environ.pop(STAGING_ENV, None)
+        else:
+            os.environ[STAGING_ENV] = previous_env
+    if not (staging / "manifest.json").is_file():
+        raise RunError(f"notebook {notebook.name} ran but did not call stage.finish(); no manifest in {staging}")
+
+
+def previous_results(run: RunDir, stage: str) -> str:
+    """What a failed run of ``stage`` left in place, in words."""
+    if run.is_complete(stage):
+        finished = read_json(run.manifest_path(stage)).get("finished", "?")
+        return f"the previous results of {stage} (finished {finished}) are kept unchanged in {run.stage_dir(stage)}"
+    return f"{stage} has no earlier results"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
