@@ -42,3 +42,22 @@ def test_cell_gains_pair_outcomes_and_mark_controls():
     assert floor.loc[0, "n_problems"] == 4 and floor.loc[0, "binomial_se"] == pytest.approx(0.25)
     fit, hold = family_split(cells.reset_index(), 0.5, seed=0)
     assert set(fit["family"]).isdisjoint(hold["family"]) and "mixed" not in set(fit["family"]) | set(hold["family"])
+
+
+def test_planted_style_check_pairs_the_familiar_teacher_against_the_others():
+    from syllabus import params as P
+    from syllabus.correlation import planted_style_check
+
+    prof = P.load_profile("ci")  # students warm-started on gold solutions: the familiar teacher is prose
+    rows = []
+    for student in [s.name for s in prof.students]:
+        for name, solved in {"teacher=prose": 30, "teacher=equations": 10, "teacher=sloppy": 29}.items():
+            for seed in range(3):
+                rows += [{"student": student, "dataset": name, "seed": seed, "problem_id": f"p{i}",
+                          "correct_before": 0.0, "correct_after": float(i < solved + seed)} for i in range(40)]
+    check = planted_style_check(pd.DataFrame(rows), prof).set_index(["student", "other_teacher"])
+    first = prof.students[0].name
+    assert set(check["familiar_teacher"]) == {"prose"}
+    assert check.loc[(first, "equations"), "difference"] == pytest.approx(0.5)
+    assert bool(check.loc[(first, "equations"), "recovered"])
+    assert not bool(check.loc[(first, "sloppy"), "recovered"])  # 1 problem in 40: inside the noise
