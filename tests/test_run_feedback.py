@@ -252,17 +252,29 @@ def test_wilson_interval():
     assert (lo, hi) == pytest.approx((0.299, 0.701), abs=1e-3)
 
 
-def test_headline_tables_of_the_reference_run_format_with_intervals(tmp_path):
-    """summary.md's stage 4 and 6 sections from the committed tiny reference tables."""
+def test_headline_tables_format_with_intervals(tmp_path):
+    """summary.md's stage 4 and 6 sections from tables shaped like the stages write them."""
     import pandas as pd
 
+    tables = {
+        ("04_correlation", "predictors"): pd.DataFrame([
+            {"scope": "lab-s", "predictor": "dmc", "n": 5, "spearman": 0.9, "spearman_lo": 0.4, "spearman_hi": 1.0,
+             "spearman_p": 0.083}]),
+        ("04_correlation", "cells"): pd.DataFrame([
+            {"student": "lab-s", "dataset": "teacher=prose", "gain": 0.21, "gain_lo": 0.17, "gain_hi": 0.25},
+            {"student": "lab-s", "dataset": "all", "gain": 0.05, "gain_lo": 0.01, "gain_hi": 0.09}]),
+        ("04_correlation", "noise_floor"): pd.DataFrame([{"student": "lab-s", "reliability": 0.93}]),
+        ("06_benchmark", "results"): pd.DataFrame([
+            {"model": "lab-m (undistilled)", "task": "syllabus_lab", "metric": "exact_match", "value": 0.1,
+             "stderr": 0.03, "n": 100, "truncation_rate": 0.02}]),
+    }
     run = RunDir(tmp_path)
-    for stage, name, source in (("04_correlation", "predictors", "04_predictors.csv"),
-                                ("06_benchmark", "results", "06_results.csv")):
+    for (stage, name), table in tables.items():
         folder = tmp_path / stage
-        (folder / "tables").mkdir(parents=True)
-        pd.read_csv(ROOT / "results" / "reference" / "tiny" / source).to_parquet(folder / "tables" / f"{name}.parquet")
+        (folder / "tables").mkdir(parents=True, exist_ok=True)
+        table.to_parquet(folder / "tables" / f"{name}.parquet")
         (folder / "manifest.json").write_text(json.dumps({"stage": stage, "wall_seconds": 1.0}))
     text = report.summary_markdown(run)
-    assert "| dmc | 52 | 0.18 | [-0.09, 0.45] | 0.224 |" in text
+    assert "| lab-s | dmc | 5 | 0.90 | [0.40, 1.00] | 0.083 |" in text
+    assert "| lab-s | teacher=prose | +0.210 [0.17, 0.25] |" in text and "lab-s 0.93" in text
     assert "| lab-m (undistilled) | syllabus_lab | exact_match | 0.100 | [0.06, 0.17] | 100 | 0.02 |" in text
