@@ -151,3 +151,8 @@ def test_reliability_and_needed_problems():
     # 80% power at 95%: n = ((1.96 + 0.84) * sd / effect)^2
     assert stats.needed_problems(0.05, 0.5) == int(np.ceil(((stats.Z95 + 0.8416) * 0.5 / 0.05) ** 2))
     assert stats.binomial_se(0.5, 100) == pytest.approx(0.05)
+
+
+def test_with_normal_ci():
+    t = stats.with_normal_ci(pd.DataFrame({"value": [0.5, 0.2], "stderr": [0.05, np.nan]}))
+    assert t.loc[0, "ci_lo"] == pytest.approx(0.5 - stats.Z95 * 0.05) and np.isnan(t.loc[1, "ci_hi"])

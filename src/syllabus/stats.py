@@ -220,6 +220,11 @@ def reliability(gains: Sequence[float], ses: Sequence[float]) -> float:
     return float(1.0 - np.mean(se[ok] ** 2) / np.var(g[ok], ddof=1))
 
 
+def with_normal_ci(table: pd.DataFrame, value: str = "value", se: str = "stderr") -> pd.DataFrame:
+    """``table`` with ``ci_lo``/``ci_hi``: the normal 95% interval value +- 1.96 SE (NaN where no SE)."""
+    return table.assign(ci_lo=table[value] - Z95 * table[se], ci_hi=table[value] + Z95 * table[se])
+
+
 def needed_problems(effect: float, sd_diff: float, power_z: float = 0.8416) -> int:
     """Problems a paired comparison needs to show ``effect`` at 95% (two-sided) with 80% power,
     given the SD of the per-problem differences."""
