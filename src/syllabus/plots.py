@@ -177,16 +177,16 @@ def trajectories(scores: pd.DataFrame, *, x="phase", y="dmc", hue="dataset", col
 
 
 def benchmark_bars(tidy: pd.DataFrame, *, value="value", model="model", task="task", err="stderr"):
-    """Stage 6: one bar per model and task, with its standard error and its value written beside it
-    (so that a score of 0 reads as 0, not as a missing bar)."""
+    """Stage 6: one bar per model and task, with its 95% interval (1.96 standard errors) and its value
+    written beside it (so that a score of 0 reads as 0, not as a missing bar)."""
     wide = tidy.pivot_table(index=model, columns=task, values=value, aggfunc="first")
-    errs = tidy.pivot_table(index=model, columns=task, values=err, aggfunc="first").reindex_like(wide)
+    errs = 1.959963984540054 * tidy.pivot_table(index=model, columns=task, values=err, aggfunc="first").reindex_like(wide)
     fig, ax = plt.subplots(figsize=(7.5, max(3, 0.45 * wide.size / max(1, wide.shape[1]) * max(1, wide.shape[1] / 2) + 1.5)))
     wide.plot.barh(ax=ax, xerr=errs.fillna(0), capsize=2, color=sns.color_palette(PALETTE, wide.shape[1]))
     for bars in ax.containers:
         if hasattr(bars, "patches"):
             ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=3)
-    ax.set_xlabel("score (fraction; whiskers show the standard error)")
+    ax.set_xlabel("score (fraction; whiskers: 95% CI, 1.96 standard errors)")
     ax.set_ylabel("")
     ax.set_xlim(0, max(0.05, float(np.nanmax(wide.to_numpy() + errs.fillna(0).to_numpy())) * 1.25))
     ax.legend(title="task", fontsize=8)
