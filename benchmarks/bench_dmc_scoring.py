@@ -1,19 +1,24 @@
 """DMC scoring throughput: the batched scorer against the naive one-example-at-a-time loop.
 
-Same student, same (prompt, target) pairs, side by side. Two workloads:
+Same student, same (prompt, target) pairs, side by side; each batched setting runs twice, with the
+traces of one problem sharing one forward pass over its prompt (``share_prompts``, the default path)
+and without (every pair in full, the path before prompt sharing). Three workloads:
 
 - ``lab`` (default): what stage 3 scores in the default ``tiny`` profile - the profile's first lab
   student (its architecture and word-level tokenizer, built by the project's own code) and traces
   written by the four lab teachers for lab problems, several per problem, as in the candidates;
-- ``gsm8k``: a larger case - a small Llama with a BPE tokenizer trained on GSM8K text, scoring GSM8K
-  train questions and their reference solutions.
+- ``gsm8k``: a larger case - a small Llama with a BPE tokenizer trained on GSM8K text, scoring the
+  GSM8K test problems with five traces each, as the smol profile's candidates: the reference
+  solution and the four GPT-3 solutions of ``gsm8k/example_model_solutions.jsonl``;
+- ``gsm8k-train``: the same model on GSM8K train questions with one trace each (their reference
+  solutions), so no prompt is shared.
 
 Weights are random (throughput and agreement do not depend on training). Prints examples/s and
 target tokens/s of both paths (each scores every pair with and without its prompt, for IFD), their
 ratio (target >= 3x), the largest absolute difference of any score (target <= 1e-5), and the cost
 of re-scoring through the cache.
 
-    PYTHONPATH=src python benchmarks/bench_dmc_scoring.py [--workload lab|gsm8k] [--pairs 512] [--threads 2]
+    PYTHONPATH=src python benchmarks/bench_dmc_scoring.py [--workload lab|gsm8k|gsm8k-train] [--pairs 512] [--threads 2]
 
 Wall times on a shared machine are noisy; the CPU time of the process (best of ``--repeats``) is
 the steadier figure with one thread.
@@ -41,8 +46,11 @@ ROOT = Path(__file__).resolve().parents[1]
 NUMERIC = ["nll", "entropy", "nll_unconditional", "ifd"]
 
 
-def gsm8k_rows(data_dir: Path, n: int) -> list[dict]:
-    path = data_dir / "gsm8k" / "train.jsonl"
+GPT3_SOLUTIONS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
+
+
+def gsm8k_rows(data_dir: Path, n: int, file: str = "train.jsonl") -> list[dict]:
+    path = data_dir / "gsm8k" / file
     if not path.is_file():
         raise SystemExit(f"{path} not found; pass --data-dir or set SYLLABUS_DATA_DIR to the folder holding gsm8k/")
     with open(path, encoding="utf-8") as fh:
@@ -92,7 +100,12 @@ def gsm8k_workload(args):
     rows = gsm8k_rows(args.data_dir, 2000)
     tok = bpe_tokenizer([r["question"] + "\n" + r["answer"] for r in rows], args.vocab)
     model = student(tok, args.hidden, args.layers)
-    pairs = [(question_prompt(r["question"]), target_text(r["answer"])) for r in rows[: args.pairs]]
+    if args.workload == "gsm8k-train":
+        pairs = [(question_prompt(r["question"]), target_text(r["answer"])) for r in rows[: args.pairs]]
+    else:
+        solved = gsm8k_rows(args.data_dir, -(-args.pairs // 5), "example_model_solutions.jsonl")
+        pairs = [(question_prompt(r["question"]), target_text(text)) for r in solved
+                 for text in [r["ground_truth"]] + [r[k]["solution"] for k in GPT3_SOLUTIONS]][: args.pairs]
     return model, tok, pairs, f"Llama (hidden {args.hidden}, {args.layers} layers) with a GSM8K BPE tokenizer"
 
 
@@ -108,7 +121,7 @@ def timed(fn, repeats: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workload", choices=["lab", "gsm8k"], default="lab")
+    ap.add_argument("--workload", choices=["lab", "gsm8k", "gsm8k-train"], default="lab")
     ap.add_argument("--profile", default="tiny", help="lab workload: the profile whose student is used")
     ap.add_argument("--pairs", type=int, default=512)
     ap.add_argument("--batched", nargs="+", default=["16", "64/2048", "64/1024"],
@@ -135,10 +148,11 @@ def main() -> None:
     runs = []
     for setting in args.batched:
         rows_, _, tokens = setting.partition("/")
-        kw = {"batch_size": int(rows_), "max_batch_tokens": int(tokens) if tokens else None}
-        fast, wall, cpu = timed(lambda: score_pairs(model, tok, pairs, **kw), args.repeats)
-        diff = float((fast[NUMERIC] - naive[NUMERIC]).abs().to_numpy().max())
-        runs.append((f"batched {setting}", wall, cpu, diff))
+        for share in (False, True):
+            kw = {"batch_size": int(rows_), "max_batch_tokens": int(tokens) if tokens else None, "share_prompts": share}
+            fast, wall, cpu = timed(lambda: score_pairs(model, tok, pairs, **kw), args.repeats)
+            diff = float((fast[NUMERIC] - naive[NUMERIC]).abs().to_numpy().max())
+            runs.append((f"{'shared' if share else 'batched'} {setting}", wall, cpu, diff))
     with tempfile.TemporaryDirectory() as cache:
         cached_scores(model, tok, pairs, cache_dir=cache)
         again, cached_wall, cached_cpu = timed(lambda: cached_scores(model, tok, pairs, cache_dir=cache), 1)
@@ -146,7 +160,8 @@ def main() -> None:
     n_target = int(naive["n_tokens"].sum())
     print(f"student: {what}, {n_params / 1e6:.2f}M params, vocab {len(tok)}, "
           f"{torch.get_num_threads()} thread(s), cpu; best of {args.repeats} runs per path")
-    print(f"data: {len(pairs)} {args.workload} pairs; prompt tokens mean {naive['n_prompt_tokens'].mean():.0f} "
+    n_prompts = len({p for p, _ in pairs})
+    print(f"data: {len(pairs)} {args.workload} pairs, {n_prompts} distinct prompts; prompt tokens mean {naive['n_prompt_tokens'].mean():.0f} "
           f"(min {naive['n_prompt_tokens'].min()}, max {naive['n_prompt_tokens'].max()}); target tokens mean "
           f"{naive['n_tokens'].mean():.0f} (min {naive['n_tokens'].min()}, max {naive['n_tokens'].max()}); "
           "every pair scored with and without its prompt")
@@ -156,7 +171,8 @@ def main() -> None:
                                   ("cached re-score", cached_wall, cached_cpu, float("nan"))]:
         print(f"{name:<26}{wall:>8.2f}{cpu:>8.2f}{len(pairs) / wall:>12.1f}{n_target / wall:>14.0f}"
               f"{naive_wall / wall:>16.2f}{naive_cpu / cpu:>15.2f}{diff:>12.1e}")
-    print("targets: batched >= 3x the naive loop; max |diff| of nll, entropy, nll_unconditional, ifd <= 1e-5")
+    print("batched: every pair in full; shared: the traces of a prompt share its forward pass (the default)")
+    print("targets: shared >= 3x the naive loop; max |diff| of nll, entropy, nll_unconditional, ifd <= 1e-5")
     print(f"cached re-score: {again.attrs['n_scored']} pairs scored, {again.attrs['n_cached']} served from the cache")
 
 if __name__ == "__main__":

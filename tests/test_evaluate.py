@@ -181,6 +181,39 @@ def test_lab_task_scores_through_the_verifier_and_resumes(tmp_path, sevens_model
                                          "n": 6, "truncation_rate": 1.0}]
 
 
+def test_all_tasks_of_a_model_run_in_one_lm_eval_call(tmp_path, sevens_model, monkeypatch):
+    import lm_eval
+
+    golds = ["7", "8", "7", "70"]
+    problems = [Problem(id=f"lab-{i}", task="lab", source="lab", text=f"he has {g} apples ?", answer=g)
+                for i, g in enumerate(golds)]
+    lab_file = evaluate.write_problems_jsonl(problems, tmp_path / "lab.jsonl")
+    calls = []
+    real = lm_eval.simple_evaluate
+    monkeypatch.setattr(lm_eval, "simple_evaluate", lambda *a, **kw: calls.append(kw["tasks"]) or real(*a, **kw))
+    kw = dict(data_dir=None, limit=None, max_gen_toks=3, batch_size=4, apply_chat_template=False,
+              output_dir=tmp_path / "out", seed=0, lab_file=lab_file, model_name="sevens")
+    both = evaluate.run_lm_eval(sevens_model, ["syllabus_lab", "syllabus_heldout"], **kw)
+    assert calls == [["syllabus_lab", "syllabus_heldout"]]  # one evaluation, the model loaded once
+    for task in ("syllabus_lab", "syllabus_heldout"):
+        res = both.tasks[task]
+        assert res.metrics == {"exact_match": 0.5} and res.n == 4
+        assert set(json.load(open(res.results_file))["results"]) == {task}  # each task's files hold that task only
+        assert Path(res.results_file).is_relative_to(tmp_path / "out" / task / "lm_eval")
+    alone = evaluate.run_lm_eval(sevens_model, ["syllabus_lab"], **{**kw, "output_dir": tmp_path / "alone"})
+    assert _responses(alone.tasks["syllabus_lab"].samples_file) == _responses(both.tasks["syllabus_lab"].samples_file)
+    calls.clear()
+    evaluate.run_lm_eval(sevens_model, ["syllabus_lab", "syllabus_heldout"], **kw)
+    assert calls == []  # both complete: read back
+
+
+def test_task_index_reads_lm_evals_own_tasks_only_when_asked():
+    meta = {"chat_prompt": False}
+    own = evaluate.task_manager(meta, ["syllabus_lab"])
+    assert own is evaluate.task_manager(dict(meta), ["syllabus_gsm8k", "syllabus_lab"])  # built once
+    assert set(own.all_tasks) == set(evaluate.SYLLABUS_TASKS)
+
+
 @pytest.mark.slow
 def test_project_path_and_lm_eval_command_line_agree(tmp_path, random_model, data_dir):
     result = evaluate.run_lm_eval(random_model, ["syllabus_gsm8k"], data_dir=data_dir, limit=5, max_gen_toks=12,

@@ -164,6 +164,30 @@ def test_generate_cuts_stop_strings_and_flags_truncation(trained):
     assert short.truncated and short.n_tokens == 3
 
 
+class StatelessStops:
+    """The stop check before it kept state: decodes every row's tail at every step."""
+
+    def __init__(self, tokenizer, stops, prompt_len):
+        self.tokenizer, self.stops, self.prompt_len = tokenizer, stops, prompt_len
+
+    def __call__(self, input_ids, scores=None, **kwargs):
+        return torch.tensor([any(s in self.tokenizer.decode(row[self.prompt_len:][-12:].tolist(), skip_special_tokens=True)
+                                 for s in self.stops) for row in input_ids])
+
+
+def test_stop_check_skips_finished_rows_without_changing_any_output(trained, monkeypatch):
+    model, tok = trained
+    prompts = [question_prompt(q) for q in ["Tom has 3 apples. Tom buys 4 more. How many apples does Tom have now?",
+                                            "Ana has 12 apples.", "Lee has 7 apples. Lee buys 20 more. How many?",
+                                            "Bo has 5 apples. Bo buys 1 more. How many apples does Bo have now?"]]
+    for stop in ((" apples",), ("####",), ("\nQuestion:",)):
+        now = models.generate(model, tok, prompts, max_new_tokens=24, batch_size=4, stop=stop)
+        with monkeypatch.context() as m:
+            m.setattr(models, "_StopOnStrings", lambda t, s, n, eos=None: StatelessStops(t, s, n))
+            before = models.generate(model, tok, prompts, max_new_tokens=24, batch_size=4, stop=stop)
+        assert now == before
+
+
 def test_generate_sampling_is_seeded(trained):
     model, tok = trained
     prompts = [question_prompt("Lee has 7 apples."), question_prompt("Ana has 1 apples. Ana buys 2 more.")]

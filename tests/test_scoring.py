@@ -201,3 +201,54 @@ def test_damaged_cache_file_is_named(model, tok, tmp_path):
     part.write_bytes(b"not parquet")
     with pytest.raises(ValueError, match="delete the file"):
         cached_scores(model, tok, make_pairs(2), cache_dir=tmp_path)
+
+
+# --------------------------------------------------------------------------- prompt sharing
+def shared_prompt_pairs() -> list[tuple[str, str]]:
+    """Several traces per prompt, of very different lengths, in mixed order (as candidate datasets are)."""
+    prompts = [SENTENCES[0], SENTENCES[2][:30], SENTENCES[4], SENTENCES[6][:9]]
+    return [(prompts[(i * 5) % 4], " " + " ".join(SENTENCES[(i * 3 + 1) % 8] for _ in range(1 + i % 3))[: 8 + 11 * (i % 9)])
+            for i in range(22)] + [(prompts[1], " 7")]
+
+
+@pytest.mark.parametrize("batch_size, max_batch_tokens", [(1, None), (3, None), (64, None), (64, 60), (8, 25)])
+def test_shared_prompts_match_one_at_a_time(model, tok, batch_size, max_batch_tokens):
+    pairs = shared_prompt_pairs()
+    shared = score_pairs(model, tok, pairs, batch_size=batch_size, max_batch_tokens=max_batch_tokens)
+    plain = score_pairs(model, tok, pairs, batch_size=batch_size, max_batch_tokens=max_batch_tokens, share_prompts=False)
+    slow = score_pairs_naive(model, tok, pairs)
+    np.testing.assert_allclose(shared[NUMERIC].to_numpy(), slow[NUMERIC].to_numpy(), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(shared[NUMERIC].to_numpy(), plain[NUMERIC].to_numpy(), atol=1e-5, rtol=0)
+    assert shared[["n_prompt_tokens", "n_tokens", "truncated"]].equals(slow[["n_prompt_tokens", "n_tokens", "truncated"]])
+
+
+def test_each_distinct_prompt_runs_once_per_window(tok):
+    cond, _, _ = scoring.encode_pairs(tok, shared_prompt_pairs())
+    windows = scoring._prompt_windows(cond, batch_size=2, max_batch_tokens=None)
+    assert sorted(i for w in windows for i in w) == list(range(len(cond)))
+    contexts = [{tuple(cond[i][0]) for i in w} for w in windows]
+    assert all(len(c) <= 2 for c in contexts)  # at most batch_size distinct prompts per window
+    assert sum(len(c) for c in contexts) == len({tuple(c) for c, _ in cond})  # each prompt in one window only
+    widths = [max(len(c) for c in cs) for cs in contexts]
+    assert widths == sorted(widths, reverse=True)  # longest prompts first
+    capped = scoring._prompt_windows(cond, batch_size=64, max_batch_tokens=20)
+    assert all(len(cs) == 1 or len(cs) * max(map(len, cs)) <= 20
+               for cs in ({tuple(cond[i][0]) for i in w} for w in capped))
+
+
+def test_shared_prompts_on_a_full_logits_model_and_a_soft_capped_one(tok):
+    from transformers import Gemma2Config, Gemma2ForCausalLM, GraniteConfig, GraniteForCausalLM
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id)
+    granite = GraniteForCausalLM(GraniteConfig(logits_scaling=4.0, **common)).eval()
+    gemma = Gemma2ForCausalLM(Gemma2Config(head_dim=8, final_logit_softcapping=0.5, **common)).eval()
+    pairs = shared_prompt_pairs()
+    for m in (granite, gemma):
+        cond, _, _ = scoring.encode_pairs(tok, pairs)
+        assert scoring._sharing_works(m, cond[0], tok.pad_token_id)
+        np.testing.assert_allclose(score_pairs(m, tok, pairs, batch_size=4)[NUMERIC].to_numpy(),
+                                   score_pairs_naive(m, tok, pairs)[NUMERIC].to_numpy(), atol=1e-5)
+

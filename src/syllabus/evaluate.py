@@ -1,14 +1,17 @@
 """Stage 6: benchmark a model with lm-evaluation-harness, offline, and tidy the results.
 
-``run_lm_eval`` calls ``lm_eval.simple_evaluate(model="hf", ...)`` once per task on the task YAMLs
-shipped in ``syllabus/tasks`` (``syllabus_gsm8k``, ``syllabus_math500``, ``syllabus_humaneval``,
+``run_lm_eval`` calls ``lm_eval.simple_evaluate(model="hf", ...)`` once per model, on all its tasks
+that are not complete yet (the model is loaded once), on the task YAMLs shipped in
+``syllabus/tasks`` (``syllabus_gsm8k``, ``syllabus_math500``, ``syllabus_humaneval``,
 ``syllabus_lab``) or on lm-eval's own ``gsm8k`` / ``minerva_math500`` pointed at the local data
-files. Per task it keeps lm-eval's own files (results JSON, samples JSONL, as the command line
-writes them) plus ``provenance.json`` (model hash, task config, limit, versions, truncation rate).
-A task whose provenance matches is not run again, so an interrupted benchmark resumes.
+files. lm-eval's own task index (thousands of YAMLs, seconds to build) is read only when one of its
+tasks is asked for, and each task index is built once per process. Per task it keeps lm-eval's own
+files (results JSON, samples JSONL, as the command line writes them, each holding that task only)
+plus ``provenance.json`` (model hash, task config, limit, versions, truncation rate). A task whose
+provenance matches is not run again, so an interrupted benchmark resumes.
 
-Code tasks run with ``confirm_run_unsafe_code=True`` and ``HF_ALLOW_CODE_EVAL=1`` set only for that
-task's call; both are off again afterwards.
+When a code task is among them, the call runs with ``confirm_run_unsafe_code=True`` and
+``HF_ALLOW_CODE_EVAL=1`` set only for that call; both are off again afterwards.
 
 Layout of ``output_dir`` (one model)::
 
@@ -20,6 +23,8 @@ Layout of ``output_dir`` (one model)::
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import json
 import os
 import shutil
@@ -129,6 +134,26 @@ def builtin_local_task(task: str, data_dir: str | os.PathLike) -> dict[str, Any]
     return {"group": f"{task}_localfile", "task": [spec], "metadata": {"version": 1.0}}
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_task_manager(metadata_json: str, include_defaults: bool):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults,
+                       metadata=json.loads(metadata_json))
+
+
+def task_manager(metadata: dict[str, Any], tasks: Sequence[str]):
+    """lm-eval's task index for ``tasks``: the shipped syllabus tasks only, plus lm-eval's own tasks
+    when one of them is asked for; built once per (metadata, kind) in a process."""
+    return _cached_task_manager(json.dumps(metadata, sort_keys=True),
+                                any(t not in SYLLABUS_TASKS for t in tasks))
+
+
+def _task_names(task: str) -> set[str]:
+    """The names lm-eval reports a task under: the task, plus its group wrapper for a local built-in."""
+    return {task, f"{task}_localfile"} if task in BUILTIN_LOCAL_TASKS else {task}
+
+
 def _task_spec(task: str, data_dir: Path | None) -> str | dict[str, Any]:
     if task in SYLLABUS_TASKS:
         return task
@@ -225,9 +250,10 @@ def run_lm_eval(
     code_timeout_s: float | None = None,
     code_memory_mb: int | None = None,
 ) -> EvalResult:
-    """Benchmark the HF model in ``model_dir`` on ``tasks`` with ``lm_eval.simple_evaluate``, one call per task.
+    """Benchmark the HF model in ``model_dir`` on ``tasks`` with one ``lm_eval.simple_evaluate`` call.
 
-    Completed tasks (provenance with the same key) are read back instead of re-run.
+    Completed tasks (provenance with the same key) are read back instead of re-run; the others run
+    together, the model loaded once.
     """
     from transformers import AutoTokenizer
 
@@ -253,6 +279,7 @@ def run_lm_eval(
     model_hash = hash_path(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     out = EvalResult(model=name, model_dir=str(model_dir), output_dir=str(output_dir))
+    pending: dict[str, tuple[Any, dict[str, Any], str]] = {}  # task -> (spec, inputs, key)
     for task in tasks:
         spec = _task_spec(task, data_dir)
         inputs = {
@@ -263,56 +290,72 @@ def run_lm_eval(
             "versions": package_versions(("lm_eval", "transformers", "torch", "datasets", "math-verify")),
         }
         key = hash_obj(inputs)
-        task_dir = output_dir / task
-        prov_path = task_dir / PROVENANCE
+        prov_path = output_dir / task / PROVENANCE
         if not (prov_path.is_file() and read_json(prov_path).get("key") == key):
-            _run_task(model_dir, spec, task, task_dir, inputs, key, tokenizer,
-                      limit=limit, max_gen_toks=max_gen_toks, batch_size=batch_size,
-                      apply_chat_template=apply_chat_template, device=device, dtype=dtype, seed=seed)
-        out.tasks[task] = read_task_result(task_dir, task)
+            pending[task] = (spec, inputs, key)
+    if pending:
+        _run_tasks(model_dir, pending, output_dir, metadata, tokenizer, limit=limit, max_gen_toks=max_gen_toks,
+                   batch_size=batch_size, apply_chat_template=apply_chat_template, device=device, dtype=dtype,
+                   seed=seed)
+    for task in tasks:
+        out.tasks[task] = read_task_result(output_dir / task, task)
     atomic_write_json(output_dir / "eval_result.json", asdict(out))
     return out
 
 
-def _run_task(model_dir, spec, task, task_dir, inputs, key, tokenizer, *, limit, max_gen_toks, batch_size,
-              apply_chat_template, device, dtype, seed) -> None:
+def _only_tasks(results: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """lm-eval's results dict restricted to the tasks (and groups) in ``names``."""
+    per_task = ("results", "groups", "group_subtasks", "configs", "versions", "n-shot", "higher_is_better", "n-samples")
+    return {k: ({n: v for n, v in value.items() if n in names} if k in per_task and isinstance(value, dict) else value)
+            for k, value in results.items()}
+
+
+def _run_tasks(model_dir, pending, output_dir, metadata, tokenizer, *, limit, max_gen_toks, batch_size,
+               apply_chat_template, device, dtype, seed) -> None:
+    """One ``simple_evaluate`` over all ``pending`` tasks (task -> (spec, inputs, key)); then each task's
+    own results and samples files, and last its provenance, into ``output_dir/<task>/``."""
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
-    from lm_eval.tasks import TaskManager
     from lm_eval.utils import sanitize_model_name
 
-    unsafe = is_unsafe(task)
-    task_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".lm_eval-", suffix=".tmp", dir=task_dir))
-    try:
-        tracker = EvaluationTracker(output_path=str(staging))
-        with code_eval_allowed(unsafe):
-            results = lm_eval.simple_evaluate(
-                model="hf", model_args={"pretrained": str(model_dir), "dtype": dtype}, tasks=[spec],
-                task_manager=TaskManager(include_path=str(TASKS_DIR), metadata=inputs["metadata"]),
-                device=device, limit=limit, batch_size=batch_size, gen_kwargs={"max_gen_toks": max_gen_toks},
-                apply_chat_template=apply_chat_template, log_samples=True, evaluation_tracker=tracker,
-                random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                confirm_run_unsafe_code=unsafe,
-            )
-        samples = results.pop("samples")
-        # lm-eval names its folder after the model path, i.e. the machine's absolute path: use the folder's name
-        tracker.general_config_tracker.model_name_sanitized = sanitize_model_name(Path(model_dir).name)
-        tracker.save_results_aggregated(results=results, samples=samples)
-        for name in results["configs"]:
-            tracker.save_results_samples(task_name=name, samples=samples[name])
-        result = read_task_result(staging, task, tokenizer)  # checks that lm-eval wrote its files
-        final = task_dir / "lm_eval"
-        if final.exists():
-            shutil.rmtree(final)
-        publish_mode(staging)
-        os.replace(staging, final)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    provenance = {"key": key, **inputs, "truncation_rate": result.truncation_rate,
-                  "n": result.n, "metrics": result.metrics}
-    atomic_write_json(task_dir / PROVENANCE, provenance)
+    unsafe = any(is_unsafe(task) for task in pending)
+    tracker = EvaluationTracker()
+    with code_eval_allowed(unsafe):
+        results = lm_eval.simple_evaluate(
+            model="hf", model_args={"pretrained": str(model_dir), "dtype": dtype},
+            tasks=[spec for spec, _, _ in pending.values()], task_manager=task_manager(metadata, list(pending)),
+            device=device, limit=limit, batch_size=batch_size, gen_kwargs={"max_gen_toks": max_gen_toks},
+            apply_chat_template=apply_chat_template, log_samples=True, evaluation_tracker=tracker,
+            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+            confirm_run_unsafe_code=unsafe,
+        )
+    samples = results.pop("samples")
+    for task, (_, inputs, key) in pending.items():
+        names = _task_names(task)
+        task_dir = output_dir / task
+        task_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".lm_eval-", suffix=".tmp", dir=task_dir))
+        try:
+            task_tracker = EvaluationTracker(output_path=str(staging))
+            task_tracker.general_config_tracker = copy.deepcopy(tracker.general_config_tracker)
+            # lm-eval names its folder after the model path, i.e. the machine's absolute path: use the folder's name
+            task_tracker.general_config_tracker.model_name_sanitized = sanitize_model_name(Path(model_dir).name)
+            task_samples = {n: v for n, v in samples.items() if n in names}
+            task_tracker.save_results_aggregated(results=_only_tasks(results, names), samples=task_samples)
+            for n, rows in task_samples.items():
+                task_tracker.save_results_samples(task_name=n, samples=rows)
+            result = read_task_result(staging, task, tokenizer)  # checks that lm-eval wrote its files
+            final = task_dir / "lm_eval"
+            if final.exists():
+                shutil.rmtree(final)
+            publish_mode(staging)
+            os.replace(staging, final)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+        provenance = {"key": key, **inputs, "truncation_rate": result.truncation_rate,
+                      "n": result.n, "metrics": result.metrics}
+        atomic_write_json(task_dir / PROVENANCE, provenance)
 
 
 def load_eval_result(output_dir: str | os.PathLike) -> EvalResult:

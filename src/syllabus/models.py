@@ -393,21 +393,25 @@ def _stable_seed(*parts: Any) -> int:
 
 
 class _StopOnStrings:
-    """Stops each row once its new tokens contain a stop string (checks only the tail)."""
+    """Stops each row once its new tokens contain a stop string (checks only the tail, and only of rows
+    still running: a row that stopped, or wrote ``eos_id``, is never decoded again)."""
 
-    def __init__(self, tokenizer, stops: Sequence[str], prompt_len: int):
-        self.tokenizer, self.stops, self.prompt_len = tokenizer, [s for s in stops if s], prompt_len
+    def __init__(self, tokenizer, stops: Sequence[str], prompt_len: int, eos_id: int | None = None):
+        self.tokenizer, self.stops, self.prompt_len, self.eos_id = tokenizer, [s for s in stops if s], prompt_len, eos_id
         self.tail = max((len(s) for s in self.stops), default=0) + 2
+        self.done: torch.BoolTensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if self.done is None or self.done.shape[0] != input_ids.shape[0]:
+            self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         if not self.stops:
-            return done
-        for row in range(input_ids.shape[0]):
-            new = input_ids[row, self.prompt_len:][-self.tail:].tolist()
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            done[row] = any(s in text for s in self.stops)
-        return done
+            return self.done.clone()
+        ended = self.done | (input_ids[:, -1] == self.eos_id) if self.eos_id is not None else self.done
+        tails = input_ids[:, self.prompt_len:][:, -self.tail:].tolist()
+        for row in (~ended).nonzero()[:, 0].tolist():
+            text = self.tokenizer.decode(tails[row], skip_special_tokens=True)
+            self.done[row] = any(s in text for s in self.stops)
+        return self.done.clone()
 
 
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
@@ -450,7 +454,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(_stable_seed(seed, b))
             out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                                 stopping_criteria=StoppingCriteriaList([_StopOnStrings(tokenizer, stop, width)]))
+                                 stopping_criteria=StoppingCriteriaList([_StopOnStrings(tokenizer, stop, width, eos_id)]))
         new_tokens = out[:, width:].tolist()
         for k, ids in enumerate(new_tokens):
             gen = _finish(tokenizer, ids, stop, max_new_tokens, {eos_id, pad_id})

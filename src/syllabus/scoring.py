@@ -9,7 +9,10 @@ For each pair the student reads the prompt and is scored on the target tokens on
 
 ``score_pairs`` is the fast path: pairs are sorted by length, right-padded into batches with attention
 masks and run under ``torch.inference_mode``; the LM head is applied to the target positions only,
-in chunks, so a large vocabulary never materialises a (batch x length x vocab) tensor.
+in chunks, so a large vocabulary never materialises a (batch x length x vocab) tensor. Pairs that
+share a prompt (the traces of one problem; in the IFD pass every target shares the start token)
+share one forward pass over it: the prompt runs once, its KV cache is repeated for each of its
+targets, and the targets run on top of it (``share_prompts=True``, the default).
 ``score_pairs_naive`` scores one example at a time from the model's full logits: it is the baseline
 of ``benchmarks/bench_dmc_scoring.py`` and the reference the fast path must match to 1e-5.
 ``cached_scores`` keeps scores on disk per (model fingerprint, settings), one row per pair, so
@@ -24,10 +27,11 @@ least half of ``max_length``), the prompt keeps its last; such rows are marked `
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,7 +39,7 @@ import torch
 
 from .runs import atomic_write_bytes, hash_obj
 
-SCORER_VERSION = 1
+SCORER_VERSION = 2  # 2: prompts shared through a KV cache (equal to version 1 to 1e-5)
 SCORE_COLUMNS = ["n_prompt_tokens", "n_tokens", "nll", "entropy", "nll_unconditional", "ifd", "truncated"]
 HEAD_CHUNK_ELEMENTS = 1 << 24  # logits computed at once: positions x vocab (64 MiB in float32)
 
@@ -246,10 +250,12 @@ def _score_sequences(model, seqs: list[Encoded], batch_size: int, max_batch_toke
 
 def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16,
                 max_batch_tokens: int | None = None, max_length: int | None = None, unconditional: bool = True,
-                progress: bool = False) -> pd.DataFrame:
+                progress: bool = False, share_prompts: bool = True) -> pd.DataFrame:
     """Scores of each (prompt, target) pair, in input order: see ``SCORE_COLUMNS`` and the module doc.
 
     A batch holds at most ``batch_size`` rows and, when set, ``max_batch_tokens`` padded tokens.
+    ``share_prompts`` runs each distinct prompt once for all its targets (a KV cache); False scores
+    every pair in full (the previous path; equal to 1e-5).
     """
     if batch_size < 1:
         raise ValueError(f"scoring: batch_size must be >= 1, got {batch_size}")
@@ -261,12 +267,144 @@ def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_siz
     model.eval()
     try:
         with torch.inference_mode():
-            nll, ent = _score_sequences(model, conditional, batch_size, max_batch_tokens, pad_id, progress)
-            nll_unc = (_score_sequences(model, uncond, batch_size, max_batch_tokens, pad_id, progress, entropy=False)[0]
+            score = _score_shared if share_prompts and _sharing_works(model, conditional[0], pad_id) else _score_sequences
+            nll, ent = score(model, conditional, batch_size, max_batch_tokens, pad_id, progress)
+            nll_unc = (score(model, uncond, batch_size, max_batch_tokens, pad_id, progress, entropy=False)[0]
                        if unconditional else np.full(len(conditional), np.nan))
     finally:
         model.train(was_training)
     return _frame(conditional, truncated, nll, ent, nll_unc)
+
+
+# --------------------------------------------------------------------------- prompt sharing
+def _prompt_windows(seqs: list[Encoded], batch_size: int, max_batch_tokens: int | None) -> list[list[int]]:
+    """Row indices per window: the rows of a set of distinct contexts that run as one batch (longest
+    context first; at most ``batch_size`` contexts and, when set, ``max_batch_tokens`` padded tokens)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, _) in enumerate(seqs):
+        groups.setdefault(tuple(ctx), []).append(i)
+    contexts = sorted(groups, key=lambda c: (-len(c), groups[c][0]))
+    windows: list[list[tuple[int, ...]]] = []
+    for ctx in contexts:
+        if windows:
+            n, width = len(windows[-1]) + 1, len(windows[-1][0])
+            if n <= batch_size and (max_batch_tokens is None or n * width <= max_batch_tokens):
+                windows[-1].append(ctx)
+                continue
+        windows.append([ctx])
+    return [[i for ctx in window for i in groups[ctx]] for window in windows]
+
+
+def _forward(model, fast: bool, cache=None, **inputs):
+    """(hidden states if ``fast`` else logits, the KV cache) of one forward pass, with ``cache`` as past
+    (transformers 5 renamed ``past_key_values`` to ``cache``; the decoder's signature says which)."""
+    decoder = model.get_decoder()
+    if cache is not None:
+        name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        inputs[name] = cache
+    out = decoder(**inputs) if fast else model(**inputs)
+    new_cache = out["cache"] if "cache" in out else out["past_key_values"]
+    return (out.last_hidden_state if fast else out.logits), new_cache
+
+
+def _select_cache(cache, index: torch.Tensor):
+    """A new ``DynamicCache`` holding batch rows ``index`` of ``cache`` (rows may repeat)."""
+    from transformers import DynamicCache
+
+    return DynamicCache([(keys.index_select(0, index), values.index_select(0, index), *rest)
+                         for keys, values, *rest in cache])
+
+
+def _window_outputs(model, fast: bool, window: list[int], seqs: list[Encoded], batch_size: int,
+                    max_batch_tokens: int | None, pad_id: int) -> Iterator[tuple[torch.Tensor, list[int]]]:
+    """Per target batch of a window: the hidden state (or logits) before each target token, (rows x
+    width x d), and the row indices. The window's distinct contexts run once (right-padded, with a KV
+    cache); its rows, longest target first, run in batches on top of their context's cache, at their
+    own positions."""
+    device = _device(model)
+    contexts: dict[tuple[int, ...], int] = {}
+    for i in window:
+        contexts.setdefault(tuple(seqs[i][0]), len(contexts))
+    ctx_width = max(len(c) for c in contexts)
+    ctx_ids = torch.full((len(contexts), ctx_width), pad_id, dtype=torch.long)
+    ctx_mask = torch.zeros((len(contexts), ctx_width), dtype=torch.long)
+    for ctx, u in contexts.items():
+        ctx_ids[u, :len(ctx)] = torch.tensor(ctx)
+        ctx_mask[u, :len(ctx)] = 1
+    ctx_mask = ctx_mask.to(device)
+    ctx_out, cache = _forward(model, fast, input_ids=ctx_ids.to(device), attention_mask=ctx_mask, use_cache=True)
+    ctx_len = torch.tensor([len(c) for c in contexts], device=device)
+    last = ctx_out[torch.arange(len(contexts), device=device), ctx_len - 1]  # before each first target token
+    rows = sorted(window, key=lambda i: (-len(seqs[i][1]), i))
+    start = 0
+    while start < len(rows):
+        width = len(seqs[rows[start]][1]) - 1  # the targets run without their last token (nothing follows it)
+        n = min(batch_size, len(rows) - start)
+        if max_batch_tokens is not None:
+            n = max(1, min(n, max_batch_tokens // max(1, width)))
+        batch, start = rows[start:start + n], start + n
+        owner = torch.tensor([contexts[tuple(seqs[i][0])] for i in batch], device=device)
+        first = last[owner][:, None]
+        if width == 0:
+            yield first, batch
+            continue
+        tgt_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        tgt_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for r, i in enumerate(batch):
+            tgt = seqs[i][1][:-1]
+            tgt_ids[r, :len(tgt)] = torch.tensor(tgt, dtype=torch.long)
+            tgt_mask[r, :len(tgt)] = 1
+        mask = torch.cat([ctx_mask[owner], tgt_mask.to(device)], dim=1)
+        positions = ctx_len[owner][:, None] + torch.arange(width, device=device)[None]
+        out, _ = _forward(model, fast, _select_cache(cache, owner), input_ids=tgt_ids.to(device),
+                          attention_mask=mask, position_ids=positions, use_cache=True)
+        yield torch.cat([first, out], dim=1), batch
+
+
+def _score_shared(model, seqs: list[Encoded], batch_size: int, max_batch_tokens: int | None, pad_id: int,
+                  progress: bool = False, entropy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """As ``_score_sequences``, each distinct context run once for all its targets (``_window_outputs``)."""
+    device = _device(model)
+    fast = _head_reproduces_logits(model, seqs[0][0] + seqs[0][1])
+    head = _head(model) if fast else (lambda x: x)
+    vocab = model.get_output_embeddings().weight.shape[0] if fast else 0
+    chunk = max(1, HEAD_CHUNK_ELEMENTS // max(vocab, 1))
+    stats = _token_stats if entropy else _nll_only
+    nll_sum, ent_sum = np.zeros(len(seqs)), np.zeros(len(seqs))
+    windows = _prompt_windows(seqs, batch_size, max_batch_tokens)
+    if progress:
+        from tqdm.auto import tqdm
+        windows = tqdm(windows, desc="scoring", unit="batch")
+    for window in windows:
+        for out, rows in _window_outputs(model, fast, window, seqs, batch_size, max_batch_tokens, pad_id):
+            pick_rows, pick_cols, labels, owner = [], [], [], []
+            for r, i in enumerate(rows):
+                tgt = seqs[i][1]
+                pick_rows += [r] * len(tgt)
+                pick_cols += range(len(tgt))
+                labels += tgt
+                owner += [i] * len(tgt)
+            picked = out[torch.tensor(pick_rows, device=device), torch.tensor(pick_cols, device=device)]
+            labels_t = torch.tensor(labels, device=device)
+            parts = [stats(head(picked[s:s + chunk]), labels_t[s:s + chunk]) for s in range(0, len(labels), chunk)]
+            np.add.at(nll_sum, owner, torch.cat([p[0] for p in parts]).double().cpu().numpy())
+            np.add.at(ent_sum, owner, torch.cat([p[1] for p in parts]).double().cpu().numpy())
+    counts = np.array([len(t) for _, t in seqs], dtype=float)
+    return nll_sum / counts, ent_sum / counts
+
+
+def _sharing_works(model, seq: Encoded, pad_id: int) -> bool:
+    """Check once per call that the shared path reproduces the plain one on a short pair (a model whose
+    forward takes no KV cache or position ids falls back to the plain path)."""
+    ctx, tgt = seq[0][-6:], (seq[1] * 3)[:6]
+    probe = [(ctx, tgt), (ctx, tgt[:3])]
+    with torch.inference_mode():
+        try:
+            shared = _score_shared(model, probe, 2, None, pad_id)[0]
+        except (AttributeError, TypeError, ValueError, NotImplementedError, RuntimeError):
+            return False
+        plain = _score_sequences(model, probe, 2, None, pad_id)[0]
+    return bool(np.allclose(shared, plain, rtol=1e-4, atol=1e-4))
 
 
 # --------------------------------------------------------------------------- fingerprints and cache
