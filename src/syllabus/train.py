@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from . import params as P
+from .devices import model_device
 from .progress import Task
 from .runs import atomic_path, atomic_write_json, atomic_write_text, hash_obj
 
@@ -170,7 +171,7 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
     start_step, tokens_seen, prior_wall = 0, 0, 0.0
     torch.manual_seed(seed)
     if out is not None and resume and (out / CHECKPOINT).is_file():
-        ckpt = torch.load(out / CHECKPOINT, weights_only=False)
+        ckpt = torch.load(out / CHECKPOINT, weights_only=False, map_location="cpu")
         if ckpt["run_key"] != run_key:
             raise TrainError(f"{out / CHECKPOINT} belongs to a different training run (other data, steps, settings "
                              "or seed); use another out_dir or resume=False to start over")
@@ -192,12 +193,14 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
 
     started = time.perf_counter()
     model.train()
+    device = model_device(model)
     micro = cfg.batch_size
     loop = Task("SFT steps", steps - start_step)
     for step in range(start_step, steps):
         chosen = (single_pass_indices(len(data), micro * cfg.grad_accum, step, seed) if single_pass
                   else batch_indices(len(data), micro * cfg.grad_accum, step, seed))
-        batches = [collate([data[i] for i in chosen[k:k + micro]], pad_id) for k in range(0, len(chosen), micro)]
+        batches = [{key: value.to(device) for key, value in collate([data[i] for i in chosen[k:k + micro]], pad_id).items()}
+                   for k in range(0, len(chosen), micro)]
         n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
         total = 0.0
         for b in batches:
