@@ -125,3 +125,16 @@ def test_the_guard_catches_a_tensor_off_the_models_device():
     _guard(model)
     with pytest.raises(AssertionError, match="off the model's device cpu"):
         model(input_ids=torch.zeros((1, 3), dtype=torch.long, device="meta"))
+
+
+def test_the_lab_gpu_profile_is_tinys_design_with_larger_bf16_students_on_the_gpu():
+    gpu, tiny = load_profile("lab-gpu"), load_profile("tiny")
+    assert gpu.device == "cuda" and {s.dtype for s in gpu.students} == {"bfloat16"}
+    assert gpu.data == tiny.data.model_copy(update={"lab": tiny.data.lab.model_copy(update={"n_pretrain": 6000})})
+    assert [t.model_dump() for t in gpu.teachers] == [t.model_dump() for t in tiny.teachers]
+    assert (gpu.teacher_selection.seeds, gpu.correlation.seeds, gpu.dynamic.seeds) == ([0, 1, 2],) * 3
+    assert gpu.correlation.datasets == tiny.correlation.datasets and gpu.dynamic.policies == tiny.dynamic.policies
+    for big, small in zip(gpu.students, tiny.students):
+        assert big.arch.hidden_size > small.arch.hidden_size and big.arch.num_layers > small.arch.num_layers
+        assert (big.warmup_modules, big.warmup_style) == (small.warmup_modules, small.warmup_style)
+    check_runnable(load_profile("lab-gpu", {"device": "cpu"}))  # everything but the GPU is there

@@ -9,7 +9,7 @@
 * Checkpoints (trainable weights, optimizer, scheduler, torch RNG, step, loss curve) are written
   atomically to ``out_dir/checkpoint.pt`` every ``checkpoint_every`` steps and at the end. A run
   killed at any point and resumed ends with the same weights as an uninterrupted run (CPU, same
-  thread count).
+  thread count). Batches go to the model's device; on a GPU the CUDA random state is saved too.
 * ``out_dir`` also gets ``train_log.csv`` (step, loss, lr, tokens) and ``train_summary.json``
   (steps, tokens seen, wall time, data hash and count, settings).
 """
@@ -122,6 +122,9 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
 def _save_checkpoint(path: Path, model, optimizer, scheduler, state: dict[str, Any]) -> None:
     payload = {"weights": _trainable_state(model), "optimizer": optimizer.state_dict(),
                "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), **state}
+    device = model_device(model)
+    if device.type == "cuda":  # dropout on the GPU draws from its own generator
+        payload["cuda_rng"] = torch.cuda.get_rng_state(device)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -182,6 +185,8 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["torch_rng"])
+        if "cuda_rng" in ckpt and model_device(model).type == "cuda":
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], model_device(model))
         start_step, tokens_seen, log, prior_wall = ckpt["step"], ckpt["tokens_seen"], ckpt["log"], ckpt["wall_s"]
 
     def summary(step: int, wall: float) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 from .runs import sha256_bytes
 
-_ENGINE: dict[str, Any] = {}  # {"key": (model, dtype, seed), "llm": vllm.LLM} - the one engine held
+_ENGINE: dict[str, Any] = {}  # {"key": (model, dtype, memory share), "llm": vllm.LLM} - the one engine held
+STUDENT_GPU_SHARE = 0.4  # vLLM's share of the GPU when serving a student: the student itself stays on the GPU
 
 
 class VLLMMissing(ImportError):
@@ -33,15 +34,19 @@ def import_vllm(what: str, fallback: str):
     return vllm
 
 
-def engine(model: str, *, dtype: str = "auto", seed: int = 0, what: str = "vllm generation",
-           fallback: str = "use the hf backend"):
-    """A ``vllm.LLM`` for ``model`` (a model directory or hub id); the previous engine is released first."""
-    key = (str(model), dtype, seed)
+def engine(model: str, *, dtype: str = "auto", what: str = "vllm generation", fallback: str = "use the hf backend",
+           gpu_memory_utilization: float | None = None):
+    """A ``vllm.LLM`` for ``model`` (a model directory or hub id); the previous engine is released first.
+
+    ``gpu_memory_utilization`` (vLLM's share of the GPU; None: vLLM's default, 0.9) must leave room for
+    what else the process holds on the GPU (a student being trained)."""
+    key = (str(model), dtype, gpu_memory_utilization)
     if _ENGINE.get("key") == key:
         return _ENGINE["llm"]
     vllm = import_vllm(what, fallback)
     release()
-    llm = vllm.LLM(model=str(model), dtype=dtype, seed=seed)
+    extra = {} if gpu_memory_utilization is None else {"gpu_memory_utilization": gpu_memory_utilization}
+    llm = vllm.LLM(model=str(model), dtype=dtype, seed=0, **extra)
     _ENGINE.update(key=key, llm=llm)
     return llm
 
@@ -84,15 +89,15 @@ def generate(model_dir: str | os.PathLike, tokenizer, prompts: Sequence[str], *,
              dtype: str = "auto") -> list[list]:
     """``models.generate`` through vLLM on the model in ``model_dir``: the same prompt tokens (the
     tokenizer's own start token, as ``models.encode_prompt``), one seed per prompt (so a prompt's
-    samples do not depend on what else is in the batch)."""
+    samples do not depend on what else is in the batch; the engine is made once per model directory)."""
     from .models import _stable_seed, encode_prompt
 
-    llm = engine(str(model_dir), dtype=dtype, seed=seed, what="student_generation.backend 'vllm'",
-                 fallback="set student_generation.backend: hf")
+    llm = engine(str(model_dir), dtype=dtype, what="student_generation.backend 'vllm'",
+                 fallback="set student_generation.backend: hf", gpu_memory_utilization=STUDENT_GPU_SHARE)
     vllm = import_vllm("student_generation.backend 'vllm'", "set student_generation.backend: hf")
     requests = [{"prompt_token_ids": encode_prompt(tokenizer, p)} for p in prompts]
     params = [sampling_params(vllm, n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                              seed=_stable_seed(seed, i) % (2 ** 31), stop=stop) for i in range(len(prompts))]
+                              seed=_stable_seed(seed, prompt) % (2 ** 31), stop=stop) for prompt in prompts]
     return to_generations(llm.generate(requests, params, use_tqdm=False), num_samples)
 
 
