@@ -300,6 +300,9 @@ class Profile(Strict):
     seed: int = Field(1234, ge=0)
     threads: int = Field(2, ge=1)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    workers: int = Field(1, ge=1, description="processes that run a stage's independent SFT runs side by side "
+                                              "(stage-4 grid cells), one GPU each when there are GPUs; the tables "
+                                              "do not depend on it")
     results_dir: Path = Path("results")
     data: Data = Field(default_factory=Data)
     students: list[Student] = Field(default_factory=list, min_length=1)
