@@ -7,11 +7,16 @@ import json
 import os
 import random
 
+import pickle
+import sys
+import types
+
 import pandas as pd
 import pytest
 import torch
 
 from syllabus import correlation, executor, lab, workflow
+from syllabus.params import load_profile
 from syllabus.runs import open_stage
 
 torch.set_num_threads(1)
@@ -37,8 +42,10 @@ def test_map_keeps_input_order_and_uses_other_processes_with_two_workers():
         executor.LocalExecutor(0)
 
 
-def _grid(tmp_path, workers: int):
-    stage = open_stage("04_correlation", "ci", {**OVERRIDES, "workers": workers}, run_dir=tmp_path / f"run{workers}")
+def _grid(tmp_path, workers: int, **parallel):
+    extra = {f"parallel.{k}": v for k, v in parallel.items()}
+    stage = open_stage("04_correlation", "ci", {**OVERRIDES, "parallel.workers": workers, **extra},
+                       run_dir=tmp_path / f"run{workers}{''.join(parallel.values())}")
     splits = workflow.problem_splits(stage.params)
     student = workflow.load_student(stage, stage.params.students[0], splits)
     rng = random.Random(0)
@@ -62,3 +69,55 @@ def test_two_workers_give_the_same_grid_as_one(tmp_path):
     assert len(summaries[1]) == len(summaries[2]) == 6
     assert all(s["resumed_from"] == 0 for s in summaries[1])  # trained in the loop
     assert all(s["resumed_from"] == s["steps"] == 2 for s in summaries[2])  # trained by the workers, read back
+
+
+# --------------------------------------------------------------------------- Slurm through submitit
+class _Job:
+    def __init__(self, fn, item):
+        self._fn, self._item = pickle.loads(pickle.dumps((fn, item)))  # what crosses to a Slurm job
+
+    def result(self):
+        return self._fn(self._item)
+
+
+def submitit_standin(record: dict) -> types.ModuleType:
+    """A stand-in for submitit (absent here, and no Slurm): ``AutoExecutor`` records its folder and
+    parameters; ``map_array`` pickles each (function, item) as a job would and runs it on ``result()``."""
+
+    class AutoExecutor:
+        def __init__(self, folder):
+            record["folder"] = folder
+
+        def update_parameters(self, **kwargs):
+            record.update(kwargs)
+
+        def map_array(self, fn, items):
+            record["jobs"] = record.get("jobs", 0) + len(items)
+            return [_Job(fn, item) for item in items]
+
+    mod = types.ModuleType("submitit")
+    mod.AutoExecutor = AutoExecutor
+    return mod
+
+
+def test_the_slurm_executor_submits_one_job_per_item_with_the_profiles_resources(tmp_path, monkeypatch):
+    record: dict = {}
+    monkeypatch.setitem(sys.modules, "submitit", submitit_standin(record))
+    prof = load_profile("ci", {"parallel.executor": "slurm", "parallel.workers": 3, "parallel.slurm_partition": "gpu"})
+    results = executor.for_profile(prof, tmp_path / "slurm").map(square_and_pid, list(range(5)))
+    assert [r for r, _ in results] == [x * x for x in range(5)]
+    assert record == {"folder": str(tmp_path / "slurm"), "timeout_min": 60, "gpus_per_node": 1, "cpus_per_task": 1,
+                      "slurm_array_parallelism": 3, "slurm_partition": "gpu", "jobs": 5}
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    with pytest.raises(ImportError, match="needs submitit, which is not installed: pip install submitit"):
+        executor.for_profile(prof, tmp_path / "slurm")
+
+
+def test_slurm_jobs_give_the_same_grid_as_one_local_worker(tmp_path, monkeypatch):
+    record: dict = {}
+    monkeypatch.setitem(sys.modules, "submitit", submitit_standin(record))
+    _, (grid1, outcomes1) = _grid(tmp_path, 1)
+    stage, (grid2, outcomes2) = _grid(tmp_path, 2, executor="slurm")
+    pd.testing.assert_frame_equal(grid1, grid2, check_exact=True)
+    pd.testing.assert_frame_equal(outcomes1, outcomes2, check_exact=True)
+    assert record["jobs"] == 6 and record["folder"] == str(stage.run.cache / "slurm")

@@ -76,9 +76,10 @@ def gain_grid(stage: Stage, students: list[workflow.StudentModel], datasets: dic
     prof = stage.params
     rows, outcomes = [], []
     ids = [p.id for p in heldout]
-    if prof.workers > 1:  # fill the caches side by side; the loop below then reads every cell back
+    if prof.parallel.workers > 1 or prof.parallel.executor != "local":
+        # fill the caches side by side (or as Slurm jobs); the loop below then reads every cell back
         jobs = [job for student in students for job in _cell_jobs(stage, student, datasets, problems, heldout, pool)]
-        executor.for_profile(prof).map(grid_cell, jobs)
+        executor.for_profile(prof, stage.run.cache / "slurm").map(grid_cell, jobs)
     progress = Task("grid cells", len(students) * (len(datasets) + 1) * len(prof.correlation.seeds))
     for student in students:
         before = workflow.pass_rates(student, heldout, k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)

@@ -290,6 +290,17 @@ class Benchmark(Strict):
         return self
 
 
+class Parallel(Strict):
+    """Where a stage's independent SFT runs (stage-4 grid cells) go; the tables do not depend on it."""
+
+    workers: int = Field(1, ge=1, description="local: processes side by side, one GPU each when there are GPUs; "
+                                              "slurm: jobs in flight at once")
+    executor: Literal["local", "slurm"] = Field("local", description="slurm: one job per run through submitit")
+    slurm_partition: str | None = None
+    slurm_timeout_min: int = Field(60, ge=1)
+    slurm_gpus_per_job: int = Field(1, ge=0)
+
+
 # --------------------------------------------------------------------------- profile
 class Profile(Strict):
     """One run's settings. ``source_file`` is where it was read from (not a YAML key)."""
@@ -300,9 +311,7 @@ class Profile(Strict):
     seed: int = Field(1234, ge=0)
     threads: int = Field(2, ge=1)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
-    workers: int = Field(1, ge=1, description="processes that run a stage's independent SFT runs side by side "
-                                              "(stage-4 grid cells), one GPU each when there are GPUs; the tables "
-                                              "do not depend on it")
+    parallel: Parallel = Field(default_factory=lambda: Parallel())
     results_dir: Path = Path("results")
     data: Data = Field(default_factory=Data)
     students: list[Student] = Field(default_factory=list, min_length=1)
