@@ -3,11 +3,13 @@ teachers with lm-evaluation-harness (``syllabus.evaluate``), into one tidy table
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
 
 from . import evaluate, models, workflow
+from .devices import resolve_device
 from .progress import track
 from .runs import Stage
 
@@ -39,20 +41,28 @@ def run_all(stage: Stage, entries: pd.DataFrame, splits: workflow.Splits) -> lis
     prof = stage.params
     b = prof.benchmark
     lab_file = evaluate.write_problems_jsonl(splits.heldout, stage.path("lm_eval/heldout_problems.jsonl"))
+    device = _device(prof)
     results = []
     for row in track(entries.to_dict("records"), "lm-eval models"):
         slug = row["model"].replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
         results.append(evaluate.run_lm_eval(
             row["model_dir"], b.tasks, data_dir=prof.data.resolved_data_dir(), limit=b.limit,
             max_gen_toks=b.max_gen_toks, batch_size=b.batch_size,
-            apply_chat_template=b.apply_chat_template and bool(row["chat_template"]), device=_device(prof),
-            output_dir=stage.path(f"lm_eval/{slug}"), seed=prof.seed, lab_file=lab_file, model_name=row["model"]))
+            apply_chat_template=b.apply_chat_template and bool(row["chat_template"]), device=device,
+            output_dir=stage.path(f"lm_eval/{slug}"), seed=prof.seed, lab_file=lab_file, model_name=row["model"],
+            dtype=_dtype(row["model_dir"], device), backend=b.backend))
     return results
 
 
 def _device(prof) -> str:
-    if prof.device != "auto":
-        return prof.device
-    import torch
+    """The profile's device as lm-eval takes it (``auto`` resolved; ``cuda`` without a GPU is an error)."""
+    return resolve_device(prof.device).type
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+
+def _dtype(model_dir: str, device: str) -> str:
+    """float32 on the CPU (as before); on a GPU the dtype the model was saved in (a bf16 student stays bf16)."""
+    if device == "cpu":
+        return "float32"
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    saved = config.get("dtype") or config.get("torch_dtype") or "float32"
+    return saved if saved in models.DTYPES else "float32"

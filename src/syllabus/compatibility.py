@@ -28,10 +28,11 @@ def reference_nll(stage: Stage, student: workflow.StudentModel, probe: list[Prob
     """NLL_ref(M): the median NLL of the student's own sampled solutions on the probe set."""
     prof = stage.params
     k = prof.dmc.capability_samples
-    outs = workflow.student_samples(student, probe, k=k, prof=prof, seed=stage.seed + 1)
+    outs = workflow.student_samples(student, probe, k=k, prof=prof, seed=stage.seed + 1, cache_dir=stage.run.cache)
     pairs = [(student.prompt(p), student.target(g.text)) for p, gens in zip(probe, outs) for g in gens if g.text.strip()]
     scores = cached_scores(student.model, student.tokenizer, pairs, cache_dir=stage.run.cache / "scores",
-                           batch_size=prof.dmc.score_batch_size, fingerprint=student.fingerprint())
+                           batch_size=prof.dmc.score_batch_size,
+                           max_batch_tokens=prof.dmc.score_max_batch_tokens, fingerprint=student.fingerprint())
     note_scoring(stage, scores)
     return dmc.nll_reference(scores["nll"]), scores
 
@@ -51,7 +52,8 @@ def score_student(stage: Stage, student: workflow.StudentModel, datasets: dict[s
         traces = traces_of(rows)
         pairs = workflow.sft_examples(student, problems, traces)
         scores = cached_scores(student.model, student.tokenizer, pairs, cache_dir=stage.run.cache / "scores",
-                               batch_size=prof.dmc.score_batch_size, fingerprint=fingerprint)
+                               batch_size=prof.dmc.score_batch_size,
+                               max_batch_tokens=prof.dmc.score_max_batch_tokens, fingerprint=fingerprint)
         note_scoring(stage, scores)
         frames.append(dmc.items_frame(name, traces, rates.to_dict(), scores))
     items = pd.concat(frames, ignore_index=True)

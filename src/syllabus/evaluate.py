@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -249,8 +250,10 @@ def run_lm_eval(
     dtype: str = "float32",
     code_timeout_s: float | None = None,
     code_memory_mb: int | None = None,
+    backend: str = "hf",
 ) -> EvalResult:
-    """Benchmark the HF model in ``model_dir`` on ``tasks`` with one ``lm_eval.simple_evaluate`` call.
+    """Benchmark the HF model in ``model_dir`` on ``tasks`` with one ``lm_eval.simple_evaluate`` call,
+    through lm-eval's ``backend`` model type (``hf``, or ``vllm`` on GPU machines).
 
     Completed tasks (provenance with the same key) are read back instead of re-run; the others run
     together, the model loaded once.
@@ -288,6 +291,7 @@ def run_lm_eval(
             "apply_chat_template": apply_chat_template, "device": device, "dtype": dtype, "seed": seed,
             "data_hash": hash_path(metadata["lab_file"]) if task in FILE_TASKS else None,
             "versions": package_versions(("lm_eval", "transformers", "torch", "datasets", "math-verify")),
+            **({"backend": backend, "vllm": package_versions(("vllm",))} if backend != "hf" else {}),
         }
         key = hash_obj(inputs)
         prov_path = output_dir / task / PROVENANCE
@@ -296,11 +300,23 @@ def run_lm_eval(
     if pending:
         _run_tasks(model_dir, pending, output_dir, metadata, tokenizer, limit=limit, max_gen_toks=max_gen_toks,
                    batch_size=batch_size, apply_chat_template=apply_chat_template, device=device, dtype=dtype,
-                   seed=seed)
+                   seed=seed, backend=backend)
     for task in tasks:
         out.tasks[task] = read_task_result(output_dir / task, task)
     atomic_write_json(output_dir / "eval_result.json", asdict(out))
     return out
+
+
+def lm_eval_model_args(backend: str, model_dir, dtype: str, seed: int) -> dict[str, Any]:
+    """``model_args`` of lm-eval's ``hf`` or ``vllm`` model type for a saved model directory."""
+    if backend == "hf":
+        return {"pretrained": str(model_dir), "dtype": dtype}
+    if backend == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise EvaluateError("benchmark.backend is 'vllm' but vLLM is not installed: pip install 'syllabus[vllm]' "
+                                "on a GPU machine, or set benchmark.backend: hf")
+        return {"pretrained": str(model_dir), "dtype": dtype, "seed": seed}
+    raise EvaluateError(f"unknown lm-eval backend {backend!r}; use hf or vllm")
 
 
 def _only_tasks(results: dict[str, Any], names: set[str]) -> dict[str, Any]:
@@ -311,7 +327,7 @@ def _only_tasks(results: dict[str, Any], names: set[str]) -> dict[str, Any]:
 
 
 def _run_tasks(model_dir, pending, output_dir, metadata, tokenizer, *, limit, max_gen_toks, batch_size,
-               apply_chat_template, device, dtype, seed) -> None:
+               apply_chat_template, device, dtype, seed, backend="hf") -> None:
     """One ``simple_evaluate`` over all ``pending`` tasks (task -> (spec, inputs, key)); then each task's
     own results and samples files, and last its provenance, into ``output_dir/<task>/``."""
     import lm_eval
@@ -322,7 +338,7 @@ def _run_tasks(model_dir, pending, output_dir, metadata, tokenizer, *, limit, ma
     tracker = EvaluationTracker()
     with code_eval_allowed(unsafe):
         results = lm_eval.simple_evaluate(
-            model="hf", model_args={"pretrained": str(model_dir), "dtype": dtype},
+            model=backend, model_args=lm_eval_model_args(backend, model_dir, dtype, seed),
             tasks=[spec for spec, _, _ in pending.values()], task_manager=task_manager(metadata, list(pending)),
             device=device, limit=limit, batch_size=batch_size, gen_kwargs={"max_gen_toks": max_gen_toks},
             apply_chat_template=apply_chat_template, log_samples=True, evaluation_tracker=tracker,

@@ -29,6 +29,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from . import params as P
+from .devices import model_device, resolve_device, rng_devices
 from .progress import Task
 from .runs import atomic_write_json, hash_file, hash_obj, publish_mode, sha256_bytes
 
@@ -36,6 +37,7 @@ PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 # One token per: a word (with its leading space), a digit, a punctuation mark, a whitespace character.
 LAB_TOKEN_PATTERN = r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]|\s"
 INFO_FILE = "syllabus_model.json"
+STOP = ("\nQuestion:",)  # where a student's answer ends: the next question of the prompt format
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -298,8 +300,9 @@ def model_dir_for(spec: P.Student, *, cache_dir: str | os.PathLike, training: P.
 
 def load_student(spec: P.Student, *, cache_dir: str | os.PathLike, training: P.Training,
                  pretrain_texts: Sequence[str] | None = None, vocab_texts: Sequence[str] | None = None,
-                 threads: int = 2, seed: int = 0):
-    """(model, tokenizer) for a student; LoRA-wrapped when ``spec.lora``.
+                 threads: int = 2, seed: int = 0, device: str = "cpu"):
+    """(model, tokenizer) for a student on ``device`` (a profile's ``device`` setting) in ``spec.dtype``;
+    LoRA-wrapped when ``spec.lora``.
 
     Lab students: the tokenizer is built from ``vocab_texts`` (default: ``pretrain_texts``; pass
     every lab text the student will see, teacher styles included, to avoid ``[UNK]``), the model is
@@ -307,9 +310,10 @@ def load_student(spec: P.Student, *, cache_dir: str | os.PathLike, training: P.T
     under ``cache_dir/students/<name>-<hash>/``; later calls load it and train nothing.
     """
     torch.set_num_threads(threads)
+    target = resolve_device(device)
     if spec.source == "lab":
-        model, tokenizer = _lab_student(spec, cache_dir=cache_dir, training=training,
-                                        pretrain_texts=pretrain_texts, vocab_texts=vocab_texts, seed=seed)
+        model, tokenizer = _lab_student(spec, cache_dir=cache_dir, training=training, pretrain_texts=pretrain_texts,
+                                        vocab_texts=vocab_texts, seed=seed, device=target)
         if spec.dtype != "float32":
             model = model.to(DTYPES[spec.dtype])
     else:
@@ -320,10 +324,11 @@ def load_student(spec: P.Student, *, cache_dir: str | os.PathLike, training: P.T
     tokenizer.padding_side = "left"
     if spec.lora:
         model = add_lora(model, training)
-    return model, tokenizer
+    return model.to(target), tokenizer
 
 
-def _lab_student(spec: P.Student, *, cache_dir, training: P.Training, pretrain_texts, vocab_texts, seed: int):
+def _lab_student(spec: P.Student, *, cache_dir, training: P.Training, pretrain_texts, vocab_texts, seed: int,
+                 device: torch.device = torch.device("cpu")):
     texts = list(pretrain_texts or [])
     vocab = list(vocab_texts) if vocab_texts is not None else texts
     if not vocab:
@@ -348,7 +353,7 @@ def _lab_student(spec: P.Student, *, cache_dir, training: P.Training, pretrain_t
     if spec.warmup_steps:
         warm_cfg = training if spec.warmup_learning_rate is None else training.model_copy(
             update={"learning_rate": spec.warmup_learning_rate})
-        result = sft(model, tokenizer, [("", t) for t in texts], steps=spec.warmup_steps, cfg=warm_cfg,
+        result = sft(model.to(device), tokenizer, [("", t) for t in texts], steps=spec.warmup_steps, cfg=warm_cfg,
                      seed=seed, loss_on="all")
         info.update(warmup_first_loss=result.losses[0], warmup_final_loss=result.losses[-1], warmup_tokens=result.tokens_seen,
                     warmup_wall_s=round(result.wall_s, 2))
@@ -416,7 +421,7 @@ class _StopOnStrings:
 
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, num_samples: int = 1, batch_size: int = 8, seed: int = 0,
-             stop: Sequence[str] = ("\nQuestion:",)) -> list[list[Generation]]:
+             stop: Sequence[str] = STOP) -> list[list[Generation]]:
     """``num_samples`` completions per prompt, in input order.
 
     Batched with left padding over length-sorted prompts; greedy when ``temperature == 0`` (then the
@@ -450,8 +455,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
             ids = encoded[i]
             input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
             mask[r, width - len(ids):] = 1
-        device = next(model.parameters()).device
-        with torch.random.fork_rng(devices=[]), torch.inference_mode():
+        device = model_device(model)
+        with torch.random.fork_rng(devices=rng_devices(device)), torch.inference_mode():
             torch.manual_seed(_stable_seed(seed, b))
             out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config,
                                  stopping_criteria=StoppingCriteriaList([_StopOnStrings(tokenizer, stop, width, eos_id)]))

@@ -8,12 +8,15 @@ errors, reported before any work starts.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from .devices import DeviceError, resolve_device
 
 PARAMS_SCHEMA_VERSION = 1
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -135,6 +138,9 @@ class StudentGeneration(Strict):
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(160, ge=1)
     batch_size: int = Field(32, ge=1)
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers generate on the profile's device; vllm: vLLM on the student's "
+                          "(LoRA-merged) weights, GPU machines, the optional extra syllabus[vllm]")
 
 
 class Teacher(Strict):
@@ -202,7 +208,9 @@ class DMC(Strict):
     lam: float = Field(1.0, ge=0, description="lambda in exp(-lambda * max(0, r - r0))")
     capability_samples: int = Field(4, ge=1)
     score_batch_size: int = Field(16, ge=1)
-    score_max_batch_tokens: int | None = Field(2048, ge=16, description="padded tokens per scoring batch (None: no cap)")
+    score_max_batch_tokens: int | None = Field(
+        None, ge=16, description="padded tokens per scoring batch, a cap on top of score_batch_size (None: no cap; "
+                                 "set it for long traces on a GPU)")
 
     @field_validator("variant")
     @classmethod
@@ -271,6 +279,8 @@ class Benchmark(Strict):
     max_gen_toks: int = Field(256, ge=1)
     batch_size: int = Field(8, ge=1)
     apply_chat_template: bool = False
+    backend: Literal["hf", "vllm"] = Field("hf", description="lm-eval's model type: hf (transformers) or vllm "
+                                                             "(GPU machines, the optional extra syllabus[vllm])")
 
     @model_validator(mode="after")
     def _check(self) -> "Benchmark":
@@ -278,6 +288,17 @@ class Benchmark(Strict):
         if unknown:
             raise ValueError(f"unknown benchmark task(s) {unknown}; choose from {list(BENCHMARK_TASKS)}")
         return self
+
+
+class Parallel(Strict):
+    """Where a stage's independent SFT runs (stage-4 grid cells) go; the tables do not depend on it."""
+
+    workers: int = Field(1, ge=1, description="local: processes side by side, one GPU each when there are GPUs; "
+                                              "slurm: jobs in flight at once")
+    executor: Literal["local", "slurm"] = Field("local", description="slurm: one job per run through submitit")
+    slurm_partition: str | None = None
+    slurm_timeout_min: int = Field(60, ge=1)
+    slurm_gpus_per_job: int = Field(1, ge=0)
 
 
 # --------------------------------------------------------------------------- profile
@@ -290,6 +311,7 @@ class Profile(Strict):
     seed: int = Field(1234, ge=0)
     threads: int = Field(2, ge=1)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    parallel: Parallel = Field(default_factory=lambda: Parallel())
     results_dir: Path = Path("results")
     data: Data = Field(default_factory=Data)
     students: list[Student] = Field(default_factory=list, min_length=1)
@@ -516,6 +538,16 @@ def check_runnable(prof: Profile) -> None:
     from .data import DataError
 
     problems: list[tuple[str, str]] = []
+    try:
+        resolve_device(prof.device)
+    except DeviceError as exc:
+        problems.append(("device", str(exc).removeprefix("key 'device' ")))
+    vllm_users = [key for key, backend in (("student_generation.backend", prof.student_generation.backend),
+                                           ("benchmark.backend", prof.benchmark.backend)) if backend == "vllm"]
+    vllm_users += [f"teachers.{i}.backend" for i, t in enumerate(prof.teachers) if t.backend == "vllm"]
+    if vllm_users and importlib.util.find_spec("vllm") is None:
+        problems += [(key, "is 'vllm' but vLLM is not installed: pip install 'syllabus[vllm]' on a GPU machine, "
+                           "or set it to hf") for key in vllm_users]
     data_dir = prof.data.resolved_data_dir()
     for i, teacher in enumerate(prof.teachers):
         if teacher.backend == "file":

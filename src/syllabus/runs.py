@@ -558,6 +558,7 @@ class Stage:
             "started": self.started,
             "finished": _now(),
             "peak_rss_mb": _peak_rss_mb(),
+            **_peak_gpu_mb(),
         }
         atomic_write_json(self.dir / "manifest.json", manifest)
         return manifest
@@ -568,6 +569,15 @@ def _peak_rss_mb() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _peak_gpu_mb() -> dict[str, float]:
+    """``{"peak_gpu_mb": ...}``: the most GPU memory torch held in this process, when it used a GPU (else {})."""
+    import torch
+
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    return {"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)}
 
 
 def _now() -> str:

@@ -52,7 +52,8 @@ def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, wo
         correct = [t for t in traces if t.correct]
         pairs = workflow.sft_examples(student, by_id, traces)
         scores = cached_scores(student.model, student.tokenizer, pairs, cache_dir=stage.run.cache / "scores",
-                               batch_size=prof.dmc.score_batch_size, fingerprint=fingerprint)
+                               batch_size=prof.dmc.score_batch_size,
+                               max_batch_tokens=prof.dmc.score_max_batch_tokens, fingerprint=fingerprint)
         row = {
             "teacher": name,
             "traces": len(traces),

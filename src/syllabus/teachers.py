@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from . import params as P
+from . import params as P, vllm_backend
+from .devices import resolve_device
 from .progress import task
 from .prompts import STOP_STRINGS, build_prompt
 from .records import Problem, Trace
@@ -91,13 +92,14 @@ class LabTeacher(Teacher):
 class HFTeacher(Teacher):
     """A local transformers model; batched generation through ``models.generate``."""
 
-    def __init__(self, spec: P.Teacher, cache_dir=None, batch_size: int = 8):
+    def __init__(self, spec: P.Teacher, cache_dir=None, batch_size: int = 8, device: str = "cpu"):
         from . import models
 
         self.name, self.sampling, self.batch_size = spec.name, spec.sampling, batch_size
         ref = spec.model
         path = Path(ref).expanduser()
         self.model, self.tokenizer = models.load_pretrained(models.guess_source(ref), ref, cache_dir=cache_dir)
+        self.model = self.model.to(resolve_device(device))
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.use_chat = bool(getattr(self.tokenizer, "chat_template", None))
@@ -284,14 +286,13 @@ class VLLMTeacher(Teacher):
     """A model served in-process by vLLM (GPU machines). Installed with ``pip install 'syllabus[vllm]'``."""
 
     def __init__(self, spec: P.Teacher):
+        what, fallback = f"vllm teacher '{spec.name}'", "use backend: hf"
         try:
-            import vllm
-        except ImportError:
-            raise TeacherError(f"vllm teacher '{spec.name}' needs vLLM, which is not installed: "
-                               "pip install 'syllabus[vllm]' (GPU machines), or use backend: hf") from None
-        self.name, self.model_name, self.sampling, self._vllm = spec.name, spec.model, spec.sampling, vllm
-        self.llm = vllm.LLM(model=spec.model)
-        self.tokenizer = self.llm.get_tokenizer()
+            self._vllm = vllm_backend.import_vllm(what, fallback)
+        except vllm_backend.VLLMMissing as exc:
+            raise TeacherError(str(exc)) from None
+        self.name, self.model_name, self.sampling = spec.name, spec.model, spec.sampling
+        self.tokenizer = vllm_backend.engine(spec.model, what=what, fallback=fallback).get_tokenizer()
         self.use_chat = bool(getattr(self.tokenizer, "chat_template", None))
 
     def settings(self):
@@ -302,16 +303,14 @@ class VLLMTeacher(Teacher):
                 "stop": list(STOP_STRINGS), "version": 1}
 
     def generate(self, problems, n_samples, seed):
-        params = self._vllm.SamplingParams(n=n_samples, temperature=self.sampling.temperature,
-                                           top_p=self.sampling.top_p, max_tokens=self.sampling.max_new_tokens,
-                                           seed=seed, stop=list(STOP_STRINGS))
+        llm = vllm_backend.engine(self.model_name, what=f"vllm teacher '{self.name}'", fallback="use backend: hf")
+        params = vllm_backend.sampling_params(self._vllm, n=n_samples, temperature=self.sampling.temperature,
+                                              top_p=self.sampling.top_p, max_tokens=self.sampling.max_new_tokens,
+                                              seed=seed, stop=STOP_STRINGS)
         prompts = [build_prompt(p.text, self.tokenizer, self.use_chat) for p in problems]
-        out = []
-        for p, result in zip(problems, self.llm.generate(prompts, params)):
-            for k, c in enumerate(result.outputs):
-                out.append(self._trace(p, c.text.strip(), k, truncated=c.finish_reason == "length",
-                                       n_tokens=len(c.token_ids)))
-        return out
+        gens = vllm_backend.to_generations(llm.generate(prompts, params), n_samples)
+        return [self._trace(p, g.text.strip(), k, truncated=g.truncated, n_tokens=g.n_tokens)
+                for p, samples in zip(problems, gens) for k, g in enumerate(samples)]
 
 
 def file_teacher_path(spec: P.Teacher, data_dir=None) -> Path:
@@ -328,12 +327,13 @@ def file_teacher_path(spec: P.Teacher, data_dir=None) -> Path:
     return path
 
 
-def make_teacher(spec: P.Teacher, *, data_dir=None, cache_dir=None, student_tokenizer=None) -> Teacher:
-    """The teacher for a profile's ``teachers[]`` entry."""
+def make_teacher(spec: P.Teacher, *, data_dir=None, cache_dir=None, student_tokenizer=None,
+                 device: str = "cpu") -> Teacher:
+    """The teacher for a profile's ``teachers[]`` entry (an ``hf`` teacher runs on ``device``)."""
     if spec.backend == "lab":
         return LabTeacher(spec, student_tokenizer)
     if spec.backend == "hf":
-        return HFTeacher(spec, cache_dir=cache_dir)
+        return HFTeacher(spec, cache_dir=cache_dir, device=device)
     if spec.backend == "file":
         return FileTeacher(spec, data_dir=data_dir, student_tokenizer=student_tokenizer)
     if spec.backend == "openai":

@@ -9,7 +9,7 @@
 * Checkpoints (trainable weights, optimizer, scheduler, torch RNG, step, loss curve) are written
   atomically to ``out_dir/checkpoint.pt`` every ``checkpoint_every`` steps and at the end. A run
   killed at any point and resumed ends with the same weights as an uninterrupted run (CPU, same
-  thread count).
+  thread count). Batches go to the model's device; on a GPU the CUDA random state is saved too.
 * ``out_dir`` also gets ``train_log.csv`` (step, loss, lr, tokens) and ``train_summary.json``
   (steps, tokens seen, wall time, data hash and count, settings).
 """
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from . import params as P
+from .devices import model_device
 from .progress import Task
 from .runs import atomic_path, atomic_write_json, atomic_write_text, hash_obj
 
@@ -121,6 +122,9 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
 def _save_checkpoint(path: Path, model, optimizer, scheduler, state: dict[str, Any]) -> None:
     payload = {"weights": _trainable_state(model), "optimizer": optimizer.state_dict(),
                "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), **state}
+    device = model_device(model)
+    if device.type == "cuda":  # dropout on the GPU draws from its own generator
+        payload["cuda_rng"] = torch.cuda.get_rng_state(device)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -170,7 +174,7 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
     start_step, tokens_seen, prior_wall = 0, 0, 0.0
     torch.manual_seed(seed)
     if out is not None and resume and (out / CHECKPOINT).is_file():
-        ckpt = torch.load(out / CHECKPOINT, weights_only=False)
+        ckpt = torch.load(out / CHECKPOINT, weights_only=False, map_location="cpu")
         if ckpt["run_key"] != run_key:
             raise TrainError(f"{out / CHECKPOINT} belongs to a different training run (other data, steps, settings "
                              "or seed); use another out_dir or resume=False to start over")
@@ -181,6 +185,8 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["torch_rng"])
+        if "cuda_rng" in ckpt and model_device(model).type == "cuda":
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], model_device(model))
         start_step, tokens_seen, log, prior_wall = ckpt["step"], ckpt["tokens_seen"], ckpt["log"], ckpt["wall_s"]
 
     def summary(step: int, wall: float) -> dict[str, Any]:
@@ -192,12 +198,14 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
 
     started = time.perf_counter()
     model.train()
+    device = model_device(model)
     micro = cfg.batch_size
     loop = Task("SFT steps", steps - start_step)
     for step in range(start_step, steps):
         chosen = (single_pass_indices(len(data), micro * cfg.grad_accum, step, seed) if single_pass
                   else batch_indices(len(data), micro * cfg.grad_accum, step, seed))
-        batches = [collate([data[i] for i in chosen[k:k + micro]], pad_id) for k in range(0, len(chosen), micro)]
+        batches = [{key: value.to(device) for key, value in collate([data[i] for i in chosen[k:k + micro]], pad_id).items()}
+                   for k in range(0, len(chosen), micro)]
         n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
         total = 0.0
         for b in batches:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -184,21 +185,32 @@ def load_student(stage: Stage, spec: Student | str, splits: Splits | None = None
         pre = pretrain_texts(prof, spec, exclude)
         kwargs = {"pretrain_texts": pre, "vocab_texts": tokenizer_texts(prof, pre)}
     model, tok = models.load_student(spec, cache_dir=stage.run.cache, threads=prof.threads, training=prof.training,
-                                     seed=prof.seed, **kwargs)
+                                     seed=prof.seed, device=prof.device, **kwargs)
     model.eval()
     return StudentModel(spec, model, tok)
 
 
 # --------------------------------------------------------------------------- generation and accuracy
-def student_samples(student: StudentModel, problems: list[Problem], *, k: int, prof: Profile, seed: int):
-    """k solutions per problem written by the student (greedy when k == 1)."""
+def student_samples(student: StudentModel, problems: list[Problem], *, k: int, prof: Profile, seed: int,
+                    cache_dir: Path | None = None):
+    """k solutions per problem written by the student (greedy when k == 1), by transformers on the
+    student's device (``student_generation.backend: hf``) or by vLLM on its current weights, LoRA
+    merged, saved once per checkpoint under ``cache_dir`` (``vllm``)."""
     from . import models
 
     g = prof.student_generation
-    outs = models.generate(student.model, student.tokenizer, [student.prompt(p) for p in problems],
-                           max_new_tokens=g.max_new_tokens, temperature=0.0 if k == 1 else g.temperature,
-                           top_p=g.top_p, num_samples=k, batch_size=g.batch_size, seed=seed)
-    return outs
+    prompts = [student.prompt(p) for p in problems]
+    temperature = 0.0 if k == 1 else g.temperature
+    if g.backend == "vllm":
+        from . import vllm_backend
+
+        root = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "syllabus"
+        weights = vllm_backend.student_weights_dir(student.model, student.tokenizer, student.fingerprint(), root)
+        return vllm_backend.generate(weights, student.tokenizer, prompts, max_new_tokens=g.max_new_tokens,
+                                     temperature=temperature, top_p=g.top_p, num_samples=k, seed=seed,
+                                     stop=models.STOP)
+    return models.generate(student.model, student.tokenizer, prompts, max_new_tokens=g.max_new_tokens,
+                           temperature=temperature, top_p=g.top_p, num_samples=k, batch_size=g.batch_size, seed=seed)
 
 
 def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: Profile, seed: int,
@@ -211,16 +223,24 @@ def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: 
     from .verify import verify
 
     def compute() -> list[float]:
-        outs = student_samples(student, problems, k=k, prof=prof, seed=seed)
+        outs = student_samples(student, problems, k=k, prof=prof, seed=seed, cache_dir=cache_dir)
         return [sum(verify(p, g.text) for g in gens) / len(gens) for p, gens in zip(problems, outs)]
 
     if cache_dir is None:
         rates = compute()
     else:
         key = hash_obj({"student": student.fingerprint(), "problems": [(p.id, p.text) for p in problems], "k": k,
-                        "gen": prof.student_generation.model_dump(mode="json"), "seed": seed})[:24]
+                        "gen": generation_settings(prof), "seed": seed})[:24]
         rates = cached_json(Path(cache_dir) / "pass_rates" / f"{key}.json", compute)
     return pd.Series(rates, index=[p.id for p in problems], name="pass_rate", dtype=float)
+
+
+def generation_settings(prof: Profile) -> dict[str, Any]:
+    """What decides the student's samples, for cache keys (the ``hf`` backend keeps its earlier keys)."""
+    settings = prof.student_generation.model_dump(mode="json")
+    if settings["backend"] == "hf":
+        del settings["backend"]
+    return settings
 
 
 def accuracy(student: StudentModel, problems: list[Problem], *, prof: Profile, seed: int = 0,
@@ -262,7 +282,8 @@ def teacher_traces(stage: Stage, problems: list[Problem], n_samples: int,
     for spec in prof.teachers:
         if wanted is not None and spec.name not in wanted:
             continue
-        teacher = teachers.make_teacher(spec, data_dir=prof.data.resolved_data_dir(), cache_dir=stage.run.cache)
+        teacher = teachers.make_teacher(spec, data_dir=prof.data.resolved_data_dir(), cache_dir=stage.run.cache,
+                                        device=prof.device)
         res = teachers.generate_traces(teacher, problems, n_samples, cache_dir=stage.run.cache, seed=prof.seed)
         checked = [t.replace(correct=bool(verify(by_id[t.problem_id], t.text))) for t in res.traces]
         runs[spec.name] = TeacherRun(spec.name, checked, res.n_generated)

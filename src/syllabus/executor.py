@@ -1,0 +1,89 @@
+"""Independent jobs of a stage, run side by side: the local executor.
+
+``LocalExecutor(workers).map(fn, jobs)`` returns ``[fn(job) for job in jobs]`` in input order: in
+this process when ``workers == 1``, else in ``workers`` spawned processes, each pinned to one GPU
+(``CUDA_VISIBLE_DEVICES``, round robin) when the profile runs on GPUs. ``fn`` and the jobs must be
+picklable (module-level functions, plain data). The stages use it to fill the run's caches (SFT
+checkpoints, pass rates) in parallel, then assemble their tables with the usual sequential loop,
+which finds every result cached: the tables are the same whatever the number of workers.
+
+``SlurmExecutor`` has the same ``map``: one Slurm job per item through submitit (an optional
+package, imported only when used), at most ``workers`` in flight; the jobs must see the run folder
+(a shared file system). Not here: ``accelerate launch`` (DDP/FSDP) for one SFT run over several
+GPUs; a job of either executor is one whole SFT run on one device.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Callable, Sequence
+
+
+def _pin(slots) -> None:
+    """Worker initialiser: take a GPU slot (None on the CPU) before anything initialises CUDA."""
+    gpu = slots.get()
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+
+
+class LocalExecutor:
+    """Runs jobs in this process (1 worker) or in spawned worker processes (see the module docstring)."""
+
+    def __init__(self, workers: int = 1, gpus: Sequence[int] | None = None):
+        if workers < 1:
+            raise ValueError(f"executor: workers must be >= 1, got {workers}")
+        self.workers, self.gpus = workers, list(gpus or [])
+
+    def map(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
+        if self.workers == 1 or len(jobs) <= 1:
+            return [fn(job) for job in jobs]
+        workers = min(self.workers, len(jobs))
+        context = multiprocessing.get_context("spawn")  # no forked torch state, no inherited threads
+        slots = context.Manager().Queue()
+        for w in range(workers):
+            slots.put(self.gpus[w % len(self.gpus)] if self.gpus else None)
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_pin, initargs=(slots,)) as pool:
+            return list(pool.map(fn, jobs))
+
+
+class SlurmExecutor:
+    """One Slurm job per item through submitit (see the module docstring); results in input order."""
+
+    def __init__(self, folder: str | os.PathLike, *, workers: int, partition: str | None, timeout_min: int,
+                 gpus_per_job: int, cpus_per_job: int):
+        try:
+            import submitit
+        except ImportError:
+            raise ImportError("parallel.executor 'slurm' needs submitit, which is not installed: pip install submitit "
+                              "(on the cluster's login node), or set parallel.executor: local") from None
+        self._executor = submitit.AutoExecutor(folder=str(folder))
+        self._executor.update_parameters(
+            timeout_min=timeout_min, gpus_per_node=gpus_per_job, cpus_per_task=cpus_per_job, slurm_array_parallelism=workers,
+            **({"slurm_partition": partition} if partition else {}))
+
+    def map(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
+        if not jobs:
+            return []
+        return [job.result() for job in self._executor.map_array(fn, list(jobs))]
+
+
+def for_profile(prof, folder: str | os.PathLike | None = None):
+    """The executor a profile's ``parallel`` section asks for: local processes (spread over the visible
+    GPUs when the profile's device resolves to one), or Slurm jobs logged under ``folder``."""
+    from .devices import resolve_device
+
+    par = prof.parallel
+    if par.executor == "slurm":
+        if folder is None:
+            raise ValueError("executor: a Slurm executor needs a folder for its job logs (the run's cache)")
+        return SlurmExecutor(folder, workers=par.workers, partition=par.slurm_partition,
+                             timeout_min=par.slurm_timeout_min, gpus_per_job=par.slurm_gpus_per_job,
+                             cpus_per_job=prof.threads)
+    gpus: list[int] = []
+    if par.workers > 1 and resolve_device(prof.device).type == "cuda":
+        import torch
+
+        gpus = list(range(torch.cuda.device_count()))
+    return LocalExecutor(par.workers, gpus)

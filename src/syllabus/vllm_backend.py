@@ -1,0 +1,112 @@
+"""vLLM, the optional extra for generation on GPU machines (``pip install 'syllabus[vllm]'``).
+
+One import point with the error that names the extra, one engine held at a time (a new model frees
+the previous one's GPU memory), and vLLM's outputs as ``models.Generation`` lists, the shape the
+``hf`` path returns. Teachers (``backend: vllm``) and the student's own samples
+(``student_generation.backend: vllm``) both go through here; a student is served from a plain model
+directory of its current weights, LoRA adapters merged (``student_weights_dir``).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from .runs import sha256_bytes
+
+_ENGINE: dict[str, Any] = {}  # {"key": (model, dtype, memory share), "llm": vllm.LLM} - the one engine held
+STUDENT_GPU_SHARE = 0.4  # vLLM's share of the GPU when serving a student: the student itself stays on the GPU
+
+
+class VLLMMissing(ImportError):
+    """vLLM is not installed; the message names the extra and the fallback."""
+
+
+def import_vllm(what: str, fallback: str):
+    """The ``vllm`` module, or ``VLLMMissing`` saying that ``what`` needs it and to use ``fallback`` instead."""
+    try:
+        import vllm
+    except ImportError:
+        raise VLLMMissing(f"{what} needs vLLM, which is not installed: pip install 'syllabus[vllm]' (GPU machines), "
+                          f"or {fallback}") from None
+    return vllm
+
+
+def engine(model: str, *, dtype: str = "auto", what: str = "vllm generation", fallback: str = "use the hf backend",
+           gpu_memory_utilization: float | None = None):
+    """A ``vllm.LLM`` for ``model`` (a model directory or hub id); the previous engine is released first.
+
+    ``gpu_memory_utilization`` (vLLM's share of the GPU; None: vLLM's default, 0.9) must leave room for
+    what else the process holds on the GPU (a student being trained)."""
+    key = (str(model), dtype, gpu_memory_utilization)
+    if _ENGINE.get("key") == key:
+        return _ENGINE["llm"]
+    vllm = import_vllm(what, fallback)
+    release()
+    extra = {} if gpu_memory_utilization is None else {"gpu_memory_utilization": gpu_memory_utilization}
+    llm = vllm.LLM(model=str(model), dtype=dtype, seed=0, **extra)
+    _ENGINE.update(key=key, llm=llm)
+    return llm
+
+
+def release() -> None:
+    """Drop the engine held (and its GPU memory)."""
+    llm = _ENGINE.pop("llm", None)
+    _ENGINE.pop("key", None)
+    if llm is not None:
+        del llm
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def sampling_params(vllm, *, n: int, temperature: float, top_p: float, max_tokens: int, seed: int,
+                    stop: Sequence[str]):
+    """vLLM's sampling settings; greedy (one sample) when ``temperature == 0``."""
+    if temperature == 0:
+        return vllm.SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, seed=seed, stop=list(stop))
+    return vllm.SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed,
+                               stop=list(stop))
+
+
+def to_generations(results, num_samples: int) -> list[list]:
+    """``models.Generation`` lists from vLLM's request outputs (a greedy output copied ``num_samples`` times)."""
+    from .models import Generation
+
+    out = []
+    for result in results:
+        gens = [Generation(c.text, len(c.token_ids), c.finish_reason == "length") for c in result.outputs]
+        out.append(gens * num_samples if len(gens) == 1 and num_samples > 1 else gens)
+    return out
+
+
+def generate(model_dir: str | os.PathLike, tokenizer, prompts: Sequence[str], *, max_new_tokens: int,
+             temperature: float, top_p: float, num_samples: int, seed: int, stop: Sequence[str],
+             dtype: str = "auto") -> list[list]:
+    """``models.generate`` through vLLM on the model in ``model_dir``: the same prompt tokens (the
+    tokenizer's own start token, as ``models.encode_prompt``), one seed per prompt (so a prompt's
+    samples do not depend on what else is in the batch; the engine is made once per model directory)."""
+    from .models import _stable_seed, encode_prompt
+
+    llm = engine(str(model_dir), dtype=dtype, what="student_generation.backend 'vllm'",
+                 fallback="set student_generation.backend: hf", gpu_memory_utilization=STUDENT_GPU_SHARE)
+    vllm = import_vllm("student_generation.backend 'vllm'", "set student_generation.backend: hf")
+    requests = [{"prompt_token_ids": encode_prompt(tokenizer, p)} for p in prompts]
+    params = [sampling_params(vllm, n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                              seed=_stable_seed(seed, prompt) % (2 ** 31), stop=stop) for prompt in prompts]
+    return to_generations(llm.generate(requests, params, use_tqdm=False), num_samples)
+
+
+def student_weights_dir(model, tokenizer, fingerprint: str, root: str | os.PathLike) -> Path:
+    """A plain model directory of the student's current weights (LoRA merged), made once per fingerprint
+    under ``root/vllm_models/``: what vLLM loads."""
+    from .models import INFO_FILE, save_model
+
+    target = Path(root) / "vllm_models" / sha256_bytes(fingerprint.encode())[:20]
+    if not (target / INFO_FILE).is_file():
+        save_model(model, tokenizer, target, info={"made_from": "student weights, for vllm", "fingerprint": fingerprint})
+    return target

@@ -1,0 +1,128 @@
+"""vLLM for the student's own samples and for stage 6, through a stand-in where vllm is absent
+(``tests/vllm_standin.py``: a real transformers model behind vLLM's names)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import vllm_standin
+from syllabus import evaluate, lab, models, params as P, vllm_backend, workflow
+from syllabus.params import load_profile
+
+torch.set_num_threads(1)
+
+ARCH = P.LabArch(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=160)
+TRAINING = P.Training(batch_size=4, max_seq_len=128, learning_rate=3e-3, lora_targets=["q_proj", "v_proj"])
+PROBLEMS = lab.generate_problems(6, seed=5, modules=["add", "subtract"], min_steps=1, max_steps=1, max_operand=9,
+                                 max_value=20, id_prefix="v")
+
+
+@pytest.fixture(autouse=True)
+def fresh_engine():
+    torch.set_num_threads(1)
+    vllm_backend.release()
+    yield
+    vllm_backend.release()
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", vllm_standin.module())
+    vllm_standin.LLM.loaded.clear()
+    return vllm_standin
+
+
+def lab_student(tmp_path, lora: bool) -> workflow.StudentModel:
+    texts = [lab.write_trace(p, "equations", error_rate=0.0, rng=__import__("random").Random(0))
+             for p in lab.generate_problems(40, seed=1, modules=["add", "subtract"], min_steps=1, max_steps=1,
+                                            max_operand=9, max_value=20, id_prefix="w")]
+    texts = [f"Question: {p.text}\nAnswer: {t}" for p, t in zip(PROBLEMS, texts)] + texts
+    spec = P.Student(name="s", source="lab", arch=ARCH, warmup_steps=20, lora=lora)
+    model, tok = models.load_student(spec, cache_dir=tmp_path, training=TRAINING, pretrain_texts=texts, threads=1)
+    if lora:  # make the adapter matter: B is zero after initialisation
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    return workflow.StudentModel(spec, model.eval(), tok)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_vllm_student_samples_are_the_hf_samples_when_greedy(tmp_path, standin, lora):
+    student = lab_student(tmp_path, lora)
+    hf = load_profile("ci", {"student_generation.max_new_tokens": 24})
+    vl = load_profile("ci", {"student_generation.max_new_tokens": 24, "student_generation.backend": "vllm"})
+    want = workflow.student_samples(student, PROBLEMS, k=1, prof=hf, seed=0)
+    got = workflow.student_samples(student, PROBLEMS, k=1, prof=vl, seed=0, cache_dir=tmp_path / "cache")
+    assert [[g.text for g in gens] for gens in got] == [[g.text for g in gens] for gens in want]
+    assert any(g[0].text.strip() for g in want)
+    (served,) = standin.LLM.loaded
+    assert served.startswith(str(tmp_path / "cache" / "vllm_models"))
+    assert not list((tmp_path / "cache" / "vllm_models").glob("*/adapter_config.json"))  # LoRA merged: a plain model
+    again = workflow.student_samples(student, PROBLEMS, k=1, prof=vl, seed=0, cache_dir=tmp_path / "cache")
+    assert again == got and len(standin.LLM.loaded) == 1  # same weights: the engine is reused
+
+
+def test_vllm_student_samples_k_per_problem_and_a_new_checkpoint_gets_a_new_engine(tmp_path, standin):
+    student = lab_student(tmp_path, lora=False)
+    prof = load_profile("ci", {"student_generation.max_new_tokens": 8, "student_generation.backend": "vllm"})
+    outs = workflow.student_samples(student, PROBLEMS, k=3, prof=prof, seed=1, cache_dir=tmp_path)
+    assert [len(g) for g in outs] == [3] * len(PROBLEMS)
+    with torch.no_grad():
+        next(student.model.parameters()).add_(0.01)  # a training step changes the weights
+    workflow.student_samples(student, PROBLEMS, k=1, prof=prof, seed=1, cache_dir=tmp_path)
+    assert len(set(standin.LLM.loaded)) == 2
+
+
+def test_the_hf_backend_never_imports_vllm_and_keeps_its_cache_keys(tmp_path, monkeypatch):
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
+    student = lab_student(tmp_path, lora=False)
+    prof = load_profile("ci", {"student_generation.max_new_tokens": 8})
+    workflow.pass_rates(student, PROBLEMS, k=1, prof=prof, seed=0, cache_dir=tmp_path)
+    assert "vllm" not in sys.modules
+    assert "backend" not in workflow.generation_settings(prof)  # pass-rate caches of earlier runs stay valid
+    vl = load_profile("ci", {"student_generation.backend": "vllm"})
+    assert workflow.generation_settings(vl)["backend"] == "vllm"
+
+
+def test_vllm_missing_is_a_clear_error_naming_the_setting(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
+    student = lab_student(tmp_path, lora=False)
+    prof = load_profile("ci", {"student_generation.backend": "vllm"})
+    with pytest.raises(vllm_backend.VLLMMissing, match=r"student_generation.backend 'vllm' needs vLLM.*"
+                                                       r"pip install 'syllabus\[vllm\]'.*backend: hf"):
+        workflow.student_samples(student, PROBLEMS, k=1, prof=prof, seed=0, cache_dir=tmp_path)
+
+
+def test_stage6_runs_lm_eval_with_its_vllm_model_type(tmp_path, monkeypatch, standin):
+    import lm_eval
+
+    student = lab_student(tmp_path, lora=False)
+    model_dir = models.save_model(student.model, student.tokenizer, tmp_path / "model")
+    lab_file = evaluate.write_problems_jsonl(PROBLEMS, tmp_path / "heldout.jsonl")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(**kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", capture)
+    with pytest.raises(Stop):
+        evaluate.run_lm_eval(model_dir, ["syllabus_lab"], data_dir=None, limit=2, max_gen_toks=8, batch_size=2,
+                             apply_chat_template=False, output_dir=tmp_path / "out", seed=3, lab_file=lab_file,
+                             dtype="bfloat16", backend="vllm")
+    assert seen["model"] == "vllm"
+    assert seen["model_args"] == {"pretrained": str(model_dir.resolve()), "dtype": "bfloat16", "seed": 3}
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    monkeypatch.setattr(evaluate.importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(evaluate.EvaluateError, match=r"benchmark.backend is 'vllm' but vLLM is not installed"):
+        evaluate.lm_eval_model_args("vllm", model_dir, "float32", 0)
+    assert evaluate.lm_eval_model_args("hf", model_dir, "float32", 0) == {"pretrained": str(model_dir),
+                                                                          "dtype": "float32"}
