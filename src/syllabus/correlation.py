@@ -64,6 +64,19 @@ def gold_examples(student: workflow.StudentModel, pool: list[Problem]) -> list[t
     return [(student.prompt(p), student.target(p.solution)) for p in pool if p.solution]
 
 
+def grid_cells(student: workflow.StudentModel, datasets: dict[str, pd.DataFrame], problems: dict[str, Problem],
+               pool: list[Problem], prof) -> dict[str, tuple[list[tuple[str, str]], int]]:
+    """A student's trained cells, each (examples, SFT steps for the budget): every candidate dataset, then
+    ``control:gold``; ``gain_grid`` and the worker jobs both run exactly these."""
+    cells = {name: workflow.sft_examples(student, problems, compatibility.traces_of(table))
+             for name, table in datasets.items()}
+    cells[CONTROL_GOLD] = gold_examples(student, pool)
+    return {name: (examples, workflow.budget_steps(student, examples, prof.training,
+                                                   tokens=prof.correlation.sft_tokens,
+                                                   steps=prof.correlation.sft_steps))
+            for name, examples in cells.items()}
+
+
 def gain_grid(stage: Stage, students: list[workflow.StudentModel], datasets: dict[str, pd.DataFrame],
               problems: dict[str, Problem], heldout: list[Problem], pool: list[Problem]
               ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -86,13 +99,8 @@ def gain_grid(stage: Stage, students: list[workflow.StudentModel], datasets: dic
         # control:none - the untouched student evaluated again, without the cache: greedy decoding is
         # deterministic, so this measures that the evaluation itself adds no noise.
         again = workflow.pass_rates(student, heldout, k=1, prof=prof, seed=stage.seed)
-        cells = {name: workflow.sft_examples(student, problems, compatibility.traces_of(table))
-                 for name, table in datasets.items()}
-        cells[CONTROL_GOLD] = gold_examples(student, pool)
         results = [(CONTROL_NONE, None, again, None)]
-        for name, examples in cells.items():
-            steps = workflow.budget_steps(student, examples, prof.training, tokens=prof.correlation.sft_tokens,
-                                          steps=prof.correlation.sft_steps)
+        for name, (examples, steps) in grid_cells(student, datasets, problems, pool, prof).items():
             for seed in prof.correlation.seeds:
                 trained, result = workflow.distil(student, examples, steps=steps, stage=stage, seed=seed,
                                                   tag=f"grid-{student.name}-{name}-s{seed}")
@@ -118,15 +126,12 @@ def _cell_jobs(stage: Stage, student: workflow.StudentModel, datasets: dict[str,
                problems: dict[str, Problem], heldout: list[Problem], pool: list[Problem]) -> list[dict]:
     """One job per (dataset or gold control, seed) of a student, as ``gain_grid``'s loop would run them."""
     prof = stage.params
-    cells = {name: workflow.sft_examples(student, problems, compatibility.traces_of(table))
-             for name, table in datasets.items()}
-    cells[CONTROL_GOLD] = gold_examples(student, pool)
     student_file = _student_file(stage, student)
     return [{"params": prof, "run_root": str(stage.run.root), "eval_seed": stage.seed, "student_file": str(student_file),
              "examples": examples, "heldout": heldout, "seed": seed, "tag": f"grid-{student.name}-{name}-s{seed}",
-             "steps": workflow.budget_steps(student, examples, prof.training, tokens=prof.correlation.sft_tokens,
-                                            steps=prof.correlation.sft_steps)}
-            for name, examples in cells.items() for seed in prof.correlation.seeds]
+             "steps": steps}
+            for name, (examples, steps) in grid_cells(student, datasets, problems, pool, prof).items()
+            for seed in prof.correlation.seeds]
 
 
 def _student_file(stage: Stage, student: workflow.StudentModel) -> Path:
