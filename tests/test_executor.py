@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from syllabus import correlation, executor, lab, workflow
+from syllabus import correlation, executor, lab, teacher_selection, workflow
 from syllabus.params import load_profile
 from syllabus.runs import open_stage
 
@@ -69,6 +69,27 @@ def test_two_workers_give_the_same_grid_as_one(tmp_path):
     assert len(summaries[1]) == len(summaries[2]) == 6
     assert all(s["resumed_from"] == 0 for s in summaries[1])  # trained in the loop
     assert all(s["resumed_from"] == s["steps"] == 2 for s in summaries[2])  # trained by the workers, read back
+
+
+def _leaderboard(tmp_path, workers: int):
+    stage = open_stage("01_teacher_selection", "ci", {**OVERRIDES, "parallel.workers": workers,
+                                                      "teacher_selection.smoke_sft_steps": 2,
+                                                      "teacher_selection.seeds": [0, 1]},
+                       run_dir=tmp_path / f"smoke{workers}")
+    splits = workflow.problem_splits(stage.params)
+    student = workflow.load_student(stage, stage.params.students[0], splits)
+    problems = splits.pool[:8]
+    runs = teacher_selection.generate_all(stage, problems)
+    return stage, teacher_selection.leaderboard(stage, student, runs, problems, splits.probe)
+
+
+def test_two_workers_give_the_same_teacher_leaderboard_as_one(tmp_path):
+    stage1, board1 = _leaderboard(tmp_path, 1)
+    stage2, board2 = _leaderboard(tmp_path, 2)
+    pd.testing.assert_frame_equal(board1, board2, check_exact=True)
+    trained = [json.loads(f.read_text()) for f in (stage2.run.cache / "sft").glob("smoke-xs-*/train_summary.json")]
+    assert len(trained) == 2 * len(board2[board2["teacher_accuracy"] > 0])  # every smoke test, both seeds
+    assert all(s["resumed_from"] == s["steps"] for s in trained)  # trained by the workers, read back
 
 
 # --------------------------------------------------------------------------- Slurm through submitit

@@ -12,20 +12,14 @@ are fitted on part of the families and judged on the others.
 
 from __future__ import annotations
 
-import copy
 import fnmatch
-import functools
-from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
-import torch
 
-from . import compatibility, executor, stats, workflow
-from .devices import resolve_device
+from . import compatibility, sft_cells, stats, workflow
 from .progress import Task
 from .records import Problem
-from .runs import RunDir, Stage, atomic_path
+from .runs import Stage
 
 CONTROL_NONE, CONTROL_GOLD = "control:none", "control:gold"
 CONTROLS = (CONTROL_NONE, CONTROL_GOLD)
@@ -89,10 +83,10 @@ def gain_grid(stage: Stage, students: list[workflow.StudentModel], datasets: dic
     prof = stage.params
     rows, outcomes = [], []
     ids = [p.id for p in heldout]
-    if prof.parallel.workers > 1 or prof.parallel.executor != "local":
+    if sft_cells.parallel(prof):
         # fill the caches side by side (or as Slurm jobs); the loop below then reads every cell back
-        jobs = [job for student in students for job in _cell_jobs(stage, student, datasets, problems, heldout, pool)]
-        executor.for_profile(prof, stage.run.cache / "slurm").map(grid_cell, jobs)
+        sft_cells.fill(stage, [job for student in students
+                               for job in _cell_jobs(stage, student, datasets, problems, heldout, pool)])
     progress = Task("grid cells", len(students) * (len(datasets) + 1) * len(prof.correlation.seeds))
     for student in students:
         before = workflow.pass_rates(student, heldout, k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
@@ -126,42 +120,10 @@ def _cell_jobs(stage: Stage, student: workflow.StudentModel, datasets: dict[str,
                problems: dict[str, Problem], heldout: list[Problem], pool: list[Problem]) -> list[dict]:
     """One job per (dataset or gold control, seed) of a student, as ``gain_grid``'s loop would run them."""
     prof = stage.params
-    student_file = _student_file(stage, student)
-    return [{"params": prof, "run_root": str(stage.run.root), "eval_seed": stage.seed, "student_file": str(student_file),
-             "examples": examples, "heldout": heldout, "seed": seed, "tag": f"grid-{student.name}-{name}-s{seed}",
-             "steps": steps}
+    return [sft_cells.job(stage, student, examples, steps=steps, seed=seed, tag=f"grid-{student.name}-{name}-s{seed}",
+                          eval_problems=heldout)
             for name, (examples, steps) in grid_cells(student, datasets, problems, pool, prof).items()
             for seed in prof.correlation.seeds]
-
-
-def _student_file(stage: Stage, student: workflow.StudentModel) -> Path:
-    """The student (model on the CPU, tokenizer, spec) pickled once per weights for the workers."""
-    path = stage.run.cache / "executor" / f"student-{student.name}-{student.fingerprint()[:16]}.pt"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        on_cpu = workflow.StudentModel(student.spec, copy.deepcopy(student.model).to("cpu"), student.tokenizer)
-        with atomic_path(path) as tmp:
-            torch.save(on_cpu, tmp)
-    return path
-
-
-@functools.lru_cache(maxsize=2)
-def _worker_student(path: str, device: str, threads: int) -> workflow.StudentModel:
-    torch.set_num_threads(threads)
-    student = torch.load(path, weights_only=False)
-    student.model.to(resolve_device(device)).eval()
-    return student
-
-
-def grid_cell(job: dict) -> str:
-    """A worker's grid cell: the SFT run and the held-out pass rates, into the run's caches."""
-    prof = job["params"]
-    student = _worker_student(job["student_file"], prof.device, prof.threads)
-    stage = SimpleNamespace(params=prof, run=RunDir(job["run_root"]), seed=job["eval_seed"])
-    trained, _ = workflow.distil(student, job["examples"], steps=job["steps"], stage=stage, seed=job["seed"],
-                                 tag=job["tag"])
-    workflow.pass_rates(trained, job["heldout"], k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
-    return job["tag"]
 
 
 def cell_gains(outcomes: pd.DataFrame) -> pd.DataFrame:

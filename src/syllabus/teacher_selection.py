@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import stats, workflow
+from . import sft_cells, stats, workflow
 from .params import Profile
 from .progress import track
 from .records import Problem
@@ -46,6 +46,8 @@ def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, wo
     by_id = {p.id: p for p in problems}
     fingerprint = student.fingerprint()
     before = workflow.pass_rates(student, eval_problems, k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
+    if sft_cells.parallel(prof):  # fill the caches side by side; the loop below reads every smoke test back
+        sft_cells.fill(stage, smoke_jobs(stage, student, runs, by_id, eval_problems))
     rows = []
     for name, run in track(runs.items(), "smoke tests (teachers)"):
         traces = run.traces
@@ -66,13 +68,11 @@ def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, wo
         }
         afters = [before.to_numpy()]  # no verified trace: nothing to train on, the student is unchanged
         if correct:
-            examples = workflow.sft_examples(student, by_id, correct)
-            steps = workflow.budget_steps(student, examples, prof.training, tokens=ts.smoke_sft_tokens,
-                                          steps=ts.smoke_sft_steps)
+            examples, steps = smoke_examples(stage, student, run, by_id)
             afters = []
             for seed in ts.seeds:
                 trained, _ = workflow.distil(student, examples, steps=steps, stage=stage, seed=seed,
-                                             tag=f"smoke-{student.name}-{name}-s{seed}")
+                                             tag=smoke_tag(student, name, seed))
                 after = workflow.pass_rates(trained, eval_problems, k=1, prof=prof, seed=stage.seed,
                                             cache_dir=stage.run.cache)
                 afters.append(after.loc[before.index].to_numpy())
@@ -84,6 +84,32 @@ def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, wo
     board = pd.DataFrame(rows).sort_values(["gain", "teacher_accuracy"], ascending=[False, False], kind="mergesort")
     board.insert(0, "rank", range(1, len(board) + 1))
     return board.reset_index(drop=True)
+
+
+def smoke_examples(stage: Stage, student: workflow.StudentModel, run: workflow.TeacherRun,
+                   by_id: dict[str, Problem]) -> tuple[list[tuple[str, str]], int]:
+    """A teacher's smoke-test SFT: its verified traces as examples, and the steps of the equal budget."""
+    ts = stage.params.teacher_selection
+    examples = workflow.sft_examples(student, by_id, [t for t in run.traces if t.correct])
+    steps = workflow.budget_steps(student, examples, stage.params.training, tokens=ts.smoke_sft_tokens,
+                                  steps=ts.smoke_sft_steps)
+    return examples, steps
+
+
+def smoke_tag(student: workflow.StudentModel, teacher: str, seed: int) -> str:
+    return f"smoke-{student.name}-{teacher}-s{seed}"
+
+
+def smoke_jobs(stage: Stage, student: workflow.StudentModel, runs: dict[str, workflow.TeacherRun],
+               by_id: dict[str, Problem], eval_problems: list[Problem]) -> list[dict]:
+    """One ``sft_cells`` job per (teacher with verified traces, seed), as ``leaderboard``'s loop runs them."""
+    jobs = []
+    for name, run in runs.items():
+        if any(t.correct for t in run.traces):
+            examples, steps = smoke_examples(stage, student, run, by_id)
+            jobs += [sft_cells.job(stage, student, examples, steps=steps, seed=seed, tag=smoke_tag(student, name, seed),
+                                   eval_problems=eval_problems) for seed in stage.params.teacher_selection.seeds]
+    return jobs
 
 
 def noise_floor(board: pd.DataFrame, n_problems: int) -> pd.DataFrame:

@@ -1,0 +1,72 @@
+"""SFT cells in worker processes: the equal-budget "train, then evaluate" runs of stages 1 and 4.
+
+A cell is one SFT run of a student on a list of examples (``workflow.distil``) followed by its
+greedy pass rates on a problem set (``workflow.pass_rates``). Both are cached by content in the
+run folder, so the stages fill the caches with ``fill(stage, jobs)`` - side by side through the
+profile's executor when ``parallel.workers > 1`` (or on Slurm) - and then assemble their tables
+with their usual sequential loop, which finds every cell cached: the tables are the same whatever
+the number of workers.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from . import executor, workflow
+from .devices import resolve_device
+from .records import Problem
+from .runs import RunDir, Stage, atomic_path
+
+
+def parallel(prof) -> bool:
+    """Whether the profile asks for cells outside this process (several local workers, or Slurm)."""
+    return prof.parallel.workers > 1 or prof.parallel.executor != "local"
+
+
+def job(stage: Stage, student: workflow.StudentModel, examples: list[tuple[str, str]], *, steps: int,
+        seed: int, tag: str, eval_problems: list[Problem]) -> dict:
+    """One cell as plain, picklable data, run exactly as the stage's own loop would run it."""
+    return {"params": stage.params, "run_root": str(stage.run.root), "eval_seed": stage.seed,
+            "student_file": str(student_file(stage, student)), "examples": examples, "heldout": eval_problems,
+            "seed": seed, "tag": tag, "steps": steps}
+
+
+def fill(stage: Stage, jobs: list[dict]) -> None:
+    """Run the cells through the profile's executor (their results land in the run's caches)."""
+    if jobs:
+        executor.for_profile(stage.params, stage.run.cache / "slurm").map(run_cell, jobs)
+
+
+def student_file(stage: Stage, student: workflow.StudentModel) -> Path:
+    """The student (model on the CPU, tokenizer, spec) pickled once per weights for the workers."""
+    path = stage.run.cache / "executor" / f"student-{student.name}-{student.fingerprint()[:16]}.pt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        on_cpu = workflow.StudentModel(student.spec, copy.deepcopy(student.model).to("cpu"), student.tokenizer)
+        with atomic_path(path) as tmp:
+            torch.save(on_cpu, tmp)
+    return path
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_student(path: str, device: str, threads: int) -> workflow.StudentModel:
+    torch.set_num_threads(threads)
+    student = torch.load(path, weights_only=False)
+    student.model.to(resolve_device(device)).eval()
+    return student
+
+
+def run_cell(job: dict) -> str:
+    """A worker's cell: the SFT run and the pass rates on the evaluation problems, into the run's caches."""
+    prof = job["params"]
+    student = _worker_student(job["student_file"], prof.device, prof.threads)
+    stage = SimpleNamespace(params=prof, run=RunDir(job["run_root"]), seed=job["eval_seed"])
+    trained, _ = workflow.distil(student, job["examples"], steps=job["steps"], stage=stage, seed=job["seed"],
+                                 tag=job["tag"])
+    workflow.pass_rates(trained, job["heldout"], k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
+    return job["tag"]
