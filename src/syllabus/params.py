@@ -291,7 +291,8 @@ class Benchmark(Strict):
 
 
 class Parallel(Strict):
-    """Where a stage's independent SFT runs (stage-1 smoke tests, stage-4 grid cells, stage-6 models) go; the tables do not depend on it."""
+    """Where a stage's independent runs go (stage-1 smoke tests, stage-4 grid cells, stage-6 models);
+    the tables do not depend on it."""
 
     workers: int = Field(1, ge=1, description="local: processes side by side, one GPU each when there are GPUs; "
                                               "slurm: jobs in flight at once")
