@@ -300,6 +300,15 @@ class Parallel(Strict):
     slurm_partition: str | None = None
     slurm_timeout_min: int = Field(60, ge=1)
     slurm_gpus_per_job: int = Field(1, ge=0)
+    sft_processes: int = Field(1, ge=1, description="processes per SFT run of stages 1 and 4: data parallel "
+                                                    "through accelerate launch, one GPU each (syllabus.launch)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Parallel":
+        if self.sft_processes > 1 and self.workers > 1 and self.executor == "local":
+            raise ValueError(f"parallel: workers {self.workers} and sft_processes {self.sft_processes} both spread "
+                             "over the node's GPUs; set one of them to 1 (runs side by side, or one run over the GPUs)")
+        return self
 
 
 # --------------------------------------------------------------------------- profile

@@ -135,6 +135,30 @@ def _write_records(out_dir: Path, log: list[dict[str, Any]], summary: dict[str, 
     atomic_write_json(out_dir / "train_summary.json", summary)
 
 
+# --------------------------------------------------------------------------- data parallelism
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of the running ``torch.distributed`` group; (0, 1) outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _sum_over_processes(params: list[torch.Tensor], loss: float) -> float:
+    """Sum the gradients (each process's share of the step, already divided by the whole step's target
+    tokens) and the logged loss over the processes, in one flat all-reduce: every process then takes the
+    same optimizer step, as one process would on the whole batch."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+    total = torch.tensor([loss], dtype=torch.float64, device=flat.device)
+    torch.distributed.all_reduce(total)
+    return float(total)
+
+
 # --------------------------------------------------------------------------- the loop
 def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | None, cfg: P.Training, seed: int,
         out_dir: str | Path | None = None, checkpoint_every: int | None = None, resume: bool = True,
@@ -172,6 +196,7 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
     out = Path(out_dir) if out_dir is not None else None
     log: list[dict[str, Any]] = []
     start_step, tokens_seen, prior_wall = 0, 0, 0.0
+    trained_by = 1  # processes that trained the last step (data parallelism)
     torch.manual_seed(seed)
     if out is not None and resume and (out / CHECKPOINT).is_file():
         ckpt = torch.load(out / CHECKPOINT, weights_only=False, map_location="cpu")
@@ -188,25 +213,35 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         if "cuda_rng" in ckpt and model_device(model).type == "cuda":
             torch.cuda.set_rng_state(ckpt["cuda_rng"], model_device(model))
         start_step, tokens_seen, log, prior_wall = ckpt["step"], ckpt["tokens_seen"], ckpt["log"], ckpt["wall_s"]
+        trained_by = ckpt.get("processes", 1)
+
+    rank, world = process_group()
+    if start_step < steps:
+        trained_by = world
 
     def summary(step: int, wall: float) -> dict[str, Any]:
         return {"steps_done": step, "steps": steps, "tokens_seen": tokens_seen, "wall_s": round(wall, 3),
                 "data_hash": data_hash, "n_examples": len(examples), "n_used": len(data), "seed": seed,
                 "loss_on": loss_on, "training": cfg.model_dump(mode="json"), "resumed_from": start_step,
                 "final_loss": log[-1]["loss"] if log else None,
-                "batch_order": "one pass, seeded order" if single_pass else "epochs of seeded permutations"}
+                "batch_order": "one pass, seeded order" if single_pass else "epochs of seeded permutations",
+                **({"processes": trained_by} if trained_by > 1 else {})}
 
     started = time.perf_counter()
     model.train()
     device = model_device(model)
     micro = cfg.batch_size
+    writes = out is not None and rank == 0  # under data parallelism the first process writes for all
     loop = Task("SFT steps", steps - start_step)
     for step in range(start_step, steps):
         chosen = (single_pass_indices(len(data), micro * cfg.grad_accum, step, seed) if single_pass
                   else batch_indices(len(data), micro * cfg.grad_accum, step, seed))
-        batches = [{key: value.to(device) for key, value in collate([data[i] for i in chosen[k:k + micro]], pad_id).items()}
-                   for k in range(0, len(chosen), micro)]
-        n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        # target tokens and tokens of the whole step, over every process's share of it
+        n_target = sum(sum(label != -100 for label in data[i][1][1:]) for i in chosen)
+        tokens_seen += sum(len(data[i][0]) for i in chosen)
+        mine = chosen[rank::world]
+        batches = [{key: value.to(device) for key, value in collate([data[i] for i in mine[k:k + micro]], pad_id).items()}
+                   for k in range(0, len(mine), micro)]
         total = 0.0
         for b in batches:
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
@@ -216,7 +251,8 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
                                                      ignore_index=-100, reduction="sum") / n_target
             loss.backward()
             total += loss.item()
-            tokens_seen += int(b["attention_mask"].sum())
+        if world > 1:
+            total = _sum_over_processes(params, total)
         torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
@@ -224,17 +260,18 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         optimizer.zero_grad(set_to_none=True)
         log.append({"step": step + 1, "loss": total, "lr": lr, "tokens": tokens_seen})
         done = step + 1
-        if out is not None and ((checkpoint_every and done % checkpoint_every == 0) or done == steps):
+        if writes and ((checkpoint_every and done % checkpoint_every == 0) or done == steps):
             wall = prior_wall + time.perf_counter() - started
             _save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler,
-                             {"step": done, "tokens_seen": tokens_seen, "log": log, "wall_s": wall, "run_key": run_key})
+                             {"step": done, "tokens_seen": tokens_seen, "log": log, "wall_s": wall, "run_key": run_key,
+                              **({"processes": world} if world > 1 else {})})
             _write_records(out, log, summary(done, wall))
         loop.advance()
     loop.close()
     model.eval()
     wall = prior_wall + time.perf_counter() - started
     result_summary = summary(steps, wall)
-    if out is not None:
+    if writes:
         _write_records(out, log, result_summary)
     return TrainResult(model=model, losses=[r["loss"] for r in log], tokens_seen=tokens_seen, wall_s=wall,
                        data_hash=data_hash, n_examples=len(examples), steps=steps, resumed_from=start_step,

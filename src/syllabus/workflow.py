@@ -321,14 +321,14 @@ def distil(student: StudentModel, examples: list[tuple[str, str]], *, steps: int
     Returns the trained copy and the training result (losses, tokens seen). The original student is
     left untouched, so equal-budget runs all start from the same weights.
     """
-    from . import train
+    from . import launch
 
     prof = stage.params
     key = hash_obj({"student": student.fingerprint(), "examples": examples, "steps": steps, "seed": seed,
                     "training": prof.training.model_dump(mode="json")})[:16]
     out_dir = stage.run.cache / "sft" / f"{tag}-{key}"
     model = copy.deepcopy(student.model)
-    result = train.sft(model, student.tokenizer, examples, steps=steps, cfg=prof.training, seed=seed,
-                       out_dir=out_dir, resume=True)
+    result = launch.sft(model, student.tokenizer, examples, steps=steps, cfg=prof.training, seed=seed,
+                        out_dir=out_dir, resume=True, processes=prof.parallel.sft_processes)
     model.eval()  # sft trained the copy in place
     return StudentModel(student.spec, model, student.tokenizer), result
