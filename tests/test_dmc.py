@@ -198,3 +198,14 @@ def test_rank_surprisal_ratio_per_dataset():
     df["rank"] = [3.0, 6.0]
     table = dmc.dataset_table(dmc.item_table(df, nll_ref=1.0))
     assert table.loc[0, "rsr"] == pytest.approx(4.5 / 1.5)  # mean rank over mean NLL, not a mean of ratios
+
+
+def test_worked_example_and_ranking_recompute_from_the_saved_factors():
+    df = items([("a", "p1", True, 0.5, 1.25), ("b", "p2", True, 0.0, 5.0)]).assign(student="s", teacher="t")
+    out = dmc.item_table(df, nll_ref=1.0)
+    steps = dmc.worked_example(out).set_index("step")["value"]
+    assert steps["relative difficulty r"] == 1.25 and steps["m under 'window'"] == pytest.approx(0.5)
+    ranked = dmc.ranking(out)
+    assert ranked["dataset"].tolist() == ["a", "b"] and ranked["rank"].tolist() == [1, 2]
+    wide = dmc.ranking(out, width=10.0, center=5.0)  # a window centred on the foreign trace flips the order
+    assert wide["dataset"].tolist() == ["b", "a"]

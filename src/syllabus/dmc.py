@@ -336,3 +336,38 @@ def _check_values(df: pd.DataFrame, column: str, ok: Callable[[pd.Series], pd.Se
         value = row[column].item() if hasattr(row[column], "item") else row[column]
         raise ValueError(f"DMC items: row {i} ({who}) has {column}={value!r}; expected {expected}")
 
+
+
+# --------------------------------------------------------------------------- reading a table
+def worked_example(items: pd.DataFrame, *, variant: str = "window", **params: float) -> pd.DataFrame:
+    """One item's DMC in numbers, step by step: its factors (q, c, r with the NLLs r divides) and m under
+    ``variant``. ``items`` is an item table (``item_table``); the first row is explained."""
+    _require(items, [*FACTORS, "nll"], "DMC item table (from item_table)")
+    row = items.iloc[0]
+    chosen = check_params(variant, params, where=f"rule '{variant}'")
+    m = float(compatibility([row["quality"]], [row["capability"]], [row["rel_difficulty"]], variant, **chosen)[0])
+    ref = float(row["nll"]) / float(row["rel_difficulty"]) if row["rel_difficulty"] > 0 else float("nan")
+    steps = [
+        ("item", f"{row.get('dataset')} / problem {row.get('problem_id')} / teacher {row.get('teacher')}", ""),
+        ("quality q", row["quality"], "verifier verdict, 0 if truncated or malformed"),
+        ("capability c", row["capability"], "smoothed pass rate of the student's own samples"
+         + (f" (raw {row['raw_pass_rate']:.3f})" if "raw_pass_rate" in row and pd.notna(row["raw_pass_rate"]) else "")),
+        ("NLL of the trace", row["nll"], "student's mean per-token NLL of the teacher's trace (nats)"),
+        ("NLL_ref", ref, "the student's own expected NLL (per prompt, or the probe median)"),
+        ("relative difficulty r", row["rel_difficulty"], "NLL / NLL_ref; 1 = as natural as its own writing"),
+        (f"m under '{variant}'", m, f"parameters {chosen}"),
+    ]
+    return pd.DataFrame(steps, columns=["step", "value", "meaning"])
+
+
+def ranking(items: pd.DataFrame, *, variant: str = "window", by: Sequence[str] = ("student", "dataset"),
+            **params: float) -> pd.DataFrame:
+    """DMC per (student, dataset) under a rule and parameters, recomputed from the saved factors (no
+    re-scoring), with each dataset's rank within its student (1 = highest DMC)."""
+    keys = list(by)
+    out = dmc_scores(recompute(items, variant=variant, **params), by=keys).reset_index()
+    if len(keys) > 1:
+        out["rank"] = out.groupby(keys[0])["dmc"].rank(ascending=False, method="min").astype(int)
+        return out.sort_values([keys[0], "rank", keys[1]], kind="mergesort").reset_index(drop=True)
+    out["rank"] = out["dmc"].rank(ascending=False, method="min").astype(int)
+    return out.sort_values(["rank", keys[0]], kind="mergesort").reset_index(drop=True)
