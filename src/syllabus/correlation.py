@@ -296,6 +296,7 @@ def rule_protocol(table: pd.DataFrame, items: pd.DataFrame, stage: Stage) -> tup
     """
     prof = stage.params
     c = prof.correlation
+    table = table[table["dmc"].notna()]  # a dataset without a scoring-slice item has no DMC to compare
     fit, hold = protocol_split(table, prof, stage.seed)
     rows, fits = [], {}
     for rule, grid in c.fit_grid.items():
