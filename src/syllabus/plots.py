@@ -80,7 +80,12 @@ def dmc_factors(table: pd.DataFrame, *, dataset="dataset", student="student",
     g.set_axis_labels("mean over items", "")
     for ax, name in zip(g.axes.flat, factors):
         if name in log_factors and (table[name] > 0).any():  # DMC spans orders of magnitude between datasets
+            from matplotlib import ticker
+
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=6))
+            ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # no overprinted minor labels
             ax.set_title(f"{name} (log scale)")
     g.figure.suptitle("DMC and its factors per candidate dataset", y=1.03)
     return g.figure
