@@ -168,7 +168,8 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
     d = prof.dynamic
     policy = select.make_policy(policy_name, **policy_params(stage, policy_name, seed, ioa_dataset(datasets, selected_teacher)))
     scored = datasets  # DMC is measured on each dataset's scoring slice (score_student)...
-    datasets = compatibility.training_rows(datasets, prof)  # ...and the phases train on its training slice only
+    # ...and the phases train on its training slice only (a dataset with none cannot be trained on, or chosen)
+    datasets = compatibility.slice_rows(datasets, prof, "training")
     current = workflow.StudentModel(student.spec, copy.deepcopy(student.model), student.tokenizer)
     levels = sorted({int(v) for rows in datasets.values() for v in rows["level"].dropna()})
     run = PolicyRun(policy_name, seed)
