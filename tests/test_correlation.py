@@ -115,3 +115,15 @@ def test_rule_protocol_chooses_on_one_part_and_reports_on_the_other():
     rows = held.set_index("predictor")
     assert rows.loc["dmc[window chosen]", "spearman"] == pytest.approx(1.0)  # the planted rule, on unseen cells
     assert "dmc[excess profile]" in rows.index and "rel_difficulty" in rows.index
+
+
+def test_per_prompt_reference_falls_back_to_the_median_for_a_problem_without_a_scored_sample():
+    import numpy as np
+
+    from syllabus import compatibility
+
+    own = pd.DataFrame({"problem_id": ["a", "a", "b", "c", "c"], "nll": [1.0, 3.0, np.nan, 4.0, 4.0]})
+    ref = compatibility.per_prompt_reference(own)
+    assert ref.to_dict() == {"a": 2.0, "b": 3.0, "c": 4.0} and ref.attrs["n_fallback"] == 1
+    with pytest.raises(ValueError, match="every own sample of the student is empty"):
+        compatibility.per_prompt_reference(own.assign(nll=np.nan))
