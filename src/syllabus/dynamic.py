@@ -167,6 +167,9 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
     prof = stage.params
     d = prof.dynamic
     policy = select.make_policy(policy_name, **policy_params(stage, policy_name, seed, ioa_dataset(datasets, selected_teacher)))
+    scored = datasets  # DMC is measured on each dataset's scoring slice (score_student)...
+    # ...and the phases train on its training slice only (a dataset with none cannot be trained on, or chosen)
+    datasets = compatibility.slice_rows(datasets, prof, "training")
     current = workflow.StudentModel(student.spec, copy.deepcopy(student.model), student.tokenizer)
     levels = sorted({int(v) for rows in datasets.values() for v in rows["level"].dropna()})
     run = PolicyRun(policy_name, seed)
@@ -178,15 +181,23 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
     for phase in track(range(d.phases), f"{policy_name} seed {seed} phases"):
         dmc_now: dict[str, float] = {}
         if policy_name == "dmc_dynamic" or (policy_name == "dmc_static" and phase == 0):
-            items = compatibility.score_student(stage, current, datasets, problems, splits.probe, seed=stage.seed)
+            items = compatibility.score_student(stage, current, scored, problems, splits.probe, seed=stage.seed)
             table = compatibility.dataset_scores(items).assign(policy=policy_name, seed=seed, phase=phase)
+            # lock-in, made visible: DMC of the training slice (what earlier phases trained on), in sample
+            inside = compatibility.dataset_scores(compatibility.score_student(
+                stage, current, scored, problems, splits.probe, seed=stage.seed, part="training"))
+            table["dmc_in_sample"] = table["dataset"].map(dict(zip(inside["dataset"], inside["dmc"])))
+            table["rel_difficulty_in_sample"] = table["dataset"].map(
+                dict(zip(inside["dataset"], inside["rel_difficulty"])))
             run.dmc.append(table)
             dmc_now = dict(zip(table["dataset"], table["dmc"]))
         module_scores = {}
         if policy_name == "ioa":
             module_scores = workflow.module_accuracy(current, splits.probe, prof=prof, seed=stage.seed,
                                                      cache_dir=stage.run.cache).to_dict()
-        state = select.SelectionState(datasets=sorted(datasets), n_phases=d.phases, dmc=dmc_now,
+        # a dataset whose scoring slice is empty has no DMC, so a DMC policy cannot choose it
+        choosable = sorted(n for n in datasets if not dmc_now or n in dmc_now)
+        state = select.SelectionState(datasets=choosable, n_phases=d.phases, dmc=dmc_now,
                                       student_scores=module_scores, teacher_scores=teacher_scores,
                                       prerequisites=prerequisites, levels=levels)
         choice = policy.choose(phase, state)

@@ -203,10 +203,21 @@ class Curation(Strict):
 
 
 class DMC(Strict):
-    variant: str = Field("default", description="a rule of syllabus.dmc.RULES")
-    r0: float = Field(1.0, ge=0)
-    lam: float = Field(1.0, ge=0, description="lambda in exp(-lambda * max(0, r - r0))")
+    variant: str = Field("window", description="a rule of syllabus.dmc.RULES")
+    params: dict[str, float] = Field(default_factory=dict,
+                                     description="the rule's keyword parameters (unset ones keep the rule's defaults)")
+    reference: Literal["per_prompt", "sampled_median"] = Field(
+        "per_prompt", description="NLL_ref of r = NLL(trace) / NLL_ref: per_prompt, the student's own mean NLL of "
+                                  "its T = sample_temperature samples of that problem; sampled_median, the median "
+                                  "NLL of its tempered samples on the probe set (the first version)")
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="share of problems (by a stable hash of the id) "
+                                    "in every candidate dataset's scoring slice: DMC is measured there, SFT in "
+                                    "stages 4 and 5 never draws from it")
     capability_samples: int = Field(4, ge=1)
+    sample_temperature: float = Field(1.0, gt=0, description="temperature of the student's own samples behind "
+                                      "capability and the per-prompt reference (top_p 1)")
+    capability_prior: tuple[float, float] = Field((1.0, 1.0), description="Beta(a, b) prior of the smoothed "
+                                                  "pass rate (s + a) / (k + a + b); [0, 0]: the raw pass rate")
     score_batch_size: int = Field(16, ge=1)
     score_max_batch_tokens: int | None = Field(
         None, ge=16, description="padded tokens per scoring batch, a cap on top of score_batch_size (None: no cap; "
@@ -221,6 +232,21 @@ class DMC(Strict):
             raise ValueError(f"unknown DMC rule; registered rules: {sorted(RULES)}")
         return variant
 
+    @model_validator(mode="after")
+    def _rule_takes_params(self) -> "DMC":
+        from .dmc import check_params
+
+        check_params(self.variant, self.params, where="dmc.params")
+        if min(self.capability_prior) < 0:
+            raise ValueError(f"dmc.capability_prior must be two numbers >= 0, got {list(self.capability_prior)}")
+        return self
+
+    def rule_params(self) -> dict[str, float]:
+        """The chosen rule's parameters: ``params`` over the rule's defaults."""
+        from .dmc import check_params
+
+        return check_params(self.variant, self.params)
+
 
 class Correlation(Strict):
     datasets: list[str] | None = Field(None, description="glob patterns of the candidate datasets in the grid "
@@ -232,6 +258,32 @@ class Correlation(Strict):
     bootstrap: int = Field(1000, ge=10)
     permutations: int = Field(1000, ge=10)
     fit_fraction: float = Field(0.5, gt=0, lt=1)
+    fit_split: Literal["family", "student"] = Field(
+        "family", description="how the rule is chosen: on fit_fraction of the single-teacher families (family) or "
+                              "on the first student (student), and reported on the rest")
+    fit_grid: dict[str, dict[str, list[float]]] = Field(
+        default_factory=lambda: {"window": {"center": [0.75, 1.0, 1.25, 1.5, 2.0], "width": [0.25, 0.5, 1.0]},
+                                 "window_information": {"center": [1.0, 1.25, 1.5], "width": [0.5, 1.0]},
+                                 "excess": {"r0": [0.5, 1.0, 1.5, 2.0, 3.0], "lam": [0.25, 1.0, 4.0]},
+                                 "no_difficulty": {}},
+        description="rules compared when choosing the default, each with the values of its parameters to search")
+
+    @field_validator("fit_grid")
+    @classmethod
+    def _grid_names_rule_params(cls, grid: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
+        from .dmc import RULES, rule_params
+
+        for rule, values in grid.items():
+            if rule not in RULES:
+                raise ValueError(f"correlation.fit_grid: unknown DMC rule '{rule}'; registered rules: {sorted(RULES)}")
+            unknown = sorted(set(values) - set(rule_params(rule)))
+            if unknown:
+                raise ValueError(f"correlation.fit_grid.{rule}: rule '{rule}' has no parameter(s) {unknown}; it takes "
+                                 f"{sorted(rule_params(rule)) or 'none'}")
+            empty = [k for k, v in values.items() if not v]
+            if empty:
+                raise ValueError(f"correlation.fit_grid.{rule}.{empty[0]}: give at least one value")
+        return grid
 
 
 class IOA(Strict):

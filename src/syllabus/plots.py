@@ -71,13 +71,22 @@ def distributions(items: pd.DataFrame, *, value: str, by: str = "dataset", xlabe
 
 
 def dmc_factors(table: pd.DataFrame, *, dataset="dataset", student="student",
-                factors=("quality", "capability", "rel_difficulty", "dmc")):
-    """Stage 3: DMC and its factors per candidate dataset and student."""
+                factors=("quality", "capability", "rel_difficulty", "dmc"), log_factors=("rel_difficulty", "dmc")):
+    """Stage 3: DMC and its factors per candidate dataset and student (``log_factors`` on a log axis)."""
     long = table.melt(id_vars=[dataset, student], value_vars=list(factors), var_name="factor", value_name="value")
     g = sns.catplot(data=long, x="value", y=dataset, hue=student, col="factor", kind="bar", sharex=False,
                     height=max(3, 0.3 * table[dataset].nunique() + 1.2), aspect=0.8)
     g.set_titles("{col_name}")
     g.set_axis_labels("mean over items", "")
+    for ax, name in zip(g.axes.flat, factors):
+        if name in log_factors and (table[name] > 0).any():  # DMC spans orders of magnitude between datasets
+            from matplotlib import ticker
+
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=6))
+            ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # no overprinted minor labels
+            ax.set_title(f"{name} (log scale)")
     g.figure.suptitle("DMC and its factors per candidate dataset", y=1.03)
     return g.figure
 

@@ -192,25 +192,27 @@ def load_student(stage: Stage, spec: Student | str, splits: Splits | None = None
 
 # --------------------------------------------------------------------------- generation and accuracy
 def student_samples(student: StudentModel, problems: list[Problem], *, k: int, prof: Profile, seed: int,
-                    cache_dir: Path | None = None):
-    """k solutions per problem written by the student (greedy when k == 1), by transformers on the
-    student's device (``student_generation.backend: hf``) or by vLLM on its current weights, LoRA
-    merged, saved once per checkpoint under ``cache_dir`` (``vllm``)."""
+                    cache_dir: Path | None = None, temperature: float | None = None, top_p: float | None = None):
+    """k solutions per problem written by the student (greedy when k == 1, else at ``temperature`` /
+    ``top_p``, by default ``student_generation``'s), by transformers on the student's device
+    (``student_generation.backend: hf``) or by vLLM on its current weights, LoRA merged, saved once per
+    checkpoint under ``cache_dir`` (``vllm``)."""
     from . import models
 
     g = prof.student_generation
     prompts = [student.prompt(p) for p in problems]
-    temperature = 0.0 if k == 1 else g.temperature
+    temperature = 0.0 if k == 1 else (g.temperature if temperature is None else temperature)
+    top_p = g.top_p if top_p is None else top_p
     if g.backend == "vllm":
         from . import vllm_backend
 
         root = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "syllabus"
         weights = vllm_backend.student_weights_dir(student.model, student.tokenizer, student.fingerprint(), root)
         return vllm_backend.generate(weights, student.tokenizer, prompts, max_new_tokens=g.max_new_tokens,
-                                     temperature=temperature, top_p=g.top_p, num_samples=k, seed=seed,
+                                     temperature=temperature, top_p=top_p, num_samples=k, seed=seed,
                                      stop=models.STOP)
     return models.generate(student.model, student.tokenizer, prompts, max_new_tokens=g.max_new_tokens,
-                           temperature=temperature, top_p=g.top_p, num_samples=k, batch_size=g.batch_size, seed=seed)
+                           temperature=temperature, top_p=top_p, num_samples=k, batch_size=g.batch_size, seed=seed)
 
 
 def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: Profile, seed: int,
