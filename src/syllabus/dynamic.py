@@ -1,17 +1,21 @@
-"""Stage 5 composed: phased training where a policy picks the data before every phase.
+"""Stage 5 composed: one training run cut into phases, where a policy picks the data before every phase.
 
 Each (policy, seed) run starts from the same student and gets the same compute per phase: with
 ``budget: tokens`` (default) one pass over examples drawn until they hold the phase's token budget
 (``steps_per_phase`` x batch examples of the candidates' mean length), so every policy trains on the
 same number of tokens within one example; with ``budget: steps`` ``steps_per_phase`` optimizer steps
-on ``steps_per_phase`` x batch examples, whatever their length. Before each phase the policy sees a
-``select.SelectionState`` measured on the current checkpoint: the DMC of every candidate dataset
-(recomputed, for the DMC policies), the student's per-module accuracy on the probe set (IOA's P_S)
-and the teacher's (P_T). The phase's examples are drawn from the chosen mixture.
+on ``steps_per_phase`` x batch examples, whatever their length. With ``carry_optimizer`` (default) the
+phases continue one AdamW state and one LR schedule: a phase is a re-selection point, not a restart.
+Before each phase the policy sees a ``select.SelectionState`` measured on the current checkpoint: the
+DMC of the candidate datasets (``dynamic.datasets``; recomputed, for the DMC policies), the student's
+per-module accuracy on IOA's probe items (P_S) and the teacher's on the same items (P_T). The phase's
+examples are drawn from the chosen mixture; IOA's remedial rounds draw new, simpler problems
+(``remedial_data``).
 
 Every piece is cached by content (pass rates and scores by model fingerprint, each phase's SFT as a
-resumable checkpoint), so an interrupted run continues where it stopped and a finished one replays
-from the cache without training again.
+resumable checkpoint that holds the optimizer state the next phase continues), so an interrupted run
+continues where it stopped and a finished one replays from the cache without training again; the
+(policy, seed) runs can fill that cache side by side (``run_policies``, ``parallel.workers``).
 """
 
 from __future__ import annotations
