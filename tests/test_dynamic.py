@@ -152,3 +152,23 @@ def test_policy_runs_with_two_workers_give_the_same_tables_as_one(tmp_path):
     steps = [json.loads((p / "train_summary.json").read_text())["steps"] for p in (p0, p1)]
     adam = torch.load(p1 / "checkpoint.pt", weights_only=False)["optimizer"]["state"][0]["step"]
     assert int(adam) == sum(steps)
+
+
+def test_remedial_data_is_new_simpler_verified_and_adapted():
+    from syllabus import lab
+    from syllabus.params import load_profile
+    from syllabus.verify import verify
+
+    prof = load_profile("ci", {"dynamic.ioa.remedial_problems": 30})
+    pool = lab.generate_problems(40, 1, max_operand=12, min_steps=1, max_steps=2)
+    exclude = {p.text for p in pool}
+    rows, new = dynamic.remedial_data(prof, ("rate", "divide"), "equations", [0, 1, "rate"], exclude, pd.DataFrame())
+    assert len(new) == 30 and 0 < len(rows) <= 30 and set(rows["dataset"]) == {dynamic.REMEDIAL}
+    assert not exclude & {p.text for p in new.values()}  # problems the run has not seen
+    assert {p.module for p in new.values()} <= {"rate", "divide"} and {p.level for p in new.values()} == {1}  # one step: simpler
+    assert max(s["a"] for p in new.values() for s in p.metadata["steps"]) <= 6  # operands up to half the data's 12
+    assert all(verify(new[pid], text) and text.startswith("Step 1") for pid, text in zip(rows["problem_id"], rows["text"]))
+    again, _ = dynamic.remedial_data(prof, ("rate", "divide"), "equations", [0, 1, "rate"], exclude, pd.DataFrame())
+    pd.testing.assert_frame_equal(rows, again)  # seeded: a replayed run draws the same round
+    other, _ = dynamic.remedial_data(prof, ("rate", "divide"), "equations", [0, 2, "rate"], exclude, pd.DataFrame())
+    assert set(other["text"]) != set(rows["text"])  # another round, other problems

@@ -310,6 +310,9 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
     prof = stage.params
     d = prof.dynamic
     datasets, problems, splits = inputs.datasets, inputs.problems, inputs.splits
+    if policy_name == "ioa" and inputs.ioa is None:
+        raise ValueError("dynamic.policies: ioa needs IOA's probe (PolicyInputs.ioa = dynamic.ioa_probe(...)); "
+                         "build it, or remove ioa from dynamic.policies")
     choosable = choice_datasets(datasets, d.datasets)
     first_teaching = ioa_dataset(datasets, inputs.selected_teacher)
     policy = select.make_policy(policy_name, **policy_params(stage, policy_name, seed, first_teaching))
