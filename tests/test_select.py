@@ -167,11 +167,12 @@ def test_ioa_walks_stages_with_gate_remediation_plateau_and_resumes():
     saved = json.loads(json.dumps(policy.state_dict()))
     c3 = policy.choose(3, at({"add": 0.95, "multiply": 0.5, "divide": 0.8, "rate": 0.1}))
     assert c3.modules == ("rate",) and "mastered" in c3.reason  # 16/20: not shown below the 0.9 target
+    assert "re-diagnosis; targets ['rate']" in c3.reason  # the Identifier runs again between stages
     resumed = make_policy("ioa", **params)
     resumed.load_state_dict(saved)
     assert resumed.choose(3, at({"add": 0.95, "multiply": 0.5, "divide": 0.8, "rate": 0.1})) == c3
     c4 = policy.choose(4, at({"add": 0.95, "multiply": 0.5, "divide": 0.9, "rate": 0.95}))
-    # plan done: the re-diagnosis leaves out the module flagged not mastered, so only consolidation is left
+    # the re-diagnosis leaves out modules mastered or flagged not mastered, so only consolidation is left
     assert "re-diagnosis" in c4.reason and "consolidation" in c4.reason and set(c4.modules) == set(TEACHER)
     assert [e["outcome"] for e in policy.plan["log"]] == ["remedial round 1", "not mastered (plateau: no progress "
                                                           ">= 0.05 in 1 round(s))", "mastered", "mastered"]

@@ -366,17 +366,18 @@ def mastery_gate(student: Mapping[str, float], teacher: Mapping[str, float], ite
 class IOAPolicy(Policy):
     """IOA's Identifier and Organizer over phases (docs/method.md, stage 5; IOA Algorithm 1, lines 2-13).
 
-    Identifier (first phase, and again whenever a plan's stages are done): the gap Delta(k) of every
+    Identifier (first phase, and again after every stage, mastered or not): the gap Delta(k) of every
     module, deficient when > tau_gap; severity (Eq. 4) and the top ``target_share`` of the deficient
     modules (Eq. 5) become the targets. Organizer: the targets in prerequisite layers, a layer that
     breaks the ZPD bound split by score; the first stage is taught. Before each later phase the stage
     meets the mastery gate (``mastery_gate``: a Wilson bound on P_S against min(tau_mastery x P_T, the
-    attainable ceiling)). Passed: the next stage (or a new diagnosis). Failed: a remedial round - new,
+    attainable ceiling)). Passed: a new diagnosis (modules mastered or flagged are not targeted again)
+    and its first stage. Failed: a remedial round - new,
     simpler problems on the weak modules and their prerequisites (``Choice.remedial``; the caller
     makes them) - unless the remediation budget (``remedial_budget_share`` of the phases left), the
     plateau rule (``plateau_rounds`` rounds in a row without ``min_progress`` in the gate score) or
-    ``max_remedial_rounds`` says stop: then the stage's weak modules are flagged "not mastered", left
-    out of later diagnoses, and the curriculum moves on. With no target left, it trains on every
+    ``max_remedial_rounds`` says stop: then the stage's weak modules are flagged "not mastered" and the
+    curriculum moves on (a new diagnosis). With no target left, it trains on every
     module (consolidation). ``mastery_ceiling`` None: the attainable ceiling is the best P_S the
     student showed, at the first diagnosis, on a module it was not deficient in.
     ``dataset`` fixes the dataset of first teaching (e.g. the adapter's); else every candidate equally.
@@ -415,8 +416,8 @@ class IOAPolicy(Policy):
         if unknown:
             raise ValueError(f"ioa: the module graph names modules without probe scores: {unknown}")
         sev = severity(gaps, state.prerequisites, self.alpha, self.dependency_strength)
-        flagged = list(self.plan["not_mastered"]) if self.plan else []
-        targets = top_targets(gaps, sev, self.target_share, exclude=flagged)
+        done = list(self.plan["not_mastered"]) + list(self.plan["mastered"]) if self.plan else []
+        targets = top_targets(gaps, sev, self.target_share, exclude=done)
         stages, violations = organize(targets, state.prerequisites, state.student_scores, self.tau_zpd, self.max_range)
         for k, g in gaps.items():
             g["severity"] = sev[k]
@@ -488,11 +489,8 @@ class IOAPolicy(Policy):
         return self._advance(phase, state, f"{label} not mastered, flagged {weak} ({stop}); moving on")
 
     def _advance(self, phase: int, state: SelectionState, why: str) -> Choice:
-        plan = self.plan
-        plan.update(current=plan["current"] + 1, rounds=0, best=None, stalled=0)
-        if plan["current"] >= len(plan["stages"]):
-            return self._new_plan(phase, state, f"{why}; plan done, re-diagnosis")
-        return self._stage(phase, state, f"{why}; stage {plan['current'] + 1}/{len(plan['stages'])} first teaching")
+        """The Identifier runs again between curriculum stages, on the current checkpoint."""
+        return self._new_plan(phase, state, f"{why}; re-diagnosis")
 
     def _stage(self, phase: int, state: SelectionState, why: str) -> Choice:
         i = self.plan["current"]
