@@ -189,7 +189,7 @@ def chosen_trajectories(scores: pd.DataFrame, choices: pd.DataFrame, *, x="phase
             ax.plot(line[x], line[y], color="0.75", linewidth=1, zorder=1)
         picks = choices[choices[seed_col] == seed]
         chosen = g.merge(picks[[x, "chosen"]], on=x).query(f"{hue} == chosen")
-        ax.plot(chosen[x], chosen[y], color="tab:red", marker="o", linewidth=2, zorder=2, label="chosen")
+        ax.plot(chosen[x], chosen[y], color="tab:red", marker="o", linewidth=1, linestyle="--", zorder=2, label="chosen")
         for _, row in chosen.iterrows():
             ax.annotate(row[hue], (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xticks(sorted(g[x].unique()))
