@@ -25,6 +25,7 @@ import dataclasses
 import fnmatch
 import json
 import random
+import warnings
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -166,8 +167,13 @@ def ioa_probe(stage: Stage, splits: workflow.Splits, teacher: str) -> IOAProbe:
     verdict = {t.problem_id: bool(t.correct) for t in run.traces if t.sample == 0}
     table = pd.DataFrame([{"problem_id": p.id, "module": p.module, "level": p.level,
                            "teacher_correct": verdict.get(p.id, False)} for p in items])
-    return IOAProbe(items, table.groupby("module")["teacher_correct"].mean().astype(float).to_dict(),
-                    table.groupby("module").size().astype(int).to_dict(), table)
+    counts = table.groupby("module").size().astype(int).to_dict()
+    wanted = stage.params.dynamic.ioa.items_per_module
+    short = {m: n for m, n in counts.items() if n < wanted}
+    if short:
+        warnings.warn(f"ioa: fewer probe items than dynamic.ioa.items_per_module={wanted} for modules {short}; "
+                      "their gate is less certain (raise data.n_probe for more)", stacklevel=2)
+    return IOAProbe(items, table.groupby("module")["teacher_correct"].mean().astype(float).to_dict(), counts, table)
 
 
 REMEDIAL = "ioa:remedial"
