@@ -154,6 +154,14 @@ def test_policy_runs_with_two_workers_give_the_same_tables_as_one(tmp_path):
     steps = [json.loads((p / "train_summary.json").read_text())["steps"] for p in (p0, p1)]
     adam = torch.load(p1 / "checkpoint.pt", weights_only=False)["optimizer"]["state"][0]["step"]
     assert int(adam) == sum(steps)
+    # a run killed in its last phase resumes from the phase before (weights and optimizer from its checkpoint)
+    last = list((stage1.run.cache / "dynamic").rglob("phase1-*"))
+    for phase1 in last:
+        (phase1 / "checkpoint.pt").unlink()
+    _, _, resumed = _policy_runs(tmp_path, 1)
+    assert all((p / "checkpoint.pt").is_file() for p in last)  # trained again, to the same weights
+    for name in one:
+        pd.testing.assert_frame_equal(one[name], resumed[name], check_exact=True)
 
 
 def test_remedial_data_is_new_simpler_verified_and_adapted():
