@@ -291,6 +291,20 @@ class IOA(Strict):
     tau_mastery: float = Field(0.9, ge=0, le=1)
     tau_zpd: float = Field(0.15, ge=0)
     max_remedial_rounds: int = Field(5, ge=0)
+    alpha: float = Field(0.7, ge=0, le=1, description="severity weight of the gap (Eq. 4)")
+    target_share: float = Field(0.25, gt=0, le=1, description="top-m: this share of the deficient modules (Eq. 5)")
+    items_per_module: int = Field(20, ge=1, description="probe items per module on which P_T and P_S are both "
+                                                        "measured (lab: drawn fresh; other tasks: the probe set's)")
+    gate_confidence: float = Field(0.9, gt=0, lt=1, description="two-sided confidence of the Wilson bound in the gate")
+    gate_bound: Literal["upper", "lower"] = Field(
+        "upper", description="upper: mastered unless the data show P_S below target; lower: the data must show it at target")
+    mastery_ceiling: float | None = Field(None, gt=0, le=1, description="cap on a module's target; None: the best "
+                                                                        "P_S the student showed on a non-deficient module")
+    plateau_rounds: int = Field(2, ge=1, description="remedial rounds in a row without min_progress before moving on")
+    min_progress: float = Field(0.05, ge=0, description="gain in the gate score that counts as progress")
+    remedial_budget_share: float = Field(0.5, ge=0, le=1, description="remedial phases at most this share of the "
+                                                                      "phases left")
+    remedial_problems: int = Field(200, ge=1, description="new, simpler problems written per remedial round")
 
 
 class DynamicSelection(Strict):
@@ -306,6 +320,12 @@ class DynamicSelection(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     mixture: Literal["best", "softmax"] = "best"
     softmax_temperature: float = Field(0.05, gt=0)
+    datasets: list[str] | None = Field(
+        None, min_length=1, description="glob patterns of the candidate datasets the policies choose among (and the "
+                                        "DMC policies rescore); None: all")
+    carry_optimizer: bool = Field(True, description="one AdamW state and one LR schedule across the phases (phases "
+                                                    "are re-selection points); false: a fresh optimizer and warm-up "
+                                                    "per phase")
     ioa: IOA = Field(default_factory=IOA)
 
     @field_validator("policies")

@@ -185,6 +185,55 @@ def trajectories(scores: pd.DataFrame, *, x="phase", y="dmc", hue="dataset", col
     return fig
 
 
+def chosen_trajectories(scores: pd.DataFrame, choices: pd.DataFrame, *, x="phase", y="dmc", hue="dataset",
+                        seed_col="seed"):
+    """Stage 5: dmc_dynamic's DMC trajectories, one panel per seed: every candidate in grey, the dataset
+    chosen at each phase marked in colour on its line (with its name), so a switch, or lock-in, shows."""
+    seeds = sorted(scores[seed_col].unique())
+    fig, axes = plt.subplots(1, len(seeds), figsize=(4.6 * len(seeds), 4.2), squeeze=False, sharey=True)
+    for ax, seed in zip(axes[0], seeds):
+        g = scores[scores[seed_col] == seed]
+        for name, line in g.groupby(hue):
+            line = line.sort_values(x)
+            ax.plot(line[x], line[y], color="0.75", linewidth=1, zorder=1)
+        picks = choices[choices[seed_col] == seed]
+        chosen = g.merge(picks[[x, "chosen"]], on=x).query(f"{hue} == chosen")
+        ax.plot(chosen[x], chosen[y], color="tab:red", marker="o", linewidth=1, linestyle="--", zorder=2, label="chosen")
+        for _, row in chosen.iterrows():
+            ax.annotate(row[hue], (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xticks(sorted(g[x].unique()))
+        ax.set_xlabel("phase (DMC measured before its training)")
+        ax.set_title(f"seed {seed}", fontsize=9)
+    axes[0][0].set_ylabel("DMC on the current checkpoint")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("dmc_dynamic: every candidate's DMC (grey) and the dataset chosen per phase (red)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def module_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy", col="module"):
+    """Stage 5: held-out accuracy per module after each phase (mean over seeds), one panel per module."""
+    modules = list(dict.fromkeys(curves[col]))
+    ncols = min(4, len(modules))
+    nrows = -(-len(modules) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.8 * nrows), squeeze=False, sharey=True)
+    order = list(dict.fromkeys(curves[hue]))
+    colors = dict(zip(order, sns.color_palette(PALETTE, len(order))))
+    for ax, module in zip(axes.flat, modules):
+        g = curves[curves[col] == module]
+        for name in order:
+            m = g[g[hue] == name].groupby(x)[y].mean()
+            ax.plot(m.index, m.to_numpy(), marker=".", color=colors[name], label=name)
+        ax.set_title(module, fontsize=9)
+        ax.set_xticks(sorted(g[x].unique()))
+    for ax in list(axes.flat)[len(modules):]:
+        ax.axis("off")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Held-out accuracy per module after each phase (mean over seeds)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def benchmark_bars(tidy: pd.DataFrame, *, value="value", model="model", task="task", err="stderr"):
     """Stage 6: one bar per model and task, with its 95% interval (1.96 standard errors) and its value
     written beside it (so that a score of 0 reads as 0, not as a missing bar)."""

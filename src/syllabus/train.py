@@ -6,6 +6,10 @@
   Step ``s`` always sees the same examples, so the order needs no saved state.
 * AdamW, linear warm-up (``warmup_ratio``) then cosine decay to zero or a constant rate
   (``lr_schedule``), gradient clipping at 1.0, dynamic padding, gradient accumulation.
+* One run in several calls (stage 5's phases): ``optimizer_state`` continues AdamW from where the
+  previous call left it (``TrainResult.optimizer_state``) and ``schedule_span=(a, b)`` maps this
+  call's steps onto the fraction [a, b] of one warm-up + decay schedule, so phases are re-selection
+  points, not restarts (no second warm-up, no fresh moments).
 * Checkpoints (trainable weights, optimizer, scheduler, torch RNG, step, loss curve) are written
   atomically to ``out_dir/checkpoint.pt`` every ``checkpoint_every`` steps and at the end. A run
   killed at any point and resumed ends with the same weights as an uninterrupted run (CPU, same
@@ -16,6 +20,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -49,6 +54,7 @@ class TrainResult:
     steps: int
     resumed_from: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
+    optimizer_state: dict[str, Any] | None = None  # AdamW's state at the end, for a following call
 
 
 # --------------------------------------------------------------------------- data
@@ -114,6 +120,21 @@ def lr_factor(step: int, steps: int, warmup_ratio: float, schedule: str) -> floa
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def span_lr_factor(step: int, steps: int, span: tuple[float, float], warmup_ratio: float, schedule: str) -> float:
+    """The learning-rate factor of step ``step`` of ``steps`` when this call covers the fraction ``span``
+    of one schedule: linear warm-up over the first ``warmup_ratio`` of the whole schedule, then cosine
+    decay to zero at its end (or constant); a step's rate is taken at the schedule point where it ends."""
+    a, b = span
+    x = a + (b - a) * (step + 1) / steps  # schedule position reached by this step
+    x_start = a + (b - a) * step / steps
+    if warmup_ratio > 0 and x_start < warmup_ratio:
+        return min(1.0, x / warmup_ratio)
+    if schedule == "constant":
+        return 1.0
+    progress = (x_start - warmup_ratio) / max(1e-12, 1.0 - warmup_ratio)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+
 # --------------------------------------------------------------------------- checkpoints
 def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -162,8 +183,12 @@ def _sum_over_processes(params: list[torch.Tensor], loss: float) -> float:
 # --------------------------------------------------------------------------- the loop
 def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | None, cfg: P.Training, seed: int,
         out_dir: str | Path | None = None, checkpoint_every: int | None = None, resume: bool = True,
-        loss_on: Literal["target", "all"] = "target", single_pass: bool = False) -> TrainResult:
+        loss_on: Literal["target", "all"] = "target", single_pass: bool = False,
+        optimizer_state: dict[str, Any] | None = None, schedule_span: tuple[float, float] | None = None) -> TrainResult:
     """Train ``model`` in place for ``steps`` optimizer steps; see the module docstring.
+
+    ``optimizer_state`` (from a previous call's ``TrainResult.optimizer_state``) continues that optimizer;
+    ``schedule_span`` places this call's steps on part of one schedule (default: a whole schedule).
 
     ``single_pass=True`` visits every example exactly once, in a seeded order, the last batch possibly
     smaller: ``steps`` is then ``ceil(examples / (batch_size x grad_accum))`` (pass None to derive it).
@@ -183,16 +208,35 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         steps = one_pass
     if steps is None or steps < 1:
         raise TrainError(f"steps must be >= 1, got {steps}")
+    if schedule_span is not None:
+        a, b = (float(x) for x in schedule_span)
+        if not 0.0 <= a < b <= 1.0:
+            raise TrainError(f"schedule_span must satisfy 0 <= start < end <= 1, got {schedule_span}")
+        schedule_span = (a, b)
     data_hash = hash_obj([list(e) for e in examples])
+    extra: dict[str, Any] = {"single_pass": True} if single_pass else {}
+    if schedule_span is not None:
+        extra["schedule_span"] = list(schedule_span)
+    if optimizer_state is not None:
+        extra["continued"] = True
     run_key = hash_obj({"data": data_hash, "steps": steps, "cfg": cfg.model_dump(mode="json"), "seed": seed,
-                        "loss_on": loss_on, **({"single_pass": True} if single_pass else {})})
+                        "loss_on": loss_on, **extra})
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainError("the model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, steps, cfg.warmup_ratio, cfg.lr_schedule))
+    if schedule_span is None:
+        factor = lambda s: lr_factor(s, steps, cfg.warmup_ratio, cfg.lr_schedule)  # noqa: E731
+    else:
+        factor = lambda s: span_lr_factor(min(s, steps - 1), steps, schedule_span, cfg.warmup_ratio,  # noqa: E731
+                                          cfg.lr_schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if optimizer_state is not None:  # continue the previous call's AdamW moments and step counts
+        optimizer.load_state_dict(copy.deepcopy(optimizer_state))  # leave the caller's tensors as they are
+        for group in optimizer.param_groups:
+            group["initial_lr"] = cfg.learning_rate
+            group["lr"] = cfg.learning_rate * factor(0)
     out = Path(out_dir) if out_dir is not None else None
     log: list[dict[str, Any]] = []
     start_step, tokens_seen, prior_wall = 0, 0, 0.0
@@ -275,4 +319,5 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         _write_records(out, log, result_summary)
     return TrainResult(model=model, losses=[r["loss"] for r in log], tokens_seen=tokens_seen, wall_s=wall,
                        data_hash=data_hash, n_examples=len(examples), steps=steps, resumed_from=start_step,
-                       summary=result_summary)
+                       summary=result_summary,
+                       optimizer_state=copy.deepcopy(optimizer.state_dict()))
