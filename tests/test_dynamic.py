@@ -182,3 +182,20 @@ def test_remedial_data_is_new_simpler_verified_and_adapted():
     pd.testing.assert_frame_equal(rows, again)  # seeded: a replayed run draws the same round
     other, _ = dynamic.remedial_data(prof, ("rate", "divide"), "equations", [0, 2, "rate"], exclude, pd.DataFrame())
     assert set(other["text"]) != set(rows["text"])  # another round, other problems
+
+
+def test_lock_in_table_follows_the_dataset_trained_on_in_the_phase_before():
+    traj = pd.DataFrame([
+        {"policy": "dmc_dynamic", "seed": 0, "phase": ph, "dataset": ds, "dmc": dmc, "dmc_in_sample": ins,
+         "rel_difficulty": r, "rel_difficulty_in_sample": rin}
+        for ph, ds, dmc, ins, r, rin in [(0, "a", 0.5, 0.5, 1.2, 1.2), (0, "b", 0.4, 0.4, 1.5, 1.5),
+                                         (1, "a", 0.45, 0.8, 1.25, 0.9), (1, "b", 0.42, 0.42, 1.45, 1.45)]])
+    choices = pd.DataFrame([{"policy": "dmc_dynamic", "seed": 0, "phase": 0, "chosen": "a"},
+                            {"policy": "dmc_dynamic", "seed": 0, "phase": 1, "chosen": "b"},
+                            {"policy": "random", "seed": 0, "phase": 0, "chosen": "b"}])
+    table = dynamic.lock_in_table(traj, choices)
+    assert table.to_dict("records") == [{
+        "seed": 0, "phase": 1, "trained_on": "a", "r_in_sample_before": 1.2, "r_in_sample_after": 0.9,
+        "r_out_of_sample_before": 1.2, "r_out_of_sample_after": 1.25, "dmc_in_sample_before": 0.5,
+        "dmc_in_sample_after": 0.8, "dmc_out_of_sample_before": 0.5, "dmc_out_of_sample_after": 0.45,
+        "chosen_next": "b"}]

@@ -464,6 +464,34 @@ def run_policies(stage: Stage, student: workflow.StudentModel, inputs: PolicyInp
     return [run_policy(stage, student, policy, seed, inputs) for policy, seed in track(pairs, "policy x seed runs")]
 
 
+def lock_in_table(trajectories: pd.DataFrame, choices: pd.DataFrame, policy: str = "dmc_dynamic") -> pd.DataFrame:
+    """What one phase of training on a dataset did to its DMC: per (seed, phase >= 1), the dataset the
+    policy trained on in the phase before, and its relative difficulty and DMC before and after that phase,
+    in sample (its training slice, the items just trained on) and out of sample (its scoring slice).
+    Training lowers the NLL of the items it fits, so in-sample r falls and in-sample DMC rises by
+    construction; the out-of-sample columns show whether the student really got closer to the data."""
+    dyn = trajectories[trajectories["policy"] == policy]
+    chosen = choices[choices["policy"] == policy].set_index(["seed", "phase"])["chosen"]
+    rows = []
+    for (seed, phase), now in dyn.groupby(["seed", "phase"], sort=True):
+        trained = chosen.get((seed, phase - 1))
+        before = dyn[(dyn["seed"] == seed) & (dyn["phase"] == phase - 1)].set_index("dataset")
+        now = now.set_index("dataset")
+        if phase == 0 or trained not in before.index or trained not in now.index:
+            continue
+        rows.append({"seed": seed, "phase": phase, "trained_on": trained,
+                     "r_in_sample_before": before.at[trained, "rel_difficulty_in_sample"],
+                     "r_in_sample_after": now.at[trained, "rel_difficulty_in_sample"],
+                     "r_out_of_sample_before": before.at[trained, "rel_difficulty"],
+                     "r_out_of_sample_after": now.at[trained, "rel_difficulty"],
+                     "dmc_in_sample_before": before.at[trained, "dmc_in_sample"],
+                     "dmc_in_sample_after": now.at[trained, "dmc_in_sample"],
+                     "dmc_out_of_sample_before": before.at[trained, "dmc"],
+                     "dmc_out_of_sample_after": now.at[trained, "dmc"],
+                     "chosen_next": chosen.get((seed, phase))})
+    return pd.DataFrame(rows)
+
+
 def run_tables(runs: list[PolicyRun]) -> dict[str, pd.DataFrame]:
     """The stage's tables from the runs: learning curves (without phase 0), per-module curves, every
     policy's choices with their reasons, DMC trajectories and IOA's plan per phase."""
