@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from syllabus import devices, models, params as P, scoring, train
-from syllabus.params import ParamsError, check_runnable, load_profile
+from syllabus.params import ParamsError, load_profile
+from syllabus.preflight import check_runnable
 from syllabus.prompts import question_prompt, target_text
 
 torch.set_num_threads(1)

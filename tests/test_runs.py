@@ -104,7 +104,7 @@ def test_unwritable_run_folder(tmp_path):
 
 
 def test_seed_is_stable():
-    assert runs.stage_seed(7, "03_dmc") == runs.stage_seed(7, "03_dmc") != runs.stage_seed(8, "03_dmc")
+    assert runs.stable_seed(7, "03_dmc", bits=32, form="colon") == 4000186321 != runs.stable_seed(8, "03_dmc", bits=32, form="colon")
 
 
 def test_atomic_writes_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):

@@ -19,12 +19,14 @@ import re
 from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
+from .errors import SyllabusError
+from .lab import step_equation
 from .records import Problem
 
 STEP_TEMPLATE = "Step {i}: {text}"
 
 
-class AdapterError(ValueError):
+class AdapterError(SyllabusError, ValueError):
     """A trace the Adapter cannot rewrite; the message is the reason."""
 
 
@@ -118,8 +120,6 @@ def render_step(step: Mapping[str, Any]) -> str:
     if not isinstance(step, Mapping):
         raise AdapterError(f"a structured step must be a mapping, got {type(step).__name__}")
     if {"op", "a", "value", "result", "holder", "object"} <= set(step):  # the lab generator's steps
-        from .lab import step_equation
-
         return f"{step['holder']} has {step['value']} {step['object']}. {step_equation(dict(step))}"
     op, operands, result, words = (_get(step, k) for k in ("op", "operands", "result", "words"))
     if result is None:

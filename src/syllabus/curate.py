@@ -27,6 +27,7 @@ from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
 
 from .adapter import AdapterError, adapt_text
+from .errors import SyllabusError
 from .overlap import Contamination, EvalSets, NearDuplicateIndex, find_contamination, shingles, text_hash
 from .params import Curation
 from .records import Problem, Trace
@@ -48,7 +49,7 @@ CODE_TASKS = ("humaneval",)
 PASS_RATE_BANDS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-class CurationError(ValueError):
+class CurationError(SyllabusError, ValueError):
     """Input the funnel cannot use; the message names the item and the fix."""
 
 

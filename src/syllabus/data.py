@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from . import lab
 from . import params as P
+from .errors import SyllabusError
 from .params import DATA_DIR_ENV, Data, LabTask, Profile
 from .records import Problem
 from .runs import hash_file
@@ -46,7 +47,7 @@ LAB_SPLITS = ("pool", "probe", "heldout")
 MAX_ROW_WARNINGS = 10
 
 
-class DataError(ValueError):
+class DataError(SyllabusError, ValueError):
     """Problems that cannot be loaded; the message names the source, the places tried and the fix."""
 
 
@@ -58,7 +59,7 @@ class ProblemSet(list):
         self.meta: dict[str, Any] = dict(meta or {})
 
 
-class RowError(ValueError):
+class RowError(SyllabusError, ValueError):
     """Why one row cannot become a Problem."""
 
 

@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from .errors import SyllabusError
 from .eval_tasks import ALLOW_CODE_EVAL_ENV
 from .records import Problem
 from .runs import (atomic_write_json, atomic_write_text, hash_obj, hash_path, package_versions, publish_mode,
@@ -52,7 +53,7 @@ PROVENANCE = "provenance.json"
 FILE_TASKS = ("syllabus_lab", "syllabus_heldout")  # tasks whose problems come from the caller's JSONL
 
 
-class EvaluateError(RuntimeError):
+class EvaluateError(SyllabusError, RuntimeError):
     """A benchmark that cannot run as asked; the message names the task, file or key and the fix."""
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+
+from .devices import resolve_device
 from typing import Any, Callable, Sequence
 
 
@@ -72,8 +74,6 @@ class SlurmExecutor:
 def for_profile(prof, folder: str | os.PathLike | None = None):
     """The executor a profile's ``parallel`` section asks for: local processes (spread over the visible
     GPUs when the profile's device resolves to one), or Slurm jobs logged under ``folder``."""
-    from .devices import resolve_device
-
     par = prof.parallel
     if par.executor == "slurm":
         if folder is None:

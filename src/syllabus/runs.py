@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
+from .errors import SyllabusError
 from .params import PARAMS_SCHEMA_VERSION, PROJECT_ROOT, Profile, load_profile
 
 STAGES = (
@@ -79,7 +80,7 @@ STAGING_ENV = "SYLLABUS_STAGING_DIR"
 LOCK_NAME = ".syllabus-run.lock"
 
 
-class RunError(RuntimeError):
+class RunError(SyllabusError, RuntimeError):
     """A run folder that cannot be used as asked; the message says what and where."""
 
 
@@ -244,9 +245,25 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
         pass
 
 
-def stage_seed(base_seed: int, stage: str) -> int:
-    """A per-stage seed derived from the profile's seed and the stage name."""
-    return int(hashlib.sha256(f"{base_seed}:{stage}".encode()).hexdigest()[:8], 16)
+def stable_seed(*parts: Any, bits: int = 64, form: str = "json") -> int:
+    """The one seed helper: a seed from any parts, the same in every process and on every machine (unlike
+    ``hash()``): the first ``bits`` of the SHA-256 of the parts' text.
+
+    ``form`` is how the parts become text, kept per caller so that earlier caches and tables stay valid:
+    ``"json"`` (``json.dumps(parts)``: teachers' samples), ``"repr"`` (``repr(parts)``: generation
+    batches) or ``"colon"`` (``"a:b"``: a stage's seed from the profile's seed and its name).
+    """
+    if form == "json":
+        text = json.dumps(parts, default=str)
+    elif form == "repr":
+        text = repr(parts)
+    elif form == "colon":
+        text = ":".join(str(p) for p in parts)
+    else:
+        raise ValueError(f"stable_seed: form must be 'json', 'repr' or 'colon', got {form!r}")
+    if bits % 4 or not 4 <= bits <= 256:
+        raise ValueError(f"stable_seed: bits must be a multiple of 4 from 4 to 256, got {bits}")
+    return int(sha256_bytes(text.encode())[: bits // 4], 16)
 
 
 # --------------------------------------------------------------------------- run folder
@@ -470,7 +487,7 @@ class Stage:
         self.run = run
         self.dir = folder or run.stage_dir(self.name)  # ``syllabus run`` passes the staging folder
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.seed = stage_seed(prof.seed, self.name)
+        self.seed = stable_seed(prof.seed, self.name, bits=32, form="colon")
         self.started = _now()
         self.inputs: dict[str, str] = {}
         self.outputs: dict[str, str] = {}
