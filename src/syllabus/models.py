@@ -363,14 +363,6 @@ def add_lora(model, training: P.Training):
     return get_peft_model(model, config)
 
 
-def student_info(spec: P.Student, model, tokenizer) -> dict[str, Any]:
-    """What to record about a loaded student in a manifest."""
-    return {"name": spec.name, "source": spec.source, "model": spec.model, "gguf_file": spec.gguf_file,
-            "lora": spec.lora, "dtype": spec.dtype, "uses_chat_template": spec.chat_template,
-            "chat_template": chat_template_info(tokenizer), "parameters": count_parameters(model),
-            "trainable_parameters": count_parameters(model, trainable_only=True), "vocab_size": len(tokenizer)}
-
-
 # --------------------------------------------------------------------------- generation
 @dataclass(frozen=True)
 class Generation:
