@@ -32,8 +32,8 @@ from .params import (
 from .preflight import check_runnable
 from .progress import StageProgress, papermill_engine
 from .runs import (
+    STAGE_TABLE,
     STAGES,
-    STAGE_INPUTS,
     STAGING_ENV,
     RunDir,
     RunError,
@@ -45,6 +45,7 @@ from .runs import (
     hash_path,
     normalise_stage,
     read_json,
+    stage_params,
 )
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
@@ -132,26 +133,9 @@ def code_hash(files: dict[str, str] | None = None) -> str:
     return hash_obj(code_files() if files is None else files)
 
 
-# Profile sections a stage does not read (directly or through its inputs): changing them leaves the
-# stage up to date. Everything else, the notebook, the package code and upstream outputs are in its key.
-UNUSED_SECTIONS = {
-    "01_teacher_selection": ("curation", "dmc", "correlation", "dynamic", "benchmark"),
-    "02_trace_curation": ("teacher_selection", "dmc", "correlation", "dynamic", "benchmark"),
-    "03_dmc": ("teacher_selection", "curation", "correlation", "dynamic", "benchmark"),
-    "04_correlation": ("teacher_selection", "curation", "dynamic", "benchmark"),
-    "05_dynamic_selection": ("teacher_selection", "curation", "correlation", "benchmark"),
-    "06_benchmark": ("teacher_selection", "curation", "dmc", "correlation", "dynamic"),
-}
-
-
-def stage_params(params: dict, stage: str) -> dict:
-    """The part of the resolved profile that a stage depends on."""
-    return {k: v for k, v in params.items() if k not in UNUSED_SECTIONS[stage] and k != "description"}
-
-
 def stage_key(run: RunDir, stage: str, notebook: Path, params: dict, src_hash: str) -> str:
     upstream = {}
-    for earlier in STAGE_INPUTS[stage]:
+    for earlier in STAGE_TABLE[stage].inputs:
         if run.is_complete(earlier):
             upstream[earlier] = read_json(run.manifest_path(earlier)).get("outputs", {})
     return hash_obj({"stage": stage, "params": stage_params(params, stage), "notebook": hash_file(notebook),
@@ -165,7 +149,7 @@ def key_inputs(run: RunDir, stage: str, notebook: Path, params: dict, files: dic
         "notebook": hash_file(notebook),
         "code": files,
         "upstream": {earlier: hash_obj(read_json(run.manifest_path(earlier)).get("outputs", {}))
-                     for earlier in STAGE_INPUTS[stage] if run.is_complete(earlier)},
+                     for earlier in STAGE_TABLE[stage].inputs if run.is_complete(earlier)},
     }
 
 
@@ -382,7 +366,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = {}
     for stage in STAGES:
         row = stage_status(run, stage, notebooks_dir / f"{stage}.ipynb", params, files)
-        waiting = [e for e in STAGE_INPUTS[stage] if rows[e]["state"] != "up to date"]
+        waiting = [e for e in STAGE_TABLE[stage].inputs if rows[e]["state"] != "up to date"]
         if row["state"] == "up to date" and waiting:
             row["why"].append(f"re-runs if {_names(waiting)} change(s) its outputs when re-run")
         rows[stage] = row

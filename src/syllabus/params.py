@@ -177,7 +177,6 @@ class Training(Strict):
 # --------------------------------------------------------------------------- stages
 class TeacherSelection(Strict):
     probe_size: int = Field(40, ge=2)
-    heldout_fraction: float = Field(0.5, gt=0, lt=1)
     samples_per_problem: int = Field(1, ge=1)
     smoke_sft_steps: int = Field(30, ge=1, description="smoke-test SFT steps when smoke_sft_tokens is not set")
     smoke_sft_tokens: int | None = Field(None, ge=1, description="smoke-test training tokens per teacher and seed "

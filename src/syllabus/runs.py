@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -46,26 +47,40 @@ import yaml
 from .errors import SyllabusError
 from .params import PARAMS_SCHEMA_VERSION, PROJECT_ROOT, Profile, load_profile
 
-STAGES = (
-    "01_teacher_selection",
-    "02_trace_curation",
-    "03_dmc",
-    "04_correlation",
-    "05_dynamic_selection",
-    "06_benchmark",
-)
+@dataclass(frozen=True)
+class StageSpec:
+    """One row of the stage table: the earlier stages whose artifacts a stage reads and the
+    stage-specific profile sections (``STAGE_SECTIONS``) it reads. Every other section (seed, threads,
+    device, data, students, teachers, training, student_generation, parallel, ...) is read by every stage."""
 
-# The earlier stages whose artifacts each stage reads. A stage's cache key covers only these
-# stages' outputs, so changing the correlation study (stage 4) does not re-run stages 5 and 6;
-# ``Stage.input_path`` refuses to read from any other stage, so this table cannot go stale.
-STAGE_INPUTS = {
-    "01_teacher_selection": (),
-    "02_trace_curation": ("01_teacher_selection",),
-    "03_dmc": ("01_teacher_selection", "02_trace_curation"),
-    "04_correlation": ("01_teacher_selection", "02_trace_curation", "03_dmc"),
-    "05_dynamic_selection": ("01_teacher_selection", "02_trace_curation"),
-    "06_benchmark": ("01_teacher_selection", "05_dynamic_selection"),
-}
+    name: str
+    inputs: tuple[str, ...]
+    sections: tuple[str, ...]
+
+
+# Profile sections that only some stages read; which ones, the stage table says.
+STAGE_SECTIONS = ("teacher_selection", "curation", "dmc", "correlation", "dynamic", "benchmark")
+
+# The one stage table, in run order. A stage's cache key covers only its inputs' outputs and the
+# sections it reads (plus the shared ones), so changing the correlation study (stage 4) re-runs
+# neither stage 5 nor stage 6. ``Stage.input_path`` refuses to read from a stage not among its
+# inputs and ``Stage.params`` refuses a section not among its sections, so the table cannot go stale.
+STAGE_TABLE: dict[str, StageSpec] = {spec.name: spec for spec in (
+    StageSpec("01_teacher_selection", (), ("teacher_selection", "dmc")),  # dmc.score_*: the NLL of traces
+    StageSpec("02_trace_curation", ("01_teacher_selection",), ("curation",)),
+    StageSpec("03_dmc", ("01_teacher_selection", "02_trace_curation"), ("dmc",)),
+    StageSpec("04_correlation", ("01_teacher_selection", "02_trace_curation", "03_dmc"), ("dmc", "correlation")),
+    StageSpec("05_dynamic_selection", ("01_teacher_selection", "02_trace_curation"), ("dmc", "dynamic")),
+    StageSpec("06_benchmark", ("01_teacher_selection", "05_dynamic_selection"), ("benchmark",)),
+)}
+STAGES = tuple(STAGE_TABLE)  # the stage names, in run order
+
+
+def stage_params(params: dict, stage: str) -> dict:
+    """The part of a resolved profile (``Profile.to_dict()``) that a stage depends on."""
+    unread = set(STAGE_SECTIONS) - set(STAGE_TABLE[stage].sections)
+    return {k: v for k, v in params.items() if k not in unread and k != "description"}
+
 
 # Packages whose versions go into every manifest.
 TRACKED_PACKAGES = (
@@ -474,6 +489,29 @@ def default_run_dir(prof: Profile) -> Path:
 
 
 # --------------------------------------------------------------------------- one stage
+class StageParams:
+    """The profile as one stage sees it: every attribute of ``Profile``, except that reading a section of
+    ``STAGE_SECTIONS`` that the stage table does not give this stage raises ``RunError`` (its cache key
+    would not cover it: a change to it would leave the stage wrongly up to date)."""
+
+    def __init__(self, prof: Profile, spec: StageSpec):
+        self._prof, self._spec = prof, spec
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # unpickling and copying look for these before __init__ ran
+            raise AttributeError(name)
+        if name in STAGE_SECTIONS and name not in self._spec.sections:
+            raise RunError(f"stage {self._spec.name} reads profile section '{name}', which is not among its sections "
+                           f"{list(self._spec.sections)}; add it to the stage's row of syllabus.runs.STAGE_TABLE")
+        return getattr(self._prof, name)
+
+    def __reduce__(self):
+        return StageParams, (self._prof, self._spec)
+
+    def __repr__(self) -> str:
+        return f"StageParams({self._spec.name}, profile {self._prof.name!r})"
+
+
 class Stage:
     """What a stage notebook works through: its params, its folder, its inputs and outputs.
 
@@ -483,7 +521,8 @@ class Stage:
 
     def __init__(self, name: str, prof: Profile, run: RunDir, folder: Path | None = None):
         self.name = normalise_stage(name)
-        self.params = prof
+        self.profile = prof  # the whole profile (manifests); the stage reads it through ``params``
+        self.params = StageParams(prof, STAGE_TABLE[self.name])
         self.run = run
         self.dir = folder or run.stage_dir(self.name)  # ``syllabus run`` passes the staging folder
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -498,9 +537,10 @@ class Stage:
     def input_path(self, stage: str, relative: str) -> Path:
         """Path of an artifact of an earlier stage, recorded with its hash as an input."""
         src = normalise_stage(stage)
-        if src not in STAGE_INPUTS[self.name]:
+        inputs = STAGE_TABLE[self.name].inputs
+        if src not in inputs:
             raise RunError(f"stage {self.name} reads '{relative}' from stage {src}, which is not among its inputs "
-                           f"{list(STAGE_INPUTS[self.name])}; add it to syllabus.runs.STAGE_INPUTS")
+                           f"{list(inputs)}; add it to the stage's row of syllabus.runs.STAGE_TABLE")
         self.run.manifest(src)  # clear error if the earlier stage has not finished
         path = self.run.stage_dir(src) / relative
         if not path.exists():
@@ -560,10 +600,10 @@ class Stage:
         manifest = {
             "stage": self.name,
             "profile": self.params.name,
-            "params": self.params.to_dict(),
-            "params_hash": hash_obj(self.params.to_dict()),
+            "params": self.profile.to_dict(),
+            "params_hash": hash_obj(self.profile.to_dict()),
             "seed": self.seed,
-            "base_seed": self.params.seed,
+            "base_seed": self.profile.seed,
             "git": git_commit(),
             "packages": package_versions(),
             "python": sys.version.split()[0],
