@@ -16,7 +16,6 @@ from . import curate, data, workflow
 from .params import Profile
 from .records import Problem, Trace
 from .runs import Stage
-from .tokens import count_tokens as _count
 from .verify import verify
 
 
@@ -50,11 +49,7 @@ def curate_pool(stage: Stage, student: workflow.StudentModel, splits: workflow.S
     cfg = prof.curation
     runs = workflow.teacher_traces(stage, splits.pool, cfg.samples_per_problem)
     traces = [t for run in runs.values() for t in run.traces]
-    tok = student.tokenizer
-
-    def count_tokens(text: str) -> int:
-        return _count(tok, text)
-
+    count_tokens = student.count_tokens
     rates = pass_rates.to_dict()
     result = curate.run_funnel(splits.pool, traces, cfg, verify=verify, eval_sets=eval_sets(prof, splits),
                                pass_rates=rates, count_tokens=count_tokens, seed=stage.seed)

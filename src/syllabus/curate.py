@@ -16,7 +16,6 @@ Text normalisation, n-grams, near-duplicate search and the decontamination looku
 from __future__ import annotations
 
 import random
-import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Hashable, Iterable, Literal, Mapping, Sequence, TypeVar

@@ -34,6 +34,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import lm_eval
+import pandas as pd
+from lm_eval.loggers import EvaluationTracker
+from lm_eval.tasks import TaskManager
+from lm_eval.tasks._yaml_loader import load_yaml
+from lm_eval.utils import sanitize_model_name
+from transformers import AutoTokenizer
+
 from .errors import SyllabusError
 from .eval_tasks import ALLOW_CODE_EVAL_ENV
 from .records import Problem
@@ -109,8 +117,6 @@ def code_eval_allowed(enabled: bool) -> Iterator[None]:
 
 def task_config(task: str) -> dict[str, Any]:
     """The YAML config of a shipped syllabus task ({} for lm-eval's built-in tasks)."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
     path = TASKS_DIR / f"{task}.yaml"
     return load_yaml(path, resolve_func=False) if path.is_file() else {}
 
@@ -138,8 +144,6 @@ def builtin_local_task(task: str, data_dir: str | os.PathLike) -> dict[str, Any]
 
 @functools.lru_cache(maxsize=8)
 def _cached_task_manager(metadata_json: str, include_defaults: bool):
-    from lm_eval.tasks import TaskManager
-
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults,
                        metadata=json.loads(metadata_json))
 
@@ -259,8 +263,6 @@ def run_lm_eval(
     Completed tasks (provenance with the same key) are read back instead of re-run; the others run
     together, the model loaded once.
     """
-    from transformers import AutoTokenizer
-
     model_dir = Path(model_dir).expanduser().resolve()
     if not (model_dir / "config.json").is_file():
         raise EvaluateError(f"model directory '{model_dir}' has no config.json; save the model with save_pretrained first")
@@ -331,10 +333,6 @@ def _run_tasks(model_dir, pending, output_dir, metadata, tokenizer, *, limit, ma
                apply_chat_template, device, dtype, seed, backend="hf") -> None:
     """One ``simple_evaluate`` over all ``pending`` tasks (task -> (spec, inputs, key)); then each task's
     own results and samples files, and last its provenance, into ``output_dir/<task>/``."""
-    import lm_eval
-    from lm_eval.loggers import EvaluationTracker
-    from lm_eval.utils import sanitize_model_name
-
     unsafe = any(is_unsafe(task) for task in pending)
     tracker = EvaluationTracker()
     with code_eval_allowed(unsafe):
@@ -391,8 +389,6 @@ TIDY_COLUMNS = ["model", "task", "metric", "value", "stderr", "limit", "n", "tru
 
 def tidy_results(results: Iterable[EvalResult | str | os.PathLike]):
     """One row per model x task x metric: model, task, metric, value, stderr, limit, n, truncation_rate."""
-    import pandas as pd
-
     rows = []
     for res in results:
         res = res if isinstance(res, EvalResult) else load_eval_result(res)

@@ -42,10 +42,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import pandas as pd
 import yaml
 
 from .errors import SyllabusError
 from .params import PARAMS_SCHEMA_VERSION, PROJECT_ROOT, Profile, load_profile
+from .records import Splits
 
 @dataclass(frozen=True)
 class StageSpec:
@@ -549,9 +551,15 @@ class Stage:
         return path
 
     def read_table(self, stage: str, name: str):
-        import pandas as pd
-
         return pd.read_parquet(self.input_path(stage, f"tables/{name}.parquet"))
+
+    def read_input_json(self, stage: str, relative: str) -> Any:
+        """A JSON artifact of an earlier stage, recorded as an input."""
+        return read_json(self.input_path(stage, relative))
+
+    def splits(self) -> Splits:
+        """The run's pool / probe / held-out problems, as stage 1 saved them (its ``problems`` table)."""
+        return Splits.from_table(self.read_table("01_teacher_selection", "problems"))
 
     def record_input(self, label: str, path_or_hash: str | os.PathLike) -> None:
         """Record an external input (a data file, a model) by hash."""

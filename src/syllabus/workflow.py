@@ -8,7 +8,6 @@ notebook cell reads like a sentence of the method.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import random
 import tempfile
@@ -18,54 +17,13 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from . import data, lab, models, prompts, teachers, train, vllm_backend
+from . import data, lab, models, prompts, teachers, tokens, train, vllm_backend
 from .overlap import normalize_text
 from .params import Profile, Student
-from .records import Problem, Trace
+from .records import SPLITS, Problem, Splits, Trace  # Splits: read by notebooks 03-05 as workflow.Splits
 from .runs import Stage, cached_json, hash_obj
 from .scoring import model_fingerprint
 from .verify import verify
-
-SPLITS = ("pool", "probe", "heldout")
-
-
-# --------------------------------------------------------------------------- problems
-@dataclass
-class Splits:
-    """Disjoint problem sets: ``pool`` (candidate datasets), ``probe`` (selection, NLL_ref), ``heldout`` (gains)."""
-
-    pool: list[Problem]
-    probe: list[Problem]
-    heldout: list[Problem]
-
-    def table(self) -> pd.DataFrame:
-        rows = []
-        for split in SPLITS:
-            for p in getattr(self, split):
-                row = p.to_dict()
-                row["metadata"] = _json(row["metadata"])
-                rows.append({"split": split, **row})
-        return pd.DataFrame(rows)
-
-    @classmethod
-    def from_table(cls, df: pd.DataFrame) -> "Splits":
-        parts = {s: [] for s in SPLITS}
-        for row in df.to_dict("records"):
-            split = row.pop("split")
-            parts[split].append(Problem.from_dict(_nan_to_none(row)))
-        return cls(**parts)
-
-    def by_id(self) -> dict[str, Problem]:
-        return {p.id: p for split in SPLITS for p in getattr(self, split)}
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True)
-
-
-def _nan_to_none(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-
 
 def lab_modules_in_order(modules: Iterable[str]) -> list[str]:
     """Lab modules in prerequisite order (prerequisites first)."""
@@ -150,6 +108,10 @@ class StudentModel:
 
     def target(self, trace_text: str) -> str:
         return prompts.build_target(trace_text, self.use_chat, eos=self.tokenizer.eos_token)
+
+    def count_tokens(self, text: str) -> int:
+        """Length of ``text`` in this student's tokens (``tokens.count_tokens``)."""
+        return tokens.count_tokens(self.tokenizer, text)
 
     def fingerprint(self) -> str:
         """``scoring.model_fingerprint`` of the weights, hashed again only after they changed: the
