@@ -89,7 +89,7 @@ def generate(model_dir: str | os.PathLike, tokenizer, prompts: Sequence[str], *,
              temperature: float, top_p: float, num_samples: int, seed: int, stop: Sequence[str],
              dtype: str = "auto") -> list[list]:
     """``models.generate`` through vLLM on the model in ``model_dir``: the same prompt tokens (the
-    tokenizer's own start token, as ``models.encode_prompt``), one seed per prompt (so a prompt's
+    tokenizer's own start token, as ``tokens.encode_prompt``), one seed per prompt (so a prompt's
     samples do not depend on what else is in the batch; the engine is made once per model directory)."""
     llm = engine(str(model_dir), dtype=dtype, what="student_generation.backend 'vllm'",
                  fallback="set student_generation.backend: hf", gpu_memory_utilization=STUDENT_GPU_SHARE)
