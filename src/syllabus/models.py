@@ -32,13 +32,12 @@ from tokenizers import Regex, Tokenizer, decoders, models as tokenizer_models, p
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM,
                           PreTrainedTokenizerFast, StoppingCriteriaList)
 
-from . import params as P
+from . import params as P, train
 from .devices import model_device, resolve_device, rng_devices
 from .errors import SyllabusError
 from .progress import Task
 from .runs import atomic_write_json, hash_file, hash_obj, publish_mode, sha256_bytes, stable_seed
 from .tokens import encode_prompt
-from .train import sft
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 # One token per: a word (with its leading space), a digit, a punctuation mark, a whitespace character.
@@ -349,7 +348,7 @@ def _lab_student(spec: P.Student, *, cache_dir, training: P.Training, pretrain_t
     if spec.warmup_steps:
         warm_cfg = training if spec.warmup_learning_rate is None else training.model_copy(
             update={"learning_rate": spec.warmup_learning_rate})
-        result = sft(model.to(device), tokenizer, [("", t) for t in texts], steps=spec.warmup_steps, cfg=warm_cfg,
+        result = train.sft(model.to(device), tokenizer, [("", t) for t in texts], steps=spec.warmup_steps, cfg=warm_cfg,
                      seed=seed, loss_on="all")
         info.update(warmup_first_loss=result.losses[0], warmup_final_loss=result.losses[-1], warmup_tokens=result.tokens_seen,
                     warmup_wall_s=round(result.wall_s, 2))

@@ -17,12 +17,11 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from . import data, lab, models, prompts, teachers, tokens, train, vllm_backend
+from . import data, lab, models, prompts, scoring, teachers, tokens, train, vllm_backend
 from .overlap import normalize_text
 from .params import Profile, Student
 from .records import SPLITS, Problem, Splits, Trace  # Splits: read by notebooks 03-05 as workflow.Splits
 from .runs import Stage, cached_json, hash_obj
-from .scoring import model_fingerprint
 from .verify import verify
 
 def lab_modules_in_order(modules: Iterable[str]) -> list[str]:
@@ -120,7 +119,7 @@ class StudentModel:
         state = [(id(t), getattr(t, "_version", None)) for t in self.model.state_dict(keep_vars=True).values()]
         memo = getattr(self, "_fingerprint_memo", None)
         if memo is None or memo[0] != state or None in (v for _, v in state):
-            memo = (state, model_fingerprint(self.model))
+            memo = (state, scoring.model_fingerprint(self.model))
             self._fingerprint_memo = memo
         return memo[1]
 
