@@ -20,6 +20,8 @@ from importlib import util as importlib_util
 from pathlib import Path
 from typing import Any, Callable
 
+import datasets
+
 from . import lab
 from . import params as P
 from .errors import SyllabusError
@@ -192,8 +194,6 @@ def _sha256(path: str, mtime_ns: int) -> str:
 def _from_hub(hub_id: str, source: str, split: str) -> ProblemSet:
     """``owner/name``, ``owner/name:config`` or ``owner/name:config1,config2`` (concatenated in that
     order) through ``datasets.load_dataset``, which caches what it downloads."""
-    import datasets
-
     name, _, configs = hub_id.partition(":")
     parts = [datasets.load_dataset(name, config or None, split=split) for config in (configs.split(",") or [""])]
     convert = CONVERTERS[source]

@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import datasets
+
 from .data import DataError, load_problems
 from .errors import SyllabusError
 from .prompts import question_prompt
@@ -58,8 +60,6 @@ def _prompt(problem: Problem, chat: bool) -> str:
 
 def problems_to_dataset(problems: Sequence[Problem], *, chat: bool = False, extra: dict[str, Any] | None = None):
     """A ``DatasetDict`` with one ``test`` split, one document per problem plus its ``prompt``."""
-    import datasets
-
     if not problems:
         raise EvalTaskError("no problems to evaluate (the source gave an empty list)")
     rows = []

@@ -18,9 +18,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Callable, Sequence
+
+import torch
 
 from .devices import resolve_device
-from typing import Any, Callable, Sequence
 
 
 def _pin(slots) -> None:
@@ -83,7 +85,5 @@ def for_profile(prof, folder: str | os.PathLike | None = None):
                              cpus_per_job=prof.threads)
     gpus: list[int] = []
     if par.workers > 1 and resolve_device(prof.device).type == "cuda":
-        import torch
-
         gpus = list(range(torch.cuda.device_count()))
     return LocalExecutor(par.workers, gpus)

@@ -32,6 +32,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -42,7 +43,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import matplotlib
+import numpy as np
 import pandas as pd
+import torch
 import yaml
 
 from .errors import SyllabusError
@@ -246,20 +250,10 @@ def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str
 def seed_everything(seed: int, threads: int | None = None) -> None:
     """Seed python, numpy and torch; fix the thread count (CPU results depend on it)."""
     random.seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % (2**32))
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import torch
-
-        torch.manual_seed(seed)
-        if threads:
-            torch.set_num_threads(threads)
-    except ImportError:  # pragma: no cover
-        pass
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def stable_seed(*parts: Any, bits: int = 64, form: str = "json") -> int:
@@ -585,8 +579,6 @@ class Stage:
 
     def save_figure(self, fig, name: str) -> None:
         """Save a matplotlib figure as PNG and SVG under figures/ (the notebook shows it inline)."""
-        import matplotlib
-
         matplotlib.rcParams["svg.hashsalt"] = "syllabus"  # stable SVG ids: byte-identical reruns
         for ext in ("png", "svg"):
             target = self.path(f"figures/{name}.{ext}")
@@ -631,15 +623,11 @@ class Stage:
 
 def _peak_rss_mb() -> float:
     """Peak resident memory of this process (the notebook's kernel) in MiB."""
-    import resource
-
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _peak_gpu_mb() -> dict[str, float]:
     """``{"peak_gpu_mb": ...}``: the most GPU memory torch held in this process, when it used a GPU (else {})."""
-    import torch
-
     if not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return {}
     return {"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)}

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import requests
+from tqdm.auto import tqdm
+
 from . import lab, models, params as P, vllm_backend
 from .devices import resolve_device
 from .errors import SyllabusError
@@ -215,8 +218,6 @@ class OpenAITeacher(Teacher):
             self._last_request = time.monotonic()
 
     def _post(self, payload: dict) -> dict:
-        import requests
-
         url = f"{self.base_url}/chat/completions"
         headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "application/json"}
         problem = "no attempt"
@@ -379,8 +380,6 @@ def generate_traces(teacher: Teacher, problems: Sequence[Problem], n_samples: in
     Cache: ``cache_dir/generations/<hash of teacher settings>/shard-NNNNN.jsonl``, one new shard per
     call, appended and flushed per chunk of ``chunk_size`` problems.
     """
-    from tqdm.auto import tqdm
-
     folder = Path(cache_dir) / "generations" / hash_obj(teacher.settings())[:16]
     cached = read_cache(folder)
     n_wanted = min(n_samples, teacher.max_samples or n_samples)

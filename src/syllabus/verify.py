@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from fractions import Fraction
 
+import math_verify
+
 from .records import Problem
 from .sandbox import run_python
 
@@ -202,19 +204,15 @@ def final_answer(text: str) -> tuple[str, str] | None:
 # --------------------------------------------------------------------------- math-verify
 def _mv_equal(gold: str, response: str) -> bool:
     """math-verify (gold first) with its signal timeouts; call only from a main thread."""
-    from math_verify import parse, verify
-
     gold_parsed = _parse_gold(gold)
-    pred = parse(response, parsing_timeout=MATH_TIMEOUT_S)
-    return bool(gold_parsed and pred and verify(gold_parsed, pred, timeout_seconds=MATH_TIMEOUT_S))
+    pred = math_verify.parse(response, parsing_timeout=MATH_TIMEOUT_S)
+    return bool(gold_parsed and pred and math_verify.verify(gold_parsed, pred, timeout_seconds=MATH_TIMEOUT_S))
 
 
 @functools.lru_cache(maxsize=8192)
 def _parse_gold(gold: str):
-    from math_verify import parse
-
     text = gold if "\\boxed" in gold else f"\\boxed{{{gold}}}"
-    return parse(text, parsing_timeout=MATH_TIMEOUT_S)
+    return math_verify.parse(text, parsing_timeout=MATH_TIMEOUT_S)
 
 
 _pool: cf.ProcessPoolExecutor | None = None

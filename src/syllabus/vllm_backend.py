@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
+
 from . import models
 from .errors import SyllabusError
 from .runs import sha256_bytes, stable_seed
@@ -61,8 +63,6 @@ def release() -> None:
     if llm is not None:
         del llm
         gc.collect()
-        import torch
-
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
