@@ -43,7 +43,7 @@ from syllabus.prompts import question_prompt, target_text
 from syllabus.scoring import cached_scores, score_pairs, score_pairs_naive
 
 ROOT = Path(__file__).resolve().parents[1]
-NUMERIC = ["nll", "entropy", "nll_unconditional", "ifd"]
+NUMERIC = ["nll", "entropy", "nll_unconditional", "ifd", "rank"]
 
 
 GPT3_SOLUTIONS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
@@ -172,7 +172,7 @@ def main() -> None:
         print(f"{name:<26}{wall:>8.2f}{cpu:>8.2f}{len(pairs) / wall:>12.1f}{n_target / wall:>14.0f}"
               f"{naive_wall / wall:>16.2f}{naive_cpu / cpu:>15.2f}{diff:>12.1e}")
     print("batched: every pair in full; shared: the traces of a prompt share its forward pass (the default)")
-    print("targets: shared >= 3x the naive loop; max |diff| of nll, entropy, nll_unconditional, ifd <= 1e-5")
+    print("targets: shared >= 3x the naive loop; max |diff| of nll, entropy, nll_unconditional, ifd, rank <= 1e-5")
     print(f"cached re-score: {again.attrs['n_scored']} pairs scored, {again.attrs['n_cached']} served from the cache")
 
 if __name__ == "__main__":

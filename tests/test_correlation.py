@@ -61,3 +61,69 @@ def test_planted_style_check_pairs_the_familiar_teacher_against_the_others():
     assert check.loc[(first, "equations"), "difference"] == pytest.approx(0.5)
     assert bool(check.loc[(first, "equations"), "recovered"])
     assert not bool(check.loc[(first, "sloppy"), "recovered"])  # 1 problem in 40: inside the noise
+
+
+def test_training_and_scoring_slices_share_no_problem_and_nest():
+    from types import SimpleNamespace
+
+    from syllabus import compatibility
+
+    prof = SimpleNamespace(seed=3, dmc=SimpleNamespace(heldout_fraction=0.25))
+    ids = [f"p{i}" for i in range(200)]
+    datasets = {"all": pd.DataFrame({"problem_id": ids * 2}), "teacher=a": pd.DataFrame({"problem_id": ids[::2]})}
+    train = compatibility.training_rows(datasets, prof)
+    score = compatibility.slice_rows(datasets, prof, "scoring")
+    for name in datasets:
+        assert set(train[name]["problem_id"]).isdisjoint(score[name]["problem_id"])
+        assert len(train[name]) + len(score[name]) == len(datasets[name])
+    assert set(score["teacher=a"]["problem_id"]) <= set(score["all"]["problem_id"])  # nested datasets, one split
+    only_scored = score["all"]["problem_id"].iloc[:1].tolist()
+    with pytest.raises(ValueError, match=r"\['tiny'\] have no problem outside the DMC scoring slice.*heldout_fraction"):
+        compatibility.training_rows({"tiny": pd.DataFrame({"problem_id": only_scored})}, prof)
+
+
+def test_rule_protocol_chooses_on_one_part_and_reports_on_the_other():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from syllabus import correlation, dmc, params
+
+    rng = np.random.default_rng(0)
+    rows, grid = [], []
+    for s in ("s1", "s2"):
+        for d in range(8):
+            r = rng.uniform(0.3, 4.0)  # how foreign dataset d is to student s
+            for i in range(10):
+                rows.append({"student": s, "dataset": f"teacher=t{d}", "problem_id": f"p{i}", "correct": True,
+                             "pass_rate": 0.2, "nll": r * rng.uniform(0.9, 1.1)})
+            grid.append({"student": s, "dataset": f"teacher=t{d}", "family": f"teacher=t{d}"})
+    items = dmc.item_table(pd.DataFrame(rows), nll_ref=1.0)
+    table = pd.DataFrame(grid)
+    truth = dmc.dmc_scores(dmc.recompute(items, variant="window", center=1.0, width=0.5), by=["dataset", "student"])
+    table["gain"] = [truth[(d, s)] for d, s in zip(table["dataset"], table["student"])]
+    table["dmc"] = 0.0
+    table["rel_difficulty"] = items.groupby(["dataset", "student"])["rel_difficulty"].mean().loc[
+        list(zip(table["dataset"], table["student"]))].to_numpy()
+    prof = SimpleNamespace(dmc=params.DMC(variant="excess"), correlation=params.Correlation(
+        fit_split="student", bootstrap=50, permutations=50,
+        fit_grid={"window": {"center": [1.0, 2.0]}, "no_difficulty": {}}))
+    fit_table, held, summary = correlation.rule_protocol(table, items, SimpleNamespace(params=prof, seed=0))
+    assert summary["chosen_rule"] == "window" and summary["chosen_params"] == {"center": 1.0, "width": 0.5}
+    assert fit_table.set_index("rule")["chosen"].to_dict() == {"window": True, "no_difficulty": False}
+    assert summary["n_fit_cells"] == summary["n_held_out_cells"] == 8 and set(held["scope"]) == {"s2"}
+    rows = held.set_index("predictor")
+    assert rows.loc["dmc[window chosen]", "spearman"] == pytest.approx(1.0)  # the planted rule, on unseen cells
+    assert "dmc[excess profile]" in rows.index and "rel_difficulty" in rows.index
+
+
+def test_per_prompt_reference_falls_back_to_the_median_for_a_problem_without_a_scored_sample():
+    import numpy as np
+
+    from syllabus import compatibility
+
+    own = pd.DataFrame({"problem_id": ["a", "a", "b", "c", "c"], "nll": [1.0, 3.0, np.nan, 4.0, 4.0]})
+    ref = compatibility.per_prompt_reference(own)
+    assert ref.to_dict() == {"a": 2.0, "b": 3.0, "c": 4.0} and ref.attrs["n_fallback"] == 1
+    with pytest.raises(ValueError, match="every own sample of the student is empty"):
+        compatibility.per_prompt_reference(own.assign(nll=np.nan))

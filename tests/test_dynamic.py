@@ -1,7 +1,10 @@
+import json
+
 import pandas as pd
 import pytest
+import torch
 
-from syllabus import dynamic
+from syllabus import dynamic, workflow
 
 
 def test_prerequisites_lab_graph_step_chain_and_none_for_subjects():
@@ -89,3 +92,110 @@ def test_budget_steps_equal_tokens_for_short_and_long_examples():
         steps[name] = workflow.budget_steps(student, examples, training, tokens=2000, steps=7)
         assert workflow.budget_steps(student, examples, training, tokens=None, steps=7) == 7
     assert steps["short"] > steps["long"] >= 1
+
+
+# --------------------------------------------------------------------------- whole runs, one worker or two
+RUN_OVERRIDES = {
+    "data.n_pool": 16, "data.n_probe": 4, "data.n_heldout": 8, "data.lab.n_pretrain": 120,
+    "students": [{"name": "xs", "source": "lab", "warmup_steps": 4,
+                  "arch": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}}],
+    "student_generation.max_new_tokens": 24, "dmc.capability_samples": 1,
+    "dynamic.phases": 2, "dynamic.steps_per_phase": 1, "dynamic.seeds": [0, 1],
+    "dynamic.policies": ["dmc_dynamic", "random", "ioa"], "dynamic.datasets": ["teacher=*"],
+    "dynamic.ioa.items_per_module": 3, "dynamic.ioa.remedial_problems": 12, "dynamic.ioa.remedial_budget_share": 1.0,
+}
+
+
+def _policy_runs(tmp_path, workers: int):
+    import random as _random
+
+    from syllabus import lab
+    from syllabus.runs import open_stage
+
+    stage = open_stage("05_dynamic_selection", "ci", {**RUN_OVERRIDES, "parallel.workers": workers},
+                       run_dir=tmp_path / f"run{workers}")
+    splits = workflow.problem_splits(stage.params)
+    student = workflow.load_student(stage, stage.params.students[0], splits)
+    rng = _random.Random(0)
+    rows = lambda name, style: pd.DataFrame([  # noqa: E731
+        {"dataset": name, "problem_id": p.id, "teacher": style, "text": lab.write_trace(p, style, error_rate=0.1, rng=rng),
+         "sample": 0, "correct": True, "module": p.module, "level": p.level} for p in splits.pool])
+    datasets = {"teacher=equations": rows("teacher=equations", "equations"), "teacher=prose": rows("teacher=prose", "prose"),
+                "teacher=equations+adapted": rows("teacher=equations+adapted", "equations"), "all": rows("all", "prose")}
+    probe = dynamic.ioa_probe(stage, splits, "equations")
+    inputs = dynamic.PolicyInputs(datasets, splits.by_id(), splits, dynamic.prerequisites(probe.teacher_scores),
+                                  "equations", probe)
+    runs = dynamic.run_policies(stage, student, inputs)
+    return stage, probe, {**dynamic.run_tables(runs), "outcomes": dynamic.outcomes_table(runs)}
+
+
+def test_policy_runs_with_two_workers_give_the_same_tables_as_one(tmp_path):
+    stage1, probe, one = _policy_runs(tmp_path, 1)
+    stage2, _, two = _policy_runs(tmp_path, 2)
+    for name in one:
+        pd.testing.assert_frame_equal(one[name], two[name], check_exact=True)
+    assert list((stage2.run.cache / "executor").glob("student-xs-*.pt"))  # the workers trained the runs
+    summaries = [json.loads(f.read_text()) for f in (stage2.run.cache / "dynamic").rglob("train_summary.json")]
+    assert len(summaries) == 3 * 2 * 2 and all(s["resumed_from"] == s["steps"] for s in summaries)  # read back
+    # IOA: P_T and P_S on the same fresh items, >= the asked number per module
+    assert set(probe.item_counts.values()) == {3} and set(one["ioa_plan"]["n_items"]) == {3}
+    # the DMC policy rescored only the datasets of dynamic.datasets, and chose among them
+    assert set(one["dmc_trajectories"]["dataset"]) == {"teacher=equations", "teacher=equations+adapted", "teacher=prose"}
+    choices = one["choices"]
+    assert set(choices.loc[choices["policy"] != "ioa", "chosen"]) <= {"teacher=equations", "teacher=equations+adapted",
+                                                                       "teacher=prose"}
+    # a student at 0 fails the gate: IOA remediates on problems it had not seen
+    ioa = choices[(choices["policy"] == "ioa") & (choices["phase"] == 1)]
+    assert ioa["reason"].str.contains("remedial round 1").all() and (ioa["new_problems"] > 0).all()
+    assert (ioa["chosen"] == dynamic.REMEDIAL).all()
+    # one optimizer across phases: phase 2 continues phase 1 (its AdamW step count goes on)
+    folder = stage1.run.cache / "dynamic" / "xs" / "random" / "seed0"
+    (p0,), (p1,) = folder.glob("phase0-*"), folder.glob("phase1-*")
+    steps = [json.loads((p / "train_summary.json").read_text())["steps"] for p in (p0, p1)]
+    adam = torch.load(p1 / "checkpoint.pt", weights_only=False)["optimizer"]["state"][0]["step"]
+    assert int(adam) == sum(steps)
+    # a run killed in its last phase resumes from the phase before (weights and optimizer from its checkpoint)
+    last = list((stage1.run.cache / "dynamic").rglob("phase1-*"))
+    for phase1 in last:
+        (phase1 / "checkpoint.pt").unlink()
+    _, _, resumed = _policy_runs(tmp_path, 1)
+    assert all((p / "checkpoint.pt").is_file() for p in last)  # trained again, to the same weights
+    for name in one:
+        pd.testing.assert_frame_equal(one[name], resumed[name], check_exact=True)
+
+
+def test_remedial_data_is_new_simpler_verified_and_adapted():
+    from syllabus import lab
+    from syllabus.params import load_profile
+    from syllabus.verify import verify
+
+    prof = load_profile("ci", {"dynamic.ioa.remedial_problems": 30})
+    pool = lab.generate_problems(40, 1, max_operand=12, min_steps=1, max_steps=2)
+    exclude = {p.text for p in pool}
+    rows, new = dynamic.remedial_data(prof, ("rate", "divide"), "equations", [0, 1, "rate"], exclude, pd.DataFrame())
+    assert len(new) == 30 and 0 < len(rows) <= 30 and set(rows["dataset"]) == {dynamic.REMEDIAL}
+    assert not exclude & {p.text for p in new.values()}  # problems the run has not seen
+    assert {p.module for p in new.values()} <= {"rate", "divide"} and {p.level for p in new.values()} == {1}  # one step: simpler
+    assert max(s["a"] for p in new.values() for s in p.metadata["steps"]) <= 6  # operands up to half the data's 12
+    assert all(verify(new[pid], text) and text.startswith("Step 1") for pid, text in zip(rows["problem_id"], rows["text"]))
+    again, _ = dynamic.remedial_data(prof, ("rate", "divide"), "equations", [0, 1, "rate"], exclude, pd.DataFrame())
+    pd.testing.assert_frame_equal(rows, again)  # seeded: a replayed run draws the same round
+    other, _ = dynamic.remedial_data(prof, ("rate", "divide"), "equations", [0, 2, "rate"], exclude, pd.DataFrame())
+    assert set(other["text"]) != set(rows["text"])  # another round, other problems
+
+
+def test_lock_in_table_follows_the_dataset_trained_on_in_the_phase_before():
+    traj = pd.DataFrame([
+        {"policy": "dmc_dynamic", "seed": 0, "phase": ph, "dataset": ds, "dmc": dmc, "dmc_in_sample": ins,
+         "rel_difficulty": r, "rel_difficulty_in_sample": rin}
+        for ph, ds, dmc, ins, r, rin in [(0, "a", 0.5, 0.5, 1.2, 1.2), (0, "b", 0.4, 0.4, 1.5, 1.5),
+                                         (1, "a", 0.45, 0.8, 1.25, 0.9), (1, "b", 0.42, 0.42, 1.45, 1.45)]])
+    choices = pd.DataFrame([{"policy": "dmc_dynamic", "seed": 0, "phase": 0, "chosen": "a"},
+                            {"policy": "dmc_dynamic", "seed": 0, "phase": 1, "chosen": "b"},
+                            {"policy": "random", "seed": 0, "phase": 0, "chosen": "b"}])
+    table = dynamic.lock_in_table(traj, choices)
+    assert table.to_dict("records") == [{
+        "seed": 0, "phase": 1, "trained_on": "a", "r_in_sample_before": 1.2, "r_in_sample_after": 0.9,
+        "r_out_of_sample_before": 1.2, "r_out_of_sample_after": 1.25, "dmc_in_sample_before": 0.5,
+        "dmc_in_sample_after": 0.8, "dmc_out_of_sample_before": 0.5, "dmc_out_of_sample_after": 0.45,
+        "chosen_next": "b"}]

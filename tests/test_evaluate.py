@@ -262,3 +262,25 @@ def _tokenizer(model_dir):
 
 def _responses(samples_file) -> dict[int, str]:
     return {s["doc_id"]: s["resps"][0][0] for s in map(json.loads, open(samples_file))}
+
+
+def test_two_workers_evaluate_the_models_side_by_side_with_the_same_table(tmp_path, sevens_model, random_model):
+    import pandas as pd
+
+    from syllabus import benchmark, workflow
+    from syllabus.runs import open_stage
+
+    entries = pd.DataFrame([{"model": "sevens", "model_dir": str(sevens_model), "chat_template": False},
+                            {"model": "random (undistilled)", "model_dir": str(random_model), "chat_template": False}])
+    tables = {}
+    for workers in (1, 2):
+        stage = open_stage("06_benchmark", "ci", {"parallel.workers": workers, "benchmark.tasks": ["syllabus_lab"],
+                                                  "benchmark.limit": 6, "benchmark.max_gen_toks": 4},
+                           run_dir=tmp_path / f"run{workers}")
+        splits = workflow.problem_splits(stage.params)
+        results = benchmark.run_all(stage, entries, splits)
+        assert [r.model for r in results] == ["sevens", "random (undistilled)"]
+        tables[workers] = evaluate.tidy_results(results)
+        assert len(list((stage.run.root).rglob("results_*.json"))) == 2  # one lm-eval result per model
+    pd.testing.assert_frame_equal(tables[1], tables[2], check_exact=True)
+    assert set(tables[1]["model"]) == {"sevens", "random (undistilled)"} and (tables[1]["n"] == 6).all()

@@ -34,7 +34,8 @@ def test_every_shipped_profile_validates():
 
 def test_minimal_profile_gets_defaults(tmp_path):
     prof = load_profile(write(tmp_path, MINIMAL))
-    assert prof.dmc.r0 == 1.0 and prof.dmc.lam == 1.0
+    assert prof.dmc.variant == "window" and prof.dmc.params == {} and prof.dmc.reference == "per_prompt"
+    assert prof.dmc.rule_params() == {"center": 1.25, "width": 0.5} and prof.dmc.heldout_fraction == 0.2
     assert prof.curation.easy_pass_rate == 0.75
     assert prof.dynamic.ioa.tau_gap == 0.3 and prof.dynamic.ioa.tau_mastery == 0.9 and prof.dynamic.ioa.tau_zpd == 0.15
     assert prof.students[0].arch is not None
@@ -85,8 +86,8 @@ def test_teacher_backend_needs_its_field(tmp_path):
 
 def test_overrides_dotted_and_by_name(tmp_path):
     path = write(tmp_path, MINIMAL)
-    prof = load_profile(path, dict([parse_override("dmc.lam=2.5"), parse_override("students.s.lora=true")]))
-    assert prof.dmc.lam == 2.5 and prof.students[0].lora is True
+    prof = load_profile(path, dict([parse_override("dmc.params.width=2.5"), parse_override("students.s.lora=true")]))
+    assert prof.dmc.rule_params()["width"] == 2.5 and prof.students[0].lora is True
     with pytest.raises(ParamsError, match="no list item 'zz'"):
         apply_overrides({"students": [{"name": "s"}]}, {"students.zz.lora": True})
     with pytest.raises(ParamsError, match="key=value"):
@@ -115,7 +116,7 @@ def test_a_key_given_twice_names_the_key_and_both_lines(tmp_path):
 
 
 @pytest.mark.parametrize("override, key, words", [
-    ("dmc.variant=nonexistent_rule", "dmc.variant", ["unknown DMC rule", "'default'", "'nonexistent_rule'"]),
+    ("dmc.variant=nonexistent_rule", "dmc.variant", ["unknown DMC rule", "'window'", "'nonexistent_rule'"]),
     ("dynamic.policies=[dmc_dynamic,greedy]", "dynamic.policies", ["['greedy']", "'easy_to_hard'"]),
     ("dynamic.seeds=[]", "dynamic.seeds", ["at least 1 item"]),
     ("dynamic.policies=[]", "dynamic.policies", ["at least 1 item"]),
@@ -128,6 +129,17 @@ def test_registry_names_and_empty_lists_are_refused_on_load(tmp_path, override, 
     assert f"key '{key}'" in str(err.value)
     for word in words:
         assert word in str(err.value), (word, str(err.value))
+
+
+def test_rule_parameters_are_data_checked_against_the_rule(tmp_path):
+    prof = load_profile(write(tmp_path, MINIMAL), {"dmc.variant": "excess", "dmc.params": {"r0": 2.0}})
+    assert prof.dmc.rule_params() == {"r0": 2.0, "lam": 1.0}
+    with pytest.raises(ParamsError) as err:
+        load_profile(write(tmp_path, MINIMAL), {"dmc.variant": "window", "dmc.params": {"r0": 2.0}})
+    assert "dmc" in str(err.value) and "'window' has no parameter(s) ['r0']" in str(err.value)
+    assert "['center', 'width']" in str(err.value)
+    with pytest.raises(ParamsError, match="correlation.fit_grid.excess: rule 'excess' has no parameter"):
+        load_profile(write(tmp_path, MINIMAL), {"correlation.fit_grid": {"excess": {"width": [1.0]}}})
 
 
 def test_every_dmc_rule_and_policy_of_the_registries_is_accepted(tmp_path):

@@ -74,7 +74,7 @@ def _bad_inputs(tmp_path: Path) -> list[tuple[list[str], list[str]]]:
         # issue 20: these four used to pass validation and fail inside a stage (or silently re-run everything)
         (["--profile", str(twice)], [str(twice), "key 'seed' is given twice",
                                      f"lines {first_seed} and {len(ci_text.splitlines()) + 1}"]),
-        (["--profile", "ci", "-p", "dmc.variant=nonexistent_rule"], ["dmc.variant", "'nonexistent_rule'", "'default'"]),
+        (["--profile", "ci", "-p", "dmc.variant=nonexistent_rule"], ["dmc.variant", "'nonexistent_rule'", "'window'"]),
         (["--profile", "ci", "-p", "dynamic.seeds=[]"], ["dynamic.seeds", "at least 1 item"]),
         (["--profile", "ci", "-p", "teachers.prose.backend=file", "-p", "teachers.prose.path=/nonexistent/traces.jsonl"],
          ["teachers.1.path", "/nonexistent/traces.jsonl", "does not exist", "nothing was started"]),

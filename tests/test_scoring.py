@@ -14,7 +14,7 @@ from syllabus.scoring import cached_scores, model_fingerprint, score_pairs, scor
 from tiny_lm import SENTENCES, tiny_llama, tiny_tokenizer
 
 torch.set_num_threads(1)
-NUMERIC = ["nll", "entropy", "nll_unconditional", "ifd"]
+NUMERIC = ["nll", "entropy", "nll_unconditional", "ifd", "rank"]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,20 @@ def test_batched_matches_one_at_a_time(model, tok, batch_size, max_batch_tokens)
     assert list(fast.columns) == scoring.SCORE_COLUMNS
     np.testing.assert_allclose(fast[NUMERIC].to_numpy(), slow[NUMERIC].to_numpy(), atol=1e-5, rtol=0)
     assert (fast["n_tokens"] == slow["n_tokens"]).all() and (fast["n_prompt_tokens"] == slow["n_prompt_tokens"]).all()
+
+
+def test_rank_is_one_for_the_top_token_and_clipped(model, tok):
+    """The rank column counts the tokens the student prefers to the target token, plus one, clipped at 100."""
+    import torch
+
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0], [5.0, 4.0, 3.0, 2.0]])
+    _, _, rank = scoring._token_stats(logits, torch.tensor([1, 3]))
+    assert rank.tolist() == [1.0, 4.0]
+    flat = torch.zeros((1, 300))
+    flat[0, 1:201] = 1.0  # 200 tokens above token 0
+    assert scoring._token_stats(flat, torch.tensor([0]))[2].tolist() == [float(scoring.RANK_CLIP)]
+    scores = score_pairs(model, tok, make_pairs(5))
+    assert ((scores["rank"] >= 1) & (scores["rank"] <= scoring.RANK_CLIP)).all()
 
 
 def test_padding_cannot_change_a_score(model, tok):

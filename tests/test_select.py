@@ -117,35 +117,82 @@ def test_zpd_bound_splits_a_layer_by_score():
     assert violations == ["stage 1 -> 2: mean P_S 0.220 -> 0.725"]  # reported, not hidden
 
 
-def test_ioa_policy_walks_stages_with_mastery_gate_and_remedial_rounds():
-    teacher = {"add": 1.0, "multiply": 1.0, "divide": 1.0, "rate": 1.0}
-    graph = {"multiply": ["add"], "divide": ["multiply"], "rate": ["divide"]}
-    policy = make_policy("ioa", tau_gap=0.3, tau_mastery=0.9, tau_zpd=10.0, max_remedial_rounds=1)
+def test_severity_and_top_m_targets():
+    gaps = select.module_gaps({"add": 0.95, "multiply": 0.3, "divide": 0.2, "rate": 0.1, "lone": 0.1},
+                              {k: 1.0 for k in ("add", "multiply", "divide", "rate", "lone")})
+    sev = select.severity(gaps, {"multiply": ["add"], "divide": ["multiply"], "rate": ["divide"]}, alpha=0.7)
+    assert sev["rate"] == pytest.approx(0.7 * 0.9 + 0.3 * 0.5) and sev["lone"] == pytest.approx(0.7 * 0.9)
+    assert select.top_targets(gaps, sev, 0.25) == ["rate"]  # m = ceil(0.25 x 4 deficient) = 1, the most severe
+    # connectivity counts: divide (gap 0.8, in the graph) before lone (gap 0.9, no neighbours)
+    assert select.top_targets(gaps, sev, 0.5) == ["rate", "divide"]
+    assert select.top_targets(gaps, sev, 0.5, exclude=["rate"]) == ["divide", "multiply"]
 
-    def at(ps):
-        return state(student_scores=ps, teacher_scores=teacher, prerequisites=graph)
 
+def test_mastery_gate_bound_and_ceiling():
+    teacher, items = {"a": 1.0, "b": 0.5}, {"a": 20, "b": 20}
+    # 17/20 against a target of 0.9: not shown below it (upper bound), not shown at it (lower bound)
+    up = select.mastery_gate({"a": 0.85, "b": 0.5}, teacher, items, ["a", "b"], tau_mastery=0.9, ceiling=1.0,
+                             confidence=0.9, bound="upper")
+    low = select.mastery_gate({"a": 0.85, "b": 0.5}, teacher, items, ["a", "b"], tau_mastery=0.9, ceiling=1.0,
+                              confidence=0.9, bound="lower")
+    assert up["passed"] and not low["passed"] and up["modules"]["b"]["target"] == pytest.approx(0.45)
+    assert not select.mastery_gate({"a": 0.5, "b": 0.5}, teacher, items, ["a"], tau_mastery=0.9, ceiling=1.0,
+                                   confidence=0.9)["passed"]
+    capped = select.mastery_gate({"a": 0.6, "b": 0.5}, teacher, items, ["a"], tau_mastery=0.9, ceiling=0.6,
+                                 confidence=0.9, bound="lower")
+    assert capped["modules"]["a"]["target"] == 0.6 and not capped["passed"]  # the ceiling caps the target
+    assert select.wilson_bound(0, 0, 0.9, "upper") == 1.0 and select.wilson_bound(20, 20, 0.9, "lower") < 1.0
+    # without item counts the point estimate meets the target
+    assert not select.mastery_gate({"a": 0.85}, teacher, {}, ["a"], tau_mastery=0.9, ceiling=1.0, confidence=0.9)["passed"]
+
+
+TEACHER = {"add": 1.0, "multiply": 1.0, "divide": 1.0, "rate": 1.0}
+GRAPH = {"multiply": ["add"], "divide": ["multiply"], "rate": ["divide"]}
+
+
+def at(ps, phases=10):
+    return state(student_scores=ps, teacher_scores=TEACHER, prerequisites=GRAPH, n_phases=phases,
+                 module_items={k: 20 for k in TEACHER})
+
+
+def test_ioa_walks_stages_with_gate_remediation_plateau_and_resumes():
+    params = dict(tau_zpd=10.0, target_share=1.0, max_remedial_rounds=2, plateau_rounds=1, remedial_budget_share=1.0)
+    policy = make_policy("ioa", **params)
     c0 = policy.choose(0, at({"add": 0.95, "multiply": 0.3, "divide": 0.2, "rate": 0.1}))
-    assert c0.modules == ("multiply",) and c0.stage == 0  # add has no gap; multiply is the first deficient layer
+    assert c0.modules == ("multiply",) and c0.stage == 0 and c0.remedial is None  # add has no gap
     c1 = policy.choose(1, at({"add": 0.95, "multiply": 0.5, "divide": 0.2, "rate": 0.1}))
-    assert c1.modules == ("multiply",) and "remedial round 1" in c1.reason
-    c2 = policy.choose(2, at({"add": 0.95, "multiply": 0.6, "divide": 0.2, "rate": 0.1}))
-    assert c2.modules == ("divide",) and "not mastered after 1 remedial rounds" in c2.reason
+    assert "remedial round 1" in c1.reason and c1.remedial == ("multiply", "add")  # weak module, then prerequisites
+    c2 = policy.choose(2, at({"add": 0.95, "multiply": 0.5, "divide": 0.2, "rate": 0.1}))  # no progress
+    assert c2.modules == ("divide",) and "plateau" in c2.reason and policy.plan["not_mastered"] == ["multiply"]
     saved = json.loads(json.dumps(policy.state_dict()))
-    c3 = policy.choose(3, at({"add": 0.95, "multiply": 0.9, "divide": 0.92, "rate": 0.1}))
-    assert c3.modules == ("rate",) and "stage 2 mastered" in c3.reason
-    resumed = make_policy("ioa", tau_gap=0.3, tau_mastery=0.9, tau_zpd=10.0, max_remedial_rounds=1)
+    c3 = policy.choose(3, at({"add": 0.95, "multiply": 0.5, "divide": 0.8, "rate": 0.1}))
+    assert c3.modules == ("rate",) and "mastered" in c3.reason  # 16/20: not shown below the 0.9 target
+    assert "re-diagnosis; targets ['rate']" in c3.reason  # the Identifier runs again between stages
+    resumed = make_policy("ioa", **params)
     resumed.load_state_dict(saved)
-    assert resumed.choose(3, at({"add": 0.95, "multiply": 0.9, "divide": 0.92, "rate": 0.1})) == c3
-    c4 = policy.choose(4, at({"add": 0.95, "multiply": 0.9, "divide": 0.92, "rate": 0.95}))
-    assert "curriculum complete" in c4.reason and set(c4.modules) == {"multiply", "divide", "rate"}
-    assert c4.weights == {d: 1 / 3 for d in DATASETS}
+    assert resumed.choose(3, at({"add": 0.95, "multiply": 0.5, "divide": 0.8, "rate": 0.1})) == c3
+    c4 = policy.choose(4, at({"add": 0.95, "multiply": 0.5, "divide": 0.9, "rate": 0.95}))
+    # the re-diagnosis leaves out modules mastered or flagged not mastered, so only consolidation is left
+    assert "re-diagnosis" in c4.reason and "consolidation" in c4.reason and set(c4.modules) == set(TEACHER)
+    assert [e["outcome"] for e in policy.plan["log"]] == ["remedial round 1", "not mastered (plateau: no progress "
+                                                          ">= 0.05 in 1 round(s))", "mastered", "mastered"]
+
+
+def test_ioa_targets_the_most_severe_and_caps_remediation_at_a_share_of_the_budget():
+    policy = make_policy("ioa", target_share=0.25, remedial_budget_share=0.5)
+    c0 = policy.choose(0, at({"add": 0.95, "multiply": 0.3, "divide": 0.2, "rate": 0.1}, phases=3))
+    assert c0.modules == ("rate",)  # top-1 of three deficient modules by severity
+    c1 = policy.choose(1, at({"add": 0.95, "multiply": 0.3, "divide": 0.2, "rate": 0.3}, phases=3))
+    assert c1.remedial == ("rate", "divide")  # 1 remedial phase <= 0.5 x 2 phases left
+    c2 = policy.choose(2, at({"add": 0.95, "multiply": 0.3, "divide": 0.2, "rate": 0.6}, phases=3))
+    assert c2.remedial is None and "remediation budget" in c2.reason and "rate" in policy.plan["not_mastered"]
+    assert c2.modules == ("divide",)  # re-diagnosis: the next most severe module
 
 
 def test_ioa_without_gaps_trains_on_everything_and_checks_inputs():
     scores = {"add": 0.9, "rate": 0.9}
     choice = make_policy("ioa").choose(0, state(student_scores=scores, teacher_scores=scores))
-    assert choice.modules == ("add", "rate") and "no module has a gap" in choice.reason
+    assert choice.modules == ("add", "rate") and "no module left with a gap" in choice.reason
     with pytest.raises(ValueError, match="no per-module teacher scores"):
         make_policy("ioa").choose(0, state(student_scores=scores))
     with pytest.raises(ValueError, match="without probe scores: \\['percent'\\]"):

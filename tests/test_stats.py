@@ -79,7 +79,7 @@ def synthetic_grid(seed: int, true_r0: float, true_lam: float, noise: float, rel
             grid.append({"dataset": f"d{d}", "student": s})
     items = dmc.item_table(pd.DataFrame(rows), nll_ref=1.0)
     grid = pd.DataFrame(grid)
-    truth = stats.dmc_for_grid(grid, items, ["dataset", "student"], "default", {"r0": true_r0, "lam": true_lam})
+    truth = stats.dmc_for_grid(grid, items, ["dataset", "student"], "excess", {"r0": true_r0, "lam": true_lam})
     grid["gain"] = (truth if related else 0) + rng.normal(scale=noise, size=len(grid))
     return grid, items
 
@@ -88,19 +88,19 @@ def test_fit_on_part_report_on_the_rest():
     grid, items = synthetic_grid(0, true_r0=2.0, true_lam=2.0, noise=0.005)
     fit, hold = stats.split_grid(grid, fit_fraction=0.5, seed=0, by="dataset")
     assert set(fit["dataset"]).isdisjoint(hold["dataset"]) and len(fit) + len(hold) == len(grid)
-    best = stats.fit_dmc_params(fit, items, r0_grid=(0.5, 1.0, 2.0), lam_grid=(0.0, 2.0))
-    assert (best["r0"], best["lam"]) == (2.0, 2.0) and best["spearman"] > 0.9
+    best = stats.fit_dmc_params(fit, items, variant="excess", param_grid={"r0": (0.5, 1.0, 2.0), "lam": (0.0, 2.0)})
+    assert best["params"] == {"r0": 2.0, "lam": 2.0} and best["spearman"] > 0.9
     assert len(best["search"]) == 6
-    result = stats.holdout_correlation(hold, items, best, n_boot=200, n_perm=200)
-    assert result["n_holdout"] == len(hold) and result["r0"] == 2.0
+    result = stats.holdout_correlation(hold, items, best["params"], variant="excess", n_boot=200, n_perm=200)
+    assert result["n_holdout"] == len(hold) and result["params"]["r0"] == 2.0
     assert result["spearman"] > 0.8 and result["spearman_p"] < 0.01
 
 
 def test_holdout_of_unrelated_gains_is_not_significant():
     grid, items = synthetic_grid(1, true_r0=1.0, true_lam=1.0, noise=1.0, related=False)
     fit, hold = stats.split_grid(grid, fit_fraction=0.5, seed=0)
-    best = stats.fit_dmc_params(fit, items)
-    result = stats.holdout_correlation(hold, items, best, n_boot=200, n_perm=200)
+    best = stats.fit_dmc_params(fit, items, variant="excess", param_grid={"r0": (0.5, 1.0, 2.0), "lam": (0.0, 2.0)})
+    result = stats.holdout_correlation(hold, items, best["params"], variant="excess", n_boot=200, n_perm=200)
     assert result["spearman_p"] > 0.05 and result["spearman_lo"] < 0 < result["spearman_hi"]
 
 
@@ -108,7 +108,7 @@ def test_grid_rows_without_items_are_named():
     grid, items = synthetic_grid(2, 1.0, 1.0, 0.1)
     grid.loc[3, "student"] = "s9"
     with pytest.raises(ValueError, match="grid row 3 .*'s9'.* has no items"):
-        stats.dmc_for_grid(grid, items, ["dataset", "student"], "default", {})
+        stats.dmc_for_grid(grid, items, ["dataset", "student"], "window", {})
 
 
 # --------------------------------------------------------------------------- cluster bootstrap, noise floor

@@ -140,3 +140,44 @@ def test_single_pass_trains_on_every_example_once(tmp_path):
     assert sorted(seen) == list(range(19))
     with pytest.raises(train.TrainError, match="takes 3 steps, not 4"):
         train.sft(fresh()[0], tok, examples, steps=4, cfg=CFG, seed=1, single_pass=True)
+
+
+def test_span_schedule_in_parts_is_the_whole_schedule():
+    whole = [train.lr_factor(s, 12, 0.25, "cosine") for s in range(12)]
+    parts = [train.span_lr_factor(s, 4, (p / 3, (p + 1) / 3), 0.25, "cosine") for p in range(3) for s in range(4)]
+    assert parts == pytest.approx(whole)
+    assert parts[4] > 0.9  # no second warm-up at a phase start (a restart would give 1/3)
+    with pytest.raises(train.TrainError, match="schedule_span"):
+        model, tok = fresh()
+        train.sft(model, tok, EXAMPLES[:8], steps=1, cfg=CFG, seed=0, schedule_span=(0.5, 0.5))
+
+
+def test_phases_that_carry_the_optimizer_train_as_one_run_and_restarts_do_not(tmp_path):
+    """Every step here sees all 8 examples, so one 6-step run and two 3-step calls that carry AdamW and
+    the schedule must end with the same weights; two calls that restart the optimizer must not."""
+    cfg = P.Training(batch_size=8, max_seq_len=64, learning_rate=5e-3, warmup_ratio=1 / 3)
+    data = EXAMPLES[:8]
+    one, tok = fresh()
+    train.sft(one, tok, data, steps=6, cfg=cfg, seed=0)
+    carried, _ = fresh()
+    first = train.sft(carried, tok, data, steps=3, cfg=cfg, seed=0, schedule_span=(0, 0.5), out_dir=tmp_path / "p0")
+    second = train.sft(carried, tok, data, steps=3, cfg=cfg, seed=0, schedule_span=(0.5, 1),
+                       optimizer_state=first.optimizer_state, out_dir=tmp_path / "p1")
+    restarted, _ = fresh()
+    train.sft(restarted, tok, data, steps=3, cfg=cfg, seed=0)
+    train.sft(restarted, tok, data, steps=3, cfg=cfg, seed=0)
+    w1, wc, wr = (dict(m.named_parameters()) for m in (one, carried, restarted))
+    assert all(torch.allclose(w1[n], wc[n], atol=1e-5) for n in w1)
+    assert not all(torch.allclose(w1[n], wr[n], atol=1e-3) for n in w1)
+    lrs = [r["lr"] for r in json_log(tmp_path / "p1")]  # the whole run's steps 4-6, not a new schedule
+    assert lrs == pytest.approx([cfg.learning_rate * train.lr_factor(s, 6, 1 / 3, "cosine") for s in (3, 4, 5)])
+    # a finished phase read back from its checkpoint hands on the same optimizer state
+    again = train.sft(fresh()[0], tok, data, steps=3, cfg=cfg, seed=0, schedule_span=(0, 0.5), out_dir=tmp_path / "p0")
+    assert again.resumed_from == 3
+    assert torch.equal(again.optimizer_state["state"][0]["exp_avg"], first.optimizer_state["state"][0]["exp_avg"])
+    assert second.optimizer_state["state"][0]["step"] == 6
+
+
+def json_log(out_dir):
+    with open(out_dir / "train_log.csv") as fh:
+        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]

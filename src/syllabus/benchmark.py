@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import evaluate, models, workflow
+from . import evaluate, executor, models, workflow
 from .devices import resolve_device
 from .progress import track
 from .runs import Stage
@@ -37,21 +37,39 @@ def models_to_evaluate(stage: Stage, splits: workflow.Splits, finals: pd.DataFra
 
 
 def run_all(stage: Stage, entries: pd.DataFrame, splits: workflow.Splits) -> list[evaluate.EvalResult]:
-    """lm-eval on every model and task of the profile; finished (model, task) pairs are read back, not re-run."""
+    """lm-eval on every model and task of the profile; finished (model, task) pairs are read back, not re-run.
+
+    With ``parallel.workers > 1`` (or Slurm) the models are evaluated side by side first (one per worker,
+    one GPU each when there are GPUs); the loop then reads every result back, so the table is the same.
+    """
+    prof = stage.params
+    lab_file = evaluate.write_problems_jsonl(splits.heldout, stage.path("lm_eval/heldout_problems.jsonl"))
+    jobs = [eval_job(stage, row, lab_file) for row in entries.to_dict("records")]
+    if len(jobs) > 1 and (prof.parallel.workers > 1 or prof.parallel.executor != "local"):
+        executor.for_profile(prof, stage.run.cache / "slurm").map(run_job, jobs)
+    return [run_job(job) for job in track(jobs, "lm-eval models")]
+
+
+def eval_job(stage: Stage, row: dict, lab_file) -> dict:
+    """The ``evaluate.run_lm_eval`` arguments for one model, as plain picklable data (plus the thread count)."""
     prof = stage.params
     b = prof.benchmark
-    lab_file = evaluate.write_problems_jsonl(splits.heldout, stage.path("lm_eval/heldout_problems.jsonl"))
     device = _device(prof)
-    results = []
-    for row in track(entries.to_dict("records"), "lm-eval models"):
-        slug = row["model"].replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
-        results.append(evaluate.run_lm_eval(
-            row["model_dir"], b.tasks, data_dir=prof.data.resolved_data_dir(), limit=b.limit,
-            max_gen_toks=b.max_gen_toks, batch_size=b.batch_size,
-            apply_chat_template=b.apply_chat_template and bool(row["chat_template"]), device=device,
-            output_dir=stage.path(f"lm_eval/{slug}"), seed=prof.seed, lab_file=lab_file, model_name=row["model"],
-            dtype=_dtype(row["model_dir"], device), backend=b.backend))
-    return results
+    slug = row["model"].replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
+    return {"threads": prof.threads, "model_dir": row["model_dir"], "tasks": list(b.tasks),
+            "data_dir": prof.data.resolved_data_dir(), "limit": b.limit, "max_gen_toks": b.max_gen_toks,
+            "batch_size": b.batch_size, "apply_chat_template": b.apply_chat_template and bool(row["chat_template"]),
+            "device": device, "output_dir": stage.path(f"lm_eval/{slug}"), "seed": prof.seed, "lab_file": lab_file,
+            "model_name": row["model"], "dtype": _dtype(row["model_dir"], device), "backend": b.backend}
+
+
+def run_job(job: dict) -> evaluate.EvalResult:
+    """One model's lm-eval run (in this process or a worker), on the profile's thread count."""
+    import torch
+
+    args = dict(job)
+    torch.set_num_threads(args.pop("threads"))
+    return evaluate.run_lm_eval(args.pop("model_dir"), args.pop("tasks"), **args)
 
 
 def _device(prof) -> str:

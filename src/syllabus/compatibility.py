@@ -1,12 +1,20 @@
 """Stage 3 composed: the DMC of every candidate dataset for a student at its current checkpoint.
 
-For one student: its pass rate on every problem of the candidates (capability, k samples), its
-reference NLL (median NLL of its own samples on the probe set), the teacher-forced NLL / entropy /
-IFD of every trace (batched, cached by model and data), then ``dmc.item_table`` and
-``dmc.dataset_table``. Stage 5 calls the same function on each new checkpoint.
+Every candidate dataset is split once, by a stable hash of the problem id (``dmc.scoring_split``,
+``dmc.heldout_fraction``), into a training slice and a scoring slice; nested datasets share the
+split. DMC is measured on the scoring slice (``score_student``); SFT in stages 4 and 5 draws only
+from the training slice (``training_rows``), so training on D cannot raise DMC(D) merely by making
+the very items it is scored on likelier.
+
+For one student: k samples of its own on every problem of the slice at ``dmc.sample_temperature``
+(capability: their smoothed pass rate; the per-prompt reference: their mean NLL), the
+teacher-forced NLL / entropy / IFD / rank of every trace (batched, cached by model and data), then
+``dmc.item_table`` and ``dmc.dataset_table``. Stage 5 calls the same function on each new checkpoint.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,8 +22,10 @@ import pandas as pd
 from . import dmc, workflow
 from .records import Problem, Trace
 from .progress import track
-from .runs import Stage
+from .runs import Stage, cached_json, hash_obj
 from .scoring import cached_scores
+
+SLICES = ("scoring", "training")
 
 
 def traces_of(rows: pd.DataFrame) -> list[Trace]:
@@ -24,8 +34,85 @@ def traces_of(rows: pd.DataFrame) -> list[Trace]:
                   correct=bool(r["correct"])) for r in rows.to_dict("records")]
 
 
+def split_salt(prof) -> str:
+    """What the scoring split depends on besides the problem id: the run's seed."""
+    return str(prof.seed)
+
+
+def slice_rows(datasets: dict[str, pd.DataFrame], prof, part: str) -> dict[str, pd.DataFrame]:
+    """The ``part`` ('training' or 'scoring') slice of every candidate dataset; datasets whose slice is
+    empty are left out (``dmc.heldout_fraction`` decides the slices)."""
+    if part not in SLICES:
+        raise ValueError(f"slice must be one of {SLICES}, got {part!r}")
+    out = {}
+    for name, rows in datasets.items():
+        training, scoring = dmc.scoring_split(rows, prof.dmc.heldout_fraction, split_salt(prof))
+        chosen = scoring if part == "scoring" else training
+        if len(chosen):
+            out[name] = chosen
+    return out
+
+
+def training_rows(datasets: dict[str, pd.DataFrame], prof) -> dict[str, pd.DataFrame]:
+    """What SFT on candidate datasets (stage-4 grid cells, stage-5 phases) may draw from: every dataset's
+    training slice. A dataset whose every problem falls in the scoring slice is an error naming it."""
+    out = slice_rows(datasets, prof, "training")
+    empty = sorted(set(datasets) - set(out))
+    if empty:
+        raise ValueError(f"candidate dataset(s) {empty} have no problem outside the DMC scoring slice; lower "
+                         f"dmc.heldout_fraction (now {prof.dmc.heldout_fraction}) or leave them out of the grid")
+    return out
+
+
+def own_samples(stage: Stage, student: workflow.StudentModel, problems: list[Problem], *, seed: int) -> pd.DataFrame:
+    """The student's own k = ``dmc.capability_samples`` samples per problem at ``dmc.sample_temperature``
+    (top_p 1), each verified and scored: problem_id, sample, correct, nll (NaN for an empty sample).
+    Generations are cached by (weights, problems, settings, seed); scores by ``cached_scores``."""
+    from .verify import verify
+
+    prof = stage.params
+    k, temperature = prof.dmc.capability_samples, prof.dmc.sample_temperature
+
+    def compute() -> list[list]:
+        outs = workflow.student_samples(student, problems, k=max(k, 2), prof=prof, seed=seed,
+                                        cache_dir=stage.run.cache, temperature=temperature, top_p=1.0)
+        return [[p.id, j, bool(verify(p, g.text)), g.text] for p, gens in zip(problems, outs)
+                for j, g in enumerate(gens[:k])]
+
+    key = hash_obj({"student": student.fingerprint(), "problems": [(p.id, p.text) for p in problems], "k": k,
+                    "temperature": temperature, "gen": workflow.generation_settings(prof), "seed": seed})[:24]
+    rows = cached_json(Path(stage.run.cache) / "own_samples" / f"{key}.json", compute)
+    frame = pd.DataFrame(rows, columns=["problem_id", "sample", "correct", "text"])
+    by_id = {p.id: p for p in problems}
+    scored = frame[frame["text"].str.strip() != ""]
+    pairs = [(student.prompt(by_id[pid]), student.target(text)) for pid, text in zip(scored["problem_id"], scored["text"])]
+    frame["nll"] = np.nan
+    if pairs:
+        scores = cached_scores(student.model, student.tokenizer, pairs, cache_dir=stage.run.cache / "scores",
+                               batch_size=prof.dmc.score_batch_size,
+                               max_batch_tokens=prof.dmc.score_max_batch_tokens, fingerprint=student.fingerprint())
+        note_scoring(stage, scores)
+        frame.loc[scored.index, "nll"] = scores["nll"].to_numpy()
+    return frame.drop(columns="text")
+
+
+def per_prompt_reference(own: pd.DataFrame) -> pd.Series:
+    """NLL_ref per problem from the own samples (``dmc.per_prompt_reference``); a problem whose every own
+    sample is empty takes the median reference of the others (such problems are counted in ``attrs``)."""
+    scored = own.dropna(subset=["nll"])
+    if scored.empty:
+        raise ValueError("per-prompt reference: every own sample of the student is empty; raise "
+                         "student_generation.max_new_tokens or dmc.capability_samples")
+    ref = dmc.per_prompt_reference(scored).reindex(sorted(own["problem_id"].unique()))
+    n_missing = int(ref.isna().sum())
+    ref = ref.fillna(float(ref.median()))
+    ref.attrs["n_fallback"] = n_missing
+    return ref
+
+
 def reference_nll(stage: Stage, student: workflow.StudentModel, probe: list[Problem]) -> tuple[float, pd.DataFrame]:
-    """NLL_ref(M): the median NLL of the student's own sampled solutions on the probe set."""
+    """NLL_ref(M) of ``dmc.reference: sampled_median``: the median NLL of the student's own sampled
+    solutions (``student_generation`` temperature) on the probe set."""
     prof = stage.params
     k = prof.dmc.capability_samples
     outs = workflow.student_samples(student, probe, k=k, prof=prof, seed=stage.seed + 1, cache_dir=stage.run.cache)
@@ -38,29 +125,43 @@ def reference_nll(stage: Stage, student: workflow.StudentModel, probe: list[Prob
 
 
 def score_student(stage: Stage, student: workflow.StudentModel, datasets: dict[str, pd.DataFrame],
-                  problems: dict[str, Problem], probe: list[Problem], *, seed: int | None = None) -> pd.DataFrame:
-    """Item table (every factor and the item compatibility) of every candidate dataset for one student."""
+                  problems: dict[str, Problem], probe: list[Problem], *, seed: int | None = None,
+                  part: str = "scoring") -> pd.DataFrame:
+    """Item table (every factor and the item compatibility) of every candidate dataset's ``part`` slice
+    ('scoring', out of sample: DMC; 'training': in sample, what stage 5 records to show lock-in) for one
+    student. Datasets with an empty slice have no rows."""
     prof = stage.params
     seed = stage.seed if seed is None else seed
     fingerprint = student.fingerprint()
-    needed = sorted({pid for rows in datasets.values() for pid in rows["problem_id"]})
-    rates = workflow.pass_rates(student, [problems[i] for i in needed], k=prof.dmc.capability_samples, prof=prof,
-                                seed=seed, cache_dir=stage.run.cache)
-    nll_ref, _ = reference_nll(stage, student, probe)
+    parts = slice_rows(datasets, prof, part)
+    needed = sorted({pid for rows in parts.values() for pid in rows["problem_id"]})
+    own = own_samples(stage, student, [problems[i] for i in needed], seed=seed)
+    capability = dmc.smoothed_pass_rates(own, prof.dmc.capability_prior)
+    raw_rate = dmc.pass_rates(own)
+    if prof.dmc.reference == "per_prompt":
+        ref = per_prompt_reference(own)
+        nll_ref = None
+    else:
+        nll_ref, _ = reference_nll(stage, student, probe)
     frames = []
-    for name, rows in track(datasets.items(), f"DMC scoring of {student.name}", unit="datasets"):
+    for name, rows in track(parts.items(), f"DMC scoring of {student.name}", unit="datasets"):
         traces = traces_of(rows)
         pairs = workflow.sft_examples(student, problems, traces)
         scores = cached_scores(student.model, student.tokenizer, pairs, cache_dir=stage.run.cache / "scores",
                                batch_size=prof.dmc.score_batch_size,
                                max_batch_tokens=prof.dmc.score_max_batch_tokens, fingerprint=fingerprint)
         note_scoring(stage, scores)
-        frames.append(dmc.items_frame(name, traces, rates.to_dict(), scores))
+        frames.append(dmc.items_frame(name, traces, capability.to_dict(), scores))
     items = pd.concat(frames, ignore_index=True)
+    items["raw_pass_rate"] = items["problem_id"].map(raw_rate)
     items["ifd"] = items["nll"] / items["nll_unconditional"].replace(0, np.nan)
-    table = dmc.item_table(items, nll_ref, variant=prof.dmc.variant, **_rule_params(prof))
+    if nll_ref is None:
+        items["nll_ref"] = items["problem_id"].map(ref)
+    table = dmc.item_table(items, nll_ref, variant=prof.dmc.variant, **prof.dmc.rule_params())
     table.insert(0, "student", student.name)
-    table["nll_ref"] = nll_ref
+    if nll_ref is not None:
+        table["nll_ref"] = nll_ref
+    table["slice"] = part
     return table
 
 
@@ -69,12 +170,6 @@ def note_scoring(stage: Stage, scores: pd.DataFrame) -> None:
     counts = stage.notes.setdefault("scoring", {"n_scored": 0, "n_cached": 0})
     counts["n_scored"] += int(scores.attrs.get("n_scored", 0))
     counts["n_cached"] += int(scores.attrs.get("n_cached", 0))
-
-
-def _rule_params(prof) -> dict[str, float]:
-    wanted = dmc.rule_params(prof.dmc.variant)
-    values = {"r0": prof.dmc.r0, "lam": prof.dmc.lam}
-    return {k: values[k] for k in wanted if k in values}
 
 
 def dataset_scores(items: pd.DataFrame) -> pd.DataFrame:

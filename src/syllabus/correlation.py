@@ -6,13 +6,17 @@ held-out accuracy after minus before, paired on the same problems. Two controls 
 candidates: the student re-evaluated with no SFT (``control:none``) and SFT on the reference (gold)
 solutions of the pool problems at the same budget (``control:gold``). DMC (from stage 3) and simple
 baselines are then correlated with the gain within each student (and pooled, labelled), with a
-bootstrap that resamples dataset families whole (``syllabus.stats``); DMC's parameters, when fitted,
-are fitted on part of the families and judged on the others.
+bootstrap that resamples dataset families whole (``syllabus.stats``). Cells train on each candidate's
+*training slice* only (``compatibility.training_rows``); DMC was measured on its scoring slice. The
+default rule is chosen by a stated protocol (``rule_protocol``): rules and their parameters
+(``correlation.fit_grid``) are compared on one part of the grid (half the single-teacher families,
+or the first student) and the choice is reported on the other part, beside every other predictor.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 
 import pandas as pd
 
@@ -27,7 +31,8 @@ MIXED_FAMILY = "mixed"
 VARIANT_SUFFIXES = ("+adapted", "+unverified")
 
 # Predictors compared side by side (docs/method.md, stage 4); the expected sign is in the notebook.
-PREDICTORS = ("dmc", "quality", "capability", "rel_difficulty", "teacher_accuracy", "n_tokens", "perplexity",
+# rsr: Rank-Surprisal Ratio (arXiv 2601.14249), mean clipped token rank / mean NLL; lower is better.
+PREDICTORS = ("dmc", "quality", "capability", "rel_difficulty", "rsr", "teacher_accuracy", "n_tokens", "perplexity",
               "ifd", "entropy")
 
 
@@ -60,10 +65,11 @@ def gold_examples(student: workflow.StudentModel, pool: list[Problem]) -> list[t
 
 def grid_cells(student: workflow.StudentModel, datasets: dict[str, pd.DataFrame], problems: dict[str, Problem],
                pool: list[Problem], prof) -> dict[str, tuple[list[tuple[str, str]], int]]:
-    """A student's trained cells, each (examples, SFT steps for the budget): every candidate dataset, then
-    ``control:gold``; ``gain_grid`` and the worker jobs both run exactly these."""
+    """A student's trained cells, each (examples, SFT steps for the budget): every candidate dataset's
+    training slice (never its DMC scoring slice), then ``control:gold``; ``gain_grid`` and the worker jobs
+    both run exactly these."""
     cells = {name: workflow.sft_examples(student, problems, compatibility.traces_of(table))
-             for name, table in datasets.items()}
+             for name, table in compatibility.training_rows(datasets, prof).items()}
     cells[CONTROL_GOLD] = gold_examples(student, pool)
     return {name: (examples, workflow.budget_steps(student, examples, prof.training,
                                                    tokens=prof.correlation.sft_tokens,
@@ -226,14 +232,60 @@ def family_split(table: pd.DataFrame, fit_fraction: float, seed: int) -> tuple[p
     return stats.split_grid(single, fit_fraction, seed=seed, by="family")
 
 
-def fitted_holdout(table: pd.DataFrame, items: pd.DataFrame, stage: Stage) -> tuple[dict, dict]:
-    """Fit (r0, lambda) on part of the families, report DMC's correlation on the other families."""
-    c = stage.params.correlation
-    fit, hold = family_split(table, c.fit_fraction, stage.seed)
-    variant = stage.params.dmc.variant
-    fitted = stats.fit_dmc_params(fit, items, variant=variant)
-    held = stats.holdout_correlation(hold, items, fitted, variant=variant, n_boot=c.bootstrap,
-                                     n_perm=c.permutations, seed=stage.seed)
-    defaults = stats.holdout_correlation(hold, items, {"r0": stage.params.dmc.r0, "lam": stage.params.dmc.lam},
-                                         variant=variant, n_boot=c.bootstrap, n_perm=c.permutations, seed=stage.seed)
-    return {k: v for k, v in fitted.items() if k != "search"} | {"held_out": held}, {"defaults_on_held_out": defaults}
+def protocol_split(table: pd.DataFrame, prof, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The two parts of ``rule_protocol``: ``correlation.fit_split: family`` splits the single-teacher
+    families (``family_split``); ``student`` fits on the first student and reports on the others."""
+    c = prof.correlation
+    if c.fit_split == "student":
+        names = sorted(table["student"].unique())
+        if len(names) < 2:
+            raise ValueError(f"correlation.fit_split: student needs at least two students in the grid, found {names}; "
+                             "use fit_split: family")
+        fit = table["student"] == names[0]
+        return table[fit].reset_index(drop=True), table[~fit].reset_index(drop=True)
+    return family_split(table, c.fit_fraction, seed)
+
+
+def rule_protocol(table: pd.DataFrame, items: pd.DataFrame, stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """How the default rule is chosen, and how the choice fares where it was not chosen.
+
+    Every rule of ``correlation.fit_grid`` is fitted (its parameter grid searched) on the fitting part
+    of ``protocol_split``, scored by its mean within-student Spearman with the gain there; the best one
+    is the choice. On the other part, the choice, the profile's own rule (``dmc.variant``,
+    ``dmc.params``) and every other predictor are correlated with the gain within each student (family
+    bootstrap). Nothing is tuned to the held-out part. Returns (the fit table: one row per rule, the
+    held-out table: one row per (student, predictor), a summary dict).
+    """
+    prof = stage.params
+    c = prof.correlation
+    table = table[table["dmc"].notna()]  # a dataset without a scoring-slice item has no DMC to compare
+    fit, hold = protocol_split(table, prof, stage.seed)
+    rows, fits = [], {}
+    for rule, grid in c.fit_grid.items():
+        f = stats.fit_dmc_params(fit, items, variant=rule, param_grid=grid)
+        fits[rule] = f
+        rows.append({"rule": rule, "params": json.dumps(f["params"], sort_keys=True), "spearman_fit": f["spearman"],
+                     "n_fit": f["n_fit"], "grid_points": len(f["search"]), "note": f["note"]})
+    fit_table = pd.DataFrame(rows)
+    ranked = fit_table.dropna(subset=["spearman_fit"])
+    chosen = ranked.loc[ranked["spearman_fit"].idxmax(), "rule"] if len(ranked) else prof.dmc.variant
+    chosen_params = fits[chosen]["params"] if chosen in fits else prof.dmc.rule_params()
+    fit_table["chosen"] = fit_table["rule"] == chosen
+    held = hold.copy()
+    candidates = {f"dmc[{chosen} chosen]": (chosen, chosen_params),
+                  f"dmc[{prof.dmc.variant} profile]": (prof.dmc.variant, prof.dmc.rule_params())}
+    for label, (rule, params) in candidates.items():
+        held[label] = stats.dmc_for_grid(held, items, ("dataset", "student"), rule, params) if len(held) else []
+    preds = [*candidates, *[p for p in PREDICTORS if p in held.columns and p != "dmc"]]
+    frames = []
+    for student, g in held.groupby("student", sort=True):
+        t = stats.predictor_table(g, preds, "gain", n_boot=c.bootstrap, n_perm=c.permutations, seed=stage.seed,
+                                  group_col="family")
+        t.insert(0, "scope", student)
+        frames.append(t)
+    held_table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    summary = {"fit_split": c.fit_split, "chosen_rule": chosen, "chosen_params": chosen_params,
+               "profile_rule": prof.dmc.variant, "profile_params": prof.dmc.rule_params(),
+               "n_fit_cells": len(fit), "n_held_out_cells": len(hold),
+               "fit_datasets": sorted(fit["dataset"].unique()), "held_out_datasets": sorted(hold["dataset"].unique())}
+    return fit_table, held_table, summary

@@ -1,33 +1,42 @@
-"""Stage 5 composed: phased training where a policy picks the data before every phase.
+"""Stage 5 composed: one training run cut into phases, where a policy picks the data before every phase.
 
 Each (policy, seed) run starts from the same student and gets the same compute per phase: with
 ``budget: tokens`` (default) one pass over examples drawn until they hold the phase's token budget
 (``steps_per_phase`` x batch examples of the candidates' mean length), so every policy trains on the
 same number of tokens within one example; with ``budget: steps`` ``steps_per_phase`` optimizer steps
-on ``steps_per_phase`` x batch examples, whatever their length. Before each phase the policy sees a
-``select.SelectionState`` measured on the current checkpoint: the DMC of every candidate dataset
-(recomputed, for the DMC policies), the student's per-module accuracy on the probe set (IOA's P_S)
-and the teacher's (P_T). The phase's examples are drawn from the chosen mixture.
+on ``steps_per_phase`` x batch examples, whatever their length. With ``carry_optimizer`` (default) the
+phases continue one AdamW state and one LR schedule: a phase is a re-selection point, not a restart.
+Before each phase the policy sees a ``select.SelectionState`` measured on the current checkpoint: the
+DMC of the candidate datasets (``dynamic.datasets``; recomputed, for the DMC policies), the student's
+per-module accuracy on IOA's probe items (P_S) and the teacher's on the same items (P_T). The phase's
+examples are drawn from the chosen mixture; IOA's remedial rounds draw new, simpler problems
+(``remedial_data``).
 
 Every piece is cached by content (pass rates and scores by model fingerprint, each phase's SFT as a
-resumable checkpoint), so an interrupted run continues where it stopped and a finished one replays
-from the cache without training again.
+resumable checkpoint that holds the optimizer state the next phase continues), so an interrupted run
+continues where it stopped and a finished one replays from the cache without training again; the
+(policy, seed) runs can fill that cache side by side (``run_policies``, ``parallel.workers``).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import fnmatch
+import json
 import random
+import warnings
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from . import compatibility, select, stats, train, workflow
+from . import compatibility, executor, select, sft_cells, stats, train, workflow
 from .progress import track
 from .records import Problem
-from .runs import Stage, hash_obj
+from .runs import RunDir, Stage, hash_obj
 
 DMC_POLICIES = ("dmc_dynamic", "dmc_static")
 
@@ -41,6 +50,8 @@ class PolicyRun:
     curve: list[dict[str, Any]] = field(default_factory=list)
     choices: list[dict[str, Any]] = field(default_factory=list)
     dmc: list[pd.DataFrame] = field(default_factory=list)
+    module_curve: list[dict[str, Any]] = field(default_factory=list)
+    ioa_plan: list[dict[str, Any]] = field(default_factory=list)
     model: Any = None
     final_outcomes: pd.Series | None = None  # held-out pass (0/1) per problem after the last phase
 
@@ -91,9 +102,123 @@ def policy_params(stage: Stage, name: str, seed: int, ioa_dataset: str | None) -
     if name == "random":
         return {"seed": seed}
     if name == "ioa":
-        return {"tau_gap": d.ioa.tau_gap, "tau_mastery": d.ioa.tau_mastery, "tau_zpd": d.ioa.tau_zpd,
-                "max_remedial_rounds": d.ioa.max_remedial_rounds, "dataset": ioa_dataset}
+        i = d.ioa
+        return {"tau_gap": i.tau_gap, "tau_mastery": i.tau_mastery, "tau_zpd": i.tau_zpd,
+                "max_remedial_rounds": i.max_remedial_rounds, "dataset": ioa_dataset, "alpha": i.alpha,
+                "target_share": i.target_share, "gate_confidence": i.gate_confidence, "gate_bound": i.gate_bound,
+                "mastery_ceiling": i.mastery_ceiling, "plateau_rounds": i.plateau_rounds,
+                "min_progress": i.min_progress, "remedial_budget_share": i.remedial_budget_share}
     return {}
+
+
+def choice_datasets(datasets: dict[str, pd.DataFrame], patterns: list[str] | None) -> dict[str, pd.DataFrame]:
+    """The candidates the policies choose among (and the DMC policies rescore every phase): those matching
+    any glob of ``dynamic.datasets``, or all when it is not set."""
+    if patterns is None:
+        return datasets
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(name, p) for name in datasets)]
+    if unmatched:
+        raise ValueError(f"dynamic.datasets: pattern(s) {unmatched} match no candidate dataset; the candidates of "
+                         f"stage 2 are {sorted(datasets)}")
+    return {name: rows for name, rows in datasets.items() if any(fnmatch.fnmatchcase(name, p) for p in patterns)}
+
+
+# --------------------------------------------------------------------------- IOA's probe items and remediation
+@dataclass
+class IOAProbe:
+    """IOA's probe: items per module on which both P_T (the selected teacher, once) and P_S (the student,
+    every phase) are measured."""
+
+    items: list[Problem]
+    teacher_scores: dict[str, float]  # P_T(k)
+    item_counts: dict[str, int]  # n_k
+    table: pd.DataFrame  # per item: module, the teacher's verdict
+
+
+def ioa_items(prof, splits: workflow.Splits) -> list[Problem]:
+    """``dynamic.ioa.items_per_module`` items per module. Lab: drawn fresh with the data's settings, none
+    sharing a text with the pool, probe or held-out problems. Other tasks: the probe problems (whatever
+    each module has; fewer than asked is reported by ``ioa_probe``)."""
+    from . import lab
+
+    if prof.data.task != "lab":
+        return [p for p in splits.probe if p.module is not None]
+    L = prof.data.lab
+    taken = {p.text for split in (splits.pool, splits.probe, splits.heldout) for p in split}
+    modules = lab.topological_order(sorted({p.module for p in splits.pool if p.module in lab.MODULES}))
+    items: list[Problem] = []
+    for m in modules:
+        drawn = lab.generate_problems(prof.dynamic.ioa.items_per_module, int(hash_obj([prof.seed, "ioa", m])[:8], 16),
+                                      modules=[m], min_steps=L.min_steps, max_steps=L.max_steps,
+                                      max_operand=L.max_operand, max_value=L.max_value, id_prefix=f"lab-ioa-{m}",
+                                      exclude=taken)
+        taken.update(p.text for p in drawn)
+        items += drawn
+    return items
+
+
+def ioa_probe(stage: Stage, splits: workflow.Splits, teacher: str) -> IOAProbe:
+    """IOA's probe items and P_T(k) on them: the selected teacher's verified answer, one sample per item."""
+    items = ioa_items(stage.params, splits)
+    if not items:
+        raise ValueError("dynamic.policies: ioa needs problem modules (IOA's skills) and no probe problem has one; "
+                         "remove ioa from dynamic.policies in the profile")
+    run = workflow.teacher_traces(stage, items, 1, names=[teacher])[teacher]
+    verdict = {t.problem_id: bool(t.correct) for t in run.traces if t.sample == 0}
+    table = pd.DataFrame([{"problem_id": p.id, "module": p.module, "level": p.level,
+                           "teacher_correct": verdict.get(p.id, False)} for p in items])
+    counts = table.groupby("module").size().astype(int).to_dict()
+    wanted = stage.params.dynamic.ioa.items_per_module
+    short = {m: n for m, n in counts.items() if n < wanted}
+    if short:
+        warnings.warn(f"ioa: fewer probe items than dynamic.ioa.items_per_module={wanted} for modules {short}; "
+                      "their gate is less certain (raise data.n_probe for more)", stacklevel=2)
+    return IOAProbe(items, table.groupby("module")["teacher_correct"].mean().astype(float).to_dict(), counts, table)
+
+
+REMEDIAL = "ioa:remedial"
+
+
+def remedial_data(prof, modules, teacher: str, key: list, exclude: set[str], first_teaching: pd.DataFrame
+                  ) -> tuple[pd.DataFrame, dict[str, Problem]]:
+    """IOA's remediation, unlike first teaching: rows of a dataset named ``ioa:remedial``.
+
+    Lab (the selected teacher a lab teacher): ``dynamic.ioa.remedial_problems`` new problems of the weak
+    modules and their prerequisites, simpler than the pool's (one step, operands up to half the data's),
+    none sharing a text with ``exclude``; the teacher's pen writes them (its style and error rate), the
+    verifier keeps the correct ones and IOA's Adapter rewrites them. Other tasks: the weak modules'
+    rows of the first-teaching dataset at their lowest level (the easier problems).
+    """
+    from . import adapter, lab
+    from .verify import verify
+
+    spec = next((t for t in prof.teachers if t.name == teacher), None)
+    if prof.data.task == "lab" and spec is not None and spec.backend == "lab":
+        L = prof.data.lab
+        seed = int(hash_obj([prof.seed, "remedial", *key])[:8], 16)
+        prefix = f"lab-remedial-{hash_obj(key)[:8]}"
+        settings = dict(min_steps=1, max_steps=1, max_value=L.max_value, id_prefix=prefix, exclude=exclude,
+                        modules=[m for m in modules if m in lab.MODULES])
+        try:
+            new = lab.generate_problems(prof.dynamic.ioa.remedial_problems, seed, max_operand=max(4, L.max_operand // 2),
+                                        **settings)
+        except RuntimeError:  # too few small problems: keep the data's operands
+            new = lab.generate_problems(prof.dynamic.ioa.remedial_problems, seed, max_operand=L.max_operand, **settings)
+        rng = random.Random(seed)
+        rows = []
+        for p in new:
+            text = lab.write_trace(p, spec.style or spec.name, error_rate=spec.error_rate, rng=rng)
+            if not verify(p, text):
+                continue
+            adapted, _ = adapter.adapt_text(p, text)
+            rows.append({"dataset": REMEDIAL, "problem_id": p.id, "teacher": teacher, "text": adapted, "sample": 0,
+                         "correct": True, "module": p.module, "level": p.level})
+        return pd.DataFrame(rows), {p.id: p for p in new}
+    rows = first_teaching[first_teaching["module"].isin(list(modules))]
+    if rows["level"].notna().any():
+        lowest = rows.groupby("module")["level"].transform("min")
+        rows = rows[rows["level"] == lowest]
+    return rows.assign(dataset=REMEDIAL).reset_index(drop=True), {}
 
 
 def ioa_dataset(datasets: dict[str, pd.DataFrame], teacher: str) -> str:
@@ -161,53 +286,112 @@ def draw_to_token_budget(student: workflow.StudentModel, problems: dict[str, Pro
         n *= 2
 
 
+@dataclass
+class PolicyInputs:
+    """Everything a (policy, seed) run reads besides the student (picklable, for the workers)."""
+
+    datasets: dict[str, pd.DataFrame]  # every candidate dataset of stage 2
+    problems: dict[str, Problem]
+    splits: workflow.Splits
+    prerequisites: dict[str, list[str]]
+    selected_teacher: str
+    ioa: IOAProbe | None = None
+
+    @property
+    def teacher_scores(self) -> dict[str, float]:
+        return self.ioa.teacher_scores if self.ioa is not None else {}
+
+
+def phase_span(phase: int, phases: int) -> tuple[float, float]:
+    """The part of the run's one LR schedule that a phase covers."""
+    return phase / phases, (phase + 1) / phases
+
+
 def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, seed: int,
-               datasets: dict[str, pd.DataFrame], problems: dict[str, Problem], splits: workflow.Splits,
-               teacher_scores: dict[str, float], prerequisites: dict[str, list[str]], selected_teacher: str) -> PolicyRun:
+               inputs: PolicyInputs) -> PolicyRun:
+    """One (policy, seed) run: before every phase the policy chooses, the phase trains on draws from its
+    choice and the held-out accuracy (overall and per module) is recorded. With ``dynamic.carry_optimizer``
+    the phases continue one AdamW state and one LR schedule (``train.sft``'s ``optimizer_state`` and
+    ``schedule_span``), so a phase is a re-selection point, not a restart."""
     prof = stage.params
     d = prof.dynamic
-    policy = select.make_policy(policy_name, **policy_params(stage, policy_name, seed, ioa_dataset(datasets, selected_teacher)))
+    datasets, problems, splits = inputs.datasets, inputs.problems, inputs.splits
+    if policy_name == "ioa" and inputs.ioa is None:
+        raise ValueError("dynamic.policies: ioa needs IOA's probe (PolicyInputs.ioa = dynamic.ioa_probe(...)); "
+                         "build it, or remove ioa from dynamic.policies")
+    scored = choice_datasets(datasets, d.datasets)  # DMC is measured on each one's scoring slice (score_student)...
+    # ...and the phases train on training slices only (a dataset with none cannot be trained on, or chosen)
+    datasets = compatibility.slice_rows(datasets, prof, "training")
+    choosable = {name: rows for name, rows in datasets.items() if name in scored}
+    first_teaching = ioa_dataset(datasets, inputs.selected_teacher)
+    policy = select.make_policy(policy_name, **policy_params(stage, policy_name, seed, first_teaching))
     current = workflow.StudentModel(student.spec, copy.deepcopy(student.model), student.tokenizer)
-    levels = sorted({int(v) for rows in datasets.values() for v in rows["level"].dropna()})
+    levels = sorted({int(v) for rows in choosable.values() for v in rows["level"].dropna()})
     run = PolicyRun(policy_name, seed)
     tokens = 0
     n_examples = d.steps_per_phase * prof.training.batch_size * prof.training.grad_accum
     phase_tokens = None  # budget: steps
     if d.budget == "tokens":  # the same for every policy: the candidates' mean example length
         phase_tokens = n_examples * mean_example_tokens(current, problems, datasets, prof.training.max_seq_len)
+    exclude = {p.text for p in problems.values()} | ({p.text for p in inputs.ioa.items} if inputs.ioa else set())
+    heldout_modules = pd.Series({p.id: p.module for p in splits.heldout})
+    optimizer_state, previous = None, None
     for phase in track(range(d.phases), f"{policy_name} seed {seed} phases"):
         dmc_now: dict[str, float] = {}
         if policy_name == "dmc_dynamic" or (policy_name == "dmc_static" and phase == 0):
-            items = compatibility.score_student(stage, current, datasets, problems, splits.probe, seed=stage.seed)
+            items = compatibility.score_student(stage, current, scored, problems, splits.probe, seed=stage.seed)
             table = compatibility.dataset_scores(items).assign(policy=policy_name, seed=seed, phase=phase)
+            # lock-in, made visible: DMC of the training slice (what earlier phases trained on), in sample
+            inside = compatibility.dataset_scores(compatibility.score_student(
+                stage, current, scored, problems, splits.probe, seed=stage.seed, part="training"))
+            table["dmc_in_sample"] = table["dataset"].map(dict(zip(inside["dataset"], inside["dmc"])))
+            table["rel_difficulty_in_sample"] = table["dataset"].map(
+                dict(zip(inside["dataset"], inside["rel_difficulty"])))
             run.dmc.append(table)
             dmc_now = dict(zip(table["dataset"], table["dmc"]))
-        module_scores = {}
+        module_scores: dict[str, float] = {}
         if policy_name == "ioa":
-            module_scores = workflow.module_accuracy(current, splits.probe, prof=prof, seed=stage.seed,
+            module_scores = workflow.module_accuracy(current, inputs.ioa.items, prof=prof, seed=stage.seed,
                                                      cache_dir=stage.run.cache).to_dict()
-        state = select.SelectionState(datasets=sorted(datasets), n_phases=d.phases, dmc=dmc_now,
-                                      student_scores=module_scores, teacher_scores=teacher_scores,
-                                      prerequisites=prerequisites, levels=levels)
+        # IOA chooses its own data; the others choose among dynamic.datasets, and a dataset whose scoring
+        # slice is empty has no DMC, so a DMC policy cannot choose it
+        names = sorted(datasets) if policy_name == "ioa" else sorted(n for n in choosable if not dmc_now or n in dmc_now)
+        state = select.SelectionState(datasets=names, n_phases=d.phases, dmc=dmc_now,
+                                      student_scores=module_scores, teacher_scores=inputs.teacher_scores,
+                                      prerequisites=inputs.prerequisites, levels=levels,
+                                      module_items=inputs.ioa.item_counts if inputs.ioa else {})
         choice = policy.choose(phase, state)
+        pool, known = datasets, problems
+        if choice.remedial:  # IOA's remediation: new, simpler problems of the weak modules
+            rows, new = remedial_data(prof, choice.remedial, inputs.selected_teacher, [seed, phase, *choice.remedial],
+                                      exclude, datasets[first_teaching])
+            if len(rows):
+                pool, known = {**datasets, REMEDIAL: rows}, {**problems, **new}
+                choice = dataclasses.replace(choice, weights={REMEDIAL: 1.0}, modules=None)
         # Common random numbers: the draw depends on (seed, phase), not on the policy, so two policies
         # that choose the same mixture train on the same examples and differ only by their choices.
         rng = random.Random(hash_obj([prof.seed, seed, phase]))
         if phase_tokens is None:
-            batch = draw_examples(choice, datasets, n_examples, rng)
-            examples = workflow.sft_examples(current, problems, compatibility.traces_of(batch))
+            batch = draw_examples(choice, pool, n_examples, rng)
+            examples = workflow.sft_examples(current, known, compatibility.traces_of(batch))
         else:
-            batch, examples = draw_to_token_budget(current, problems, choice, datasets, phase_tokens, n_examples,
+            batch, examples = draw_to_token_budget(current, known, choice, pool, phase_tokens, n_examples,
                                                    rng, prof.training.max_seq_len)
         sft_seed = int(hash_obj([seed, phase])[:8], 16)
         steps = d.steps_per_phase if phase_tokens is None else None
-        # The checkpoint folder is named by what the phase trains (start weights, examples, settings), so a
-        # changed input trains a new phase instead of meeting another run's checkpoint; a killed phase resumes.
+        span = phase_span(phase, d.phases) if d.carry_optimizer else None
+        # The checkpoint folder is named by what the phase trains (start weights, the phases before it, whose
+        # optimizer state it continues, examples, settings), so a changed input trains a new phase instead of
+        # meeting another run's checkpoint; a killed phase resumes, a finished one is read back.
         key = hash_obj({"start": current.fingerprint(), "examples": examples, "steps": steps,
-                        "training": prof.training.model_dump(mode="json"), "seed": sft_seed})[:12]
+                        "training": prof.training.model_dump(mode="json"), "seed": sft_seed,
+                        **({"span": list(span), "after": previous} if span else {})})[:12]
         out_dir = stage.run.cache / "dynamic" / student.name / policy_name / f"seed{seed}" / f"phase{phase}-{key}"
         result = train.sft(current.model, current.tokenizer, examples, steps=steps, cfg=prof.training,
-                           seed=sft_seed, out_dir=out_dir, resume=True, single_pass=phase_tokens is not None)
+                           seed=sft_seed, out_dir=out_dir, resume=True, single_pass=phase_tokens is not None,
+                           optimizer_state=optimizer_state, schedule_span=span)
+        if d.carry_optimizer:
+            optimizer_state, previous = result.optimizer_state, key
         current.model.eval()
         tokens += result.tokens_seen
         outcomes = workflow.pass_rates(current, splits.heldout, k=1, prof=prof, seed=stage.seed,
@@ -215,14 +399,111 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
         run.final_outcomes = outcomes
         acc = float(outcomes.mean())
         run.curve.append({"policy": policy_name, "seed": seed, "phase": phase + 1, "tokens": tokens, "accuracy": acc})
+        for module, value in outcomes.groupby(heldout_modules.reindex(outcomes.index)).mean().items():
+            run.module_curve.append({"policy": policy_name, "seed": seed, "phase": phase + 1, "module": module,
+                                     "accuracy": float(value)})
         mix = batch["dataset"].value_counts().to_dict()
         run.choices.append({"policy": policy_name, "seed": seed, "phase": phase, "reason": choice.reason,
+                            "chosen": ", ".join(sorted(k for k, v in choice.weights.items() if v > 0)),
                             "weights": {k: round(v, 4) for k, v in choice.weights.items() if v > 0},
                             "modules": list(choice.modules) if choice.modules else None,
                             "levels": list(choice.levels) if choice.levels else None,
-                            "drawn": dict(sorted(mix.items()))})
+                            "drawn": dict(sorted(mix.items())), "n_examples": len(batch),
+                            "new_problems": int((~batch["problem_id"].isin(list(problems))).sum())})
+        if policy_name == "ioa":
+            run.ioa_plan += ioa_plan_rows(policy, state, phase, seed)
     run.model = current
     return run
+
+
+def ioa_plan_rows(policy: select.IOAPolicy, state: select.SelectionState, phase: int, seed: int) -> list[dict]:
+    """IOA's plan at one phase, one row per module: P_S and P_T on the same items, the gap, severity and
+    targets of the latest diagnosis, the stage taught and the gate's outcome at this phase."""
+    plan = policy.plan
+    gaps = select.module_gaps(state.student_scores, state.teacher_scores, policy.tau_gap)
+    diagnosis = plan["diagnosis"]
+    stage = None if plan["current"] is None else plan["stages"][plan["current"]]
+    gates = {k: (e, g) for e in plan["log"] if e["phase"] == phase for k, g in e["gate"].items()}
+    rows = []
+    for k, g in gaps.items():
+        entry, gate = gates.get(k, (None, None))
+        rows.append({"seed": seed, "phase": phase, "module": k, "p_s": g["student"], "p_t": g["teacher"],
+                     "n_items": int(state.module_items.get(k, 0)), "gap": g["gap"], "deficient": g["deficient"],
+                     "severity": diagnosis["gaps"][k].get("severity"), "diagnosed_at": diagnosis["phase"],
+                     "target": k in diagnosis["targets"], "in_stage": bool(stage and k in stage),
+                     "stage": None if plan["current"] is None else plan["current"] + 1,
+                     "gate_target": gate["target"] if gate else None, "gate_bound": gate["bound"] if gate else None,
+                     "gate": entry["outcome"] if entry else None, "not_mastered": k in plan["not_mastered"]})
+    return rows
+
+
+def _worker_stage(job: dict) -> SimpleNamespace:
+    return SimpleNamespace(params=job["params"], run=RunDir(job["run_root"]), seed=job["eval_seed"], notes={})
+
+
+def policy_job(job: dict) -> str:
+    """A worker's (policy, seed) run: every phase's checkpoint, pass rates and scores into the run's caches."""
+    prof = job["params"]
+    student = sft_cells.worker_student(job["student_file"], prof.device, prof.threads)
+    run_policy(_worker_stage(job), student, job["policy"], job["seed"], job["inputs"])
+    return f"{job['policy']}-s{job['seed']}"
+
+
+def run_policies(stage: Stage, student: workflow.StudentModel, inputs: PolicyInputs) -> list[PolicyRun]:
+    """Every (policy, seed) run of the profile. With ``parallel.workers`` > 1 the runs go to the executor
+    first, filling the caches side by side; the loop here then reads every phase back, so the runs (and
+    the tables) are the same whatever the number of workers."""
+    prof = stage.params
+    pairs = [(policy, seed) for policy in prof.dynamic.policies for seed in prof.dynamic.seeds]
+    if sft_cells.parallel(prof):
+        student_file = str(sft_cells.student_file(stage, student))
+        jobs = [{"params": prof, "run_root": str(stage.run.root), "eval_seed": stage.seed,
+                 "student_file": student_file, "policy": policy, "seed": seed, "inputs": inputs}
+                for policy, seed in pairs]
+        executor.for_profile(prof, stage.run.cache / "slurm").map(policy_job, jobs)
+    return [run_policy(stage, student, policy, seed, inputs) for policy, seed in track(pairs, "policy x seed runs")]
+
+
+def lock_in_table(trajectories: pd.DataFrame, choices: pd.DataFrame, policy: str = "dmc_dynamic") -> pd.DataFrame:
+    """What one phase of training on a dataset did to its DMC: per (seed, phase >= 1), the dataset the
+    policy trained on in the phase before, and its relative difficulty and DMC before and after that phase,
+    in sample (its training slice, the items just trained on) and out of sample (its scoring slice).
+    Training lowers the NLL of the items it fits, so in-sample r falls and in-sample DMC rises by
+    construction; the out-of-sample columns show whether the student really got closer to the data."""
+    dyn = trajectories[trajectories["policy"] == policy]
+    chosen = choices[choices["policy"] == policy].set_index(["seed", "phase"])["chosen"]
+    rows = []
+    for (seed, phase), now in dyn.groupby(["seed", "phase"], sort=True):
+        trained = chosen.get((seed, phase - 1))
+        before = dyn[(dyn["seed"] == seed) & (dyn["phase"] == phase - 1)].set_index("dataset")
+        now = now.set_index("dataset")
+        if phase == 0 or trained not in before.index or trained not in now.index:
+            continue
+        rows.append({"seed": seed, "phase": phase, "trained_on": trained,
+                     "r_in_sample_before": before.at[trained, "rel_difficulty_in_sample"],
+                     "r_in_sample_after": now.at[trained, "rel_difficulty_in_sample"],
+                     "r_out_of_sample_before": before.at[trained, "rel_difficulty"],
+                     "r_out_of_sample_after": now.at[trained, "rel_difficulty"],
+                     "dmc_in_sample_before": before.at[trained, "dmc_in_sample"],
+                     "dmc_in_sample_after": now.at[trained, "dmc_in_sample"],
+                     "dmc_out_of_sample_before": before.at[trained, "dmc"],
+                     "dmc_out_of_sample_after": now.at[trained, "dmc"],
+                     "chosen_next": chosen.get((seed, phase))})
+    return pd.DataFrame(rows)
+
+
+def run_tables(runs: list[PolicyRun]) -> dict[str, pd.DataFrame]:
+    """The stage's tables from the runs: learning curves (without phase 0), per-module curves, every
+    policy's choices with their reasons, DMC trajectories and IOA's plan per phase."""
+    choices = pd.DataFrame([c for r in runs for c in r.choices])
+    for column in ("weights", "modules", "levels", "drawn"):
+        choices[column] = choices[column].map(lambda v: json.dumps(v, sort_keys=True))
+    plan = pd.DataFrame([row for r in runs for row in r.ioa_plan])
+    traj = [t for r in runs for t in r.dmc]
+    return {"curve": pd.DataFrame([c for r in runs for c in r.curve]),
+            "module_curves": pd.DataFrame([c for r in runs for c in r.module_curve]),
+            "choices": choices, "ioa_plan": plan,
+            "dmc_trajectories": pd.concat(traj, ignore_index=True) if traj else pd.DataFrame()}
 
 
 def outcomes_table(runs: list[PolicyRun]) -> pd.DataFrame:
@@ -257,6 +538,14 @@ def start_curve(stage: Stage, student: workflow.StudentModel, heldout: list[Prob
     """Phase 0 of every learning curve: the undistilled student."""
     acc = workflow.accuracy(student, heldout, prof=stage.params, seed=stage.seed, cache_dir=stage.run.cache)
     return [{"policy": p, "seed": s, "phase": 0, "tokens": 0, "accuracy": acc} for p in policies for s in seeds]
+
+
+def start_module_curve(start: pd.Series, heldout: list[Problem], policies: list[str], seeds: list[int]) -> pd.DataFrame:
+    """Phase 0 of every per-module curve: the undistilled student's held-out accuracy per module."""
+    modules = pd.Series({p.id: p.module for p in heldout})
+    per = start.loc[list(modules.index)].groupby(modules).mean()
+    return pd.DataFrame([{"policy": p, "seed": s, "phase": 0, "module": m, "accuracy": float(v)}
+                         for p in policies for s in seeds for m, v in per.items()])
 
 
 def save_final(stage: Stage, run: PolicyRun) -> dict[str, str]:

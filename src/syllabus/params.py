@@ -201,10 +201,21 @@ class Curation(Strict):
 
 
 class DMC(Strict):
-    variant: str = Field("default", description="a rule of syllabus.dmc.RULES")
-    r0: float = Field(1.0, ge=0)
-    lam: float = Field(1.0, ge=0, description="lambda in exp(-lambda * max(0, r - r0))")
+    variant: str = Field("window", description="a rule of syllabus.dmc.RULES")
+    params: dict[str, float] = Field(default_factory=dict,
+                                     description="the rule's keyword parameters (unset ones keep the rule's defaults)")
+    reference: Literal["per_prompt", "sampled_median"] = Field(
+        "per_prompt", description="NLL_ref of r = NLL(trace) / NLL_ref: per_prompt, the student's own mean NLL of "
+                                  "its T = sample_temperature samples of that problem; sampled_median, the median "
+                                  "NLL of its tempered samples on the probe set (the first version)")
+    heldout_fraction: float = Field(0.2, gt=0, lt=1, description="share of problems (by a stable hash of the id) "
+                                    "in every candidate dataset's scoring slice: DMC is measured there, SFT in "
+                                    "stages 4 and 5 never draws from it")
     capability_samples: int = Field(4, ge=1)
+    sample_temperature: float = Field(1.0, gt=0, description="temperature of the student's own samples behind "
+                                      "capability and the per-prompt reference (top_p 1)")
+    capability_prior: tuple[float, float] = Field((1.0, 1.0), description="Beta(a, b) prior of the smoothed "
+                                                  "pass rate (s + a) / (k + a + b); [0, 0]: the raw pass rate")
     score_batch_size: int = Field(16, ge=1)
     score_max_batch_tokens: int | None = Field(
         None, ge=16, description="padded tokens per scoring batch, a cap on top of score_batch_size (None: no cap; "
@@ -219,6 +230,21 @@ class DMC(Strict):
             raise ValueError(f"unknown DMC rule; registered rules: {sorted(RULES)}")
         return variant
 
+    @model_validator(mode="after")
+    def _rule_takes_params(self) -> "DMC":
+        from .dmc import check_params
+
+        check_params(self.variant, self.params, where="dmc.params")
+        if min(self.capability_prior) < 0:
+            raise ValueError(f"dmc.capability_prior must be two numbers >= 0, got {list(self.capability_prior)}")
+        return self
+
+    def rule_params(self) -> dict[str, float]:
+        """The chosen rule's parameters: ``params`` over the rule's defaults."""
+        from .dmc import check_params
+
+        return check_params(self.variant, self.params)
+
 
 class Correlation(Strict):
     datasets: list[str] | None = Field(None, description="glob patterns of the candidate datasets in the grid "
@@ -230,6 +256,32 @@ class Correlation(Strict):
     bootstrap: int = Field(1000, ge=10)
     permutations: int = Field(1000, ge=10)
     fit_fraction: float = Field(0.5, gt=0, lt=1)
+    fit_split: Literal["family", "student"] = Field(
+        "family", description="how the rule is chosen: on fit_fraction of the single-teacher families (family) or "
+                              "on the first student (student), and reported on the rest")
+    fit_grid: dict[str, dict[str, list[float]]] = Field(
+        default_factory=lambda: {"window": {"center": [0.75, 1.0, 1.25, 1.5, 2.0], "width": [0.25, 0.5, 1.0]},
+                                 "window_information": {"center": [1.0, 1.25, 1.5], "width": [0.5, 1.0]},
+                                 "excess": {"r0": [0.5, 1.0, 1.5, 2.0, 3.0], "lam": [0.25, 1.0, 4.0]},
+                                 "no_difficulty": {}},
+        description="rules compared when choosing the default, each with the values of its parameters to search")
+
+    @field_validator("fit_grid")
+    @classmethod
+    def _grid_names_rule_params(cls, grid: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
+        from .dmc import RULES, rule_params
+
+        for rule, values in grid.items():
+            if rule not in RULES:
+                raise ValueError(f"correlation.fit_grid: unknown DMC rule '{rule}'; registered rules: {sorted(RULES)}")
+            unknown = sorted(set(values) - set(rule_params(rule)))
+            if unknown:
+                raise ValueError(f"correlation.fit_grid.{rule}: rule '{rule}' has no parameter(s) {unknown}; it takes "
+                                 f"{sorted(rule_params(rule)) or 'none'}")
+            empty = [k for k, v in values.items() if not v]
+            if empty:
+                raise ValueError(f"correlation.fit_grid.{rule}.{empty[0]}: give at least one value")
+        return grid
 
 
 class IOA(Strict):
@@ -237,6 +289,20 @@ class IOA(Strict):
     tau_mastery: float = Field(0.9, ge=0, le=1)
     tau_zpd: float = Field(0.15, ge=0)
     max_remedial_rounds: int = Field(5, ge=0)
+    alpha: float = Field(0.7, ge=0, le=1, description="severity weight of the gap (Eq. 4)")
+    target_share: float = Field(0.25, gt=0, le=1, description="top-m: this share of the deficient modules (Eq. 5)")
+    items_per_module: int = Field(20, ge=1, description="probe items per module on which P_T and P_S are both "
+                                                        "measured (lab: drawn fresh; other tasks: the probe set's)")
+    gate_confidence: float = Field(0.9, gt=0, lt=1, description="two-sided confidence of the Wilson bound in the gate")
+    gate_bound: Literal["upper", "lower"] = Field(
+        "upper", description="upper: mastered unless the data show P_S below target; lower: the data must show it at target")
+    mastery_ceiling: float | None = Field(None, gt=0, le=1, description="cap on a module's target; None: the best "
+                                                                        "P_S the student showed on a non-deficient module")
+    plateau_rounds: int = Field(2, ge=1, description="remedial rounds in a row without min_progress before moving on")
+    min_progress: float = Field(0.05, ge=0, description="gain in the gate score that counts as progress")
+    remedial_budget_share: float = Field(0.5, ge=0, le=1, description="remedial phases at most this share of the "
+                                                                      "phases left")
+    remedial_problems: int = Field(200, ge=1, description="new, simpler problems written per remedial round")
 
 
 class DynamicSelection(Strict):
@@ -252,6 +318,12 @@ class DynamicSelection(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     mixture: Literal["best", "softmax"] = "best"
     softmax_temperature: float = Field(0.05, gt=0)
+    datasets: list[str] | None = Field(
+        None, min_length=1, description="glob patterns of the candidate datasets the policies choose among (and the "
+                                        "DMC policies rescore); None: all")
+    carry_optimizer: bool = Field(True, description="one AdamW state and one LR schedule across the phases (phases "
+                                                    "are re-selection points); false: a fresh optimizer and warm-up "
+                                                    "per phase")
     ioa: IOA = Field(default_factory=IOA)
 
     @field_validator("policies")
@@ -289,7 +361,8 @@ class Benchmark(Strict):
 
 
 class Parallel(Strict):
-    """Where a stage's independent SFT runs (stage-1 smoke tests, stage-4 grid cells) go; the tables do not depend on it."""
+    """Where a stage's independent runs go (stage-1 smoke tests, stage-4 grid cells, stage-6 models);
+    the tables do not depend on it."""
 
     workers: int = Field(1, ge=1, description="local: processes side by side, one GPU each when there are GPUs; "
                                               "slurm: jobs in flight at once")
@@ -297,6 +370,15 @@ class Parallel(Strict):
     slurm_partition: str | None = None
     slurm_timeout_min: int = Field(60, ge=1)
     slurm_gpus_per_job: int = Field(1, ge=0)
+    sft_processes: int = Field(1, ge=1, description="processes per SFT run of stages 1 and 4: data parallel "
+                                                    "through accelerate launch, one GPU each (syllabus.launch)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Parallel":
+        if self.sft_processes > 1 and self.workers > 1 and self.executor == "local":
+            raise ValueError(f"parallel: workers {self.workers} and sft_processes {self.sft_processes} both spread "
+                             "over the node's GPUs; set one of them to 1 (runs side by side, or one run over the GPUs)")
+        return self
 
 
 # --------------------------------------------------------------------------- profile

@@ -71,13 +71,22 @@ def distributions(items: pd.DataFrame, *, value: str, by: str = "dataset", xlabe
 
 
 def dmc_factors(table: pd.DataFrame, *, dataset="dataset", student="student",
-                factors=("quality", "capability", "rel_difficulty", "dmc")):
-    """Stage 3: DMC and its factors per candidate dataset and student."""
+                factors=("quality", "capability", "rel_difficulty", "dmc"), log_factors=("rel_difficulty", "dmc")):
+    """Stage 3: DMC and its factors per candidate dataset and student (``log_factors`` on a log axis)."""
     long = table.melt(id_vars=[dataset, student], value_vars=list(factors), var_name="factor", value_name="value")
     g = sns.catplot(data=long, x="value", y=dataset, hue=student, col="factor", kind="bar", sharex=False,
                     height=max(3, 0.3 * table[dataset].nunique() + 1.2), aspect=0.8)
     g.set_titles("{col_name}")
     g.set_axis_labels("mean over items", "")
+    for ax, name in zip(g.axes.flat, factors):
+        if name in log_factors and (table[name] > 0).any():  # DMC spans orders of magnitude between datasets
+            from matplotlib import ticker
+
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=6))
+            ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # no overprinted minor labels
+            ax.set_title(f"{name} (log scale)")
     g.figure.suptitle("DMC and its factors per candidate dataset", y=1.03)
     return g.figure
 
@@ -172,6 +181,55 @@ def trajectories(scores: pd.DataFrame, *, x="phase", y="dmc", hue="dataset", col
     ax.set_ylabel("DMC on the current checkpoint")
     ax.set_title("DMC trajectories during dmc_dynamic training")
     ax.legend(fontsize=7, ncol=1 + len(order) // 18, bbox_to_anchor=(1.01, 1), loc="upper left", title=hue)
+    fig.tight_layout()
+    return fig
+
+
+def chosen_trajectories(scores: pd.DataFrame, choices: pd.DataFrame, *, x="phase", y="dmc", hue="dataset",
+                        seed_col="seed"):
+    """Stage 5: dmc_dynamic's DMC trajectories, one panel per seed: every candidate in grey, the dataset
+    chosen at each phase marked in colour on its line (with its name), so a switch, or lock-in, shows."""
+    seeds = sorted(scores[seed_col].unique())
+    fig, axes = plt.subplots(1, len(seeds), figsize=(4.6 * len(seeds), 4.2), squeeze=False, sharey=True)
+    for ax, seed in zip(axes[0], seeds):
+        g = scores[scores[seed_col] == seed]
+        for name, line in g.groupby(hue):
+            line = line.sort_values(x)
+            ax.plot(line[x], line[y], color="0.75", linewidth=1, zorder=1)
+        picks = choices[choices[seed_col] == seed]
+        chosen = g.merge(picks[[x, "chosen"]], on=x).query(f"{hue} == chosen")
+        ax.plot(chosen[x], chosen[y], color="tab:red", marker="o", linewidth=1, linestyle="--", zorder=2, label="chosen")
+        for _, row in chosen.iterrows():
+            ax.annotate(row[hue], (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_xticks(sorted(g[x].unique()))
+        ax.set_xlabel("phase (DMC measured before its training)")
+        ax.set_title(f"seed {seed}", fontsize=9)
+    axes[0][0].set_ylabel("DMC on the current checkpoint")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("dmc_dynamic: every candidate's DMC (grey) and the dataset chosen per phase (red)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def module_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy", col="module"):
+    """Stage 5: held-out accuracy per module after each phase (mean over seeds), one panel per module."""
+    modules = list(dict.fromkeys(curves[col]))
+    ncols = min(4, len(modules))
+    nrows = -(-len(modules) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.8 * nrows), squeeze=False, sharey=True)
+    order = list(dict.fromkeys(curves[hue]))
+    colors = dict(zip(order, sns.color_palette(PALETTE, len(order))))
+    for ax, module in zip(axes.flat, modules):
+        g = curves[curves[col] == module]
+        for name in order:
+            m = g[g[hue] == name].groupby(x)[y].mean()
+            ax.plot(m.index, m.to_numpy(), marker=".", color=colors[name], label=name)
+        ax.set_title(module, fontsize=9)
+        ax.set_xticks(sorted(g[x].unique()))
+    for ax in list(axes.flat)[len(modules):]:
+        ax.axis("off")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Held-out accuracy per module after each phase (mean over seeds)", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -5,7 +5,10 @@ For each pair the student reads the prompt and is scored on the target tokens on
 - ``nll``: mean per-token negative log-likelihood of the target given the prompt (nats);
 - ``entropy``: mean per-token entropy of the student's next-token distribution at the target positions;
 - ``nll_unconditional``: mean NLL of the same target tokens without the prompt (only a start token
-  before them), so that ``ifd = nll / nll_unconditional`` (instruction-following difficulty).
+  before them), so that ``ifd = nll / nll_unconditional`` (instruction-following difficulty);
+- ``rank``: mean rank of each target token among the student's next-token logits (1 = its top
+  choice), clipped at ``RANK_CLIP`` = 100, from the same logits as ``nll`` (no second pass): the
+  numerator of the Rank-Surprisal Ratio (arXiv 2601.14249).
 
 ``score_pairs`` is the fast path: pairs are sorted by length, right-padded into batches with attention
 masks and run under ``torch.inference_mode``; the LM head is applied to the target positions only,
@@ -39,8 +42,9 @@ import torch
 
 from .runs import atomic_write_bytes, hash_obj
 
-SCORER_VERSION = 2  # 2: prompts shared through a KV cache (equal to version 1 to 1e-5)
-SCORE_COLUMNS = ["n_prompt_tokens", "n_tokens", "nll", "entropy", "nll_unconditional", "ifd", "truncated"]
+SCORER_VERSION = 3  # 2: prompts shared through a KV cache (equal to version 1 to 1e-5); 3: adds rank
+SCORE_COLUMNS = ["n_prompt_tokens", "n_tokens", "nll", "entropy", "nll_unconditional", "ifd", "rank", "truncated"]
+RANK_CLIP = 100  # the Rank-Surprisal Ratio clips token ranks here
 HEAD_CHUNK_ELEMENTS = 1 << 24  # logits computed at once: positions x vocab (64 MiB in float32)
 
 Encoded = tuple[list[int], list[int]]  # (context ids, target ids)
@@ -102,7 +106,7 @@ def encode_pairs(tokenizer, pairs: Sequence[tuple[str, str]], max_length: int | 
     return conditional, unconditional, truncated
 
 
-def _frame(conditional: list[Encoded], truncated: list[bool], nll, entropy, nll_unc) -> pd.DataFrame:
+def _frame(conditional: list[Encoded], truncated: list[bool], nll, entropy, nll_unc, rank) -> pd.DataFrame:
     df = pd.DataFrame({
         "n_prompt_tokens": [len(c) for c, _ in conditional],
         "n_tokens": [len(t) for _, t in conditional],
@@ -112,6 +116,7 @@ def _frame(conditional: list[Encoded], truncated: list[bool], nll, entropy, nll_
     })
     with np.errstate(divide="ignore", invalid="ignore"):
         df["ifd"] = df["nll"] / df["nll_unconditional"].where(df["nll_unconditional"] > 0)
+    df["rank"] = np.asarray(rank, dtype=float)
     df["truncated"] = truncated
     return df[SCORE_COLUMNS]
 
@@ -121,20 +126,23 @@ def _device(model) -> torch.device:
 
 
 # --------------------------------------------------------------------------- the naive baseline
-def _token_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position NLL of ``labels`` and entropy, from logits (positions x vocab), in float32."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
+def _token_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-position NLL of ``labels``, entropy and the label's rank (1 + tokens with a higher logit,
+    clipped at ``RANK_CLIP``), from logits (positions x vocab), in float32."""
+    logits = logits.float()
+    logp = torch.log_softmax(logits, dim=-1)
     nll = -logp.gather(-1, labels[:, None])[:, 0]
     p = logp.exp()
     entropy = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
-    return nll, entropy
+    rank = 1 + (logits > logits.gather(-1, labels[:, None])).sum(-1)
+    return nll, entropy, rank.clamp(max=RANK_CLIP).to(nll.dtype)
 
 
-def _score_one(model, ctx: list[int], tgt: list[int]) -> tuple[float, float]:
+def _score_one(model, ctx: list[int], tgt: list[int]) -> tuple[float, float, float]:
     ids = torch.tensor([ctx + tgt], device=_device(model))
     logits = model(input_ids=ids, use_cache=False).logits[0]
-    nll, ent = _token_stats(logits[len(ctx) - 1: len(ctx) + len(tgt) - 1], ids[0, len(ctx):])
-    return nll.double().mean().item(), ent.double().mean().item()
+    nll, ent, rank = _token_stats(logits[len(ctx) - 1: len(ctx) + len(tgt) - 1], ids[0, len(ctx):])
+    return nll.double().mean().item(), ent.double().mean().item(), rank.double().mean().item()
 
 
 def score_pairs_naive(model, tokenizer, pairs: Sequence[tuple[str, str]], *, max_length: int | None = None,
@@ -149,7 +157,7 @@ def score_pairs_naive(model, tokenizer, pairs: Sequence[tuple[str, str]], *, max
             unc = [_score_one(model, c, t)[0] for c, t in uncond] if unconditional else [np.nan] * len(cond)
     finally:
         model.train(was_training)
-    return _frame(conditional, truncated, [n for n, _ in cond], [e for _, e in cond], unc)
+    return _frame(conditional, truncated, [c[0] for c in cond], [c[1] for c in cond], unc, [c[2] for c in cond])
 
 
 # --------------------------------------------------------------------------- the batched scorer
@@ -195,23 +203,24 @@ def _batches(lengths: list[int], batch_size: int, max_batch_tokens: int | None) 
     return batches
 
 
-def _nll_only(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position NLL by the fused cross-entropy kernel; no entropy (NaN), for the IFD pass."""
+def _nll_only(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-position NLL by the fused cross-entropy kernel; no entropy or rank (NaN), for the IFD pass."""
     nll = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
-    return nll, torch.full_like(nll, float("nan"))
+    nan = torch.full_like(nll, float("nan"))
+    return nll, nan, nan
 
 
 def _score_sequences(model, seqs: list[Encoded], batch_size: int, max_batch_tokens: int | None, pad_id: int,
-                     progress: bool = False, entropy: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Mean target NLL and entropy (NaN when not asked for) of each (context, target) sequence,
-    batched and length-sorted."""
+                     progress: bool = False, entropy: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean target NLL, entropy and clipped rank (NaN when not asked for) of each (context, target)
+    sequence, batched and length-sorted."""
     device = _device(model)
     fast = _head_reproduces_logits(model, seqs[0][0] + seqs[0][1])
     head, decoder = _head(model), model.get_decoder()
     vocab = model.get_output_embeddings().weight.shape[0] if fast else 0
     chunk = max(1, HEAD_CHUNK_ELEMENTS // max(vocab, 1))
     stats = _token_stats if entropy else _nll_only
-    nll_sum, ent_sum = np.zeros(len(seqs)), np.zeros(len(seqs))
+    nll_sum, ent_sum, rank_sum = np.zeros(len(seqs)), np.zeros(len(seqs)), np.zeros(len(seqs))
     batches = _batches([len(c) + len(t) for c, t in seqs], batch_size, max_batch_tokens)
     if progress:
         from tqdm.auto import tqdm
@@ -244,8 +253,9 @@ def _score_sequences(model, seqs: list[Encoded], batch_size: int, max_batch_toke
         ent = torch.cat([p[1] for p in parts]).double().cpu().numpy()
         np.add.at(nll_sum, owner, nll)
         np.add.at(ent_sum, owner, ent)
+        np.add.at(rank_sum, owner, torch.cat([p[2] for p in parts]).double().cpu().numpy())
     counts = np.array([len(t) for _, t in seqs], dtype=float)
-    return nll_sum / counts, ent_sum / counts
+    return nll_sum / counts, ent_sum / counts, rank_sum / counts
 
 
 def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16,
@@ -268,12 +278,12 @@ def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_siz
     try:
         with torch.inference_mode():
             score = _score_shared if share_prompts and _sharing_works(model, conditional[0], pad_id) else _score_sequences
-            nll, ent = score(model, conditional, batch_size, max_batch_tokens, pad_id, progress)
+            nll, ent, rank = score(model, conditional, batch_size, max_batch_tokens, pad_id, progress)
             nll_unc = (score(model, uncond, batch_size, max_batch_tokens, pad_id, progress, entropy=False)[0]
                        if unconditional else np.full(len(conditional), np.nan))
     finally:
         model.train(was_training)
-    return _frame(conditional, truncated, nll, ent, nll_unc)
+    return _frame(conditional, truncated, nll, ent, nll_unc, rank)
 
 
 # --------------------------------------------------------------------------- prompt sharing
@@ -362,7 +372,7 @@ def _window_outputs(model, fast: bool, window: list[int], seqs: list[Encoded], b
 
 
 def _score_shared(model, seqs: list[Encoded], batch_size: int, max_batch_tokens: int | None, pad_id: int,
-                  progress: bool = False, entropy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  progress: bool = False, entropy: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """As ``_score_sequences``, each distinct context run once for all its targets (``_window_outputs``)."""
     device = _device(model)
     fast = _head_reproduces_logits(model, seqs[0][0] + seqs[0][1])
@@ -370,7 +380,7 @@ def _score_shared(model, seqs: list[Encoded], batch_size: int, max_batch_tokens:
     vocab = model.get_output_embeddings().weight.shape[0] if fast else 0
     chunk = max(1, HEAD_CHUNK_ELEMENTS // max(vocab, 1))
     stats = _token_stats if entropy else _nll_only
-    nll_sum, ent_sum = np.zeros(len(seqs)), np.zeros(len(seqs))
+    nll_sum, ent_sum, rank_sum = np.zeros(len(seqs)), np.zeros(len(seqs)), np.zeros(len(seqs))
     windows = _prompt_windows(seqs, batch_size, max_batch_tokens)
     if progress:
         from tqdm.auto import tqdm
@@ -389,8 +399,9 @@ def _score_shared(model, seqs: list[Encoded], batch_size: int, max_batch_tokens:
             parts = [stats(head(picked[s:s + chunk]), labels_t[s:s + chunk]) for s in range(0, len(labels), chunk)]
             np.add.at(nll_sum, owner, torch.cat([p[0] for p in parts]).double().cpu().numpy())
             np.add.at(ent_sum, owner, torch.cat([p[1] for p in parts]).double().cpu().numpy())
+            np.add.at(rank_sum, owner, torch.cat([p[2] for p in parts]).double().cpu().numpy())
     counts = np.array([len(t) for _, t in seqs], dtype=float)
-    return nll_sum / counts, ent_sum / counts
+    return nll_sum / counts, ent_sum / counts, rank_sum / counts
 
 
 def _sharing_works(model, seq: Encoded, pad_id: int) -> bool:

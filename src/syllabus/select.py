@@ -30,6 +30,7 @@ class SelectionState:
     teacher_scores: Mapping[str, float] = field(default_factory=dict)  # P_T(k) per module
     prerequisites: Mapping[str, Sequence[str]] = field(default_factory=dict)  # module -> prerequisites
     levels: Sequence[int] = ()  # difficulty levels present in the candidate data
+    module_items: Mapping[str, int] = field(default_factory=dict)  # items behind each P_S(k) (IOA's gate)
 
     def __post_init__(self) -> None:
         if not self.datasets:
@@ -47,6 +48,7 @@ class Choice:
     modules: tuple[str, ...] | None = None  # train only on items of these modules
     levels: tuple[int, ...] | None = None  # train only on items of these levels
     stage: int | None = None  # ioa: index of the curriculum stage
+    remedial: tuple[str, ...] | None = None  # ioa: train on new, simpler problems of these modules (made by the caller)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -294,25 +296,108 @@ def organize(targets: Sequence[str], prerequisites: Mapping[str, Sequence[str]],
     return stages, violations
 
 
+def wilson_bound(successes: float, n: int, confidence: float, side: str) -> float:
+    """One side (``lower`` / ``upper``) of the Wilson score interval for ``successes`` of ``n`` at ``confidence``
+    (two-sided); with n = 0 nothing is known: 0 (lower) or 1 (upper)."""
+    from statistics import NormalDist
+
+    if n <= 0:
+        return 0.0 if side == "lower" else 1.0
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = min(1.0, max(0.0, successes / n))
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half) if side == "lower" else min(1.0, centre + half)
+
+
+def severity(gaps: Mapping[str, Mapping[str, Any]], prerequisites: Mapping[str, Sequence[str]], alpha: float = 0.7,
+             strength: float = 0.5) -> dict[str, float]:
+    """IOA's Eq. 4: alpha * Delta(k) + (1 - alpha) * mean Dep over k's graph neighbours (prerequisites and
+    dependants). The graph is fixed (no conditional-performance estimate of Eq. 3), every edge has
+    ``strength`` (the notes' fallback (b)); a module without neighbours gets 0 for the second term."""
+    neighbours: dict[str, set[str]] = {k: set() for k in gaps}
+    for k, pre in prerequisites.items():
+        for p in pre:
+            if k in neighbours and p in neighbours and p != k:
+                neighbours[k].add(p)
+                neighbours[p].add(k)
+    return {k: alpha * float(g["gap"]) + (1 - alpha) * (strength if neighbours[k] else 0.0) for k, g in gaps.items()}
+
+
+def top_targets(gaps: Mapping[str, Mapping[str, Any]], severities: Mapping[str, float], share: float,
+                exclude: Sequence[str] = ()) -> list[str]:
+    """IOA's Eq. 5: the top m = ceil(share x |deficient|) deficient modules by severity (ties by name),
+    leaving out ``exclude`` (modules already flagged "not mastered")."""
+    deficient = [k for k, g in gaps.items() if g["deficient"] and k not in set(exclude)]
+    if not deficient:
+        return []
+    m = max(1, math.ceil(share * len(deficient)))
+    return sorted(sorted(deficient), key=lambda k: -severities[k])[:m]
+
+
+def mastery_gate(student: Mapping[str, float], teacher: Mapping[str, float], items: Mapping[str, int],
+                 modules: Sequence[str], *, tau_mastery: float, ceiling: float, confidence: float,
+                 bound: str = "upper") -> dict[str, Any]:
+    """Eq. 9 with a confidence bound and an attainable ceiling.
+
+    Module k's target is min(tau_mastery x P_T(k), ceiling). With ``bound: upper`` the module counts
+    as mastered unless the data show it below target (the Wilson upper bound of P_S(k) on its n_k items
+    is under the target): a truly mastered module fails with probability <= (1 - confidence) / 2.
+    With ``bound: lower`` the data must show it at target (Wilson lower bound >= target). Without item
+    counts (``items`` missing the module) the point estimate P_S(k) is compared with the target.
+    ``score`` (min over modules of P_S / target) measures progress between rounds.
+    """
+    missing = [k for k in modules if k not in student or k not in teacher]
+    if missing:
+        raise ValueError(f"ioa: no student or teacher score for modules {missing}; probe them on this checkpoint")
+    rows, passed, score = {}, True, math.inf
+    for k in modules:
+        n = int(items.get(k, 0))
+        target = min(tau_mastery * float(teacher[k]), ceiling)
+        b = wilson_bound(float(student[k]) * n, n, confidence, bound) if n > 0 else float(student[k])
+        ok = target <= 0 or b >= target - 1e-12
+        rows[k] = {"p_s": float(student[k]), "n": n, "target": target, "bound": b, "mastered": ok}
+        passed &= ok
+        score = min(score, float(student[k]) / target if target > 0 else 1.0)
+    return {"passed": bool(passed), "score": 1.0 if score == math.inf else float(score), "modules": rows}
+
+
 @register
 class IOAPolicy(Policy):
-    """IOA Identifier + Organizer over phases (docs/method.md, stage 5; IOA Algorithm 1 lines 2-12).
+    """IOA's Identifier and Organizer over phases (docs/method.md, stage 5; IOA Algorithm 1, lines 2-13).
 
-    First phase: find the deficient modules (gap > tau_gap), order them in prerequisite layers and
-    split layers that break the ZPD bound; train on stage 1. Each later phase: if the current stage
-    passes the mastery gate (min P_S/P_T >= tau_mastery) move to the next stage, else stay for a
-    remedial round, at most ``max_remedial_rounds`` times, then move on and log "not mastered".
-    After the last stage, or when no module is deficient, train on all target (or all) modules.
-    The Identifier runs once, as in the authors' code. ``dataset`` fixes the dataset the modules'
-    items come from (e.g. the adapter's); else every candidate is used equally.
+    Identifier (first phase, and again after every stage, mastered or not): the gap Delta(k) of every
+    module, deficient when > tau_gap; severity (Eq. 4) and the top ``target_share`` of the deficient
+    modules (Eq. 5) become the targets. Organizer: the targets in prerequisite layers, a layer that
+    breaks the ZPD bound split by score; the first stage is taught. Before each later phase the stage
+    meets the mastery gate (``mastery_gate``: a Wilson bound on P_S against min(tau_mastery x P_T, the
+    attainable ceiling)). Passed: a new diagnosis (modules mastered or flagged are not targeted again)
+    and its first stage. Failed: a remedial round - new,
+    simpler problems on the weak modules and their prerequisites (``Choice.remedial``; the caller
+    makes them) - unless the remediation budget (``remedial_budget_share`` of the phases left), the
+    plateau rule (``plateau_rounds`` rounds in a row without ``min_progress`` in the gate score) or
+    ``max_remedial_rounds`` says stop: then the stage's weak modules are flagged "not mastered" and the
+    curriculum moves on (a new diagnosis). With no target left, it trains on every
+    module (consolidation). ``mastery_ceiling`` None: the attainable ceiling is the best P_S the
+    student showed, at the first diagnosis, on a module it was not deficient in.
+    ``dataset`` fixes the dataset of first teaching (e.g. the adapter's); else every candidate equally.
     """
 
     name = "ioa"
 
     def __init__(self, tau_gap: float = 0.3, tau_mastery: float = 0.9, tau_zpd: float = 0.15,
-                 max_remedial_rounds: int = 5, max_range: float = 0.3, dataset: str | None = None):
+                 max_remedial_rounds: int = 5, max_range: float = 0.3, dataset: str | None = None,
+                 alpha: float = 0.7, target_share: float = 0.25, dependency_strength: float = 0.5,
+                 gate_confidence: float = 0.9, gate_bound: str = "upper", mastery_ceiling: float | None = None,
+                 plateau_rounds: int = 2, min_progress: float = 0.05, remedial_budget_share: float = 0.5):
+        if gate_bound not in ("upper", "lower"):
+            raise ValueError(f"ioa: gate_bound must be 'upper' or 'lower', got {gate_bound!r}")
         self.tau_gap, self.tau_mastery, self.tau_zpd = tau_gap, tau_mastery, tau_zpd
         self.max_remedial_rounds, self.max_range, self.dataset = max_remedial_rounds, max_range, dataset
+        self.alpha, self.target_share, self.dependency_strength = alpha, target_share, dependency_strength
+        self.gate_confidence, self.gate_bound, self.mastery_ceiling = gate_confidence, gate_bound, mastery_ceiling
+        self.plateau_rounds, self.min_progress = plateau_rounds, min_progress
+        self.remedial_budget_share = remedial_budget_share
         self.plan: dict[str, Any] | None = None
 
     def _weights(self, state: SelectionState) -> dict[str, float]:
@@ -322,49 +407,90 @@ class IOAPolicy(Policy):
             raise ValueError(f"ioa: dataset '{self.dataset}' is not a candidate ({list(state.datasets)})")
         return _one_hot(state.datasets, self.dataset)
 
-    def _identify(self, state: SelectionState) -> None:
+    # ---- Identifier
+    def _identify(self, phase: int, state: SelectionState) -> dict[str, Any]:
         if not state.teacher_scores:
             raise ValueError("ioa: the selection state has no per-module teacher scores (P_T); probe the teacher first")
         gaps = module_gaps(state.student_scores, state.teacher_scores, self.tau_gap)
         unknown = sorted({p for k, pre in state.prerequisites.items() for p in [k, *pre]} - set(gaps))
         if unknown:
             raise ValueError(f"ioa: the module graph names modules without probe scores: {unknown}")
-        targets = [k for k, g in gaps.items() if g["deficient"]]
+        sev = severity(gaps, state.prerequisites, self.alpha, self.dependency_strength)
+        done = list(self.plan["not_mastered"]) + list(self.plan["mastered"]) if self.plan else []
+        targets = top_targets(gaps, sev, self.target_share, exclude=done)
         stages, violations = organize(targets, state.prerequisites, state.student_scores, self.tau_zpd, self.max_range)
-        self.plan = {"gaps": gaps, "targets": targets, "stages": stages, "zpd_violations": violations,
-                     "current": 0, "rounds": 0, "log": []}
+        for k, g in gaps.items():
+            g["severity"] = sev[k]
+            g["target"] = k in targets
+        return {"phase": phase, "gaps": gaps, "targets": targets, "stages": stages, "zpd_violations": violations}
 
+    def _ceiling(self, gaps: Mapping[str, Mapping[str, Any]]) -> float:
+        if self.mastery_ceiling is not None:
+            return float(self.mastery_ceiling)
+        shown = [g["student"] for g in gaps.values() if not g["deficient"]]
+        return max(shown) if shown else 1.0
+
+    def _new_plan(self, phase: int, state: SelectionState, why: str) -> Choice:
+        diagnosis = self._identify(phase, state)
+        if self.plan is None:
+            self.plan = {"ceiling": self._ceiling(diagnosis["gaps"]), "not_mastered": [], "mastered": [],
+                         "remedial_phases": 0, "log": []}
+        plan = self.plan
+        plan.update(diagnosis=diagnosis, stages=diagnosis["stages"], current=0, rounds=0, best=None, stalled=0)
+        if not diagnosis["stages"]:
+            plan["current"] = None
+            left = "" if not plan["not_mastered"] else f" (flagged not mastered: {plan['not_mastered']})"
+            return self._all(phase, state, f"{why}; no module left with a gap > {self.tau_gap}{left}: consolidation")
+        return self._stage(phase, state, f"{why}; targets {diagnosis['targets']} in {len(diagnosis['stages'])} "
+                                         f"stage(s): stage 1 first teaching")
+
+    # ---- Organizer
     def choose(self, phase: int, state: SelectionState) -> Choice:
         if self.plan is None:
-            self._identify(state)
-            plan = self.plan
-            if not plan["stages"]:
-                return self._all(phase, state, f"no module has a gap > {self.tau_gap}")
-            return self._stage(phase, state, f"stage 1/{len(plan['stages'])}: first teaching")
+            return self._new_plan(phase, state, "diagnosis")
         plan = self.plan
-        i = plan["current"]
-        if i >= len(plan["stages"]):
-            return self._all(phase, state, "curriculum complete")
-        ratio = mastery_ratio(state.student_scores, state.teacher_scores, plan["stages"][i])
-        if ratio >= self.tau_mastery:
-            plan["log"].append({"phase": phase, "stage": i, "mastered": True, "ratio": ratio})
-            why = f"stage {i + 1} mastered (min P_S/P_T {ratio:.3f} >= {self.tau_mastery})"
-            return self._advance(phase, state, why)
-        if plan["rounds"] < self.max_remedial_rounds:
+        if plan["current"] is None:  # consolidating: diagnose again, training may have opened new gaps
+            return self._new_plan(phase, state, "re-diagnosis")
+        modules = plan["stages"][plan["current"]]
+        gate = mastery_gate(state.student_scores, state.teacher_scores, state.module_items, modules,
+                            tau_mastery=self.tau_mastery, ceiling=plan["ceiling"], confidence=self.gate_confidence,
+                            bound=self.gate_bound)
+        entry = {"phase": phase, "stage": plan["current"], "modules": list(modules), "passed": gate["passed"],
+                 "score": gate["score"], "rounds": plan["rounds"], "gate": gate["modules"]}
+        label = f"stage {plan['current'] + 1}/{len(plan['stages'])} {list(modules)}"
+        if gate["passed"]:
+            plan["mastered"] += [k for k in modules if k not in plan["mastered"]]
+            plan["log"].append({**entry, "outcome": "mastered"})
+            return self._advance(phase, state, f"{label} mastered (gate score {gate['score']:.2f})")
+        weak = [k for k, g in gate["modules"].items() if not g["mastered"]]
+        improved = plan["best"] is None or gate["score"] >= plan["best"] + self.min_progress
+        plan["stalled"] = 0 if improved else plan["stalled"] + 1
+        plan["best"] = gate["score"] if plan["best"] is None else max(plan["best"], gate["score"])
+        left = max(0, state.n_phases - phase)
+        stop = None
+        if plan["rounds"] >= self.max_remedial_rounds:
+            stop = f"{self.max_remedial_rounds} remedial rounds used"
+        elif plan["stalled"] >= self.plateau_rounds and plan["rounds"] > 0:
+            stop = f"plateau: no progress >= {self.min_progress} in {plan['stalled']} round(s)"
+        elif plan["remedial_phases"] + 1 > self.remedial_budget_share * left:
+            stop = (f"remediation budget: {plan['remedial_phases']} remedial phase(s) used, at most "
+                    f"{self.remedial_budget_share} x {left} phase(s) left")
+        if stop is None:
             plan["rounds"] += 1
-            return self._stage(phase, state, f"stage {i + 1} not mastered (min P_S/P_T {ratio:.3f} < "
-                                             f"{self.tau_mastery}): remedial round {plan['rounds']}")
-        plan["log"].append({"phase": phase, "stage": i, "mastered": False, "ratio": ratio})
-        return self._advance(phase, state, f"stage {i + 1} not mastered after {self.max_remedial_rounds} "
-                                           f"remedial rounds (min P_S/P_T {ratio:.3f}); moving on")
+            plan["remedial_phases"] += 1
+            plan["log"].append({**entry, "outcome": f"remedial round {plan['rounds']}"})
+            targets = sorted(set(weak) | {p for k in weak for p in state.prerequisites.get(k, ())},
+                             key=lambda k: (k not in weak, k))
+            return Choice(self._weights(state), f"phase {phase}: {label} not mastered (weak {weak}, gate score "
+                          f"{gate['score']:.2f}): remedial round {plan['rounds']} on new simpler problems of "
+                          f"{targets}", modules=tuple(targets), stage=plan["current"], remedial=tuple(targets))
+        plan["not_mastered"] += [k for k in weak if k not in plan["not_mastered"]]
+        plan["log"].append({**entry, "outcome": f"not mastered ({stop})"})
+        return self._advance(phase, state, f"{label} not mastered, flagged {weak} ({stop}); moving on")
 
     def _advance(self, phase: int, state: SelectionState, why: str) -> Choice:
-        plan = self.plan
-        plan["current"] += 1
-        plan["rounds"] = 0
-        if plan["current"] >= len(plan["stages"]):
-            return self._all(phase, state, f"{why}; curriculum complete")
-        return self._stage(phase, state, f"{why}; stage {plan['current'] + 1}/{len(plan['stages'])}")
+        """The Identifier runs again between curriculum stages, on the current checkpoint."""
+        return self._new_plan(phase, state, f"{why}; re-diagnosis")
 
     def _stage(self, phase: int, state: SelectionState, why: str) -> Choice:
         i = self.plan["current"]
@@ -372,7 +498,7 @@ class IOAPolicy(Policy):
         return Choice(self._weights(state), f"phase {phase}: {why}: modules {list(modules)}", modules=modules, stage=i)
 
     def _all(self, phase: int, state: SelectionState, why: str) -> Choice:
-        modules = tuple(self.plan["targets"]) or tuple(sorted(state.teacher_scores))
+        modules = tuple(sorted(state.teacher_scores))
         return Choice(self._weights(state), f"phase {phase}: {why}: modules {list(modules)}", modules=modules)
 
     def state_dict(self) -> dict[str, Any]:
@@ -380,4 +506,3 @@ class IOAPolicy(Policy):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.plan = state.get("plan")
-

@@ -54,7 +54,7 @@ def student_file(stage: Stage, student: workflow.StudentModel) -> Path:
 
 
 @functools.lru_cache(maxsize=2)
-def _worker_student(path: str, device: str, threads: int) -> workflow.StudentModel:
+def worker_student(path: str, device: str, threads: int) -> workflow.StudentModel:
     torch.set_num_threads(threads)
     student = torch.load(path, weights_only=False)
     student.model.to(resolve_device(device)).eval()
@@ -64,7 +64,7 @@ def _worker_student(path: str, device: str, threads: int) -> workflow.StudentMod
 def run_cell(job: dict) -> str:
     """A worker's cell: the SFT run and the pass rates on the evaluation problems, into the run's caches."""
     prof = job["params"]
-    student = _worker_student(job["student_file"], prof.device, prof.threads)
+    student = worker_student(job["student_file"], prof.device, prof.threads)
     stage = SimpleNamespace(params=prof, run=RunDir(job["run_root"]), seed=job["eval_seed"])
     trained, _ = workflow.distil(student, job["examples"], steps=job["steps"], stage=stage, seed=job["seed"],
                                  tag=job["tag"])

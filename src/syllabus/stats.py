@@ -5,8 +5,9 @@ bootstrap 95% intervals (pairs resampled) and permutation p-values (``scipy.stat
 exact when the pairings can be enumerated). Degenerate inputs (fewer than 3 complete pairs, a
 constant variable) give NaN and a ``note`` saying why, never an exception. ``predictor_table``
 runs it for several predictors against one target with the same resamples. ``fit_dmc_params``
-grid-searches the DMC parameters (r0, lam) on a fitting part of the grid and
-``holdout_correlation`` reports DMC's correlation on the rest (docs/method.md, stage 4).
+grid-searches a DMC rule's parameters (whatever the rule takes, values from ``correlation.fit_grid``)
+on a fitting part of the grid and ``holdout_correlation`` reports DMC's correlation on the rest
+(docs/method.md, stage 4).
 """
 
 from __future__ import annotations
@@ -265,42 +266,63 @@ def dmc_for_grid(grid: pd.DataFrame, items: pd.DataFrame, keys: Sequence[str], v
     return values.to_numpy(float)
 
 
-def fit_dmc_params(fit_grid: pd.DataFrame, items: pd.DataFrame, *, target: str = "gain",
-                   keys: Sequence[str] = ("dataset", "student"), variant: str = "default",
-                   r0_grid: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0),
-                   lam_grid: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)) -> dict[str, Any]:
-    """Grid-search (r0, lam) for the highest Spearman rho of DMC with ``target`` on the fitting part.
+def within_spearman(x: np.ndarray, y: np.ndarray, groups: Sequence[Any] | None = None) -> float:
+    """Mean over groups (e.g. students) of the Spearman rho of x with y within each group (NaN where a
+    group has fewer than 3 complete pairs or a constant variable; NaN when every group is)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    groups = np.zeros(len(x)) if groups is None else np.asarray(groups)
+    rhos = []
+    for g in pd.unique(groups):
+        m = (groups == g) & np.isfinite(x) & np.isfinite(y)
+        if m.sum() >= 3 and np.ptp(x[m]) > 0 and np.ptp(y[m]) > 0:
+            rhos.append(float(spearman_rows(x[m], y[m])[0]))
+    return float(np.mean(rhos)) if rhos else np.nan
 
-    Returns ``r0``, ``lam``, ``spearman`` (on the fitting part, optimistic by construction),
-    ``n_fit`` and ``search`` (every grid point). Ties go to the earlier grid point; when DMC is
-    constant for every point the rule's defaults are returned with a note.
+
+def fit_dmc_params(fit_grid: pd.DataFrame, items: pd.DataFrame, *, target: str = "gain",
+                   keys: Sequence[str] = ("dataset", "student"), variant: str = "window",
+                   param_grid: Mapping[str, Sequence[float]] | None = None,
+                   group_col: str | None = "student") -> dict[str, Any]:
+    """Grid-search a rule's parameters for the highest Spearman rho of DMC with ``target`` on the fitting
+    part (the mean of the within-``group_col`` rhos, e.g. within each student).
+
+    ``param_grid`` maps each parameter to the values to try (unnamed parameters keep the rule's
+    defaults; a parameter the rule does not take is an error). Returns ``variant``, ``params`` (the
+    chosen values, defaults filled in), ``spearman`` (on the fitting part, optimistic by
+    construction), ``n_fit``, ``note`` and ``search`` (every grid point). Ties go to the earlier grid
+    point; when the correlation is undefined at every point the rule's defaults are returned with a note.
     """
+    import itertools
+
+    defaults = dmc_lib.check_params(variant, {k: v[0] for k, v in (param_grid or {}).items()},
+                                    where=f"fit grid of rule '{variant}'") if param_grid else dmc_lib.rule_params(variant)
+    names = sorted(param_grid or {})
     y = fit_grid[target].to_numpy(float)
+    groups = fit_grid[group_col].to_numpy() if group_col and group_col in fit_grid else None
     rows = []
-    for r0 in r0_grid:
-        for lam in lam_grid:
-            x = dmc_for_grid(fit_grid, items, keys, variant, {"r0": r0, "lam": lam})
-            ok = np.isfinite(x) & np.isfinite(y)
-            defined = ok.sum() >= 3 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0
-            rho = float(spearman_rows(x[ok], y[ok])[0]) if defined else np.nan
-            rows.append({"r0": float(r0), "lam": float(lam), "spearman": rho})
+    for values in itertools.product(*[list(param_grid[n]) for n in names]):
+        point = {**defaults, **{n: float(v) for n, v in zip(names, values)}}
+        x = dmc_for_grid(fit_grid, items, keys, variant, point)
+        rows.append({**point, "spearman": within_spearman(x, y, groups)})
     search = pd.DataFrame(rows)
+    base = {"variant": variant, "n_fit": len(fit_grid), "search": search}
     if search["spearman"].notna().any():
         best = search.loc[search["spearman"].idxmax()]
-        return {"r0": best["r0"], "lam": best["lam"], "spearman": best["spearman"], "n_fit": len(fit_grid),
-                "note": "", "search": search}
-    defaults = dmc_lib.rule_params(variant)
-    return {"r0": defaults.get("r0", 1.0), "lam": defaults.get("lam", 1.0), "spearman": np.nan,
-            "n_fit": len(fit_grid), "note": "correlation undefined at every grid point; rule defaults kept",
-            "search": search}
+        chosen = {k: float(best[k]) for k in defaults}
+        return {**base, "params": chosen, "spearman": float(best["spearman"]), "note": ""}
+    return {**base, "params": dict(defaults), "spearman": np.nan,
+            "note": "correlation undefined at every grid point; rule defaults kept"}
 
 
 def holdout_correlation(holdout_grid: pd.DataFrame, items: pd.DataFrame, params: Mapping[str, float], *,
                         target: str = "gain", keys: Sequence[str] = ("dataset", "student"),
-                        variant: str = "default", n_boot: int = 1000, n_perm: int = 1000,
-                        seed: int = 0) -> dict[str, Any]:
-    """``correlate`` of DMC (at the fitted ``r0``, ``lam``) with ``target`` on the held-out part."""
-    chosen = {k: float(params[k]) for k in ("r0", "lam") if k in params}
+                        variant: str = "window", n_boot: int = 1000, n_perm: int = 1000,
+                        seed: int = 0, group_col: str | None = None) -> dict[str, Any]:
+    """``correlate`` of DMC (rule ``variant`` at ``params``) with ``target`` on the held-out part
+    (bootstrap resampling ``group_col`` whole when given, e.g. dataset families)."""
+    chosen = dmc_lib.check_params(variant, params, where=f"parameters of rule '{variant}'")
     x = dmc_for_grid(holdout_grid, items, keys, variant, chosen)
-    result = correlate(x, holdout_grid[target].to_numpy(float), n_boot=n_boot, n_perm=n_perm, seed=seed)
-    return {**chosen, "variant": variant, "n_holdout": len(holdout_grid), **result}
+    groups = holdout_grid[group_col].to_numpy() if group_col and group_col in holdout_grid else None
+    result = correlate(x, holdout_grid[target].to_numpy(float), n_boot=n_boot, n_perm=n_perm, seed=seed,
+                       groups=groups)
+    return {"variant": variant, "params": chosen, "n_holdout": len(holdout_grid), **result}

@@ -6,6 +6,10 @@
   Step ``s`` always sees the same examples, so the order needs no saved state.
 * AdamW, linear warm-up (``warmup_ratio``) then cosine decay to zero or a constant rate
   (``lr_schedule``), gradient clipping at 1.0, dynamic padding, gradient accumulation.
+* One run in several calls (stage 5's phases): ``optimizer_state`` continues AdamW from where the
+  previous call left it (``TrainResult.optimizer_state``) and ``schedule_span=(a, b)`` maps this
+  call's steps onto the fraction [a, b] of one warm-up + decay schedule, so phases are re-selection
+  points, not restarts (no second warm-up, no fresh moments).
 * Checkpoints (trainable weights, optimizer, scheduler, torch RNG, step, loss curve) are written
   atomically to ``out_dir/checkpoint.pt`` every ``checkpoint_every`` steps and at the end. A run
   killed at any point and resumed ends with the same weights as an uninterrupted run (CPU, same
@@ -16,6 +20,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -27,6 +32,7 @@ import torch
 
 from . import params as P
 from .devices import model_device
+from .errors import SyllabusError
 from .progress import Task
 from .runs import atomic_path, atomic_write_json, atomic_write_text, hash_obj
 from .tokens import encode_prompt
@@ -35,7 +41,7 @@ CHECKPOINT = "checkpoint.pt"
 CLIP_NORM = 1.0
 
 
-class TrainError(RuntimeError):
+class TrainError(SyllabusError, RuntimeError):
     """Training that cannot run as asked; the message says why and how to fix it."""
 
 
@@ -50,6 +56,7 @@ class TrainResult:
     steps: int
     resumed_from: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
+    optimizer_state: dict[str, Any] | None = None  # AdamW's state at the end, for a following call
 
 
 # --------------------------------------------------------------------------- data
@@ -113,6 +120,21 @@ def lr_factor(step: int, steps: int, warmup_ratio: float, schedule: str) -> floa
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def span_lr_factor(step: int, steps: int, span: tuple[float, float], warmup_ratio: float, schedule: str) -> float:
+    """The learning-rate factor of step ``step`` of ``steps`` when this call covers the fraction ``span``
+    of one schedule: linear warm-up over the first ``warmup_ratio`` of the whole schedule, then cosine
+    decay to zero at its end (or constant); a step's rate is taken at the schedule point where it ends."""
+    a, b = span
+    x = a + (b - a) * (step + 1) / steps  # schedule position reached by this step
+    x_start = a + (b - a) * step / steps
+    if warmup_ratio > 0 and x_start < warmup_ratio:
+        return min(1.0, x / warmup_ratio)
+    if schedule == "constant":
+        return 1.0
+    progress = (x_start - warmup_ratio) / max(1e-12, 1.0 - warmup_ratio)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+
 # --------------------------------------------------------------------------- checkpoints
 def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -134,11 +156,39 @@ def _write_records(out_dir: Path, log: list[dict[str, Any]], summary: dict[str, 
     atomic_write_json(out_dir / "train_summary.json", summary)
 
 
+# --------------------------------------------------------------------------- data parallelism
+def process_group() -> tuple[int, int]:
+    """(rank, world size) of the running ``torch.distributed`` group; (0, 1) outside one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _sum_over_processes(params: list[torch.Tensor], loss: float) -> float:
+    """Sum the gradients (each process's share of the step, already divided by the whole step's target
+    tokens) and the logged loss over the processes, in one flat all-reduce: every process then takes the
+    same optimizer step, as one process would on the whole batch."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+    total = torch.tensor([loss], dtype=torch.float64, device=flat.device)
+    torch.distributed.all_reduce(total)
+    return float(total)
+
+
 # --------------------------------------------------------------------------- the loop
 def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | None, cfg: P.Training, seed: int,
         out_dir: str | Path | None = None, checkpoint_every: int | None = None, resume: bool = True,
-        loss_on: Literal["target", "all"] = "target", single_pass: bool = False) -> TrainResult:
+        loss_on: Literal["target", "all"] = "target", single_pass: bool = False,
+        optimizer_state: dict[str, Any] | None = None, schedule_span: tuple[float, float] | None = None) -> TrainResult:
     """Train ``model`` in place for ``steps`` optimizer steps; see the module docstring.
+
+    ``optimizer_state`` (from a previous call's ``TrainResult.optimizer_state``) continues that optimizer;
+    ``schedule_span`` places this call's steps on part of one schedule (default: a whole schedule).
 
     ``single_pass=True`` visits every example exactly once, in a seeded order, the last batch possibly
     smaller: ``steps`` is then ``ceil(examples / (batch_size x grad_accum))`` (pass None to derive it).
@@ -158,19 +208,39 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         steps = one_pass
     if steps is None or steps < 1:
         raise TrainError(f"steps must be >= 1, got {steps}")
+    if schedule_span is not None:
+        a, b = (float(x) for x in schedule_span)
+        if not 0.0 <= a < b <= 1.0:
+            raise TrainError(f"schedule_span must satisfy 0 <= start < end <= 1, got {schedule_span}")
+        schedule_span = (a, b)
     data_hash = hash_obj([list(e) for e in examples])
+    extra: dict[str, Any] = {"single_pass": True} if single_pass else {}
+    if schedule_span is not None:
+        extra["schedule_span"] = list(schedule_span)
+    if optimizer_state is not None:
+        extra["continued"] = True
     run_key = hash_obj({"data": data_hash, "steps": steps, "cfg": cfg.model_dump(mode="json"), "seed": seed,
-                        "loss_on": loss_on, **({"single_pass": True} if single_pass else {})})
+                        "loss_on": loss_on, **extra})
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainError("the model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, steps, cfg.warmup_ratio, cfg.lr_schedule))
+    if schedule_span is None:
+        factor = lambda s: lr_factor(s, steps, cfg.warmup_ratio, cfg.lr_schedule)  # noqa: E731
+    else:
+        factor = lambda s: span_lr_factor(min(s, steps - 1), steps, schedule_span, cfg.warmup_ratio,  # noqa: E731
+                                          cfg.lr_schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if optimizer_state is not None:  # continue the previous call's AdamW moments and step counts
+        optimizer.load_state_dict(copy.deepcopy(optimizer_state))  # leave the caller's tensors as they are
+        for group in optimizer.param_groups:
+            group["initial_lr"] = cfg.learning_rate
+            group["lr"] = cfg.learning_rate * factor(0)
     out = Path(out_dir) if out_dir is not None else None
     log: list[dict[str, Any]] = []
     start_step, tokens_seen, prior_wall = 0, 0, 0.0
+    trained_by = 1  # processes that trained the last step (data parallelism)
     torch.manual_seed(seed)
     if out is not None and resume and (out / CHECKPOINT).is_file():
         ckpt = torch.load(out / CHECKPOINT, weights_only=False, map_location="cpu")
@@ -187,25 +257,35 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         if "cuda_rng" in ckpt and model_device(model).type == "cuda":
             torch.cuda.set_rng_state(ckpt["cuda_rng"], model_device(model))
         start_step, tokens_seen, log, prior_wall = ckpt["step"], ckpt["tokens_seen"], ckpt["log"], ckpt["wall_s"]
+        trained_by = ckpt.get("processes", 1)
+
+    rank, world = process_group()
+    if start_step < steps:
+        trained_by = world
 
     def summary(step: int, wall: float) -> dict[str, Any]:
         return {"steps_done": step, "steps": steps, "tokens_seen": tokens_seen, "wall_s": round(wall, 3),
                 "data_hash": data_hash, "n_examples": len(examples), "n_used": len(data), "seed": seed,
                 "loss_on": loss_on, "training": cfg.model_dump(mode="json"), "resumed_from": start_step,
                 "final_loss": log[-1]["loss"] if log else None,
-                "batch_order": "one pass, seeded order" if single_pass else "epochs of seeded permutations"}
+                "batch_order": "one pass, seeded order" if single_pass else "epochs of seeded permutations",
+                **({"processes": trained_by} if trained_by > 1 else {})}
 
     started = time.perf_counter()
     model.train()
     device = model_device(model)
     micro = cfg.batch_size
+    writes = out is not None and rank == 0  # under data parallelism the first process writes for all
     loop = Task("SFT steps", steps - start_step)
     for step in range(start_step, steps):
         chosen = (single_pass_indices(len(data), micro * cfg.grad_accum, step, seed) if single_pass
                   else batch_indices(len(data), micro * cfg.grad_accum, step, seed))
-        batches = [{key: value.to(device) for key, value in collate([data[i] for i in chosen[k:k + micro]], pad_id).items()}
-                   for k in range(0, len(chosen), micro)]
-        n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        # target tokens and tokens of the whole step, over every process's share of it
+        n_target = sum(sum(label != -100 for label in data[i][1][1:]) for i in chosen)
+        tokens_seen += sum(len(data[i][0]) for i in chosen)
+        mine = chosen[rank::world]
+        batches = [{key: value.to(device) for key, value in collate([data[i] for i in mine[k:k + micro]], pad_id).items()}
+                   for k in range(0, len(mine), micro)]
         total = 0.0
         for b in batches:
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
@@ -215,7 +295,8 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
                                                      ignore_index=-100, reduction="sum") / n_target
             loss.backward()
             total += loss.item()
-            tokens_seen += int(b["attention_mask"].sum())
+        if world > 1:
+            total = _sum_over_processes(params, total)
         torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
@@ -223,18 +304,20 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         optimizer.zero_grad(set_to_none=True)
         log.append({"step": step + 1, "loss": total, "lr": lr, "tokens": tokens_seen})
         done = step + 1
-        if out is not None and ((checkpoint_every and done % checkpoint_every == 0) or done == steps):
+        if writes and ((checkpoint_every and done % checkpoint_every == 0) or done == steps):
             wall = prior_wall + time.perf_counter() - started
             _save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler,
-                             {"step": done, "tokens_seen": tokens_seen, "log": log, "wall_s": wall, "run_key": run_key})
+                             {"step": done, "tokens_seen": tokens_seen, "log": log, "wall_s": wall, "run_key": run_key,
+                              **({"processes": world} if world > 1 else {})})
             _write_records(out, log, summary(done, wall))
         loop.advance()
     loop.close()
     model.eval()
     wall = prior_wall + time.perf_counter() - started
     result_summary = summary(steps, wall)
-    if out is not None:
+    if writes:
         _write_records(out, log, result_summary)
     return TrainResult(model=model, losses=[r["loss"] for r in log], tokens_seen=tokens_seen, wall_s=wall,
                        data_hash=data_hash, n_examples=len(examples), steps=steps, resumed_from=start_step,
-                       summary=result_summary)
+                       summary=result_summary,
+                       optimizer_state=copy.deepcopy(optimizer.state_dict()))

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from . import data, lab, models, prompts, scoring, teachers, tokens, train, vllm_backend
+from . import data, lab, launch, models, prompts, scoring, teachers, tokens, train, vllm_backend
 from .overlap import normalize_text
 from .params import Profile, Student
 from .records import SPLITS, Problem, Splits, Trace  # Splits: read by notebooks 03-05 as workflow.Splits
@@ -142,21 +142,23 @@ def load_student(stage: Stage, spec: Student | str, splits: Splits | None = None
 
 # --------------------------------------------------------------------------- generation and accuracy
 def student_samples(student: StudentModel, problems: list[Problem], *, k: int, prof: Profile, seed: int,
-                    cache_dir: Path | None = None):
-    """k solutions per problem written by the student (greedy when k == 1), by transformers on the
-    student's device (``student_generation.backend: hf``) or by vLLM on its current weights, LoRA
-    merged, saved once per checkpoint under ``cache_dir`` (``vllm``)."""
+                    cache_dir: Path | None = None, temperature: float | None = None, top_p: float | None = None):
+    """k solutions per problem written by the student (greedy when k == 1, else at ``temperature`` /
+    ``top_p``, by default ``student_generation``'s), by transformers on the student's device
+    (``student_generation.backend: hf``) or by vLLM on its current weights, LoRA merged, saved once per
+    checkpoint under ``cache_dir`` (``vllm``)."""
     g = prof.student_generation
     prompts = [student.prompt(p) for p in problems]
-    temperature = 0.0 if k == 1 else g.temperature
+    temperature = 0.0 if k == 1 else (g.temperature if temperature is None else temperature)
+    top_p = g.top_p if top_p is None else top_p
     if g.backend == "vllm":
         root = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "syllabus"
         weights = vllm_backend.student_weights_dir(student.model, student.tokenizer, student.fingerprint(), root)
         return vllm_backend.generate(weights, student.tokenizer, prompts, max_new_tokens=g.max_new_tokens,
-                                     temperature=temperature, top_p=g.top_p, num_samples=k, seed=seed,
+                                     temperature=temperature, top_p=top_p, num_samples=k, seed=seed,
                                      stop=models.STOP)
     return models.generate(student.model, student.tokenizer, prompts, max_new_tokens=g.max_new_tokens,
-                           temperature=temperature, top_p=g.top_p, num_samples=k, batch_size=g.batch_size, seed=seed)
+                           temperature=temperature, top_p=top_p, num_samples=k, batch_size=g.batch_size, seed=seed)
 
 
 def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: Profile, seed: int,
@@ -264,7 +266,7 @@ def distil(student: StudentModel, examples: list[tuple[str, str]], *, steps: int
                     "training": prof.training.model_dump(mode="json")})[:16]
     out_dir = stage.run.cache / "sft" / f"{tag}-{key}"
     model = copy.deepcopy(student.model)
-    result = train.sft(model, student.tokenizer, examples, steps=steps, cfg=prof.training, seed=seed,
-                       out_dir=out_dir, resume=True)
+    result = launch.sft(model, student.tokenizer, examples, steps=steps, cfg=prof.training, seed=seed,
+                        out_dir=out_dir, resume=True, processes=prof.parallel.sft_processes)
     model.eval()  # sft trained the copy in place
     return StudentModel(student.spec, model, student.tokenizer), result
