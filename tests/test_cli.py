@@ -57,6 +57,43 @@ def test_unwritable_run_dir_keeps_existing(tmp_path, capsys):
     assert "not writable" in capsys.readouterr().err
 
 
+def test_every_package_error_is_one_line_without_a_traceback(tmp_path, monkeypatch, capsys):
+    """A ModelError (or any SyllabusError) raised before papermill starts is printed as one line, exit 2."""
+    from syllabus import cli, errors
+    from syllabus.models import ModelError
+    from syllabus.params import ParamsError
+
+    def fail(prof):
+        raise ModelError("student 'lab-s': no such model folder; point students.lab-s.model at one")
+
+    monkeypatch.setattr(cli, "check_runnable", fail)
+    monkeypatch.setattr(cli.pm, "execute_notebook", lambda *a, **k: pytest.fail("papermill must not start"))
+    assert main(["run", "--profile", "ci", "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err == "syllabus: error: student 'lab-s': no such model folder; point students.lab-s.model at one\n"
+    for error in (ModelError, ParamsError, cli.RunError):
+        assert issubclass(error, errors.SyllabusError), error
+
+
+def test_every_error_class_derives_from_the_one_base():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import syllabus
+    from syllabus.errors import SyllabusError
+
+    loose = []
+    for info in pkgutil.iter_modules(syllabus.__path__):
+        module = importlib.import_module(f"syllabus.{info.name}")
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            qual = f"{cls.__module__}.{cls.__qualname__}"
+            if (cls.__module__ == module.__name__ and issubclass(cls, Exception)
+                    and not issubclass(cls, SyllabusError)):
+                loose.append(qual)
+    assert not loose, f"error classes outside syllabus.errors.SyllabusError: {loose}"
+
+
 @pytest.mark.notebooks
 @pytest.mark.slow
 def test_all_notebooks_run_on_ci_profile_then_reuse(tmp_path):

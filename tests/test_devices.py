@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from syllabus import devices, models, params as P, scoring, train
-from syllabus.params import ParamsError, check_runnable, load_profile
+from syllabus.params import ParamsError, load_profile
+from syllabus import preflight
+from syllabus.preflight import check_runnable
 from syllabus.prompts import question_prompt, target_text
 
 torch.set_num_threads(1)
@@ -60,7 +62,7 @@ def test_auto_resolves_to_the_gpu_only_when_there_is_one(monkeypatch):
 
 
 def test_a_vllm_backend_without_vllm_is_refused_up_front(monkeypatch):
-    monkeypatch.setattr(P.importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else object())
+    monkeypatch.setattr(preflight.importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else object())
     prof = load_profile("ci", {"student_generation.backend": "vllm", "benchmark.backend": "vllm"})
     with pytest.raises(ParamsError) as err:
         check_runnable(prof)

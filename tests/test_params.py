@@ -7,10 +7,10 @@ from syllabus.params import (
     ParamsError,
     apply_overrides,
     available_profiles,
-    check_runnable,
     load_profile,
     parse_override,
 )
+from syllabus.preflight import check_runnable
 
 
 def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:

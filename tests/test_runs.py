@@ -73,14 +73,72 @@ def test_input_from_unfinished_stage_is_a_clear_error(tmp_path):
 
 
 def test_a_stage_reads_only_its_declared_inputs(tmp_path):
-    """Stage keys cover the outputs of STAGE_INPUTS only, so reading anything else must fail loudly."""
-    from syllabus.runs import STAGE_INPUTS, STAGES
+    """Stage keys cover the outputs of the stage table's inputs only, so reading anything else must fail loudly."""
+    from syllabus.runs import STAGE_SECTIONS, STAGE_TABLE, STAGES
 
-    for stage, inputs in STAGE_INPUTS.items():
-        assert all(STAGES.index(s) < STAGES.index(stage) for s in inputs), stage
+    for stage, spec in STAGE_TABLE.items():
+        assert spec.name == stage and all(STAGES.index(s) < STAGES.index(stage) for s in spec.inputs), stage
+        assert set(spec.sections) <= set(STAGE_SECTIONS), stage
     stage = open_stage("05_dynamic_selection", "ci", run_dir=tmp_path)
-    with pytest.raises(RunError, match=r"from stage 04_correlation, which is not among its inputs.*STAGE_INPUTS"):
+    with pytest.raises(RunError, match=r"from stage 04_correlation, which is not among its inputs.*STAGE_TABLE"):
         stage.read_table("04", "grid")
+
+
+def test_a_stage_reads_only_its_declared_profile_sections(tmp_path):
+    """A section outside the stage's row is not in its cache key, so reading it must fail loudly."""
+    import pickle
+
+    stage = open_stage("06_benchmark", "ci", run_dir=tmp_path)
+    assert stage.params.benchmark.limit == 10 and stage.params.training.batch_size == 8  # its own and shared ones
+    with pytest.raises(RunError, match=r"stage 06_benchmark reads profile section 'dmc'.*STAGE_TABLE"):
+        stage.params.dmc
+    again = pickle.loads(pickle.dumps(stage.params))  # stage-4 worker jobs carry it
+    assert again.seed == stage.params.seed
+    with pytest.raises(RunError, match="section 'dmc'"):
+        again.dmc
+    assert open_stage("01", "ci", run_dir=tmp_path).params.dmc.score_batch_size >= 1  # stage 1 scores traces
+
+
+def test_stage_keys_cover_exactly_the_sections_of_the_stage_table():
+    from syllabus.params import load_profile
+    from syllabus.runs import STAGE_SECTIONS, STAGE_TABLE, stage_params
+
+    params = load_profile("ci").to_dict()
+    for stage, spec in STAGE_TABLE.items():
+        keyed = set(stage_params(params, stage))
+        assert keyed & set(STAGE_SECTIONS) == set(spec.sections), stage
+        assert set(params) - keyed - set(STAGE_SECTIONS) == {"description"}, stage
+
+
+def test_every_profile_field_is_read_somewhere():
+    """No setting is silently ignored: each field of ``Profile`` is read (``.field`` or ``["field"]``) by the
+    package outside ``params.py`` or by a notebook."""
+    import json
+    import re
+    import typing
+
+    from pydantic import BaseModel
+
+    from syllabus.params import PROJECT_ROOT, Profile
+
+    def models_in(annotation):
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield annotation
+        for arg in typing.get_args(annotation):
+            yield from models_in(arg)
+
+    def fields(model, prefix=""):
+        for name, field in model.model_fields.items():
+            for sub in models_in(field.annotation):
+                yield from fields(sub, f"{prefix}{name}.")
+            yield f"{prefix}{name}", name
+
+    code = [p.read_text() for p in (PROJECT_ROOT / "src" / "syllabus").glob("*.py") if p.name != "params.py"]
+    for nb in sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb")):
+        code += ["".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
+    text = "\n".join(code)
+    unread = [path for path, name in fields(Profile) if not re.search(rf"\.{name}\b|[\"']{name}[\"']", text)]
+    assert not unread, f"profile fields nothing reads: {unread}; wire them into the stage that needs them or remove them"
 
 
 def test_run_folder_of_other_profile_is_refused(tmp_path):
@@ -104,7 +162,7 @@ def test_unwritable_run_folder(tmp_path):
 
 
 def test_seed_is_stable():
-    assert runs.stage_seed(7, "03_dmc") == runs.stage_seed(7, "03_dmc") != runs.stage_seed(8, "03_dmc")
+    assert runs.stable_seed(7, "03_dmc", bits=32, form="colon") == 4000186321 != runs.stable_seed(8, "03_dmc", bits=32, form="colon")
 
 
 def test_atomic_writes_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):

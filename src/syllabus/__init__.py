@@ -1,8 +1,7 @@
 """syllabus: student-centred reasoning distillation, as papermill notebooks over a small tested package.
 
-Modules, one concern each: ``params`` (profiles), ``runs`` (run folders, manifests, atomic writes),
-``cli`` (``syllabus run``); the stage issues add ``data``, ``lab``, ``verify``, ``sandbox``,
-``models``, ``teachers``, ``train``, ``curate``, ``dmc``, ``select``, ``evaluate`` and ``plots``.
+Each stage notebook composes one stage module (``teacher_selection``, ``candidates``, ``compatibility``,
+``correlation``, ``dynamic``, ``benchmark``) from the parts; the README's module map lists them all.
 """
 
 __version__ = "0.1.0"

@@ -9,8 +9,9 @@ One fixed step template (IOA's "Stepwise" format, ``docs/method.md`` stage 2)::
 Two rewriters: ``render_steps`` renders a problem's structured steps (``problem.metadata["steps"]``,
 written by the lab generator) and ``rewrite_rules`` works on any trace text (sentences and equations
 one per step, filler dropped, self-checks dropped, plain words, the final answer kept).
-``adapt_text`` picks one; ``adapter_prompt`` builds the prompt for a teacher that is an LLM. Callers
-must verify a rewrite again before using it (``syllabus.curate.adapt_traces`` does).
+``adapt_text`` picks one. The trace's final answer is found by ``verify.final_answer`` (the one
+final-answer grammar). Callers must verify a rewrite again before using it
+(``syllabus.curate.adapt_traces`` does).
 """
 
 from __future__ import annotations
@@ -19,53 +20,19 @@ import re
 from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
+from .errors import SyllabusError
+from .lab import step_equation
 from .records import Problem
+from .verify import final_answer
 
 STEP_TEMPLATE = "Step {i}: {text}"
 
 
-class AdapterError(ValueError):
+class AdapterError(SyllabusError, ValueError):
     """A trace the Adapter cannot rewrite; the message is the reason."""
 
 
-# --------------------------------------------------------------------------- final answers
-def _last_boxed(text: str) -> str | None:
-    start = text.rfind("\\boxed")
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0:
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1:j].strip()
-    return None
-
-
-_HASHES = re.compile(r"####\s*([^\n]+)")
-_PHRASE = re.compile(r"(?:final\s+answer\s*(?:is|:)|answer\s+is)\s*:?\s*\$?([^\s$]+)", re.IGNORECASE)
-
-
-def final_answer(text: str) -> tuple[str, str] | None:
-    """The trace's final answer and how it was marked (``####``, ``boxed`` or ``phrase``), or None.
-    A closing ``A: N`` line counts as ``####``."""
-    hashes = _HASHES.findall(text)
-    if hashes:
-        return hashes[-1].strip().rstrip("."), "####"
-    boxed = _last_boxed(text)
-    if boxed:
-        return boxed, "boxed"
-    closing = re.findall(r"^A:\s*(\S[^\n]*)", text, re.MULTILINE)  # GSM8K's example model solutions
-    if closing:
-        return closing[-1].strip().rstrip("."), "####"
-    phrase = _PHRASE.findall(text)
-    if phrase:
-        return phrase[-1].rstrip(".,;"), "phrase"
-    return None
-
-
+# --------------------------------------------------------------------------- the closing line
 def final_line(answer: str, marker: str) -> str:
     """The closing line: ``#### N``, or ``\\boxed{}`` when the teacher boxed its answer (MATH)."""
     return f"Final answer: $\\boxed{{{answer}}}$" if marker == "boxed" else f"#### {answer}"
@@ -118,8 +85,6 @@ def render_step(step: Mapping[str, Any]) -> str:
     if not isinstance(step, Mapping):
         raise AdapterError(f"a structured step must be a mapping, got {type(step).__name__}")
     if {"op", "a", "value", "result", "holder", "object"} <= set(step):  # the lab generator's steps
-        from .lab import step_equation
-
         return f"{step['holder']} has {step['value']} {step['object']}. {step_equation(dict(step))}"
     op, operands, result, words = (_get(step, k) for k in ("op", "operands", "result", "words"))
     if result is None:
@@ -257,48 +222,3 @@ def adapt_text(problem: Problem, text: str) -> tuple[str, str]:
         except AdapterError:
             pass  # unusable structure: fall back to the rules
     return rewrite_rules(text), "rules"
-
-
-# --------------------------------------------------------------------------- LLM adapter prompt
-_CAPS = {
-    "introductory": "2 variables, single-digit numbers; single operations, no nesting",
-    "intermediate": "3-4 variables, two-digit numbers; several operations, simple nesting",
-    "advanced": "5+ variables, larger numbers; complex operations, deep nesting",
-}
-
-
-def difficulty_tag(level: int | None, max_level: int = 5) -> str:
-    """IOA's three difficulty tags from a level (first third introductory, last third advanced)."""
-    if level is None:
-        return "intermediate"
-    share = level / max_level
-    return "introductory" if share <= 1 / 3 else ("intermediate" if share <= 2 / 3 else "advanced")
-
-
-def adapter_prompt(problem: Problem, trace: str, student_summary: str | Mapping[str, Any],
-                   max_level: int = 5) -> str:
-    """The rewrite prompt for an LLM teacher (IOA Adapter, docs/method.md stage 2): the five
-    adaptations, the student's profile, the difficulty caps and the one fixed step template."""
-    if isinstance(student_summary, Mapping):
-        student = "\n".join(f"- {k}: {v}" for k, v in student_summary.items())
-    else:
-        student = student_summary.strip()
-    found = final_answer(trace)
-    closing = final_line("<final answer>", found[1] if found else "####")
-    tag = difficulty_tag(problem.level, max_level)
-    return (
-        "You rewrite a worked solution so that a small student model can learn from it.\n\n"
-        f"## The student\n{student}\n\n"
-        f"## The problem (topic: {problem.module or 'unknown'}, level: {problem.level or 'unknown'}, "
-        f"difficulty: {tag})\n{problem.text.strip()}\n\n"
-        f"## The teacher's solution\n{trace.strip()}\n\n"
-        "## How to rewrite it\n"
-        "1. Concrete first: if a quantity is abstract, name what it stands for in everyday words.\n"
-        "2. Decompose: list the given facts, then solve in small explicit steps, ONE operation per step.\n"
-        f"3. Keep the load small: numbers and steps no bigger than the problem needs ({_CAPS[tag]}).\n"
-        "4. Use exactly this template and nothing else:\n"
-        f"Step 1: <one operation in plain words>\nStep 2: <...>\n{closing}\n"
-        "5. Plain language: short sentences, common words, no jargon; keep every number correct.\n\n"
-        "Keep the same final answer as the teacher's solution. Do not add checks, notes or text after "
-        "the final line."
-    )

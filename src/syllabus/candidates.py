@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from . import curate, workflow
+from . import curate, data, workflow
 from .params import Profile
 from .records import Problem, Trace
 from .runs import Stage
+from .verify import verify
 
 
 @dataclass
@@ -32,8 +33,6 @@ def eval_sets(prof: Profile, splits: workflow.Splits) -> dict[str, list[Problem]
     The task's own test set is left out only when the pool is drawn from it (``pool_split: test``):
     then it is partitioned into pool, probe and held-out, and the run evaluates on its held-out part.
     """
-    from . import data
-
     sets: dict[str, list[Problem]] = {"heldout": splits.heldout, "probe": splits.probe}
     for name in prof.data.eval_sets:
         if name == "lab" or (name == prof.data.task and prof.data.pool_split == "test"):
@@ -46,17 +45,11 @@ def eval_sets(prof: Profile, splits: workflow.Splits) -> dict[str, list[Problem]
 def curate_pool(stage: Stage, student: workflow.StudentModel, splits: workflow.Splits,
                 pass_rates: pd.Series) -> Curated:
     """Run the funnel on every teacher's traces for the pool and name the candidate datasets."""
-    from .verify import verify
-
     prof = stage.params
     cfg = prof.curation
     runs = workflow.teacher_traces(stage, splits.pool, cfg.samples_per_problem)
     traces = [t for run in runs.values() for t in run.traces]
-    tok = student.tokenizer
-
-    def count_tokens(text: str) -> int:
-        return len(tok(text, add_special_tokens=False)["input_ids"])
-
+    count_tokens = student.count_tokens
     rates = pass_rates.to_dict()
     result = curate.run_funnel(splits.pool, traces, cfg, verify=verify, eval_sets=eval_sets(prof, splits),
                                pass_rates=rates, count_tokens=count_tokens, seed=stage.seed)

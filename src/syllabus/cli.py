@@ -15,23 +15,25 @@ import sys
 import time
 from pathlib import Path
 
+import papermill as pm
+import yaml
 from traitlets.config import Config
 
+from . import report
+from .errors import SyllabusError
 from .params import (
     PARAMS_DIR,
     PROJECT_ROOT,
-    ParamsError,
     Profile,
     available_profiles,
-    check_runnable,
     load_profile,
     parse_override,
-    profile_source,
 )
+from .preflight import check_runnable
 from .progress import StageProgress, papermill_engine
 from .runs import (
+    STAGE_TABLE,
     STAGES,
-    STAGE_INPUTS,
     STAGING_ENV,
     RunDir,
     RunError,
@@ -43,10 +45,11 @@ from .runs import (
     hash_path,
     normalise_stage,
     read_json,
+    stage_params,
 )
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
-REPORT_FILES = ("report.html", "summary.md")  # report.REPORT_FILE, report.SUMMARY_FILE (report loads nbconvert)
+REPORT_FILES = (report.REPORT_FILE, report.SUMMARY_FILE)
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 EPILOG = f"""\
@@ -130,26 +133,9 @@ def code_hash(files: dict[str, str] | None = None) -> str:
     return hash_obj(code_files() if files is None else files)
 
 
-# Profile sections a stage does not read (directly or through its inputs): changing them leaves the
-# stage up to date. Everything else, the notebook, the package code and upstream outputs are in its key.
-UNUSED_SECTIONS = {
-    "01_teacher_selection": ("curation", "dmc", "correlation", "dynamic", "benchmark"),
-    "02_trace_curation": ("teacher_selection", "dmc", "correlation", "dynamic", "benchmark"),
-    "03_dmc": ("teacher_selection", "curation", "correlation", "dynamic", "benchmark"),
-    "04_correlation": ("teacher_selection", "curation", "dynamic", "benchmark"),
-    "05_dynamic_selection": ("teacher_selection", "curation", "correlation", "benchmark"),
-    "06_benchmark": ("teacher_selection", "curation", "dmc", "correlation", "dynamic"),
-}
-
-
-def stage_params(params: dict, stage: str) -> dict:
-    """The part of the resolved profile that a stage depends on."""
-    return {k: v for k, v in params.items() if k not in UNUSED_SECTIONS[stage] and k != "description"}
-
-
 def stage_key(run: RunDir, stage: str, notebook: Path, params: dict, src_hash: str) -> str:
     upstream = {}
-    for earlier in STAGE_INPUTS[stage]:
+    for earlier in STAGE_TABLE[stage].inputs:
         if run.is_complete(earlier):
             upstream[earlier] = read_json(run.manifest_path(earlier)).get("outputs", {})
     return hash_obj({"stage": stage, "params": stage_params(params, stage), "notebook": hash_file(notebook),
@@ -163,7 +149,7 @@ def key_inputs(run: RunDir, stage: str, notebook: Path, params: dict, files: dic
         "notebook": hash_file(notebook),
         "code": files,
         "upstream": {earlier: hash_obj(read_json(run.manifest_path(earlier)).get("outputs", {}))
-                     for earlier in STAGE_INPUTS[stage] if run.is_complete(earlier)},
+                     for earlier in STAGE_TABLE[stage].inputs if run.is_complete(earlier)},
     }
 
 
@@ -239,8 +225,6 @@ def execute_stage(run: RunDir, stage: str, notebook: Path, on_cell=None) -> None
     """Run the notebook in the stage's staging folder; the stage folder is not touched. A failing notebook
     is moved beside the stage's previous results as ``<stage>.failed.ipynb``. ``on_cell(i, n)`` hears of
     each code cell."""
-    import papermill as pm
-
     staging = run.begin_staging(stage)
     failed = run.failed_notebook(stage)
     previous_env = os.environ.get(STAGING_ENV)
@@ -337,8 +321,6 @@ def run_stages(args: argparse.Namespace, prof, run: RunDir, stages: list[str], n
         print(f"syllabus: report unchanged in {written[0]} and {written[1]}", flush=True)
         return 0
     try:
-        from . import report  # nbconvert and pandas: loaded only when a report is built
-
         built = report.build(run)
     except Exception as exc:  # the stages' results are complete; only the report is missing
         print(f"syllabus: the report could not be built ({type(exc).__name__}: {exc}); the stages' results are "
@@ -380,11 +362,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     params = prof.to_dict()
     files = code_files()
     where = "no run folder yet" if not run.root.is_dir() else "run folder"
-    print(f"syllabus: {where} {run.root}, compared with profile '{prof.name}' ({profile_source(prof)})")
+    print(f"syllabus: {where} {run.root}, compared with profile '{prof.name}' ({prof.source_file})")
     rows = {}
     for stage in STAGES:
         row = stage_status(run, stage, notebooks_dir / f"{stage}.ipynb", params, files)
-        waiting = [e for e in STAGE_INPUTS[stage] if rows[e]["state"] != "up to date"]
+        waiting = [e for e in STAGE_TABLE[stage].inputs if rows[e]["state"] != "up to date"]
         if row["state"] == "up to date" and waiting:
             row["why"].append(f"re-runs if {_names(waiting)} change(s) its outputs when re-run")
         rows[stage] = row
@@ -396,8 +378,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from . import report  # nbconvert and pandas: loaded only when a report is built
-
     run = RunDir(args.run_dir)
     if not any(run.is_complete(stage) for stage in STAGES):
         raise RunError(f"'{run.root}' holds no finished stage (no <stage>/manifest.json); "
@@ -408,8 +388,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    import yaml
-
     overrides = dict(parse_override(p) for p in args.param)
     prof = load_profile(args.profile, overrides)
     check_runnable(prof)
@@ -423,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "report": cmd_report}
         return commands[args.command](args)
-    except (ParamsError, RunError) as exc:
+    except SyllabusError as exc:  # every error the package raises on purpose: its message, no traceback
         print(f"syllabus: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

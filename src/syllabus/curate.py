@@ -16,7 +16,6 @@ Text normalisation, n-grams, near-duplicate search and the decontamination looku
 from __future__ import annotations
 
 import random
-import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Hashable, Iterable, Literal, Mapping, Sequence, TypeVar
@@ -27,28 +26,22 @@ from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
 
 from .adapter import AdapterError, adapt_text
+from .errors import SyllabusError
 from .overlap import Contamination, EvalSets, NearDuplicateIndex, find_contamination, shingles, text_hash
 from .params import Curation
 from .records import Problem, Trace
 from .runs import hash_obj
+from .verify import has_final_answer
 
 Verify = Callable[[Problem, str], bool]
 CountTokens = Callable[[str], int]
 Item = TypeVar("Item", Problem, Trace)
 
-# A trace is well formed when one of these marks its final answer (code tasks are exempt).
-ANSWER_MARKERS: tuple[re.Pattern, ...] = (
-    re.compile(r"####\s*\S"),
-    re.compile(r"\\boxed\s*\{"),
-    re.compile(r"\b(?:the\s+)?(?:final\s+)?answer\s+is\b", re.IGNORECASE),
-    re.compile(r"\bfinal\s+answer\s*:", re.IGNORECASE),
-    re.compile(r"^A:\s*\S", re.MULTILINE),  # GSM8K's example model solutions end "A: N"
-)
 CODE_TASKS = ("humaneval",)
 PASS_RATE_BANDS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-class CurationError(ValueError):
+class CurationError(SyllabusError, ValueError):
     """Input the funnel cannot use; the message names the item and the fix."""
 
 
@@ -113,10 +106,6 @@ def _problem_of(trace: Trace, by_id: Mapping[str, Problem], step: str) -> Proble
 
 
 # --------------------------------------------------------------------------- 1. format and length
-def has_final_answer(text: str) -> bool:
-    return any(p.search(text) for p in ANSWER_MARKERS)
-
-
 def think_tags_problem(text: str, required: bool) -> str | None:
     """Why the ``<think>...</think>`` block is malformed, or None when it is fine."""
     opens, closes = text.count("<think>"), text.count("</think>")

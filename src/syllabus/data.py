@@ -20,8 +20,11 @@ from importlib import util as importlib_util
 from pathlib import Path
 from typing import Any, Callable
 
+import datasets
+
 from . import lab
 from . import params as P
+from .errors import SyllabusError
 from .params import DATA_DIR_ENV, Data, LabTask, Profile
 from .records import Problem
 from .runs import hash_file
@@ -46,7 +49,7 @@ LAB_SPLITS = ("pool", "probe", "heldout")
 MAX_ROW_WARNINGS = 10
 
 
-class DataError(ValueError):
+class DataError(SyllabusError, ValueError):
     """Problems that cannot be loaded; the message names the source, the places tried and the fix."""
 
 
@@ -58,7 +61,7 @@ class ProblemSet(list):
         self.meta: dict[str, Any] = dict(meta or {})
 
 
-class RowError(ValueError):
+class RowError(SyllabusError, ValueError):
     """Why one row cannot become a Problem."""
 
 
@@ -191,8 +194,6 @@ def _sha256(path: str, mtime_ns: int) -> str:
 def _from_hub(hub_id: str, source: str, split: str) -> ProblemSet:
     """``owner/name``, ``owner/name:config`` or ``owner/name:config1,config2`` (concatenated in that
     order) through ``datasets.load_dataset``, which caches what it downloads."""
-    import datasets
-
     name, _, configs = hub_id.partition(":")
     parts = [datasets.load_dataset(name, config or None, split=split) for config in (configs.split(",") or [""])]
     convert = CONVERTERS[source]

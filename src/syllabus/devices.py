@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from .errors import SyllabusError
 
-class DeviceError(RuntimeError):
+
+class DeviceError(SyllabusError, RuntimeError):
     """A device setting this machine cannot honour; the message names the key and the fix."""
 
 

@@ -20,8 +20,14 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import datasets
+
+from .data import DataError, load_problems
+from .errors import SyllabusError
 from .prompts import question_prompt
 from .records import Problem
+from .sandbox import run_python
+from .verify import is_correct
 
 ALLOW_CODE_EVAL_ENV = "HF_ALLOW_CODE_EVAL"
 DEFAULT_CODE_TIMEOUT_S = 10.0
@@ -31,7 +37,7 @@ DEFAULT_CODE_MEMORY_MB = 512  # as syllabus.verify.check_code
 _DOC_FIELDS = ("id", "task", "source", "text", "answer", "solution", "module", "level", "tests", "entry_point")
 
 
-class EvalTaskError(ValueError):
+class EvalTaskError(SyllabusError, ValueError):
     """A task that cannot load its data; the message names the task, the key or file, and the fix."""
 
 
@@ -54,8 +60,6 @@ def _prompt(problem: Problem, chat: bool) -> str:
 
 def problems_to_dataset(problems: Sequence[Problem], *, chat: bool = False, extra: dict[str, Any] | None = None):
     """A ``DatasetDict`` with one ``test`` split, one document per problem plus its ``prompt``."""
-    import datasets
-
     if not problems:
         raise EvalTaskError("no problems to evaluate (the source gave an empty list)")
     rows = []
@@ -69,8 +73,6 @@ def problems_to_dataset(problems: Sequence[Problem], *, chat: bool = False, extr
 
 
 def _load_source(task: str, source: str, meta: dict[str, Any], **extra: Any):
-    from .data import DataError, load_problems
-
     try:
         problems = load_problems(source, "test", data_dir=_data_dir(task, meta))
     except DataError as exc:
@@ -87,8 +89,6 @@ def load_math500(**meta: Any):
 
 
 def load_humaneval(**meta: Any):
-    from .data import load_problems
-
     problems = load_problems("humaneval", "test")
     limits = {
         "timeout_s": float(meta.get("code_timeout_s", DEFAULT_CODE_TIMEOUT_S)),
@@ -126,8 +126,6 @@ def load_lab(**meta: Any):
 
 # --------------------------------------------------------------------------- scorers
 def _score(task: str, doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    from .verify import is_correct
-
     return {"exact_match": float(is_correct(task, results[0], doc["answer"]))}
 
 
@@ -185,8 +183,6 @@ def code_eval(
     Refuses to run unless ``HF_ALLOW_CODE_EVAL=1`` (as the hub metric does). Returns the mean
     pass@k per k and the pass/fail of every candidate.
     """
-    from .sandbox import run_python
-
     if os.environ.get(ALLOW_CODE_EVAL_ENV) != "1":
         raise PermissionError(
             f"code_eval runs model-written code; set {ALLOW_CODE_EVAL_ENV}=1 to allow it "

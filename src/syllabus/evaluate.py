@@ -34,6 +34,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import lm_eval
+import pandas as pd
+from lm_eval.loggers import EvaluationTracker
+from lm_eval.tasks import TaskManager
+from lm_eval.tasks._yaml_loader import load_yaml
+from lm_eval.utils import sanitize_model_name
+from transformers import AutoTokenizer
+
+from .errors import SyllabusError
 from .eval_tasks import ALLOW_CODE_EVAL_ENV
 from .records import Problem
 from .runs import (atomic_write_json, atomic_write_text, hash_obj, hash_path, package_versions, publish_mode,
@@ -52,7 +61,7 @@ PROVENANCE = "provenance.json"
 FILE_TASKS = ("syllabus_lab", "syllabus_heldout")  # tasks whose problems come from the caller's JSONL
 
 
-class EvaluateError(RuntimeError):
+class EvaluateError(SyllabusError, RuntimeError):
     """A benchmark that cannot run as asked; the message names the task, file or key and the fix."""
 
 
@@ -108,8 +117,6 @@ def code_eval_allowed(enabled: bool) -> Iterator[None]:
 
 def task_config(task: str) -> dict[str, Any]:
     """The YAML config of a shipped syllabus task ({} for lm-eval's built-in tasks)."""
-    from lm_eval.tasks._yaml_loader import load_yaml
-
     path = TASKS_DIR / f"{task}.yaml"
     return load_yaml(path, resolve_func=False) if path.is_file() else {}
 
@@ -137,8 +144,6 @@ def builtin_local_task(task: str, data_dir: str | os.PathLike) -> dict[str, Any]
 
 @functools.lru_cache(maxsize=8)
 def _cached_task_manager(metadata_json: str, include_defaults: bool):
-    from lm_eval.tasks import TaskManager
-
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults,
                        metadata=json.loads(metadata_json))
 
@@ -258,8 +263,6 @@ def run_lm_eval(
     Completed tasks (provenance with the same key) are read back instead of re-run; the others run
     together, the model loaded once.
     """
-    from transformers import AutoTokenizer
-
     model_dir = Path(model_dir).expanduser().resolve()
     if not (model_dir / "config.json").is_file():
         raise EvaluateError(f"model directory '{model_dir}' has no config.json; save the model with save_pretrained first")
@@ -330,10 +333,6 @@ def _run_tasks(model_dir, pending, output_dir, metadata, tokenizer, *, limit, ma
                apply_chat_template, device, dtype, seed, backend="hf") -> None:
     """One ``simple_evaluate`` over all ``pending`` tasks (task -> (spec, inputs, key)); then each task's
     own results and samples files, and last its provenance, into ``output_dir/<task>/``."""
-    import lm_eval
-    from lm_eval.loggers import EvaluationTracker
-    from lm_eval.utils import sanitize_model_name
-
     unsafe = any(is_unsafe(task) for task in pending)
     tracker = EvaluationTracker()
     with code_eval_allowed(unsafe):
@@ -390,8 +389,6 @@ TIDY_COLUMNS = ["model", "task", "metric", "value", "stderr", "limit", "n", "tru
 
 def tidy_results(results: Iterable[EvalResult | str | os.PathLike]):
     """One row per model x task x metric: model, task, metric, value, stderr, limit, n, truncation_rate."""
-    import pandas as pd
-
     rows = []
     for res in results:
         res = res if isinstance(res, EvalResult) else load_eval_result(res)

@@ -20,6 +20,10 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Sequence
 
+import torch
+
+from .devices import resolve_device
+
 
 def _pin(slots) -> None:
     """Worker initialiser: take a GPU slot (None on the CPU) before anything initialises CUDA."""
@@ -72,8 +76,6 @@ class SlurmExecutor:
 def for_profile(prof, folder: str | os.PathLike | None = None):
     """The executor a profile's ``parallel`` section asks for: local processes (spread over the visible
     GPUs when the profile's device resolves to one), or Slurm jobs logged under ``folder``."""
-    from .devices import resolve_device
-
     par = prof.parallel
     if par.executor == "slurm":
         if folder is None:
@@ -83,7 +85,5 @@ def for_profile(prof, folder: str | os.PathLike | None = None):
                              cpus_per_job=prof.threads)
     gpus: list[int] = []
     if par.workers > 1 and resolve_device(prof.device).type == "cuda":
-        import torch
-
         gpus = list(range(torch.cuda.device_count()))
     return LocalExecutor(par.workers, gpus)

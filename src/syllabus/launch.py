@@ -24,10 +24,11 @@ import torch
 
 from . import params as P
 from . import train
+from .errors import SyllabusError
 from .runs import atomic_path
 
 
-class LaunchError(RuntimeError):
+class LaunchError(SyllabusError, RuntimeError):
     """A data-parallel SFT run that failed; the message names the log to read."""
 
 

@@ -27,11 +27,17 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
+from peft import LoraConfig, get_peft_model
+from tokenizers import Regex, Tokenizer, decoders, models as tokenizer_models, pre_tokenizers
+from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedTokenizerFast, StoppingCriteriaList)
 
-from . import params as P
+from . import params as P, train
 from .devices import model_device, resolve_device, rng_devices
+from .errors import SyllabusError
 from .progress import Task
-from .runs import atomic_write_json, hash_file, hash_obj, publish_mode, sha256_bytes
+from .runs import atomic_write_json, hash_file, hash_obj, publish_mode, sha256_bytes, stable_seed
+from .tokens import encode_prompt
 
 PAD, BOS, EOS, UNK = "[PAD]", "[BOS]", "[EOS]", "[UNK]"
 # One token per: a word (with its leading space), a digit, a punctuation mark, a whitespace character.
@@ -41,7 +47,7 @@ STOP = ("\nQuestion:",)  # where a student's answer ends: the next question of t
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelError(RuntimeError):
+class ModelError(SyllabusError, RuntimeError):
     """A model that cannot be loaded as asked; the message names what and how to fix it."""
 
 
@@ -51,9 +57,6 @@ def lab_tokenizer(texts: Sequence[str], model_max_length: int = 512):
     punctuation are one token each, and decoding concatenates tokens, so ``decode(encode(x)) == x``
     whenever every word of ``x`` occurs in ``texts`` (unseen words become ``[UNK]``). Every word is
     in the vocabulary with and without a leading space; all printable ASCII characters are too."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     splitter = pre_tokenizers.Split(Regex(LAB_TOKEN_PATTERN), behavior="isolated")
     counts: dict[str, int] = {}
     # Every printable ASCII character (bare and after a space) is always in the vocabulary.
@@ -69,7 +72,7 @@ def lab_tokenizer(texts: Sequence[str], model_max_length: int = 512):
     specials = [PAD, BOS, EOS, UNK]
     ordered = sorted(counts, key=lambda t: (-counts[t], t))  # frequency, then text: deterministic
     vocab = {tok: i for i, tok in enumerate(specials + ordered)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    core = Tokenizer(tokenizer_models.WordLevel(vocab, unk_token=UNK))
     core.pre_tokenizer = splitter
     core.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
@@ -80,8 +83,6 @@ def lab_tokenizer(texts: Sequence[str], model_max_length: int = 512):
 
 def build_lab_model(arch: P.LabArch, tokenizer, seed: int):
     """A freshly initialised Llama with tied embeddings over the tokenizer's (small) vocabulary."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     if arch.hidden_size % arch.num_heads:
         raise ModelError(f"lab arch: hidden_size {arch.hidden_size} is not divisible by num_heads {arch.num_heads}; "
                          "change one of them in the profile's students[].arch")
@@ -159,8 +160,6 @@ def _strip_quantizer(model) -> None:
 
 
 def _load_dir(path: str | os.PathLike, dtype: str = "float32"):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=DTYPES[dtype])
     return model.eval(), tokenizer
@@ -200,8 +199,6 @@ def resolve_gguf(model: str, gguf_file: str | None = None) -> Path:
 
 def gguf_model_dir(model: str, gguf_file: str | None, *, cache_dir: str | os.PathLike) -> Path:
     """Convert a GGUF once into a plain fp32 model directory under ``cache_dir/models``; return it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = resolve_gguf(model, gguf_file)
     digest = hash_file(path)
     out = Path(cache_dir) / "models" / f"{path.stem}-{digest[:12]}"
@@ -341,8 +338,6 @@ def _lab_student(spec: P.Student, *, cache_dir, training: P.Training, pretrain_t
                              vocab_texts=vocab, seed=seed))
     if (out / INFO_FILE).is_file():
         return _load_dir(out)
-    from .train import sft
-
     tokenizer = lab_tokenizer(vocab, model_max_length=spec.arch.max_position_embeddings)
     model = build_lab_model(spec.arch, tokenizer, seed)
     info: dict[str, Any] = {"made_from": "lab", "name": spec.name, "arch": spec.arch.model_dump(),
@@ -353,7 +348,7 @@ def _lab_student(spec: P.Student, *, cache_dir, training: P.Training, pretrain_t
     if spec.warmup_steps:
         warm_cfg = training if spec.warmup_learning_rate is None else training.model_copy(
             update={"learning_rate": spec.warmup_learning_rate})
-        result = sft(model.to(device), tokenizer, [("", t) for t in texts], steps=spec.warmup_steps, cfg=warm_cfg,
+        result = train.sft(model.to(device), tokenizer, [("", t) for t in texts], steps=spec.warmup_steps, cfg=warm_cfg,
                      seed=seed, loss_on="all")
         info.update(warmup_first_loss=result.losses[0], warmup_final_loss=result.losses[-1], warmup_tokens=result.tokens_seen,
                     warmup_wall_s=round(result.wall_s, 2))
@@ -362,19 +357,9 @@ def _lab_student(spec: P.Student, *, cache_dir, training: P.Training, pretrain_t
 
 
 def add_lora(model, training: P.Training):
-    from peft import LoraConfig, get_peft_model
-
     config = LoraConfig(r=training.lora_r, lora_alpha=training.lora_alpha, lora_dropout=training.lora_dropout,
                         target_modules=list(training.lora_targets), task_type="CAUSAL_LM")
     return get_peft_model(model, config)
-
-
-def student_info(spec: P.Student, model, tokenizer) -> dict[str, Any]:
-    """What to record about a loaded student in a manifest."""
-    return {"name": spec.name, "source": spec.source, "model": spec.model, "gguf_file": spec.gguf_file,
-            "lora": spec.lora, "dtype": spec.dtype, "uses_chat_template": spec.chat_template,
-            "chat_template": chat_template_info(tokenizer), "parameters": count_parameters(model),
-            "trainable_parameters": count_parameters(model, trainable_only=True), "vocab_size": len(tokenizer)}
 
 
 # --------------------------------------------------------------------------- generation
@@ -383,18 +368,6 @@ class Generation:
     text: str
     n_tokens: int
     truncated: bool
-
-
-def encode_prompt(tokenizer, text: str) -> list[int]:
-    """Token ids of a prompt, with the tokenizer's own special tokens (as lm-eval's ``hf`` model does)
-    unless the text already starts with the BOS token."""
-    bos = getattr(tokenizer, "bos_token", None)
-    add = not (bos and text.startswith(bos))
-    return tokenizer.encode(text, add_special_tokens=add)
-
-
-def _stable_seed(*parts: Any) -> int:
-    return int(sha256_bytes(repr(parts).encode())[:8], 16)
 
 
 class _StopOnStrings:
@@ -428,8 +401,6 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
     samples are copies), otherwise seeded sampling. Text is cut at the first stop string; a
     completion is ``truncated`` when it used all ``max_new_tokens`` without EOS or a stop string.
     """
-    from transformers import GenerationConfig, StoppingCriteriaList
-
     if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError("generate: num_samples, batch_size and max_new_tokens must be >= 1")
     sampling = temperature > 0
@@ -457,7 +428,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
             mask[r, width - len(ids):] = 1
         device = model_device(model)
         with torch.random.fork_rng(devices=rng_devices(device)), torch.inference_mode():
-            torch.manual_seed(_stable_seed(seed, b))
+            torch.manual_seed(stable_seed(seed, b, bits=32, form="repr"))
             out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config,
                                  stopping_criteria=StoppingCriteriaList([_StopOnStrings(tokenizer, stop, width, eos_id)]))
         new_tokens = out[:, width:].tolist()

@@ -8,7 +8,6 @@ errors, reported before any work starts.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from .devices import DeviceError, resolve_device
+from .errors import SyllabusError
 
 PARAMS_SCHEMA_VERSION = 1
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +24,7 @@ DATA_DIR_ENV = "SYLLABUS_DATA_DIR"
 SHARED_DATA_DIR = PROJECT_ROOT.parent / "shared" / "data"  # the third place data is looked for
 
 
-class ParamsError(ValueError):
+class ParamsError(SyllabusError, ValueError):
     """A profile that cannot be used; the message names the file, the key and the fix."""
 
 
@@ -178,7 +177,6 @@ class Training(Strict):
 # --------------------------------------------------------------------------- stages
 class TeacherSelection(Strict):
     probe_size: int = Field(40, ge=2)
-    heldout_fraction: float = Field(0.5, gt=0, lt=1)
     samples_per_problem: int = Field(1, ge=1)
     smoke_sft_steps: int = Field(30, ge=1, description="smoke-test SFT steps when smoke_sft_tokens is not set")
     smoke_sft_tokens: int | None = Field(None, ge=1, description="smoke-test training tokens per teacher and seed "
@@ -408,6 +406,11 @@ class Profile(Strict):
     benchmark: Benchmark = Field(default_factory=Benchmark)
     _source_file: Path | None = PrivateAttr(None)
 
+    @property
+    def source_file(self) -> Path | None:
+        """The YAML file the profile was loaded from (None when built in code)."""
+        return self._source_file
+
     @model_validator(mode="after")
     def _check(self) -> "Profile":
         if self.params_version != PARAMS_SCHEMA_VERSION:
@@ -545,7 +548,7 @@ def _format_validation_error(path: Path, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-class DuplicateKeyError(yaml.YAMLError):
+class DuplicateKeyError(SyllabusError, yaml.YAMLError):
     """A mapping of a YAML file names one key twice (plain YAML keeps the last value silently)."""
 
     def __init__(self, key: Any, first_line: int, second_line: int):
@@ -604,62 +607,3 @@ def load_profile(profile: str | os.PathLike, overrides: dict[str, Any] | None = 
         raise ParamsError(_format_validation_error(path, exc)) from None
     prof._source_file = path
     return prof
-
-
-def profile_source(prof: Profile) -> Path | None:
-    return prof._source_file
-
-
-def check_runnable(prof: Profile) -> None:
-    """Check what the file alone cannot show, before any stage starts: the files the profile names, that
-    the data holds as many problems as asked, and that it can serve the chosen stage-5 policies.
-
-    Raises ParamsError listing every problem with its key (the stages would fail on each, hours in).
-    """
-    from . import teachers, workflow  # they import this module; they load data and name files
-    from .data import DataError
-
-    problems: list[tuple[str, str]] = []
-    try:
-        resolve_device(prof.device)
-    except DeviceError as exc:
-        problems.append(("device", str(exc).removeprefix("key 'device' ")))
-    vllm_users = [key for key, backend in (("student_generation.backend", prof.student_generation.backend),
-                                           ("benchmark.backend", prof.benchmark.backend)) if backend == "vllm"]
-    vllm_users += [f"teachers.{i}.backend" for i, t in enumerate(prof.teachers) if t.backend == "vllm"]
-    if vllm_users and importlib.util.find_spec("vllm") is None:
-        problems += [(key, "is 'vllm' but vLLM is not installed: pip install 'syllabus[vllm]' on a GPU machine, "
-                           "or set it to hf") for key in vllm_users]
-    data_dir = prof.data.resolved_data_dir()
-    for i, teacher in enumerate(prof.teachers):
-        if teacher.backend == "file":
-            try:
-                teachers.file_teacher_path(teacher, data_dir)
-            except teachers.TeacherError as exc:
-                problems.append((f"teachers.{i}.path", str(exc)))
-    try:
-        splits = workflow.problem_splits(prof)
-    except DataError as exc:
-        problems.append((f"data (task '{prof.data.task}')", str(exc)))
-    else:
-        d = prof.data
-        short = [(split, getattr(d, f"n_{split}"), len(getattr(splits, split))) for split in ("heldout", "probe", "pool")
-                 if len(getattr(splits, split)) < getattr(d, f"n_{split}")]
-        for split, asked, have in short[:1]:  # the later splits are short because this one took their problems
-            problems.append((f"data.n_{split}", f"asks for {asked} problems, the '{d.task}' data has only {have} left "
-                                                "(held-out problems are taken first, then probe, then pool); lower it "
-                                                "or the sizes before it"))
-        probe_size = prof.teacher_selection.probe_size
-        if not short and probe_size > len(splits.pool):
-            problems.append(("teacher_selection.probe_size", f"{probe_size} probe problems are taken from a pool of "
-                                                             f"{len(splits.pool)}; lower it to {len(splits.pool)}"))
-        needs = {"easy_to_hard": ("level", "problem levels"), "ioa": ("module", "problem modules (IOA's skills)")}
-        for policy, (attribute, what) in needs.items():
-            if splits.pool and policy in prof.dynamic.policies and not any(getattr(p, attribute) is not None for p in splits.pool):
-                problems.append(("dynamic.policies", f"{policy} needs {what} and no pool problem of the '{d.task}' "
-                                                     f"data has one; remove {policy} from dynamic.policies"))
-    if problems:
-        lines = [f"{profile_source(prof) or prof.name}: the profile cannot run ({len(problems)} problem(s)); "
-                 "nothing was started:"]
-        lines += [f"  - key '{key}': {why}" for key, why in problems]
-        raise ParamsError("\n".join(lines))

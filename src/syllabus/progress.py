@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, TypeVar
 
+from papermill.engines import NBClientEngine, papermill_engines
+
 ENV_VAR = "SYLLABUS_PROGRESS_FILE"
 ENGINE_NAME = "syllabus"
 T = TypeVar("T")
@@ -267,9 +269,7 @@ class StageProgress:
 # --------------------------------------------------------------------------- papermill: cell events
 def papermill_engine() -> str:
     """Register and name the papermill engine that reports cells: ``execute_notebook(...,
-    engine_name=papermill_engine(), on_cell=progress.cell_started)``. papermill is imported here, not
-    at the top, because the kernels import this module for ``task``/``track`` and never need it."""
-    from papermill.engines import NBClientEngine, papermill_engines
+    engine_name=papermill_engine(), on_cell=progress.cell_started)``."""
 
     class CellProgressEngine(NBClientEngine):
         """papermill's nbclient engine, calling ``on_cell(i, n)`` before the i-th of n code cells."""

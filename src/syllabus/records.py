@@ -1,4 +1,4 @@
-"""The records every stage passes around: a Problem and a Trace.
+"""The records every stage passes around: a Problem, a Trace and the run's Splits of problems.
 
 Both are plain frozen dataclasses that round-trip through dicts (JSONL, parquet rows), so that any
 artifact on disk can be read back without the code that wrote it.
@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+import pandas as pd
 
 Task = Literal["lab", "gsm8k", "math", "humaneval"]
 TASKS: tuple[str, ...] = ("lab", "gsm8k", "math", "humaneval")
@@ -80,3 +83,44 @@ class Trace:
 
     def replace(self, **changes: Any) -> "Trace":
         return dataclasses.replace(self, **changes)
+
+
+# --------------------------------------------------------------------------- the run's problems
+SPLITS = ("pool", "probe", "heldout")
+
+
+@dataclass
+class Splits:
+    """Disjoint problem sets: ``pool`` (candidate datasets), ``probe`` (selection, NLL_ref), ``heldout`` (gains)."""
+
+    pool: list[Problem]
+    probe: list[Problem]
+    heldout: list[Problem]
+
+    def table(self) -> pd.DataFrame:
+        rows = []
+        for split in SPLITS:
+            for p in getattr(self, split):
+                row = p.to_dict()
+                row["metadata"] = _json(row["metadata"])
+                rows.append({"split": split, **row})
+        return pd.DataFrame(rows)
+
+    @classmethod
+    def from_table(cls, df: pd.DataFrame) -> "Splits":
+        parts = {s: [] for s in SPLITS}
+        for row in df.to_dict("records"):
+            split = row.pop("split")
+            parts[split].append(Problem.from_dict(_nan_to_none(row)))
+        return cls(**parts)
+
+    def by_id(self) -> dict[str, Problem]:
+        return {p.id: p for split in SPLITS for p in getattr(self, split)}
+
+
+def _json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)
+
+
+def _nan_to_none(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}

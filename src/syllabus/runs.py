@@ -32,39 +32,61 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import matplotlib
+import numpy as np
+import pandas as pd
+import torch
 import yaml
 
+from .errors import SyllabusError
 from .params import PARAMS_SCHEMA_VERSION, PROJECT_ROOT, Profile, load_profile
+from .records import Splits
 
-STAGES = (
-    "01_teacher_selection",
-    "02_trace_curation",
-    "03_dmc",
-    "04_correlation",
-    "05_dynamic_selection",
-    "06_benchmark",
-)
+@dataclass(frozen=True)
+class StageSpec:
+    """One row of the stage table: the earlier stages whose artifacts a stage reads and the
+    stage-specific profile sections (``STAGE_SECTIONS``) it reads. Every other section (seed, threads,
+    device, data, students, teachers, training, student_generation, parallel, ...) is read by every stage."""
 
-# The earlier stages whose artifacts each stage reads. A stage's cache key covers only these
-# stages' outputs, so changing the correlation study (stage 4) does not re-run stages 5 and 6;
-# ``Stage.input_path`` refuses to read from any other stage, so this table cannot go stale.
-STAGE_INPUTS = {
-    "01_teacher_selection": (),
-    "02_trace_curation": ("01_teacher_selection",),
-    "03_dmc": ("01_teacher_selection", "02_trace_curation"),
-    "04_correlation": ("01_teacher_selection", "02_trace_curation", "03_dmc"),
-    "05_dynamic_selection": ("01_teacher_selection", "02_trace_curation"),
-    "06_benchmark": ("01_teacher_selection", "05_dynamic_selection"),
-}
+    name: str
+    inputs: tuple[str, ...]
+    sections: tuple[str, ...]
+
+
+# Profile sections that only some stages read; which ones, the stage table says.
+STAGE_SECTIONS = ("teacher_selection", "curation", "dmc", "correlation", "dynamic", "benchmark")
+
+# The one stage table, in run order. A stage's cache key covers only its inputs' outputs and the
+# sections it reads (plus the shared ones), so changing the correlation study (stage 4) re-runs
+# neither stage 5 nor stage 6. ``Stage.input_path`` refuses to read from a stage not among its
+# inputs and ``Stage.params`` refuses a section not among its sections, so the table cannot go stale.
+STAGE_TABLE: dict[str, StageSpec] = {spec.name: spec for spec in (
+    StageSpec("01_teacher_selection", (), ("teacher_selection", "dmc")),  # dmc.score_*: the NLL of traces
+    StageSpec("02_trace_curation", ("01_teacher_selection",), ("curation",)),
+    StageSpec("03_dmc", ("01_teacher_selection", "02_trace_curation"), ("dmc",)),
+    StageSpec("04_correlation", ("01_teacher_selection", "02_trace_curation", "03_dmc"), ("dmc", "correlation")),
+    StageSpec("05_dynamic_selection", ("01_teacher_selection", "02_trace_curation"), ("dmc", "dynamic")),
+    StageSpec("06_benchmark", ("01_teacher_selection", "05_dynamic_selection"), ("benchmark",)),
+)}
+STAGES = tuple(STAGE_TABLE)  # the stage names, in run order
+
+
+def stage_params(params: dict, stage: str) -> dict:
+    """The part of a resolved profile (``Profile.to_dict()``) that a stage depends on."""
+    unread = set(STAGE_SECTIONS) - set(STAGE_TABLE[stage].sections)
+    return {k: v for k, v in params.items() if k not in unread and k != "description"}
+
 
 # Packages whose versions go into every manifest.
 TRACKED_PACKAGES = (
@@ -79,7 +101,7 @@ STAGING_ENV = "SYLLABUS_STAGING_DIR"
 LOCK_NAME = ".syllabus-run.lock"
 
 
-class RunError(RuntimeError):
+class RunError(SyllabusError, RuntimeError):
     """A run folder that cannot be used as asked; the message says what and where."""
 
 
@@ -228,25 +250,31 @@ def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str
 def seed_everything(seed: int, threads: int | None = None) -> None:
     """Seed python, numpy and torch; fix the thread count (CPU results depend on it)."""
     random.seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % (2**32))
-    except ImportError:  # pragma: no cover
-        pass
-    try:
-        import torch
-
-        torch.manual_seed(seed)
-        if threads:
-            torch.set_num_threads(threads)
-    except ImportError:  # pragma: no cover
-        pass
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
 
 
-def stage_seed(base_seed: int, stage: str) -> int:
-    """A per-stage seed derived from the profile's seed and the stage name."""
-    return int(hashlib.sha256(f"{base_seed}:{stage}".encode()).hexdigest()[:8], 16)
+def stable_seed(*parts: Any, bits: int = 64, form: str = "json") -> int:
+    """The one seed helper: a seed from any parts, the same in every process and on every machine (unlike
+    ``hash()``): the first ``bits`` of the SHA-256 of the parts' text.
+
+    ``form`` is how the parts become text, kept per caller so that earlier caches and tables stay valid:
+    ``"json"`` (``json.dumps(parts)``: teachers' samples), ``"repr"`` (``repr(parts)``: generation
+    batches) or ``"colon"`` (``"a:b"``: a stage's seed from the profile's seed and its name).
+    """
+    if form == "json":
+        text = json.dumps(parts, default=str)
+    elif form == "repr":
+        text = repr(parts)
+    elif form == "colon":
+        text = ":".join(str(p) for p in parts)
+    else:
+        raise ValueError(f"stable_seed: form must be 'json', 'repr' or 'colon', got {form!r}")
+    if bits % 4 or not 4 <= bits <= 256:
+        raise ValueError(f"stable_seed: bits must be a multiple of 4 from 4 to 256, got {bits}")
+    return int(sha256_bytes(text.encode())[: bits // 4], 16)
 
 
 # --------------------------------------------------------------------------- run folder
@@ -457,6 +485,29 @@ def default_run_dir(prof: Profile) -> Path:
 
 
 # --------------------------------------------------------------------------- one stage
+class StageParams:
+    """The profile as one stage sees it: every attribute of ``Profile``, except that reading a section of
+    ``STAGE_SECTIONS`` that the stage table does not give this stage raises ``RunError`` (its cache key
+    would not cover it: a change to it would leave the stage wrongly up to date)."""
+
+    def __init__(self, prof: Profile, spec: StageSpec):
+        self._prof, self._spec = prof, spec
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # unpickling and copying look for these before __init__ ran
+            raise AttributeError(name)
+        if name in STAGE_SECTIONS and name not in self._spec.sections:
+            raise RunError(f"stage {self._spec.name} reads profile section '{name}', which is not among its sections "
+                           f"{list(self._spec.sections)}; add it to the stage's row of syllabus.runs.STAGE_TABLE")
+        return getattr(self._prof, name)
+
+    def __reduce__(self):
+        return StageParams, (self._prof, self._spec)
+
+    def __repr__(self) -> str:
+        return f"StageParams({self._spec.name}, profile {self._prof.name!r})"
+
+
 class Stage:
     """What a stage notebook works through: its params, its folder, its inputs and outputs.
 
@@ -466,11 +517,12 @@ class Stage:
 
     def __init__(self, name: str, prof: Profile, run: RunDir, folder: Path | None = None):
         self.name = normalise_stage(name)
-        self.params = prof
+        self.profile = prof  # the whole profile (manifests); the stage reads it through ``params``
+        self.params = StageParams(prof, STAGE_TABLE[self.name])
         self.run = run
         self.dir = folder or run.stage_dir(self.name)  # ``syllabus run`` passes the staging folder
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.seed = stage_seed(prof.seed, self.name)
+        self.seed = stable_seed(prof.seed, self.name, bits=32, form="colon")
         self.started = _now()
         self.inputs: dict[str, str] = {}
         self.outputs: dict[str, str] = {}
@@ -481,9 +533,10 @@ class Stage:
     def input_path(self, stage: str, relative: str) -> Path:
         """Path of an artifact of an earlier stage, recorded with its hash as an input."""
         src = normalise_stage(stage)
-        if src not in STAGE_INPUTS[self.name]:
+        inputs = STAGE_TABLE[self.name].inputs
+        if src not in inputs:
             raise RunError(f"stage {self.name} reads '{relative}' from stage {src}, which is not among its inputs "
-                           f"{list(STAGE_INPUTS[self.name])}; add it to syllabus.runs.STAGE_INPUTS")
+                           f"{list(inputs)}; add it to the stage's row of syllabus.runs.STAGE_TABLE")
         self.run.manifest(src)  # clear error if the earlier stage has not finished
         path = self.run.stage_dir(src) / relative
         if not path.exists():
@@ -492,9 +545,15 @@ class Stage:
         return path
 
     def read_table(self, stage: str, name: str):
-        import pandas as pd
-
         return pd.read_parquet(self.input_path(stage, f"tables/{name}.parquet"))
+
+    def read_input_json(self, stage: str, relative: str) -> Any:
+        """A JSON artifact of an earlier stage, recorded as an input."""
+        return read_json(self.input_path(stage, relative))
+
+    def splits(self) -> Splits:
+        """The run's pool / probe / held-out problems, as stage 1 saved them (its ``problems`` table)."""
+        return Splits.from_table(self.read_table("01_teacher_selection", "problems"))
 
     def record_input(self, label: str, path_or_hash: str | os.PathLike) -> None:
         """Record an external input (a data file, a model) by hash."""
@@ -520,8 +579,6 @@ class Stage:
 
     def save_figure(self, fig, name: str) -> None:
         """Save a matplotlib figure as PNG and SVG under figures/ (the notebook shows it inline)."""
-        import matplotlib
-
         matplotlib.rcParams["svg.hashsalt"] = "syllabus"  # stable SVG ids: byte-identical reruns
         for ext in ("png", "svg"):
             target = self.path(f"figures/{name}.{ext}")
@@ -543,10 +600,10 @@ class Stage:
         manifest = {
             "stage": self.name,
             "profile": self.params.name,
-            "params": self.params.to_dict(),
-            "params_hash": hash_obj(self.params.to_dict()),
+            "params": self.profile.to_dict(),
+            "params_hash": hash_obj(self.profile.to_dict()),
             "seed": self.seed,
-            "base_seed": self.params.seed,
+            "base_seed": self.profile.seed,
             "git": git_commit(),
             "packages": package_versions(),
             "python": sys.version.split()[0],
@@ -566,15 +623,11 @@ class Stage:
 
 def _peak_rss_mb() -> float:
     """Peak resident memory of this process (the notebook's kernel) in MiB."""
-    import resource
-
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _peak_gpu_mb() -> dict[str, float]:
     """``{"peak_gpu_mb": ...}``: the most GPU memory torch held in this process, when it used a GPU (else {})."""
-    import torch
-
     if not torch.cuda.is_available() or not torch.cuda.is_initialized():
         return {}
     return {"peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)}

@@ -18,6 +18,7 @@ from .params import Profile
 from .progress import track
 from .records import Problem
 from .runs import Stage
+from .scoring import cached_scores
 
 
 def selection_problems(prof: Profile, splits: workflow.Splits) -> list[Problem]:
@@ -39,8 +40,6 @@ def traces_table(runs: dict[str, workflow.TeacherRun]) -> pd.DataFrame:
 def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, workflow.TeacherRun],
                 problems: list[Problem], eval_problems: list[Problem]) -> pd.DataFrame:
     """One row per teacher: its accuracy, trace statistics under the student, and the smoke-test gain."""
-    from .scoring import cached_scores
-
     prof = stage.params
     ts = prof.teacher_selection
     by_id = {p.id: p for p in problems}

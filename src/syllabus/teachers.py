@@ -20,28 +20,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from . import params as P, vllm_backend
+import requests
+from tqdm.auto import tqdm
+
+from . import lab, models, params as P, vllm_backend
 from .devices import resolve_device
+from .errors import SyllabusError
 from .progress import task
 from .prompts import STOP_STRINGS, build_prompt
 from .records import Problem, Trace
-from .runs import hash_obj, hash_path, sha256_bytes
+from .runs import hash_obj, hash_path, sha256_bytes, stable_seed
+from .tokens import count_tokens
 
 SYSTEM_PROMPT = ("Solve the problem step by step. Finish with a last line of the form '#### <answer>', "
                  "where <answer> is the final answer only.")
 
 
-class TeacherError(RuntimeError):
+class TeacherError(SyllabusError, RuntimeError):
     """A teacher that cannot produce traces as asked; the message says what and how to fix it."""
 
 
-def stable_seed(*parts: Any) -> int:
-    """A 64-bit seed from any parts, stable across processes (unlike ``hash()``)."""
-    return int(sha256_bytes(json.dumps(parts, default=str).encode())[:16], 16)
-
-
 def _count_tokens(tokenizer, text: str) -> int | None:
-    return None if tokenizer is None else len(tokenizer.encode(text, add_special_tokens=False))
+    return None if tokenizer is None else count_tokens(tokenizer, text)
 
 
 class Teacher:
@@ -73,8 +73,6 @@ class LabTeacher(Teacher):
         return {"backend": "lab", "style": self.style, "error_rate": self.error_rate, "version": 1}
 
     def generate(self, problems, n_samples, seed):
-        from . import lab
-
         out = []
         for problem in problems:
             if problem.task != "lab":
@@ -93,8 +91,6 @@ class HFTeacher(Teacher):
     """A local transformers model; batched generation through ``models.generate``."""
 
     def __init__(self, spec: P.Teacher, cache_dir=None, batch_size: int = 8, device: str = "cpu"):
-        from . import models
-
         self.name, self.sampling, self.batch_size = spec.name, spec.sampling, batch_size
         ref = spec.model
         path = Path(ref).expanduser()
@@ -112,10 +108,8 @@ class HFTeacher(Teacher):
                 "prompt": "syllabus.prompts.build_prompt", "version": 1}
 
     def generate(self, problems, n_samples, seed):
-        from .models import generate
-
         prompts = [build_prompt(p.text, self.tokenizer, self.use_chat) for p in problems]
-        gens = generate(self.model, self.tokenizer, prompts, max_new_tokens=self.sampling.max_new_tokens,
+        gens = models.generate(self.model, self.tokenizer, prompts, max_new_tokens=self.sampling.max_new_tokens,
                         temperature=self.sampling.temperature, top_p=self.sampling.top_p, num_samples=n_samples,
                         batch_size=self.batch_size, seed=seed, stop=STOP_STRINGS)
         return [self._trace(p, g.text.strip(), k, truncated=g.truncated, n_tokens=g.n_tokens)
@@ -224,8 +218,6 @@ class OpenAITeacher(Teacher):
             self._last_request = time.monotonic()
 
     def _post(self, payload: dict) -> dict:
-        import requests
-
         url = f"{self.base_url}/chat/completions"
         headers = {"Authorization": f"Bearer {self._key}", "Content-Type": "application/json"}
         problem = "no attempt"
@@ -296,10 +288,8 @@ class VLLMTeacher(Teacher):
         self.use_chat = bool(getattr(self.tokenizer, "chat_template", None))
 
     def settings(self):
-        from .models import chat_template_info
-
         return {"backend": "vllm", "model": self.model_name, "sampling": self.sampling.model_dump(),
-                "use_chat_template": self.use_chat, "chat_template": chat_template_info(self.tokenizer),
+                "use_chat_template": self.use_chat, "chat_template": models.chat_template_info(self.tokenizer),
                 "stop": list(STOP_STRINGS), "version": 1}
 
     def generate(self, problems, n_samples, seed):
@@ -390,8 +380,6 @@ def generate_traces(teacher: Teacher, problems: Sequence[Problem], n_samples: in
     Cache: ``cache_dir/generations/<hash of teacher settings>/shard-NNNNN.jsonl``, one new shard per
     call, appended and flushed per chunk of ``chunk_size`` problems.
     """
-    from tqdm.auto import tqdm
-
     folder = Path(cache_dir) / "generations" / hash_obj(teacher.settings())[:16]
     cached = read_cache(folder)
     n_wanted = min(n_samples, teacher.max_samples or n_samples)

@@ -32,14 +32,16 @@ import torch
 
 from . import params as P
 from .devices import model_device
+from .errors import SyllabusError
 from .progress import Task
 from .runs import atomic_path, atomic_write_json, atomic_write_text, hash_obj
+from .tokens import encode_prompt
 
 CHECKPOINT = "checkpoint.pt"
 CLIP_NORM = 1.0
 
 
-class TrainError(RuntimeError):
+class TrainError(SyllabusError, RuntimeError):
     """Training that cannot run as asked; the message says why and how to fix it."""
 
 
@@ -61,8 +63,6 @@ class TrainResult:
 def tokenize_examples(tokenizer, examples: Sequence[tuple[str, str]], max_seq_len: int,
                       loss_on: str) -> list[tuple[list[int], list[int]]]:
     """(input ids, labels) per example; labels are -100 where no loss is taken. Truncated to ``max_seq_len``."""
-    from .models import encode_prompt
-
     eos = tokenizer.eos_token_id
     out = []
     for i, pair in enumerate(examples):

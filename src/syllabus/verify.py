@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from decimal import Decimal, localcontext
 from fractions import Fraction
 
+import math_verify
+
 from .records import Problem
 from .sandbox import run_python
 
@@ -157,22 +159,60 @@ def extract_answer(task: str, response: str) -> str | None:
     raise ValueError(f"extract_answer: unknown task {task!r}; answers are extracted for {NUMERIC_TASKS + ('math',)}")
 
 
+# --------------------------------------------------------------------------- the final-answer grammar
+# How a trace marks its final answer, for every part that asks: ``extract_answer`` (scoring, below),
+# ``has_final_answer`` (curation's format filter) and ``final_answer`` (the Adapter keeps the answer
+# and its marker). Each keeps the rule it has always applied; they live here so that a change to the
+# grammar is made in one place.
+
+# A trace is well formed when one of these marks its final answer (code tasks are exempt).
+ANSWER_MARKERS: tuple[re.Pattern, ...] = (
+    re.compile(r"####\s*\S"),
+    re.compile(r"\\boxed\s*\{"),
+    re.compile(r"\b(?:the\s+)?(?:final\s+)?answer\s+is\b", re.IGNORECASE),
+    re.compile(r"\bfinal\s+answer\s*:", re.IGNORECASE),
+    re.compile(r"^A:\s*\S", re.MULTILINE),  # GSM8K's example model solutions end "A: N"
+)
+_HASHES = re.compile(r"####\s*([^\n]+)")
+_CLOSING = re.compile(r"^A:\s*(\S[^\n]*)", re.MULTILINE)  # GSM8K's example model solutions
+_PHRASE = re.compile(r"(?:final\s+answer\s*(?:is|:)|answer\s+is)\s*:?\s*\$?([^\s$]+)", re.IGNORECASE)
+
+
+def has_final_answer(text: str) -> bool:
+    """Whether one of ``ANSWER_MARKERS`` marks a final answer in ``text``."""
+    return any(p.search(text) for p in ANSWER_MARKERS)
+
+
+def final_answer(text: str) -> tuple[str, str] | None:
+    """The trace's final answer and how it was marked (``####``, ``boxed`` or ``phrase``), or None.
+    A closing ``A: N`` line counts as ``####``."""
+    hashes = _HASHES.findall(text)
+    if hashes:
+        return hashes[-1].strip().rstrip("."), "####"
+    boxed = last_boxed(text)
+    if boxed and boxed.strip():
+        return boxed.strip(), "boxed"
+    closing = _CLOSING.findall(text)
+    if closing:
+        return closing[-1].strip().rstrip("."), "####"
+    phrase = _PHRASE.findall(text)
+    if phrase:
+        return phrase[-1].rstrip(".,;"), "phrase"
+    return None
+
+
 # --------------------------------------------------------------------------- math-verify
 def _mv_equal(gold: str, response: str) -> bool:
     """math-verify (gold first) with its signal timeouts; call only from a main thread."""
-    from math_verify import parse, verify
-
     gold_parsed = _parse_gold(gold)
-    pred = parse(response, parsing_timeout=MATH_TIMEOUT_S)
-    return bool(gold_parsed and pred and verify(gold_parsed, pred, timeout_seconds=MATH_TIMEOUT_S))
+    pred = math_verify.parse(response, parsing_timeout=MATH_TIMEOUT_S)
+    return bool(gold_parsed and pred and math_verify.verify(gold_parsed, pred, timeout_seconds=MATH_TIMEOUT_S))
 
 
 @functools.lru_cache(maxsize=8192)
 def _parse_gold(gold: str):
-    from math_verify import parse
-
     text = gold if "\\boxed" in gold else f"\\boxed{{{gold}}}"
-    return parse(text, parsing_timeout=MATH_TIMEOUT_S)
+    return math_verify.parse(text, parsing_timeout=MATH_TIMEOUT_S)
 
 
 _pool: cf.ProcessPoolExecutor | None = None

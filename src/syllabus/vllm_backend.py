@@ -14,13 +14,18 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from .runs import sha256_bytes
+import torch
+
+from . import models
+from .errors import SyllabusError
+from .runs import sha256_bytes, stable_seed
+from .tokens import encode_prompt
 
 _ENGINE: dict[str, Any] = {}  # {"key": (model, dtype, memory share), "llm": vllm.LLM} - the one engine held
 STUDENT_GPU_SHARE = 0.4  # vLLM's share of the GPU when serving a student: the student itself stays on the GPU
 
 
-class VLLMMissing(ImportError):
+class VLLMMissing(SyllabusError, ImportError):
     """vLLM is not installed; the message names the extra and the fallback."""
 
 
@@ -58,8 +63,6 @@ def release() -> None:
     if llm is not None:
         del llm
         gc.collect()
-        import torch
-
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -75,11 +78,9 @@ def sampling_params(vllm, *, n: int, temperature: float, top_p: float, max_token
 
 def to_generations(results, num_samples: int) -> list[list]:
     """``models.Generation`` lists from vLLM's request outputs (a greedy output copied ``num_samples`` times)."""
-    from .models import Generation
-
     out = []
     for result in results:
-        gens = [Generation(c.text, len(c.token_ids), c.finish_reason == "length") for c in result.outputs]
+        gens = [models.Generation(c.text, len(c.token_ids), c.finish_reason == "length") for c in result.outputs]
         out.append(gens * num_samples if len(gens) == 1 and num_samples > 1 else gens)
     return out
 
@@ -88,25 +89,21 @@ def generate(model_dir: str | os.PathLike, tokenizer, prompts: Sequence[str], *,
              temperature: float, top_p: float, num_samples: int, seed: int, stop: Sequence[str],
              dtype: str = "auto") -> list[list]:
     """``models.generate`` through vLLM on the model in ``model_dir``: the same prompt tokens (the
-    tokenizer's own start token, as ``models.encode_prompt``), one seed per prompt (so a prompt's
+    tokenizer's own start token, as ``tokens.encode_prompt``), one seed per prompt (so a prompt's
     samples do not depend on what else is in the batch; the engine is made once per model directory)."""
-    from .models import _stable_seed, encode_prompt
-
     llm = engine(str(model_dir), dtype=dtype, what="student_generation.backend 'vllm'",
                  fallback="set student_generation.backend: hf", gpu_memory_utilization=STUDENT_GPU_SHARE)
     vllm = import_vllm("student_generation.backend 'vllm'", "set student_generation.backend: hf")
     requests = [{"prompt_token_ids": encode_prompt(tokenizer, p)} for p in prompts]
     params = [sampling_params(vllm, n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                              seed=_stable_seed(seed, prompt) % (2 ** 31), stop=stop) for prompt in prompts]
+                              seed=stable_seed(seed, prompt, bits=32, form="repr") % (2 ** 31), stop=stop) for prompt in prompts]
     return to_generations(llm.generate(requests, params, use_tqdm=False), num_samples)
 
 
 def student_weights_dir(model, tokenizer, fingerprint: str, root: str | os.PathLike) -> Path:
     """A plain model directory of the student's current weights (LoRA merged), made once per fingerprint
     under ``root/vllm_models/``: what vLLM loads."""
-    from .models import INFO_FILE, save_model
-
     target = Path(root) / "vllm_models" / sha256_bytes(fingerprint.encode())[:20]
-    if not (target / INFO_FILE).is_file():
-        save_model(model, tokenizer, target, info={"made_from": "student weights, for vllm", "fingerprint": fingerprint})
+    if not (target / models.INFO_FILE).is_file():
+        models.save_model(model, tokenizer, target, info={"made_from": "student weights, for vllm", "fingerprint": fingerprint})
     return target

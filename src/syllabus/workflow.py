@@ -17,59 +17,15 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from . import prompts
+from . import data, lab, launch, models, prompts, scoring, teachers, tokens, train, vllm_backend
 from .overlap import normalize_text
 from .params import Profile, Student
-from .records import Problem, Trace
-from .runs import Stage, hash_obj
-
-SPLITS = ("pool", "probe", "heldout")
-
-
-# --------------------------------------------------------------------------- problems
-@dataclass
-class Splits:
-    """Disjoint problem sets: ``pool`` (candidate datasets), ``probe`` (selection, NLL_ref), ``heldout`` (gains)."""
-
-    pool: list[Problem]
-    probe: list[Problem]
-    heldout: list[Problem]
-
-    def table(self) -> pd.DataFrame:
-        rows = []
-        for split in SPLITS:
-            for p in getattr(self, split):
-                row = p.to_dict()
-                row["metadata"] = _json(row["metadata"])
-                rows.append({"split": split, **row})
-        return pd.DataFrame(rows)
-
-    @classmethod
-    def from_table(cls, df: pd.DataFrame) -> "Splits":
-        parts = {s: [] for s in SPLITS}
-        for row in df.to_dict("records"):
-            split = row.pop("split")
-            parts[split].append(Problem.from_dict(_nan_to_none(row)))
-        return cls(**parts)
-
-    def by_id(self) -> dict[str, Problem]:
-        return {p.id: p for split in SPLITS for p in getattr(self, split)}
-
-
-def _json(obj: Any) -> str:
-    import json
-
-    return json.dumps(obj, sort_keys=True)
-
-
-def _nan_to_none(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-
+from .records import SPLITS, Problem, Splits, Trace  # Splits: read by notebooks 03-05 as workflow.Splits
+from .runs import Stage, cached_json, hash_obj
+from .verify import verify
 
 def lab_modules_in_order(modules: Iterable[str]) -> list[str]:
     """Lab modules in prerequisite order (prerequisites first)."""
-    from . import lab
-
     return lab.topological_order(list(modules))
 
 
@@ -80,8 +36,6 @@ def problem_splits(prof: Profile) -> Splits:
     cut into held-out and probe; the pool is the rest of it (``data.pool_split: test``, e.g. when
     the teachers are files of solutions to test problems) or the train file.
     """
-    from . import data
-
     d = prof.data
     if d.task == "lab":
         return Splits(**{s: list(data.load_from_params(prof, "lab", s)) for s in SPLITS})
@@ -112,8 +66,6 @@ def warmup_modules(prof: Profile, spec: Student) -> list[str]:
 def pretrain_texts(prof: Profile, spec: Student, exclude: Iterable[Problem] = ()) -> list[str]:
     """Warm-up text for a lab student: correct solutions of fresh lab problems on its warm-up modules,
     written in its ``warmup_style``."""
-    from . import lab
-
     cfg = prof.data.lab
     return lab.pretrain_corpus(cfg.n_pretrain, prof.seed * 1000 + 7, modules=warmup_modules(prof, spec),
                                min_steps=cfg.min_steps, max_steps=cfg.max_steps, max_operand=cfg.max_operand,
@@ -123,8 +75,6 @@ def pretrain_texts(prof: Profile, spec: Student, exclude: Iterable[Problem] = ()
 def tokenizer_texts(prof: Profile, pretrain: list[str]) -> list[str]:
     """Text the lab tokenizer's vocabulary is built from: warm-up text plus every lab teacher style,
     so that no teacher's words are unknown to the students (no trace is trained on here)."""
-    from . import lab
-
     cfg = prof.data.lab
     problems = lab.generate_problems(200, seed=prof.seed * 1000 + 11, modules=cfg.modules, min_steps=cfg.min_steps,
                                      max_steps=cfg.max_steps, max_operand=cfg.max_operand, max_value=cfg.max_value,
@@ -158,24 +108,24 @@ class StudentModel:
     def target(self, trace_text: str) -> str:
         return prompts.build_target(trace_text, self.use_chat, eos=self.tokenizer.eos_token)
 
+    def count_tokens(self, text: str) -> int:
+        """Length of ``text`` in this student's tokens (``tokens.count_tokens``)."""
+        return tokens.count_tokens(self.tokenizer, text)
+
     def fingerprint(self) -> str:
         """``scoring.model_fingerprint`` of the weights, hashed again only after they changed: the
         memo is keyed by every tensor's identity and in-place version counter, which any optimizer
         step or ``load_state_dict`` bumps (stage 5 trains ``model`` in place)."""
-        from .scoring import model_fingerprint
-
         state = [(id(t), getattr(t, "_version", None)) for t in self.model.state_dict(keep_vars=True).values()]
         memo = getattr(self, "_fingerprint_memo", None)
         if memo is None or memo[0] != state or None in (v for _, v in state):
-            memo = (state, model_fingerprint(self.model))
+            memo = (state, scoring.model_fingerprint(self.model))
             self._fingerprint_memo = memo
         return memo[1]
 
 
 def load_student(stage: Stage, spec: Student | str, splits: Splits | None = None) -> StudentModel:
     """Load (and for lab students warm-start, once per run, cached under ``cache/``) a student."""
-    from . import models
-
     prof = stage.params
     if isinstance(spec, str):
         spec = next(s for s in prof.students if s.name == spec)
@@ -197,15 +147,11 @@ def student_samples(student: StudentModel, problems: list[Problem], *, k: int, p
     ``top_p``, by default ``student_generation``'s), by transformers on the student's device
     (``student_generation.backend: hf``) or by vLLM on its current weights, LoRA merged, saved once per
     checkpoint under ``cache_dir`` (``vllm``)."""
-    from . import models
-
     g = prof.student_generation
     prompts = [student.prompt(p) for p in problems]
     temperature = 0.0 if k == 1 else (g.temperature if temperature is None else temperature)
     top_p = g.top_p if top_p is None else top_p
     if g.backend == "vllm":
-        from . import vllm_backend
-
         root = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "syllabus"
         weights = vllm_backend.student_weights_dir(student.model, student.tokenizer, student.fingerprint(), root)
         return vllm_backend.generate(weights, student.tokenizer, prompts, max_new_tokens=g.max_new_tokens,
@@ -221,9 +167,6 @@ def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: 
 
     With ``cache_dir``, cached by (student weights, problems, k, generation settings, seed).
     """
-    from .runs import cached_json
-    from .verify import verify
-
     def compute() -> list[float]:
         outs = student_samples(student, problems, k=k, prof=prof, seed=seed, cache_dir=cache_dir)
         return [sum(verify(p, g.text) for g in gens) / len(gens) for p, gens in zip(problems, outs)]
@@ -274,9 +217,6 @@ class TeacherRun:
 def teacher_traces(stage: Stage, problems: list[Problem], n_samples: int,
                    names: Iterable[str] | None = None) -> dict[str, TeacherRun]:
     """Traces from the profile's teachers (all, or ``names``), cached by (teacher, settings, problem, sample)."""
-    from . import teachers
-    from .verify import verify
-
     prof = stage.params
     wanted = set(names) if names is not None else None
     by_id = {p.id: p for p in problems}
@@ -306,8 +246,6 @@ def budget_steps(student: StudentModel, examples: list[tuple[str, str]], trainin
                  steps: int) -> int:
     """Optimizer steps for an SFT budget: ``tokens`` / (tokens per step at these examples' mean length),
     so runs on short and long traces see about the same number of tokens; ``steps`` when tokens is None."""
-    from . import train
-
     if tokens is None:
         return steps
     lengths = [len(ids) for ids, _ in train.tokenize_examples(student.tokenizer, examples, training.max_seq_len,
@@ -323,8 +261,6 @@ def distil(student: StudentModel, examples: list[tuple[str, str]], *, steps: int
     Returns the trained copy and the training result (losses, tokens seen). The original student is
     left untouched, so equal-budget runs all start from the same weights.
     """
-    from . import launch
-
     prof = stage.params
     key = hash_obj({"student": student.fingerprint(), "examples": examples, "steps": steps, "seed": seed,
                     "training": prof.training.model_dump(mode="json")})[:16]

@@ -1,0 +1,67 @@
+"""The check before any stage starts: what a profile file alone cannot show.
+
+``params`` validates a profile's keys, types and ranges; ``check_runnable`` then looks at what the
+profile names - the device, vLLM, teacher files, the data and its sizes - so that ``syllabus run`` and
+``syllabus check`` fail in seconds with every problem listed instead of hours into a stage.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from . import teachers, workflow
+from .data import DataError
+from .devices import DeviceError, resolve_device
+from .params import ParamsError, Profile
+
+
+def check_runnable(prof: Profile) -> None:
+    """Check what the file alone cannot show, before any stage starts: the files the profile names, that
+    the data holds as many problems as asked, and that it can serve the chosen stage-5 policies.
+
+    Raises ParamsError listing every problem with its key (the stages would fail on each, hours in).
+    """
+    problems: list[tuple[str, str]] = []
+    try:
+        resolve_device(prof.device)
+    except DeviceError as exc:
+        problems.append(("device", str(exc).removeprefix("key 'device' ")))
+    vllm_users = [key for key, backend in (("student_generation.backend", prof.student_generation.backend),
+                                           ("benchmark.backend", prof.benchmark.backend)) if backend == "vllm"]
+    vllm_users += [f"teachers.{i}.backend" for i, t in enumerate(prof.teachers) if t.backend == "vllm"]
+    if vllm_users and importlib.util.find_spec("vllm") is None:
+        problems += [(key, "is 'vllm' but vLLM is not installed: pip install 'syllabus[vllm]' on a GPU machine, "
+                           "or set it to hf") for key in vllm_users]
+    data_dir = prof.data.resolved_data_dir()
+    for i, teacher in enumerate(prof.teachers):
+        if teacher.backend == "file":
+            try:
+                teachers.file_teacher_path(teacher, data_dir)
+            except teachers.TeacherError as exc:
+                problems.append((f"teachers.{i}.path", str(exc)))
+    try:
+        splits = workflow.problem_splits(prof)
+    except DataError as exc:
+        problems.append((f"data (task '{prof.data.task}')", str(exc)))
+    else:
+        d = prof.data
+        short = [(split, getattr(d, f"n_{split}"), len(getattr(splits, split))) for split in ("heldout", "probe", "pool")
+                 if len(getattr(splits, split)) < getattr(d, f"n_{split}")]
+        for split, asked, have in short[:1]:  # the later splits are short because this one took their problems
+            problems.append((f"data.n_{split}", f"asks for {asked} problems, the '{d.task}' data has only {have} left "
+                                                "(held-out problems are taken first, then probe, then pool); lower it "
+                                                "or the sizes before it"))
+        probe_size = prof.teacher_selection.probe_size
+        if not short and probe_size > len(splits.pool):
+            problems.append(("teacher_selection.probe_size", f"{probe_size} probe problems are taken from a pool of "
+                                                             f"{len(splits.pool)}; lower it to {len(splits.pool)}"))
+        needs = {"easy_to_hard": ("level", "problem levels"), "ioa": ("module", "problem modules (IOA's skills)")}
+        for policy, (attribute, what) in needs.items():
+            if splits.pool and policy in prof.dynamic.policies and not any(getattr(p, attribute) is not None for p in splits.pool):
+                problems.append(("dynamic.policies", f"{policy} needs {what} and no pool problem of the '{d.task}' "
+                                                     f"data has one; remove {policy} from dynamic.policies"))
+    if problems:
+        lines = [f"{prof.source_file or prof.name}: the profile cannot run ({len(problems)} problem(s)); "
+                 "nothing was started:"]
+        lines += [f"  - key '{key}': {why}" for key, why in problems]
+        raise ParamsError("\n".join(lines))
