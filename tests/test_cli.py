@@ -59,14 +59,14 @@ def test_unwritable_run_dir_keeps_existing(tmp_path, capsys):
 
 def test_every_package_error_is_one_line_without_a_traceback(tmp_path, monkeypatch, capsys):
     """A ModelError (or any SyllabusError) raised before papermill starts is printed as one line, exit 2."""
-    from syllabus import cli, errors
+    from syllabus import cli, errors, preflight
     from syllabus.models import ModelError
     from syllabus.params import ParamsError
 
     def fail(prof):
         raise ModelError("student 'lab-s': no such model folder; point students.lab-s.model at one")
 
-    monkeypatch.setattr(cli, "check_runnable", fail)
+    monkeypatch.setattr(preflight, "check_runnable", fail)  # cli imports it when a run starts
     monkeypatch.setattr(cli.pm, "execute_notebook", lambda *a, **k: pytest.fail("papermill must not start"))
     assert main(["run", "--profile", "ci", "--run-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err

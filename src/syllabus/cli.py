@@ -19,7 +19,6 @@ import papermill as pm
 import yaml
 from traitlets.config import Config
 
-from . import report
 from .errors import SyllabusError
 from .params import (
     PARAMS_DIR,
@@ -29,7 +28,6 @@ from .params import (
     load_profile,
     parse_override,
 )
-from .preflight import check_runnable
 from .progress import StageProgress, papermill_engine
 from .runs import (
     STAGE_TABLE,
@@ -49,7 +47,7 @@ from .runs import (
 )
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
-REPORT_FILES = (report.REPORT_FILE, report.SUMMARY_FILE)
+REPORT_FILES = ("report.html", "summary.md")  # syllabus.report.REPORT_FILE, SUMMARY_FILE
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 EPILOG = f"""\
@@ -268,6 +266,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     for stage in stages:
         if not (notebooks_dir / f"{stage}.ipynb").is_file():
             raise RunError(f"notebook {notebooks_dir / (stage + '.ipynb')} is missing")
+    from .preflight import check_runnable  # lazy: loads the ML stack; the command line starts fast without it
+
     check_runnable(prof)
     with run.lock(" ".join(["syllabus", *sys.argv[1:]])):
         return run_stages(args, prof, run, stages, notebooks_dir)
@@ -321,6 +321,8 @@ def run_stages(args: argparse.Namespace, prof, run: RunDir, stages: list[str], n
         print(f"syllabus: report unchanged in {written[0]} and {written[1]}", flush=True)
         return 0
     try:
+        from . import report  # lazy, as check_runnable
+
         built = report.build(run)
     except Exception as exc:  # the stages' results are complete; only the report is missing
         print(f"syllabus: the report could not be built ({type(exc).__name__}: {exc}); the stages' results are "
@@ -382,6 +384,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not any(run.is_complete(stage) for stage in STAGES):
         raise RunError(f"'{run.root}' holds no finished stage (no <stage>/manifest.json); "
                        "give the folder of a run, e.g. results/tiny")
+    from . import report  # lazy, as check_runnable
+
     built = report.build(run)
     print(f"syllabus: report in {built['html']} and {built['summary']}")
     return 0
@@ -390,6 +394,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(p) for p in args.param)
     prof = load_profile(args.profile, overrides)
+    from .preflight import check_runnable  # lazy: loads the ML stack; the command line starts fast without it
+
     check_runnable(prof)
     print(yaml.safe_dump(prof.to_dict(), sort_keys=False), end="")
     return 0
