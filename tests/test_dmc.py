@@ -209,3 +209,15 @@ def test_worked_example_and_ranking_recompute_from_the_saved_factors():
     assert ranked["dataset"].tolist() == ["a", "b"] and ranked["rank"].tolist() == [1, 2]
     wide = dmc.ranking(out, width=10.0, center=5.0)  # a window centred on the foreign trace flips the order
     assert wide["dataset"].tolist() == ["b", "a"]
+
+
+def test_parameter_ranges_span_the_items_relative_difficulties_and_start_at_the_profiles_values():
+    items = pd.DataFrame({"rel_difficulty": np.linspace(2.0, 120.0, 200)})
+    ranges = dmc.parameter_ranges(items, {"center": 8.0})
+    low, high, start = ranges["center"]
+    assert low == 0.5 and high >= 118 and start == 8.0  # r-scale: from 0.5 to the 99th percentile of r
+    assert ranges["r0"][:2] == (low, high)
+    assert ranges["width"][2] == dmc.rule_params("window")["width"]  # no profile value: the rule's default
+    assert set(ranges) == {k for rule in dmc.RULES for k in dmc.rule_params(rule)}
+    with pytest.raises(ValueError, match="rel_difficulty"):
+        dmc.parameter_ranges(pd.DataFrame({"x": [1.0]}))

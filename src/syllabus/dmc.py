@@ -360,6 +360,30 @@ def worked_example(items: pd.DataFrame, *, variant: str = "window", **params: fl
     return pd.DataFrame(steps, columns=["step", "value", "meaning"])
 
 
+ON_THE_SCALE_OF_R = ("center", "r0")  # rule parameters measured in units of the relative difficulty r
+
+
+def parameter_ranges(items: pd.DataFrame, current: Mapping[str, float] | None = None
+                     ) -> dict[str, tuple[float, float, float]]:
+    """(low, high, start) of every registered rule's parameters, for sliders over the saved factors: the
+    parameters on the scale of r span the items' relative difficulties (1st to 99th percentile, with 0.5
+    and 4 inside), the others two decades around their default; ``start`` is ``current``'s value (the
+    profile's) or the rule's default."""
+    _require(items, ["rel_difficulty"], "DMC item table (from item_table)")
+    r = items["rel_difficulty"].astype(float)
+    r_low, r_high = min(0.5, float(r.quantile(0.01))), max(4.0, float(r.quantile(0.99)))
+    current = dict(current or {})
+    out = {}
+    for variant in sorted(RULES):
+        for name, default in rule_params(variant).items():
+            if name in out:
+                continue
+            start = float(current.get(name, default))
+            low, high = (r_low, r_high) if name in ON_THE_SCALE_OF_R else (default / 10, default * 10)
+            out[name] = (min(low, start), max(high, start), start)
+    return out
+
+
 def ranking(items: pd.DataFrame, *, variant: str = "window", by: Sequence[str] = ("student", "dataset"),
             **params: float) -> pd.DataFrame:
     """DMC per (student, dataset) under a rule and parameters, recomputed from the saved factors (no
