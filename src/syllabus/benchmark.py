@@ -45,7 +45,7 @@ def run_all(stage: Stage, entries: pd.DataFrame, splits: workflow.Splits) -> lis
     prof = stage.params
     lab_file = evaluate.write_problems_jsonl(splits.heldout, stage.path("lm_eval/heldout_problems.jsonl"))
     jobs = [eval_job(stage, row, lab_file) for row in entries.to_dict("records")]
-    if len(jobs) > 1 and (prof.parallel.workers > 1 or prof.parallel.executor != "local"):
+    if len(jobs) > 1 and executor.spreads(prof):
         executor.for_profile(prof, stage.run.cache / "slurm").map(run_job, jobs)
     return [run_job(job) for job in track(jobs, "lm-eval models")]
 

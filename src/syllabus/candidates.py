@@ -8,6 +8,7 @@ so that stages 3-4 see what verification is worth.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 
 import pandas as pd
@@ -87,3 +88,16 @@ def raw_traces_table(traces: list[Trace], problems: dict[str, Problem]) -> pd.Da
 def datasets_from_table(candidates: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Candidate datasets by name, in a stable order."""
     return {name: g.reset_index(drop=True) for name, g in candidates.groupby("dataset", sort=True)}
+
+
+def matching_datasets(datasets: dict[str, pd.DataFrame], patterns: list[str] | None,
+                      key: str) -> dict[str, pd.DataFrame]:
+    """The candidate datasets whose names match any of ``patterns`` (globs such as ``teacher=*``), or all
+    when no pattern is given; a pattern that matches nothing is an error naming the profile ``key``."""
+    if patterns is None:
+        return datasets
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(name, p) for name in datasets)]
+    if unmatched:
+        raise ValueError(f"{key}: pattern(s) {unmatched} match no candidate dataset; "
+                         f"the candidates of stage 2 are {sorted(datasets)}")
+    return {name: rows for name, rows in datasets.items() if any(fnmatch.fnmatchcase(name, p) for p in patterns)}

@@ -15,12 +15,12 @@ or the first student) and the choice is reported on the other part, beside every
 
 from __future__ import annotations
 
-import fnmatch
 import json
 
 import pandas as pd
 
-from . import compatibility, sft_cells, stats, workflow
+from . import compatibility, executor, sft_cells, stats, workflow
+from .candidates import matching_datasets
 from .progress import Task
 from .records import Problem
 from .runs import Stage
@@ -39,13 +39,7 @@ PREDICTORS = ("dmc", "quality", "capability", "rel_difficulty", "rsr", "teacher_
 def grid_datasets(datasets: dict[str, pd.DataFrame], patterns: list[str] | None) -> dict[str, pd.DataFrame]:
     """The candidate datasets that enter the grid: those matching any of ``correlation.datasets``
     (glob patterns such as ``teacher=*``), or all when no pattern is given."""
-    if patterns is None:
-        return datasets
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(name, p) for name in datasets)]
-    if unmatched:
-        raise ValueError(f"correlation.datasets: pattern(s) {unmatched} match no candidate dataset; "
-                         f"the candidates of stage 2 are {sorted(datasets)}")
-    return {name: rows for name, rows in datasets.items() if any(fnmatch.fnmatchcase(name, p) for p in patterns)}
+    return matching_datasets(datasets, patterns, "correlation.datasets")
 
 
 def dataset_family(name: str) -> str:
@@ -89,7 +83,7 @@ def gain_grid(stage: Stage, students: list[workflow.StudentModel], datasets: dic
     prof = stage.params
     rows, outcomes = [], []
     ids = [p.id for p in heldout]
-    if sft_cells.parallel(prof):
+    if executor.spreads(prof):
         # fill the caches side by side (or as Slurm jobs); the loop below then reads every cell back
         sft_cells.fill(stage, [job for student in students
                                for job in _cell_jobs(stage, student, datasets, problems, heldout, pool)])

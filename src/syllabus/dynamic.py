@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import fnmatch
 import json
 import random
 import warnings
@@ -34,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from . import compatibility, executor, select, sft_cells, stats, train, workflow
+from .candidates import matching_datasets
 from .progress import track
 from .records import Problem
 from .runs import RunDir, Stage, hash_obj
@@ -114,13 +114,7 @@ def policy_params(stage: Stage, name: str, seed: int, ioa_dataset: str | None) -
 def choice_datasets(datasets: dict[str, pd.DataFrame], patterns: list[str] | None) -> dict[str, pd.DataFrame]:
     """The candidates the policies choose among (and the DMC policies rescore every phase): those matching
     any glob of ``dynamic.datasets``, or all when it is not set."""
-    if patterns is None:
-        return datasets
-    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(name, p) for name in datasets)]
-    if unmatched:
-        raise ValueError(f"dynamic.datasets: pattern(s) {unmatched} match no candidate dataset; the candidates of "
-                         f"stage 2 are {sorted(datasets)}")
-    return {name: rows for name, rows in datasets.items() if any(fnmatch.fnmatchcase(name, p) for p in patterns)}
+    return matching_datasets(datasets, patterns, "dynamic.datasets")
 
 
 # --------------------------------------------------------------------------- IOA's probe items and remediation
@@ -455,7 +449,7 @@ def run_policies(stage: Stage, student: workflow.StudentModel, inputs: PolicyInp
     the tables) are the same whatever the number of workers."""
     prof = stage.params
     pairs = [(policy, seed) for policy in prof.dynamic.policies for seed in prof.dynamic.seeds]
-    if sft_cells.parallel(prof):
+    if executor.spreads(prof):
         student_file = str(sft_cells.student_file(stage, student))
         jobs = [{"params": prof, "run_root": str(stage.run.root), "eval_seed": stage.seed,
                  "student_file": student_file, "policy": policy, "seed": seed, "inputs": inputs}

@@ -73,6 +73,12 @@ class SlurmExecutor:
         return [job.result() for job in self._executor.map_array(fn, list(jobs))]
 
 
+def spreads(prof) -> bool:
+    """Whether the profile sends a stage's independent runs out of this process (several local workers,
+    or Slurm jobs); the stages then fill their caches through ``for_profile`` first."""
+    return prof.parallel.workers > 1 or prof.parallel.executor != "local"
+
+
 def for_profile(prof, folder: str | os.PathLike | None = None):
     """The executor a profile's ``parallel`` section asks for: local processes (spread over the visible
     GPUs when the profile's device resolves to one), or Slurm jobs logged under ``folder``."""

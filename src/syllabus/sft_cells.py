@@ -23,11 +23,6 @@ from .records import Problem
 from .runs import RunDir, Stage, atomic_path
 
 
-def parallel(prof) -> bool:
-    """Whether the profile asks for cells outside this process (several local workers, or Slurm)."""
-    return prof.parallel.workers > 1 or prof.parallel.executor != "local"
-
-
 def job(stage: Stage, student: workflow.StudentModel, examples: list[tuple[str, str]], *, steps: int,
         seed: int, tag: str, eval_problems: list[Problem]) -> dict:
     """One cell as plain, picklable data, run exactly as the stage's own loop would run it."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import sft_cells, stats, workflow
+from . import executor, sft_cells, stats, workflow
 from .params import Profile
 from .progress import track
 from .records import Problem
@@ -45,7 +45,7 @@ def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, wo
     by_id = {p.id: p for p in problems}
     fingerprint = student.fingerprint()
     before = workflow.pass_rates(student, eval_problems, k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
-    if sft_cells.parallel(prof):  # fill the caches side by side; the loop below reads every smoke test back
+    if executor.spreads(prof):  # fill the caches side by side; the loop below reads every smoke test back
         sft_cells.fill(stage, smoke_jobs(stage, student, runs, by_id, eval_problems))
     rows = []
     for name, run in track(runs.items(), "smoke tests (teachers)"):
