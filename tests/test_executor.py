@@ -142,3 +142,20 @@ def test_slurm_jobs_give_the_same_grid_as_one_local_worker(tmp_path, monkeypatch
     pd.testing.assert_frame_equal(grid1, grid2, check_exact=True)
     pd.testing.assert_frame_equal(outcomes1, outcomes2, check_exact=True)
     assert record["jobs"] == 6 and record["folder"] == str(stage.run.cache / "slurm")
+
+
+def test_two_workers_warm_both_lab_students_as_one_process_would(tmp_path):
+    students = [{"name": name, "source": "lab", "warmup_steps": 3,
+                 "arch": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}}
+                for name in ("xs", "xs2")]
+    weights = {}
+    for workers in (1, 2):
+        stage = open_stage("01_teacher_selection", "ci", {**OVERRIDES, "students": students,
+                                                          "parallel.workers": workers}, run_dir=tmp_path / f"w{workers}")
+        splits = workflow.problem_splits(stage.params)
+        assert workflow.warm_students(stage, splits) == ([] if workers == 1 else ["xs", "xs2"])
+        assert workflow.warm_students(stage, splits) == []  # cached now (or left to load_student)
+        weights[workers] = [workflow.load_student(stage, name, splits).model.state_dict() for name in ("xs", "xs2")]
+    for one, two in zip(weights[1], weights[2]):
+        for key in one:
+            assert torch.equal(one[key], two[key]), key

@@ -181,3 +181,34 @@ def test_phases_that_carry_the_optimizer_train_as_one_run_and_restarts_do_not(tm
 def json_log(out_dir):
     with open(out_dir / "train_log.csv") as fh:
         return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+
+
+# --------------------------------------------------------------------------- padding groups, target-only head
+def test_padding_groups_cover_every_example_once_and_split_only_where_it_pays():
+    lengths = [30, 90, 31, 88, 29, 91, 32, 89]
+    groups = train.padding_groups(lengths, overhead=48)
+    assert sorted(i for g in groups for i in g) == list(range(8))
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[29, 30, 31, 32], [88, 89, 90, 91]]
+    assert train.padding_groups(lengths, overhead=10_000) == [sorted(range(8), key=lambda i: lengths[i])]
+    assert train.padding_groups([50] * 6, overhead=1) == [list(range(6))]  # nothing to save: one pass
+    assert train.padding_groups([], overhead=48) == []
+
+
+def test_grouped_target_only_step_has_the_one_padded_batch_gradient():
+    model, tok = fresh()
+    model.train()
+    items = train.tokenize_examples(tok, [(p, t * (1 + i % 3)) for i, (p, t) in enumerate(EXAMPLES[:12])], 64, "target")
+    n_target = sum(sum(label != -100 for label in lab[1:]) for _, lab in items)
+    batch = train.collate(items, tok.pad_token_id)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    shifted = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+    (torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=-100,
+                                       reduction="sum") / n_target).backward()
+    reference = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    groups = train.padding_groups([len(ids) for ids, _ in items], overhead=0)
+    assert len(groups) > 1
+    for g in groups:
+        train.target_loss(model, train.collate([items[i] for i in g], tok.pad_token_id), n_target).backward()
+    for ref, p in zip(reference, model.parameters()):
+        torch.testing.assert_close(p.grad, ref, rtol=1e-5, atol=1e-6)

@@ -5,7 +5,11 @@
 * Batch order: epochs over the examples, each epoch a permutation drawn from ``(seed, epoch)``.
   Step ``s`` always sees the same examples, so the order needs no saved state.
 * AdamW, linear warm-up (``warmup_ratio``) then cosine decay to zero or a constant rate
-  (``lr_schedule``), gradient clipping at 1.0, dynamic padding, gradient accumulation.
+  (``lr_schedule``), gradient clipping at 1.0, gradient accumulation.
+* Padding without waste, same gradient: each step's examples are sorted by length and run in the
+  groups that pad to the fewest tokens (``padding_groups``); the loss is summed over the step's
+  target tokens, so the groups' gradients add up to the one-batch gradient. The LM head runs on the
+  target positions only (``target_loss``), not on prompt and padding positions.
 * One run in several calls (stage 5's phases): ``optimizer_state`` continues AdamW from where the
   previous call left it (``TrainResult.optimizer_state``) and ``schedule_span=(a, b)`` maps this
   call's steps onto the fraction [a, b] of one warm-up + decay schedule, so phases are re-selection
@@ -108,6 +112,52 @@ def collate(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
         labels[r, :len(lab)] = torch.tensor(lab)
         mask[r, :len(ids)] = 1
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+# The cost of one more forward and backward pass, in padded tokens: measured on the lab students with one
+# thread, a pass costs about what 48 more tokens of a batch do (benchmarks/bench_training.py --groups).
+PASS_OVERHEAD_TOKENS = 48
+
+
+def padding_groups(lengths: Sequence[int], overhead: int = PASS_OVERHEAD_TOKENS) -> list[list[int]]:
+    """Positions of ``lengths`` cut into groups of similar length that cost the least to run: the
+    lengths sorted, then split where (rows x longest length of each group + ``overhead`` per group),
+    summed over the groups, is smallest (dynamic programming). Deterministic; ties keep input order."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best, cut = [0.0] + [math.inf] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            cost = best[i] + (j - i) * lengths[order[j - 1]] + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
+
+
+# Causal LMs whose logits are exactly lm_head(decoder(...)): no soft-capping or scaling in between
+PLAIN_HEAD_MODELS = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def target_loss(model, batch: dict[str, torch.Tensor], n_target: int) -> torch.Tensor:
+    """Summed cross-entropy of the batch's target tokens divided by ``n_target`` (the whole step's).
+
+    Position t predicts token t+1. For plain-head models the LM head runs on the target positions only;
+    other models go through their own forward and every position."""
+    shifted = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+    keep = shifted != -100
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) in PLAIN_HEAD_MODELS:
+        hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     use_cache=False)[0]
+        logits = model.get_output_embeddings()(hidden[keep])
+        return torch.nn.functional.cross_entropy(logits.float(), shifted[keep], reduction="sum") / n_target
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), shifted.reshape(-1),
+                                             ignore_index=-100, reduction="sum") / n_target
 
 
 def lr_factor(step: int, steps: int, warmup_ratio: float, schedule: str) -> float:
@@ -284,17 +334,14 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         n_target = sum(sum(label != -100 for label in data[i][1][1:]) for i in chosen)
         tokens_seen += sum(len(data[i][0]) for i in chosen)
         mine = chosen[rank::world]
-        batches = [{key: value.to(device) for key, value in collate([data[i] for i in mine[k:k + micro]], pad_id).items()}
-                   for k in range(0, len(mine), micro)]
         total = 0.0
-        for b in batches:
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            # position t predicts token t+1: shift the labels (cheap) rather than slicing the logits (a copy)
-            shifted = torch.nn.functional.pad(b["labels"][:, 1:], (0, 1), value=-100)
-            loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), shifted.reshape(-1),
-                                                     ignore_index=-100, reduction="sum") / n_target
-            loss.backward()
-            total += loss.item()
+        for k in range(0, len(mine), micro):  # micro-batches of at most batch_size rows (memory)
+            items = [data[i] for i in mine[k:k + micro]]
+            for group in padding_groups([len(ids) for ids, _ in items]):
+                b = {key: value.to(device) for key, value in collate([items[g] for g in group], pad_id).items()}
+                loss = target_loss(model, b, n_target)
+                loss.backward()
+                total += loss.item()
         if world > 1:
             total = _sum_over_processes(params, total)
         torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)

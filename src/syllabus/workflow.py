@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from . import data, lab, launch, models, prompts, scoring, teachers, tokens, train, vllm_backend
+from . import data, executor, lab, launch, models, prompts, scoring, teachers, tokens, train, vllm_backend
 from .overlap import normalize_text
 from .params import Profile, Student
 from .records import SPLITS, Problem, Splits, Trace  # Splits: read by notebooks 03-05 as workflow.Splits
@@ -124,20 +124,56 @@ class StudentModel:
         return memo[1]
 
 
-def load_student(stage: Stage, spec: Student | str, splits: Splits | None = None) -> StudentModel:
-    """Load (and for lab students warm-start, once per run, cached under ``cache/``) a student."""
+def _student_kwargs(stage: Stage, spec: Student, splits: Splits | None) -> dict[str, Any]:
+    """The keyword arguments of ``models.load_student`` for a student of this run."""
     prof = stage.params
-    if isinstance(spec, str):
-        spec = next(s for s in prof.students if s.name == spec)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"cache_dir": str(stage.run.cache), "threads": prof.threads, "training": prof.training,
+                              "seed": prof.seed, "device": prof.device}
     if spec.source == "lab":
         exclude = (splits.probe + splits.heldout) if splits else ()
         pre = pretrain_texts(prof, spec, exclude)
-        kwargs = {"pretrain_texts": pre, "vocab_texts": tokenizer_texts(prof, pre)}
-    model, tok = models.load_student(spec, cache_dir=stage.run.cache, threads=prof.threads, training=prof.training,
-                                     seed=prof.seed, device=prof.device, **kwargs)
+        kwargs.update(pretrain_texts=pre, vocab_texts=tokenizer_texts(prof, pre))
+    return kwargs
+
+
+def load_student(stage: Stage, spec: Student | str, splits: Splits | None = None) -> StudentModel:
+    """Load (and for lab students warm-start, once per run, cached under ``cache/``) a student."""
+    if isinstance(spec, str):
+        spec = next(s for s in stage.params.students if s.name == spec)
+    model, tok = models.load_student(spec, **_student_kwargs(stage, spec, splits))
     model.eval()
     return StudentModel(spec, model, tok)
+
+
+def warm_students(stage: Stage, splits: Splits) -> list[str]:
+    """Warm-start the profile's lab students that are not cached yet side by side, one per worker of the
+    profile's executor (a no-op with one local worker: ``load_student`` then warms each when first asked).
+    The later stages find them in the run's cache. Returns the names warmed here."""
+    prof = stage.params
+    if not executor.spreads(prof):
+        return []
+    jobs = []
+    for spec in prof.students:
+        if spec.source != "lab" or not spec.warmup_steps:
+            continue
+        kwargs = _student_kwargs(stage, spec, splits)
+        folder = Path(models.model_dir_for(spec, cache_dir=kwargs["cache_dir"], training=kwargs["training"],
+                                           pretrain_texts=kwargs["pretrain_texts"], vocab_texts=kwargs["vocab_texts"],
+                                           seed=kwargs["seed"]))
+        if not (folder / models.INFO_FILE).is_file():
+            jobs.append({"spec": spec, **kwargs})
+    if len(jobs) > 1:
+        executor.for_profile(prof, stage.run.cache / "slurm").map(_warm_student, jobs)
+        return [job["spec"].name for job in jobs]
+    return []
+
+
+def _warm_student(job: dict[str, Any]) -> str:
+    """A worker's warm-up: ``models.load_student`` writes the student into the run's cache."""
+    job = dict(job)
+    spec = job.pop("spec")
+    models.load_student(spec, **job)
+    return spec.name
 
 
 # --------------------------------------------------------------------------- generation and accuracy
