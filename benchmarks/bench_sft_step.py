@@ -3,7 +3,8 @@
     PYTHONPATH=src python benchmarks/bench_sft_step.py [--steps 40] [--repeats 3] [--overheads 0,48,128]
 
 The data are the tiny profile's kind: lab problems (operands <= 10, values <= 50) with the
-equations, prose and selfcheck teachers' traces mixed, batches of 16. Both paths train a copy of
+teachers' traces (``--styles``: equations, prose and selfcheck mixed in every batch, like the
+``all`` dataset, or one style, like ``teacher=prose``), batches of 16. Both paths train a copy of
 the same model on the same batches:
 
 * baseline: the whole batch padded to its longest example, logits at every position (the step
@@ -34,11 +35,10 @@ STUDENTS = {"lab-s": P.LabArch(hidden_size=64, num_layers=2, num_heads=4, interm
             "lab-m": P.LabArch(hidden_size=96, num_layers=2, num_heads=4, intermediate_size=384)}
 
 
-def lab_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+def lab_pairs(n: int, styles: tuple[str, ...], seed: int = 0) -> list[tuple[str, str]]:
     problems = lab.generate_problems(n, seed=seed, max_operand=10, max_value=50, min_steps=1, max_steps=2)
     rng = random.Random(seed)
-    styles = ("equations", "prose", "selfcheck")
-    return [(question_prompt(p.text), lab.write_trace(p, styles[i % 3], error_rate=0.05, rng=rng))
+    return [(question_prompt(p.text), lab.write_trace(p, styles[i % len(styles)], error_rate=0.05, rng=rng))
             for i, p in enumerate(problems)]
 
 
@@ -74,13 +74,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--styles", default="equations,prose,selfcheck",
+                    help="teacher styles, mixed in every batch (one style: a single-teacher dataset)")
     ap.add_argument("--overheads", default=str(train.PASS_OVERHEAD_TOKENS),
                     help="comma-separated per-pass overheads (tokens) for the present path")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    pairs = lab_pairs(args.steps * args.batch)
+    styles = tuple(args.styles.split(","))
+    pairs = lab_pairs(args.steps * args.batch, styles)
     overheads = [int(x) for x in args.overheads.split(",")]
-    print(f"{args.steps} steps of {args.batch} lab examples (equations / prose / selfcheck traces), "
+    print(f"{args.steps} steps of {args.batch} lab examples ({' / '.join(styles)} traces), "
           f"threads {args.threads}, {args.repeats} repeats alternating; median seconds")
     print(f"{'student':<8} {'path':<26} {'s':>7} {'ratio':>7} {'passes/step':>12} {'max |dw|':>10}")
     for name, arch in STUDENTS.items():

@@ -77,6 +77,11 @@ def test_training_and_scoring_slices_share_no_problem_and_nest():
         assert set(train[name]["problem_id"]).isdisjoint(score[name]["problem_id"])
         assert len(train[name]) + len(score[name]) == len(datasets[name])
     assert set(score["teacher=a"]["problem_id"]) <= set(score["all"]["problem_id"])  # nested datasets, one split
+    sample = compatibility.slice_rows(datasets, prof, "training_sample")  # stage 5's in-sample DMC
+    assert set(sample["all"]["problem_id"]) < set(train["all"]["problem_id"])
+    assert set(sample["teacher=a"]["problem_id"]) <= set(sample["all"]["problem_id"])
+    n_score, n_sample = score["all"]["problem_id"].nunique(), sample["all"]["problem_id"].nunique()
+    assert 0.6 * n_score < n_sample < 1.6 * n_score  # about as many problems as the scoring slice
     only_scored = score["all"]["problem_id"].iloc[:1].tolist()
     with pytest.raises(ValueError, match=r"\['tiny'\] have no problem outside the DMC scoring slice.*heldout_fraction"):
         compatibility.training_rows({"tiny": pd.DataFrame({"problem_id": only_scored})}, prof)

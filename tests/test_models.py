@@ -180,11 +180,12 @@ def test_stop_check_skips_finished_rows_without_changing_any_output(trained, mon
     prompts = [question_prompt(q) for q in ["Tom has 3 apples. Tom buys 4 more. How many apples does Tom have now?",
                                             "Ana has 12 apples.", "Lee has 7 apples. Lee buys 20 more. How many?",
                                             "Bo has 5 apples. Bo buys 1 more. How many apples does Bo have now?"]]
-    for stop in ((" apples",), ("####",), ("\nQuestion:",)):
-        now = models.generate(model, tok, prompts, max_new_tokens=24, batch_size=4, stop=stop)
+    sampled = dict(temperature=1.0, num_samples=2, seed=3)
+    for stop, kw in [((" apples",), {}), (("####",), {}), (("\nQuestion:",), {}), (("\nQuestion:", "."), sampled)]:
+        now = models.generate(model, tok, prompts, max_new_tokens=24, batch_size=4, stop=stop, **kw)
         with monkeypatch.context() as m:
             m.setattr(models, "_StopOnStrings", lambda t, s, n, eos=None: StatelessStops(t, s, n))
-            before = models.generate(model, tok, prompts, max_new_tokens=24, batch_size=4, stop=stop)
+            before = models.generate(model, tok, prompts, max_new_tokens=24, batch_size=4, stop=stop, **kw)
         assert now == before
 
 

@@ -25,7 +25,7 @@ from .progress import track
 from .runs import Stage, cached_json, hash_obj
 from .scoring import cached_scores
 
-SLICES = ("scoring", "training")
+SLICES = ("scoring", "training", "training_sample")
 
 
 def traces_of(rows: pd.DataFrame) -> list[Trace]:
@@ -40,14 +40,20 @@ def split_salt(prof) -> str:
 
 
 def slice_rows(datasets: dict[str, pd.DataFrame], prof, part: str) -> dict[str, pd.DataFrame]:
-    """The ``part`` ('training' or 'scoring') slice of every candidate dataset; datasets whose slice is
-    empty are left out (``dmc.heldout_fraction`` decides the slices)."""
+    """The ``part`` slice of every candidate dataset: 'training' or 'scoring' (``dmc.heldout_fraction``
+    decides them), or 'training_sample': problems of the training slice chosen by another stable hash,
+    as many as the scoring slice has in expectation (stage 5 scores them in sample, to show lock-in, at
+    the cost of scoring the scoring slice again rather than four times over). Datasets whose slice is
+    empty are left out."""
     if part not in SLICES:
         raise ValueError(f"slice must be one of {SLICES}, got {part!r}")
+    fraction = prof.dmc.heldout_fraction
     out = {}
     for name, rows in datasets.items():
-        training, scoring = dmc.scoring_split(rows, prof.dmc.heldout_fraction, split_salt(prof))
+        training, scoring = dmc.scoring_split(rows, fraction, split_salt(prof))
         chosen = scoring if part == "scoring" else training
+        if part == "training_sample" and 0 < fraction < 0.5:
+            chosen = dmc.scoring_split(training, fraction / (1 - fraction), split_salt(prof) + ":in-sample")[1]
         if len(chosen):
             out[name] = chosen
     return out

@@ -19,7 +19,7 @@ import json
 
 import pandas as pd
 
-from . import compatibility, executor, sft_cells, stats, workflow
+from . import compatibility, executor, models, sft_cells, stats, workflow
 from .candidates import matching_datasets
 from .progress import Task
 from .records import Problem
@@ -85,7 +85,9 @@ def gain_grid(stage: Stage, students: list[workflow.StudentModel], datasets: dic
     ids = [p.id for p in heldout]
     if executor.spreads(prof):
         # fill the caches side by side (or as Slurm jobs); the loop below then reads every cell back
-        sft_cells.fill(stage, [job for student in students
+        # the largest student's cells first: the longest runs started first leave no worker idle at the end
+        by_size = sorted(students, key=lambda s: -models.count_parameters(s.model))
+        sft_cells.fill(stage, [job for student in by_size
                                for job in _cell_jobs(stage, student, datasets, problems, heldout, pool)])
     progress = Task("grid cells", len(students) * (len(datasets) + 1) * len(prof.correlation.seeds))
     for student in students:

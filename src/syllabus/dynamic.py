@@ -335,9 +335,9 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
         if policy_name == "dmc_dynamic" or (policy_name == "dmc_static" and phase == 0):
             items = compatibility.score_student(stage, current, scored, problems, splits.probe, seed=stage.seed)
             table = compatibility.dataset_scores(items).assign(policy=policy_name, seed=seed, phase=phase)
-            # lock-in, made visible: DMC of the training slice (what earlier phases trained on), in sample
+            # lock-in, made visible: DMC in sample, on a sample of the training slice (what phases train on)
             inside = compatibility.dataset_scores(compatibility.score_student(
-                stage, current, scored, problems, splits.probe, seed=stage.seed, part="training"))
+                stage, current, scored, problems, splits.probe, seed=stage.seed, part="training_sample"))
             table["dmc_in_sample"] = table["dataset"].map(dict(zip(inside["dataset"], inside["dmc"])))
             table["rel_difficulty_in_sample"] = table["dataset"].map(
                 dict(zip(inside["dataset"], inside["rel_difficulty"])))
@@ -451,9 +451,11 @@ def run_policies(stage: Stage, student: workflow.StudentModel, inputs: PolicyInp
     pairs = [(policy, seed) for policy in prof.dynamic.policies for seed in prof.dynamic.seeds]
     if executor.spreads(prof):
         student_file = str(sft_cells.student_file(stage, student))
+        # the runs that rescore DMC take longest: started first, they do not leave one worker busy at the end
+        costly_first = sorted(pairs, key=lambda pair: {"dmc_dynamic": 0, "dmc_static": 1}.get(pair[0], 2))
         jobs = [{"params": prof, "run_root": str(stage.run.root), "eval_seed": stage.seed,
                  "student_file": student_file, "policy": policy, "seed": seed, "inputs": inputs}
-                for policy, seed in pairs]
+                for policy, seed in costly_first]
         executor.for_profile(prof, stage.run.cache / "slurm").map(policy_job, jobs)
     return [run_policy(stage, student, policy, seed, inputs) for policy, seed in track(pairs, "policy x seed runs")]
 
@@ -461,7 +463,7 @@ def run_policies(stage: Stage, student: workflow.StudentModel, inputs: PolicyInp
 def lock_in_table(trajectories: pd.DataFrame, choices: pd.DataFrame, policy: str = "dmc_dynamic") -> pd.DataFrame:
     """What one phase of training on a dataset did to its DMC: per (seed, phase >= 1), the dataset the
     policy trained on in the phase before, and its relative difficulty and DMC before and after that phase,
-    in sample (its training slice, the items just trained on) and out of sample (its scoring slice).
+    in sample (a hash sample of its training slice: items just trained on) and out of sample (its scoring slice).
     Training lowers the NLL of the items it fits, so in-sample r falls and in-sample DMC rises by
     construction; the out-of-sample columns show whether the student really got closer to the data."""
     dyn = trajectories[trajectories["policy"] == policy]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib.util
 import json
 import os
@@ -370,13 +371,23 @@ class Generation:
     truncated: bool
 
 
+@functools.lru_cache(maxsize=8)
+def _stop_enders(tokenizer, last_chars: str) -> torch.BoolTensor:
+    """Per token id: whether its text contains a character that ends a stop string. A stop string can
+    first appear in a row's text only with a token that writes its last character."""
+    return torch.tensor([any(c in tokenizer.decode([i]) for c in last_chars) for i in range(len(tokenizer))],
+                        dtype=torch.bool)
+
+
 class _StopOnStrings:
-    """Stops each row once its new tokens contain a stop string (checks only the tail, and only of rows
-    still running: a row that stopped, or wrote ``eos_id``, is never decoded again)."""
+    """Stops each row once its new tokens contain a stop string. Decodes only the tail of rows still
+    running whose newest token writes a stop string's last character (``_stop_enders``): a row that
+    stopped, or wrote ``eos_id``, is never decoded again, and no other row can have just completed one."""
 
     def __init__(self, tokenizer, stops: Sequence[str], prompt_len: int, eos_id: int | None = None):
         self.tokenizer, self.stops, self.prompt_len, self.eos_id = tokenizer, [s for s in stops if s], prompt_len, eos_id
         self.tail = max((len(s) for s in self.stops), default=0) + 2
+        self.enders = _stop_enders(tokenizer, "".join(sorted({s[-1] for s in self.stops}))) if self.stops else None
         self.done: torch.BoolTensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
@@ -384,11 +395,16 @@ class _StopOnStrings:
             self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         if not self.stops:
             return self.done.clone()
-        ended = self.done | (input_ids[:, -1] == self.eos_id) if self.eos_id is not None else self.done
-        tails = input_ids[:, self.prompt_len:][:, -self.tail:].tolist()
-        for row in (~ended).nonzero()[:, 0].tolist():
-            text = self.tokenizer.decode(tails[row], skip_special_tokens=True)
-            self.done[row] = any(s in text for s in self.stops)
+        last = input_ids[:, -1]
+        ended = self.done | (last == self.eos_id) if self.eos_id is not None else self.done
+        enders = self.enders.to(last.device)
+        candidates = ~ended & enders[last.clamp(0, len(enders) - 1)] & (last < len(enders))
+        rows = candidates.nonzero()[:, 0].tolist()
+        if rows:
+            tails = input_ids[rows, self.prompt_len:][:, -self.tail:].tolist()
+            for row, tail in zip(rows, tails):
+                text = self.tokenizer.decode(tail, skip_special_tokens=True)
+                self.done[row] = any(s in text for s in self.stops)
         return self.done.clone()
 
 

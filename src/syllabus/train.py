@@ -115,8 +115,8 @@ def collate(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
 
 
 # The cost of one more forward and backward pass, in padded tokens: measured on the lab students with one
-# thread, a pass costs about what 48 more tokens of a batch do (benchmarks/bench_training.py --groups).
-PASS_OVERHEAD_TOKENS = 48
+# thread, a pass costs about what 96 more tokens of a batch do (benchmarks/bench_sft_step.py --overheads).
+PASS_OVERHEAD_TOKENS = 96
 
 
 def padding_groups(lengths: Sequence[int], overhead: int = PASS_OVERHEAD_TOKENS) -> list[list[int]]:
