@@ -199,3 +199,23 @@ def test_lock_in_table_follows_the_dataset_trained_on_in_the_phase_before():
         "r_out_of_sample_before": 1.2, "r_out_of_sample_after": 1.25, "dmc_in_sample_before": 0.5,
         "dmc_in_sample_after": 0.8, "dmc_out_of_sample_before": 0.5, "dmc_out_of_sample_after": 0.45,
         "chosen_next": "b"}]
+
+
+def test_module_curves_show_a_band_per_policy_and_the_legend_over_no_curve():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.collections import PolyCollection
+
+    from syllabus import plots
+
+    rows = [{"policy": pol, "seed": seed, "phase": phase, "module": module, "accuracy": 0.1 * phase + 0.01 * seed}
+            for pol in ("random", "ioa") for seed in (0, 1, 2) for phase in range(3) for module in ("add", "rate", "percent", "divide", "multiply")]
+    counts = {"add": 40, "rate": 50, "percent": 60, "divide": 45, "multiply": 55}
+    fig = plots.module_curves(pd.DataFrame(rows), n_problems=counts)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == [f"{m} ({n} problems)" for m, n in counts.items()]
+    assert all(sum(isinstance(c, PolyCollection) for c in ax.collections) == 2 for ax in panels)  # one band each
+    spare = [ax for ax in fig.axes if not ax.get_title()]
+    assert spare and spare[0].get_legend() is not None and not spare[0].lines
+    assert "95% CI" in fig._suptitle.get_text()

@@ -138,6 +138,16 @@ def scatter_with_fit(grid: pd.DataFrame, predictors: list[str], *, target="gain"
     return fig
 
 
+def _mean_band(g, n_problems: int | None) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """Mean over seeds of grouped accuracies and its 95% band: mean +- 1.96 sqrt(p(1-p)/n + seed SD^2/seeds)
+    with ``n_problems``, else the seeds' min-max."""
+    mean, sd, count = g.mean(), g.std(ddof=1).fillna(0.0), g.count()
+    if n_problems:
+        half = 1.959963984540054 * np.sqrt(mean * (1 - mean) / n_problems + sd ** 2 / count)
+        return mean, mean - half, mean + half
+    return mean, g.min(), g.max()
+
+
 def learning_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy", n_problems: int | None = None):
     """Stage 5: held-out accuracy after each phase per policy: the mean over seeds and, with
     ``n_problems``, a 95% band from the binomial SE of that mean and the seed spread
@@ -149,13 +159,7 @@ def learning_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="polic
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     colors = dict(zip(order, sns.color_palette(PALETTE, len(order))))
     for name in order:
-        g = curves[curves[hue] == name].groupby(x)[y]
-        mean, sd, count = g.mean(), g.std(ddof=1).fillna(0.0), g.count()
-        if n_problems:
-            half = 1.959963984540054 * np.sqrt(mean * (1 - mean) / n_problems + sd ** 2 / count)
-            lo, hi = mean - half, mean + half
-        else:
-            lo, hi = g.min(), g.max()
+        mean, lo, hi = _mean_band(curves[curves[hue] == name].groupby(x)[y], n_problems)
         xs = mean.index.to_numpy(float) + offsets[name]
         ax.plot(xs, mean.to_numpy(), marker="o", color=colors[name], label=name)
         ax.fill_between(xs, lo.to_numpy(), hi.to_numpy(), color=colors[name], alpha=0.12)
@@ -211,8 +215,10 @@ def chosen_trajectories(scores: pd.DataFrame, choices: pd.DataFrame, *, x="phase
     return fig
 
 
-def module_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy", col="module"):
-    """Stage 5: held-out accuracy per module after each phase (mean over seeds), one panel per module."""
+def module_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy", col="module",
+                  n_problems: dict[str, int] | None = None):
+    """Stage 5: held-out accuracy per module after each phase (mean over seeds), one panel per module;
+    with ``n_problems`` (held-out problems per module) a 95% band as in ``learning_curves``."""
     modules = list(dict.fromkeys(curves[col]))
     ncols = min(4, len(modules))
     nrows = -(-len(modules) // ncols)
@@ -222,14 +228,22 @@ def module_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy"
     for ax, module in zip(axes.flat, modules):
         g = curves[curves[col] == module]
         for name in order:
-            m = g[g[hue] == name].groupby(x)[y].mean()
+            m, lo, hi = _mean_band(g[g[hue] == name].groupby(x)[y], (n_problems or {}).get(module))
             ax.plot(m.index, m.to_numpy(), marker=".", color=colors[name], label=name)
-        ax.set_title(module, fontsize=9)
+            if n_problems:
+                ax.fill_between(m.index.to_numpy(float), lo.to_numpy(), hi.to_numpy(), color=colors[name], alpha=0.08)
+        ax.set_title(module if not n_problems else f"{module} ({n_problems.get(module, 0)} problems)", fontsize=9)
         ax.set_xticks(sorted(g[x].unique()))
-    for ax in list(axes.flat)[len(modules):]:
+    spare = list(axes.flat)[len(modules):]
+    for ax in spare:
         ax.axis("off")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("Held-out accuracy per module after each phase (mean over seeds)", fontsize=10)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if spare:  # the legend in an empty panel, over no curve
+        spare[0].legend(handles, labels, loc="center", fontsize=8, title=hue)
+    else:
+        fig.legend(handles, labels, loc="lower center", ncol=len(order), fontsize=8)
+    band = ", band: 95% CI (binomial + seeds)" if n_problems else ""
+    fig.suptitle(f"Held-out accuracy per module after each phase (mean over seeds{band})", fontsize=10)
     fig.tight_layout()
     return fig
 
