@@ -101,7 +101,8 @@ def test_rule_protocol_chooses_on_one_part_and_reports_on_the_other():
             grid.append({"student": s, "dataset": f"teacher=t{d}", "family": f"teacher=t{d}"})
     items = dmc_factors.item_table(pd.DataFrame(rows), nll_ref=1.0)
     table = pd.DataFrame(grid)
-    truth = dmc_factors.dmc_scores(dmc_factors.recompute(items, variant="window", center=1.0, width=0.5), by=["dataset", "student"])
+    truth = dmc_factors.dmc_scores(dmc_factors.recompute(items, variant="window", center=1.0, width=0.5),
+                                   by=["dataset", "student"])
     table["gain"] = [truth[(d, s)] for d, s in zip(table["dataset"], table["student"])]
     table["dmc"] = 0.0
     table["rel_difficulty"] = items.groupby(["dataset", "student"])["rel_difficulty"].mean().loc[

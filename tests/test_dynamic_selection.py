@@ -55,14 +55,14 @@ def test_token_budget_gives_every_choice_the_same_tokens_within_one_example():
     for name in datasets:
         choice = select.Choice(weights={name: 1.0}, reason="test")
         batch, examples = dynamic_selection.draw_to_token_budget(student, problems, choice, datasets, budget, 2,
-                                                       random.Random(3), max_seq_len=256)
-        lengths = dynamic_selection.example_tokens(student, examples, 256)
+                                                                 random.Random(3), max_seq_len=256)
+        lengths = distillation.example_tokens(student, examples, 256)
         assert len(batch) == len(examples) and set(batch["teacher"]) == {name}
         assert sum(lengths) >= budget > sum(lengths) - max(lengths)  # reached, and overshot by under one example
         totals[name] = (len(examples), sum(lengths))
         # the draws are a prefix of an unbounded draw: a smaller budget keeps the first examples
         _, fewer = dynamic_selection.draw_to_token_budget(student, problems, choice, datasets, budget / 2, 2,
-                                                random.Random(3), max_seq_len=256)
+                                                          random.Random(3), max_seq_len=256)
         assert fewer == examples[:len(fewer)]
     assert totals["short"][0] > totals["long"][0]  # more of the short examples for the same tokens
 
@@ -125,8 +125,8 @@ def _policy_runs(tmp_path, workers: int):
     datasets = {"teacher=equations": rows("teacher=equations", "equations"), "teacher=prose": rows("teacher=prose", "prose"),
                 "teacher=equations+adapted": rows("teacher=equations+adapted", "equations"), "all": rows("all", "prose")}
     probe = dynamic_selection.ioa_probe(stage, splits, "equations")
-    inputs = dynamic_selection.PolicyInputs(datasets, splits.by_id(), splits, dynamic_selection.prerequisites(probe.teacher_scores),
-                                  "equations", probe)
+    graph = dynamic_selection.prerequisites(probe.teacher_scores)
+    inputs = dynamic_selection.PolicyInputs(datasets, splits.by_id(), splits, graph, "equations", probe)
     runs = dynamic_selection.run_policies(stage, student, inputs)
     return stage, probe, {**dynamic_selection.run_tables(runs), "outcomes": dynamic_selection.outcomes_table(runs)}
 
@@ -174,15 +174,19 @@ def test_remedial_data_is_new_simpler_verified_and_adapted():
     prof = load_profile("ci", {"dynamic.ioa.remedial_problems": 30})
     pool = lab.generate_problems(40, 1, max_operand=12, min_steps=1, max_steps=2)
     exclude = {p.text for p in pool}
-    rows, new = dynamic_selection.remedial_data(prof, ("rate", "divide"), "equations", [0, 1, "rate"], exclude, pd.DataFrame())
+
+    def remedial(key):
+        return dynamic_selection.remedial_data(prof, ("rate", "divide"), "equations", key, exclude, pd.DataFrame())
+
+    rows, new = remedial([0, 1, "rate"])
     assert len(new) == 30 and 0 < len(rows) <= 30 and set(rows["dataset"]) == {dynamic_selection.REMEDIAL}
     assert not exclude & {p.text for p in new.values()}  # problems the run has not seen
     assert {p.module for p in new.values()} <= {"rate", "divide"} and {p.level for p in new.values()} == {1}  # one step: simpler
     assert max(s["a"] for p in new.values() for s in p.metadata["steps"]) <= 6  # operands up to half the data's 12
     assert all(verify(new[pid], text) and text.startswith("Step 1") for pid, text in zip(rows["problem_id"], rows["text"]))
-    again, _ = dynamic_selection.remedial_data(prof, ("rate", "divide"), "equations", [0, 1, "rate"], exclude, pd.DataFrame())
+    again, _ = remedial([0, 1, "rate"])
     pd.testing.assert_frame_equal(rows, again)  # seeded: a replayed run draws the same round
-    other, _ = dynamic_selection.remedial_data(prof, ("rate", "divide"), "equations", [0, 2, "rate"], exclude, pd.DataFrame())
+    other, _ = remedial([0, 2, "rate"])
     assert set(other["text"]) != set(rows["text"])  # another round, other problems
 
 

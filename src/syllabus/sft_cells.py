@@ -40,7 +40,10 @@ def fill(stage: Stage, jobs: list[dict]) -> None:
 
 def student_file(stage: Stage, student: StudentModel) -> Path:
     """The student (model on the CPU, tokenizer, spec) pickled once per weights for the workers."""
-    path = stage.run.cache / "executor" / f"student-{student.name}-{student.fingerprint()[:16]}.pt"
+    # The pickle names StudentModel's module (syllabus.students; syllabus.workflow before #17) and so does the
+    # file name: a run folder of the earlier layout never hands workers a pickle they cannot load.
+    module = StudentModel.__module__.rsplit(".", 1)[-1]
+    path = stage.run.cache / "executor" / f"student-{student.name}-{student.fingerprint()[:16]}-{module}.pt"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         on_cpu = StudentModel(student.spec, copy.deepcopy(student.model).to("cpu"), student.tokenizer)
@@ -63,6 +66,6 @@ def run_cell(job: dict) -> str:
     student = worker_student(job["student_file"], prof.device, prof.threads)
     stage = SimpleNamespace(params=prof, run=RunDir(job["run_root"]), seed=job["eval_seed"])
     trained, _ = distillation.distil(student, job["examples"], steps=job["steps"], stage=stage, seed=job["seed"],
-                                 tag=job["tag"])
+                                     tag=job["tag"])
     generation.pass_rates(trained, job["heldout"], k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
     return job["tag"]

@@ -294,8 +294,9 @@ def fit_dmc_params(fit_grid: pd.DataFrame, items: pd.DataFrame, *, target: str =
     """
     import itertools
 
-    defaults = dmc_factors.check_params(variant, {k: v[0] for k, v in (param_grid or {}).items()},
-                                        where=f"fit grid of rule '{variant}'") if param_grid else dmc_factors.rule_params(variant)
+    defaults = (dmc_factors.check_params(variant, {k: v[0] for k, v in (param_grid or {}).items()},
+                                         where=f"fit grid of rule '{variant}'")
+                if param_grid else dmc_factors.rule_params(variant))
     names = sorted(param_grid or {})
     y = fit_grid[target].to_numpy(float)
     groups = fit_grid[group_col].to_numpy() if group_col and group_col in fit_grid else None

@@ -68,8 +68,8 @@ def grid_cells(student: StudentModel, datasets: dict[str, pd.DataFrame], problem
              for name, table in dmc.training_rows(datasets, prof).items()}
     cells[CONTROL_GOLD] = gold_examples(student, pool)
     return {name: (examples, distillation.budget_steps(student, examples, prof.training,
-                                                   tokens=prof.correlation.sft_tokens,
-                                                   steps=prof.correlation.sft_steps))
+                                                       tokens=prof.correlation.sft_tokens,
+                                                       steps=prof.correlation.sft_steps))
             for name, examples in cells.items()}
 
 
@@ -99,9 +99,9 @@ def gain_grid(stage: Stage, students: list[StudentModel], datasets: dict[str, pd
         for name, (examples, steps) in grid_cells(student, datasets, problems, pool, prof).items():
             for seed in prof.correlation.seeds:
                 trained, result = distillation.distil(student, examples, steps=steps, stage=stage, seed=seed,
-                                                  tag=f"grid-{student.name}-{name}-s{seed}")
+                                                      tag=f"grid-{student.name}-{name}-s{seed}")
                 after = generation.pass_rates(trained, heldout, k=1, prof=prof, seed=stage.seed,
-                                            cache_dir=stage.run.cache)
+                                              cache_dir=stage.run.cache)
                 results.append((name, seed, after, (len(examples), steps, result.tokens_seen)))
                 progress.advance()
         for name, seed, after, sizes in results:

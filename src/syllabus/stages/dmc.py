@@ -76,7 +76,7 @@ def own_samples(stage: Stage, student: StudentModel, problems: list[Problem], *,
 
     def compute() -> list[list]:
         outs = generation.student_samples(student, problems, k=max(k, 2), prof=prof, seed=seed,
-                                        cache_dir=stage.run.cache, temperature=temperature, top_p=1.0)
+                                          cache_dir=stage.run.cache, temperature=temperature, top_p=1.0)
         return [[p.id, j, bool(verify(p, g.text)), g.text] for p, gens in zip(problems, outs)
                 for j, g in enumerate(gens[:k])]
 

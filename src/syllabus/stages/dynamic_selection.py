@@ -303,8 +303,9 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
     d = prof.dynamic
     datasets, problems, splits = inputs.datasets, inputs.problems, inputs.splits
     if policy_name == "ioa" and inputs.ioa is None:
-        raise ValueError("dynamic.policies: ioa needs IOA's probe (PolicyInputs.ioa = dynamic_selection.ioa_probe(...)); "
-                         "build it, or remove ioa from dynamic.policies")
+        raise ValueError("dynamic.policies: ioa needs IOA's probe "
+                         "(PolicyInputs.ioa = dynamic_selection.ioa_probe(...)); build it, or remove ioa from "
+                         "dynamic.policies")
     scored = choice_datasets(datasets, d.datasets)  # DMC is measured on each one's scoring slice (score_student)...
     # ...and the phases train on training slices only (a dataset with none cannot be trained on, or chosen)
     datasets = dmc.slice_rows(datasets, prof, "training")
@@ -338,7 +339,7 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
         module_scores: dict[str, float] = {}
         if policy_name == "ioa":
             module_scores = generation.module_accuracy(current, inputs.ioa.items, prof=prof, seed=stage.seed,
-                                                     cache_dir=stage.run.cache).to_dict()
+                                                       cache_dir=stage.run.cache).to_dict()
         # IOA chooses its own data; the others choose among dynamic.datasets, and a dataset whose scoring
         # slice is empty has no DMC, so a DMC policy cannot choose it
         names = sorted(datasets) if policy_name == "ioa" else sorted(n for n in choosable if not dmc_now or n in dmc_now)
@@ -382,7 +383,7 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
         current.model.eval()
         tokens += result.tokens_seen
         outcomes = generation.pass_rates(current, splits.heldout, k=1, prof=prof, seed=stage.seed,
-                                       cache_dir=stage.run.cache)
+                                         cache_dir=stage.run.cache)
         run.final_outcomes = outcomes
         acc = float(outcomes.mean())
         run.curve.append({"policy": policy_name, "seed": seed, "phase": phase + 1, "tokens": tokens, "accuracy": acc})

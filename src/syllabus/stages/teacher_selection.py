@@ -72,9 +72,9 @@ def leaderboard(stage: Stage, student: StudentModel, runs: dict[str, generation.
             afters = []
             for seed in ts.seeds:
                 trained, _ = distillation.distil(student, examples, steps=steps, stage=stage, seed=seed,
-                                             tag=smoke_tag(student, name, seed))
+                                                 tag=smoke_tag(student, name, seed))
                 after = generation.pass_rates(trained, eval_problems, k=1, prof=prof, seed=stage.seed,
-                                            cache_dir=stage.run.cache)
+                                              cache_dir=stage.run.cache)
                 afters.append(after.loc[before.index].to_numpy())
         paired = stats.paired_gain(before.to_numpy(), np.vstack(afters))
         row.update({"accuracy_before": float(before.mean()), "accuracy_after": float(np.mean(afters)),
@@ -92,7 +92,7 @@ def smoke_examples(stage: Stage, student: StudentModel, run: generation.TeacherR
     ts = stage.params.teacher_selection
     examples = distillation.sft_examples(student, by_id, [t for t in run.traces if t.correct])
     steps = distillation.budget_steps(student, examples, stage.params.training, tokens=ts.smoke_sft_tokens,
-                                  steps=ts.smoke_sft_steps)
+                                      steps=ts.smoke_sft_steps)
     return examples, steps
 
 
