@@ -12,6 +12,7 @@ on a fitting part of the grid and ``holdout_correlation`` reports DMC's correlat
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -292,8 +293,6 @@ def fit_dmc_params(fit_grid: pd.DataFrame, items: pd.DataFrame, *, target: str =
     construction), ``n_fit``, ``note`` and ``search`` (every grid point). Ties go to the earlier grid
     point; when the correlation is undefined at every point the rule's defaults are returned with a note.
     """
-    import itertools
-
     defaults = (dmc_factors.check_params(variant, {k: v[0] for k, v in (param_grid or {}).items()},
                                          where=f"fit grid of rule '{variant}'")
                 if param_grid else dmc_factors.rule_params(variant))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from .. import evaluate, executor, models, students
 from ..devices import resolve_device
@@ -66,8 +67,6 @@ def eval_job(stage: Stage, row: dict, lab_file) -> dict:
 
 def run_job(job: dict) -> evaluate.EvalResult:
     """One model's lm-eval run (in this process or a worker), on the profile's thread count."""
-    import torch
-
     args = dict(job)
     torch.set_num_threads(args.pop("threads"))
     return evaluate.run_lm_eval(args.pop("model_dir"), args.pop("tasks"), **args)
