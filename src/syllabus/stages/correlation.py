@@ -7,7 +7,7 @@ candidates: the student re-evaluated with no SFT (``control:none``) and SFT on t
 solutions of the pool problems at the same budget (``control:gold``). DMC (from stage 3) and simple
 baselines are then correlated with the gain within each student (and pooled, labelled), with a
 bootstrap that resamples dataset families whole (``syllabus.stats``). Cells train on each candidate's
-*training slice* only (``dmc.training_rows``); DMC was measured on its scoring slice. The
+*training slice* only (``stages.dmc.training_rows``); DMC was measured on its scoring slice. The
 default rule is chosen by a stated protocol (``rule_protocol``): rules and their parameters
 (``correlation.fit_grid``) are compared on one part of the grid (half the single-teacher families,
 or the first student) and the choice is reported on the other part, beside every other predictor.
