@@ -37,7 +37,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from syllabus import lab, params, prompts, workflow
+from syllabus import lab, params, prompts
+from syllabus.problems import pretrain_texts, tokenizer_texts
 from syllabus import models as syllabus_models
 from syllabus.prompts import question_prompt, target_text
 from syllabus.scoring import cached_scores, score_pairs, score_pairs_naive
@@ -82,8 +83,8 @@ def lab_workload(profile: str, n_pairs: int):
     """The profile's first lab student (random weights) and lab-teacher traces in its prompt format."""
     prof = params.load_profile(profile)
     spec = next(s for s in prof.students if s.source == "lab")
-    pre = workflow.pretrain_texts(prof, spec)
-    tok = syllabus_models.lab_tokenizer(workflow.tokenizer_texts(prof, pre))
+    pre = pretrain_texts(prof, spec)
+    tok = syllabus_models.lab_tokenizer(tokenizer_texts(prof, pre))
     model = syllabus_models.build_lab_model(spec.arch, tok, seed=0)
     cfg = prof.data.lab
     per_problem = 8  # 4 teacher styles x 2 samples, like keep_per_problem=2 in the tiny candidates

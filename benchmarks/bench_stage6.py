@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from syllabus import evaluate, lab, models, params, workflow
+from syllabus import evaluate, lab, models, params
+from syllabus.problems import pretrain_texts, tokenizer_texts
 
 
 def main() -> None:
@@ -36,8 +37,8 @@ def main() -> None:
 
     prof = params.load_profile("ci")
     spec = next(s for s in prof.students if s.source == "lab")
-    pre = workflow.pretrain_texts(prof, spec)
-    tok = models.lab_tokenizer(workflow.tokenizer_texts(prof, pre))
+    pre = pretrain_texts(prof, spec)
+    tok = models.lab_tokenizer(tokenizer_texts(prof, pre))
     cfg = prof.data.lab
     problems = lab.generate_problems(args.problems, seed=7, modules=cfg.modules, min_steps=cfg.min_steps,
                                      max_steps=cfg.max_steps, max_operand=cfg.max_operand)

@@ -27,11 +27,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from syllabus import lab, models, params as P, prompts, train, workflow
+from syllabus import lab, models, params as P, prompts, students, train
+from syllabus.problems import pretrain_texts, problem_splits, tokenizer_texts
 from syllabus.verify import verify
 
 
-def accuracy_by_module(student: workflow.StudentModel, problems, prof: P.Profile) -> dict[str, float]:
+def accuracy_by_module(student: students.StudentModel, problems, prof: P.Profile) -> dict[str, float]:
     outs = models.generate(student.model, student.tokenizer, [student.prompt(p) for p in problems],
                            max_new_tokens=prof.student_generation.max_new_tokens,
                            batch_size=prof.student_generation.batch_size)
@@ -40,7 +41,7 @@ def accuracy_by_module(student: workflow.StudentModel, problems, prof: P.Profile
     return {"accuracy": float(ok.mean()), **{f"acc_{m}": float(v) for m, v in ok.groupby(modules).mean().items()}}
 
 
-def style_examples(student: workflow.StudentModel, pool, style: str, prof: P.Profile) -> list[tuple[str, str]]:
+def style_examples(student: students.StudentModel, pool, style: str, prof: P.Profile) -> list[tuple[str, str]]:
     if style == "gold":
         return [(student.prompt(p), student.target(p.solution)) for p in pool]
     rate = next((t.error_rate for t in prof.teachers if t.backend == "lab" and t.style == style), 0.05)
@@ -63,16 +64,16 @@ def main() -> None:
     prof = P.load_profile(a.profile)
     threads = a.threads or prof.threads
     torch.set_num_threads(threads)
-    splits = workflow.problem_splits(prof)
+    splits = problem_splits(prof)
     wanted = a.students.split(",") if a.students else [s.name for s in prof.students]
     rows = []
     for spec in [s for s in prof.students if s.name in wanted]:
-        pre = workflow.pretrain_texts(prof, spec, splits.probe + splits.heldout)
+        pre = pretrain_texts(prof, spec, splits.probe + splits.heldout)
         start = time.perf_counter()
         model, tok = models.load_student(spec, cache_dir=a.cache, training=prof.training, pretrain_texts=pre,
-                                         vocab_texts=workflow.tokenizer_texts(prof, pre), threads=threads,
+                                         vocab_texts=tokenizer_texts(prof, pre), threads=threads,
                                          seed=prof.seed)
-        student = workflow.StudentModel(spec, model.eval(), tok)
+        student = students.StudentModel(spec, model.eval(), tok)
         base = accuracy_by_module(student, splits.heldout, prof)
         print(f"{spec.name}: warm-started ({time.perf_counter() - start:.0f} s), held-out "
               f"{base['accuracy']:.3f}  " + " ".join(f"{k[4:]} {v:.2f}" for k, v in base.items() if k != "accuracy"),
@@ -88,7 +89,7 @@ def main() -> None:
                         cfg = prof.training.model_copy(update={"learning_rate": lr})
                         start = time.perf_counter()
                         result = train.sft(trained, tok, examples, steps=steps, cfg=cfg, seed=seed)
-                        after = accuracy_by_module(workflow.StudentModel(spec, trained.eval(), tok), splits.heldout,
+                        after = accuracy_by_module(students.StudentModel(spec, trained.eval(), tok), splits.heldout,
                                                    prof)
                         row = {"student": spec.name, "style": style, "lr": lr, "steps": steps, "seed": seed,
                                "tokens": result.tokens_seen, "seconds": round(time.perf_counter() - start, 1),

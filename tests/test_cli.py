@@ -84,8 +84,8 @@ def test_every_error_class_derives_from_the_one_base():
     from syllabus.errors import SyllabusError
 
     loose = []
-    for info in pkgutil.iter_modules(syllabus.__path__):
-        module = importlib.import_module(f"syllabus.{info.name}")
+    for info in pkgutil.walk_packages(syllabus.__path__, "syllabus."):  # the stage modules too
+        module = importlib.import_module(info.name)
         for name, cls in inspect.getmembers(module, inspect.isclass):
             qual = f"{cls.__module__}.{cls.__qualname__}"
             if (cls.__module__ == module.__name__ and issubclass(cls, Exception)

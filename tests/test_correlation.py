@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from syllabus.correlation import grid_datasets
+from syllabus.stages.correlation import grid_datasets
 
 
 def test_grid_datasets_selects_by_glob_and_names_unmatched_patterns():
@@ -15,7 +15,7 @@ def test_grid_datasets_selects_by_glob_and_names_unmatched_patterns():
 
 
 def test_dataset_families_group_variants_and_mixtures():
-    from syllabus.correlation import MIXED_FAMILY, dataset_family
+    from syllabus.stages.correlation import MIXED_FAMILY, dataset_family
 
     assert dataset_family("teacher=prose") == dataset_family("teacher=prose+adapted") == "teacher=prose"
     assert dataset_family("teacher=prose+unverified") == "teacher=prose"
@@ -24,7 +24,7 @@ def test_dataset_families_group_variants_and_mixtures():
 
 
 def test_cell_gains_pair_outcomes_and_mark_controls():
-    from syllabus.correlation import CONTROL_NONE, cell_gains, family_split, noise_floor
+    from syllabus.stages.correlation import CONTROL_NONE, cell_gains, family_split, noise_floor
 
     rows = []
     before = [0, 0, 1, 1]
@@ -46,7 +46,7 @@ def test_cell_gains_pair_outcomes_and_mark_controls():
 
 def test_planted_style_check_pairs_the_familiar_teacher_against_the_others():
     from syllabus import params as P
-    from syllabus.correlation import planted_style_check
+    from syllabus.stages.correlation import planted_style_check
 
     prof = P.load_profile("ci")  # students warm-started on gold solutions: the familiar teacher is prose
     rows = []
@@ -66,25 +66,25 @@ def test_planted_style_check_pairs_the_familiar_teacher_against_the_others():
 def test_training_and_scoring_slices_share_no_problem_and_nest():
     from types import SimpleNamespace
 
-    from syllabus import compatibility
+    from syllabus.stages import dmc as dmc_stage
 
     prof = SimpleNamespace(seed=3, dmc=SimpleNamespace(heldout_fraction=0.25))
     ids = [f"p{i}" for i in range(200)]
     datasets = {"all": pd.DataFrame({"problem_id": ids * 2}), "teacher=a": pd.DataFrame({"problem_id": ids[::2]})}
-    train = compatibility.training_rows(datasets, prof)
-    score = compatibility.slice_rows(datasets, prof, "scoring")
+    train = dmc_stage.training_rows(datasets, prof)
+    score = dmc_stage.slice_rows(datasets, prof, "scoring")
     for name in datasets:
         assert set(train[name]["problem_id"]).isdisjoint(score[name]["problem_id"])
         assert len(train[name]) + len(score[name]) == len(datasets[name])
     assert set(score["teacher=a"]["problem_id"]) <= set(score["all"]["problem_id"])  # nested datasets, one split
-    sample = compatibility.slice_rows(datasets, prof, "training_sample")  # stage 5's in-sample DMC
+    sample = dmc_stage.slice_rows(datasets, prof, "training_sample")  # stage 5's in-sample DMC
     assert set(sample["all"]["problem_id"]) < set(train["all"]["problem_id"])
     assert set(sample["teacher=a"]["problem_id"]) <= set(sample["all"]["problem_id"])
     n_score, n_sample = score["all"]["problem_id"].nunique(), sample["all"]["problem_id"].nunique()
     assert 0.6 * n_score < n_sample < 1.6 * n_score  # about as many problems as the scoring slice
     only_scored = score["all"]["problem_id"].iloc[:1].tolist()
     with pytest.raises(ValueError, match=r"\['tiny'\] have no problem outside the DMC scoring slice.*heldout_fraction"):
-        compatibility.training_rows({"tiny": pd.DataFrame({"problem_id": only_scored})}, prof)
+        dmc_stage.training_rows({"tiny": pd.DataFrame({"problem_id": only_scored})}, prof)
 
 
 def test_rule_protocol_chooses_on_one_part_and_reports_on_the_other():
@@ -92,7 +92,8 @@ def test_rule_protocol_chooses_on_one_part_and_reports_on_the_other():
 
     import numpy as np
 
-    from syllabus import correlation, dmc, params
+    from syllabus import dmc_factors, params
+    from syllabus.stages import correlation
 
     rng = np.random.default_rng(0)
     rows, grid = [], []
@@ -103,9 +104,10 @@ def test_rule_protocol_chooses_on_one_part_and_reports_on_the_other():
                 rows.append({"student": s, "dataset": f"teacher=t{d}", "problem_id": f"p{i}", "correct": True,
                              "pass_rate": 0.2, "nll": r * rng.uniform(0.9, 1.1)})
             grid.append({"student": s, "dataset": f"teacher=t{d}", "family": f"teacher=t{d}"})
-    items = dmc.item_table(pd.DataFrame(rows), nll_ref=1.0)
+    items = dmc_factors.item_table(pd.DataFrame(rows), nll_ref=1.0)
     table = pd.DataFrame(grid)
-    truth = dmc.dmc_scores(dmc.recompute(items, variant="window", center=1.0, width=0.5), by=["dataset", "student"])
+    truth = dmc_factors.dmc_scores(dmc_factors.recompute(items, variant="window", center=1.0, width=0.5),
+                                   by=["dataset", "student"])
     table["gain"] = [truth[(d, s)] for d, s in zip(table["dataset"], table["student"])]
     table["dmc"] = 0.0
     table["rel_difficulty"] = items.groupby(["dataset", "student"])["rel_difficulty"].mean().loc[
@@ -125,10 +127,10 @@ def test_rule_protocol_chooses_on_one_part_and_reports_on_the_other():
 def test_per_prompt_reference_falls_back_to_the_median_for_a_problem_without_a_scored_sample():
     import numpy as np
 
-    from syllabus import compatibility
+    from syllabus.stages import dmc as dmc_stage
 
     own = pd.DataFrame({"problem_id": ["a", "a", "b", "c", "c"], "nll": [1.0, 3.0, np.nan, 4.0, 4.0]})
-    ref = compatibility.per_prompt_reference(own)
+    ref = dmc_stage.per_prompt_reference(own)
     assert ref.to_dict() == {"a": 2.0, "b": 3.0, "c": 4.0} and ref.attrs["n_fallback"] == 1
     with pytest.raises(ValueError, match="every own sample of the student is empty"):
-        compatibility.per_prompt_reference(own.assign(nll=np.nan))
+        dmc_stage.per_prompt_reference(own.assign(nll=np.nan))

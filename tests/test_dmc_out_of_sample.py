@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from syllabus import dmc, models, params, train
+from syllabus import dmc_factors, models, params, train
 from syllabus.scoring import score_pairs
 from tiny_lm import tiny_llama
 
@@ -30,14 +30,14 @@ def _dmc(model, tok, rows: pd.DataFrame, nll_ref: float) -> float:
     """DMC under the first (one-sided) rule, discounting traces above half the reference NLL."""
     scores = score_pairs(model, tok, _pairs(rows), unconditional=False)
     items = rows.assign(dataset="D", correct=True, pass_rate=0.0, nll=scores["nll"].to_numpy())
-    return float(dmc.dmc_scores(dmc.item_table(items, nll_ref, variant="excess", r0=0.5, lam=2.0))["D"])
+    return float(dmc_factors.dmc_scores(dmc_factors.item_table(items, nll_ref, variant="excess", r0=0.5, lam=2.0))["D"])
 
 
 def test_training_on_the_training_slice_does_not_raise_dmc_on_the_scoring_slice():
     rng = random.Random(0)
     rows = pd.DataFrame({"problem_id": [f"q{i}" for i in range(60)]})
     rows["text"] = [_trace(rng, i) for i in range(60)]
-    training, scoring = dmc.scoring_split(rows, 0.3, salt="0")
+    training, scoring = dmc_factors.scoring_split(rows, 0.3, salt="0")
     assert len(scoring) >= 10 and len(training) >= 30
     assert set(training["problem_id"]).isdisjoint(scoring["problem_id"])
 

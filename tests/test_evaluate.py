@@ -267,7 +267,8 @@ def _responses(samples_file) -> dict[int, str]:
 def test_two_workers_evaluate_the_models_side_by_side_with_the_same_table(tmp_path, sevens_model, random_model):
     import pandas as pd
 
-    from syllabus import benchmark, workflow
+    from syllabus.problems import problem_splits
+    from syllabus.stages import benchmark
     from syllabus.runs import open_stage
 
     entries = pd.DataFrame([{"model": "sevens", "model_dir": str(sevens_model), "chat_template": False},
@@ -277,7 +278,7 @@ def test_two_workers_evaluate_the_models_side_by_side_with_the_same_table(tmp_pa
         stage = open_stage("06_benchmark", "ci", {"parallel.workers": workers, "benchmark.tasks": ["syllabus_lab"],
                                                   "benchmark.limit": 6, "benchmark.max_gen_toks": 4},
                            run_dir=tmp_path / f"run{workers}")
-        splits = workflow.problem_splits(stage.params)
+        splits = problem_splits(stage.params)
         results = benchmark.run_all(stage, entries, splits)
         assert [r.model for r in results] == ["sevens", "random (undistilled)"]
         tables[workers] = evaluate.tidy_results(results)

@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
-from syllabus import correlation, executor, lab, teacher_selection, workflow
+from syllabus import executor, lab, students
+from syllabus.problems import problem_splits
+from syllabus.stages import correlation, teacher_selection
 from syllabus.params import load_profile
 from syllabus.runs import open_stage
 
@@ -46,8 +48,8 @@ def _grid(tmp_path, workers: int, **parallel):
     extra = {f"parallel.{k}": v for k, v in parallel.items()}
     stage = open_stage("04_correlation", "ci", {**OVERRIDES, "parallel.workers": workers, **extra},
                        run_dir=tmp_path / f"run{workers}{''.join(parallel.values())}")
-    splits = workflow.problem_splits(stage.params)
-    student = workflow.load_student(stage, stage.params.students[0], splits)
+    splits = problem_splits(stage.params)
+    student = students.load_student(stage, stage.params.students[0], splits)
     rng = random.Random(0)
     datasets = {f"teacher={style}": pd.DataFrame([
         {"problem_id": p.id, "teacher": style, "text": lab.write_trace(p, style, error_rate=0.1, rng=rng), "sample": 0,
@@ -76,8 +78,8 @@ def _leaderboard(tmp_path, workers: int):
                                                       "teacher_selection.smoke_sft_steps": 2,
                                                       "teacher_selection.seeds": [0, 1]},
                        run_dir=tmp_path / f"smoke{workers}")
-    splits = workflow.problem_splits(stage.params)
-    student = workflow.load_student(stage, stage.params.students[0], splits)
+    splits = problem_splits(stage.params)
+    student = students.load_student(stage, stage.params.students[0], splits)
     problems = splits.pool[:8]
     runs = teacher_selection.generate_all(stage, problems)
     return stage, teacher_selection.leaderboard(stage, student, runs, problems, splits.probe)
@@ -145,17 +147,17 @@ def test_slurm_jobs_give_the_same_grid_as_one_local_worker(tmp_path, monkeypatch
 
 
 def test_two_workers_warm_both_lab_students_as_one_process_would(tmp_path):
-    students = [{"name": name, "source": "lab", "warmup_steps": 3,
-                 "arch": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}}
-                for name in ("xs", "xs2")]
+    specs = [{"name": name, "source": "lab", "warmup_steps": 3,
+              "arch": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}}
+             for name in ("xs", "xs2")]
     weights = {}
     for workers in (1, 2):
-        stage = open_stage("01_teacher_selection", "ci", {**OVERRIDES, "students": students,
+        stage = open_stage("01_teacher_selection", "ci", {**OVERRIDES, "students": specs,
                                                           "parallel.workers": workers}, run_dir=tmp_path / f"w{workers}")
-        splits = workflow.problem_splits(stage.params)
-        assert workflow.warm_students(stage, splits) == ([] if workers == 1 else ["xs", "xs2"])
-        assert workflow.warm_students(stage, splits) == []  # cached now (or left to load_student)
-        weights[workers] = [workflow.load_student(stage, name, splits).model.state_dict() for name in ("xs", "xs2")]
+        splits = problem_splits(stage.params)
+        assert students.warm_students(stage, splits) == ([] if workers == 1 else ["xs", "xs2"])
+        assert students.warm_students(stage, splits) == []  # cached now (or left to load_student)
+        weights[workers] = [students.load_student(stage, name, splits).model.state_dict() for name in ("xs", "xs2")]
     for one, two in zip(weights[1], weights[2]):
         for key in one:
             assert torch.equal(one[key], two[key]), key

@@ -54,7 +54,8 @@ def test_a_failed_launch_names_its_log(tmp_path):
 
 
 def test_a_stage_distils_over_two_processes_when_the_profile_asks(tmp_path):
-    from syllabus import workflow
+    from syllabus import distillation, students
+    from syllabus.problems import problem_splits
     from syllabus.runs import open_stage
 
     small = {"data.n_pool": 16, "data.n_probe": 4, "data.n_heldout": 8, "data.lab.n_pretrain": 120,
@@ -64,10 +65,10 @@ def test_a_stage_distils_over_two_processes_when_the_profile_asks(tmp_path):
     for processes in (1, 2):
         stage = open_stage("04_correlation", "ci", {**small, "parallel.sft_processes": processes},
                            run_dir=tmp_path / f"run{processes}")
-        splits = workflow.problem_splits(stage.params)
-        student = workflow.load_student(stage, stage.params.students[0], splits)
+        splits = problem_splits(stage.params)
+        student = students.load_student(stage, stage.params.students[0], splits)
         examples = [(student.prompt(p), student.target(p.solution or p.answer)) for p in splits.pool]
-        trained[processes], result = workflow.distil(student, examples, steps=3, stage=stage, seed=0, tag="dp")
+        trained[processes], result = distillation.distil(student, examples, steps=3, stage=stage, seed=0, tag="dp")
         assert result.summary.get("processes", 1) == processes
     for (name, a), (_, b) in zip(trained[1].model.named_parameters(), trained[2].model.named_parameters()):
         assert torch.allclose(a, b, atol=2e-5), name

@@ -143,7 +143,7 @@ def test_rule_parameters_are_data_checked_against_the_rule(tmp_path):
 
 
 def test_every_dmc_rule_and_policy_of_the_registries_is_accepted(tmp_path):
-    from syllabus.dmc import RULES
+    from syllabus.dmc_factors import RULES
     from syllabus.select import POLICIES
 
     for rule in RULES:

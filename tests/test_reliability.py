@@ -181,8 +181,9 @@ def test_an_openai_teacher_run_writes_no_key_into_the_run_folder(monkeypatch, tm
     loopback fake endpoint of test_teachers: the key is sent to the endpoint and written nowhere."""
     from test_teachers import SECRET, FakeEndpoint
 
-    from syllabus import workflow
-    from syllabus.teacher_selection import traces_table
+    from syllabus import generation
+    from syllabus.problems import problem_splits
+    from syllabus.stages.teacher_selection import traces_table
 
     profile = ci_profile_with(tmp_path, teachers=[{"name": "api", "backend": "openai", "model": "fake-model",
                                                    "sampling": {"temperature": 0.5, "max_new_tokens": 64}}],
@@ -193,8 +194,8 @@ def test_an_openai_teacher_run_writes_no_key_into_the_run_folder(monkeypatch, tm
         monkeypatch.setenv("OPENAI_BASE_URL", fake.url)
         monkeypatch.setenv("OPENAI_API_KEY", SECRET)
         stage = open_stage("01_teacher_selection", profile, run_dir=run_dir)
-        splits = workflow.problem_splits(stage.params)
-        runs = workflow.teacher_traces(stage, splits.pool, 2)
+        splits = problem_splits(stage.params)
+        runs = generation.teacher_traces(stage, splits.pool, 2)
         stage.save_table(traces_table(runs), "traces")
         stage.note(teachers={name: run.n_generated for name, run in runs.items()})
         stage.finish()

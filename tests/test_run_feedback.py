@@ -184,9 +184,9 @@ def test_status_of_a_partly_changed_run_says_what_changed(stand_in, capsys, monk
     assert rows["02_trace_curation"].startswith("up to date") and "re-runs if 01_teacher_selection" in rows["02_trace_curation"]
     # changed package code, named by file
     files = cli.code_files()
-    monkeypatch.setattr(cli, "code_files", lambda: {**files, "dmc.py": "0" * 64})
+    monkeypatch.setattr(cli, "code_files", lambda: {**files, "dmc_factors.py": "0" * 64})
     rows = call_status(capsys, stand_in)
-    assert all(rows[s].startswith("stale") and "code changed: dmc.py" in rows[s]
+    assert all(rows[s].startswith("stale") and "code changed: dmc_factors.py" in rows[s]
                for s in ("01_teacher_selection", "02_trace_curation")), rows
 
 

@@ -133,7 +133,7 @@ def test_every_profile_field_is_read_somewhere():
                 yield from fields(sub, f"{prefix}{name}.")
             yield f"{prefix}{name}", name
 
-    code = [p.read_text() for p in (PROJECT_ROOT / "src" / "syllabus").glob("*.py") if p.name != "params.py"]
+    code = [p.read_text() for p in (PROJECT_ROOT / "src" / "syllabus").rglob("*.py") if p.name != "params.py"]  # stages/ too
     for nb in sorted((PROJECT_ROOT / "notebooks").glob("*.ipynb")):
         code += ["".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
     text = "\n".join(code)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from syllabus import dmc, stats
+from syllabus import dmc_factors, stats
 
 
 def test_coefficients_match_scipy_with_ties():
@@ -77,7 +77,7 @@ def synthetic_grid(seed: int, true_r0: float, true_lam: float, noise: float, rel
                 rows.append({"dataset": f"d{d}", "student": s, "problem_id": f"p{i}", "correct": rng.random() < 0.9,
                              "pass_rate": rng.uniform(0, 0.4), "nll": shift * rng.uniform(0.8, 1.2)})
             grid.append({"dataset": f"d{d}", "student": s})
-    items = dmc.item_table(pd.DataFrame(rows), nll_ref=1.0)
+    items = dmc_factors.item_table(pd.DataFrame(rows), nll_ref=1.0)
     grid = pd.DataFrame(grid)
     truth = stats.dmc_for_grid(grid, items, ["dataset", "student"], "excess", {"r0": true_r0, "lam": true_lam})
     grid["gain"] = (truth if related else 0) + rng.normal(scale=noise, size=len(grid))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vllm_standin
-from syllabus import evaluate, lab, models, params as P, vllm_backend, workflow
+from syllabus import evaluate, generation, lab, models, params as P, students, vllm_backend
 from syllabus.params import load_profile
 
 torch.set_num_threads(1)
@@ -36,7 +36,7 @@ def standin(monkeypatch):
     return vllm_standin
 
 
-def lab_student(tmp_path, lora: bool) -> workflow.StudentModel:
+def lab_student(tmp_path, lora: bool) -> students.StudentModel:
     texts = [lab.write_trace(p, "equations", error_rate=0.0, rng=__import__("random").Random(0))
              for p in lab.generate_problems(40, seed=1, modules=["add", "subtract"], min_steps=1, max_steps=1,
                                             max_operand=9, max_value=20, id_prefix="w")]
@@ -48,7 +48,7 @@ def lab_student(tmp_path, lora: bool) -> workflow.StudentModel:
             for name, p in model.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
-    return workflow.StudentModel(spec, model.eval(), tok)
+    return students.StudentModel(spec, model.eval(), tok)
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -56,25 +56,25 @@ def test_vllm_student_samples_are_the_hf_samples_when_greedy(tmp_path, standin, 
     student = lab_student(tmp_path, lora)
     hf = load_profile("ci", {"student_generation.max_new_tokens": 24})
     vl = load_profile("ci", {"student_generation.max_new_tokens": 24, "student_generation.backend": "vllm"})
-    want = workflow.student_samples(student, PROBLEMS, k=1, prof=hf, seed=0)
-    got = workflow.student_samples(student, PROBLEMS, k=1, prof=vl, seed=0, cache_dir=tmp_path / "cache")
+    want = generation.student_samples(student, PROBLEMS, k=1, prof=hf, seed=0)
+    got = generation.student_samples(student, PROBLEMS, k=1, prof=vl, seed=0, cache_dir=tmp_path / "cache")
     assert [[g.text for g in gens] for gens in got] == [[g.text for g in gens] for gens in want]
     assert any(g[0].text.strip() for g in want)
     (served,) = standin.LLM.loaded
     assert served.startswith(str(tmp_path / "cache" / "vllm_models"))
     assert not list((tmp_path / "cache" / "vllm_models").glob("*/adapter_config.json"))  # LoRA merged: a plain model
-    again = workflow.student_samples(student, PROBLEMS, k=1, prof=vl, seed=0, cache_dir=tmp_path / "cache")
+    again = generation.student_samples(student, PROBLEMS, k=1, prof=vl, seed=0, cache_dir=tmp_path / "cache")
     assert again == got and len(standin.LLM.loaded) == 1  # same weights: the engine is reused
 
 
 def test_vllm_student_samples_k_per_problem_and_a_new_checkpoint_gets_a_new_engine(tmp_path, standin):
     student = lab_student(tmp_path, lora=False)
     prof = load_profile("ci", {"student_generation.max_new_tokens": 8, "student_generation.backend": "vllm"})
-    outs = workflow.student_samples(student, PROBLEMS, k=3, prof=prof, seed=1, cache_dir=tmp_path)
+    outs = generation.student_samples(student, PROBLEMS, k=3, prof=prof, seed=1, cache_dir=tmp_path)
     assert [len(g) for g in outs] == [3] * len(PROBLEMS)
     with torch.no_grad():
         next(student.model.parameters()).add_(0.01)  # a training step changes the weights
-    workflow.student_samples(student, PROBLEMS, k=1, prof=prof, seed=1, cache_dir=tmp_path)
+    generation.student_samples(student, PROBLEMS, k=1, prof=prof, seed=1, cache_dir=tmp_path)
     assert len(set(standin.LLM.loaded)) == 2
 
 
@@ -82,11 +82,11 @@ def test_the_hf_backend_never_imports_vllm_and_keeps_its_cache_keys(tmp_path, mo
     monkeypatch.delitem(sys.modules, "vllm", raising=False)
     student = lab_student(tmp_path, lora=False)
     prof = load_profile("ci", {"student_generation.max_new_tokens": 8})
-    workflow.pass_rates(student, PROBLEMS, k=1, prof=prof, seed=0, cache_dir=tmp_path)
+    generation.pass_rates(student, PROBLEMS, k=1, prof=prof, seed=0, cache_dir=tmp_path)
     assert "vllm" not in sys.modules
-    assert "backend" not in workflow.generation_settings(prof)  # pass-rate caches of earlier runs stay valid
+    assert "backend" not in generation.generation_settings(prof)  # pass-rate caches of earlier runs stay valid
     vl = load_profile("ci", {"student_generation.backend": "vllm"})
-    assert workflow.generation_settings(vl)["backend"] == "vllm"
+    assert generation.generation_settings(vl)["backend"] == "vllm"
 
 
 def test_vllm_missing_is_a_clear_error_naming_the_setting(tmp_path, monkeypatch):
@@ -95,7 +95,7 @@ def test_vllm_missing_is_a_clear_error_naming_the_setting(tmp_path, monkeypatch)
     prof = load_profile("ci", {"student_generation.backend": "vllm"})
     with pytest.raises(vllm_backend.VLLMMissing, match=r"student_generation.backend 'vllm' needs vLLM.*"
                                                        r"pip install 'syllabus\[vllm\]'.*backend: hf"):
-        workflow.student_samples(student, PROBLEMS, k=1, prof=prof, seed=0, cache_dir=tmp_path)
+        generation.student_samples(student, PROBLEMS, k=1, prof=prof, seed=0, cache_dir=tmp_path)
 
 
 def test_stage6_runs_lm_eval_with_its_vllm_model_type(tmp_path, monkeypatch, standin):

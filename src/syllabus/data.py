@@ -89,7 +89,7 @@ def gsm8k_steps(solution: str) -> int:
     """A GSM8K problem's level: the reasoning steps of its reference solution (its non-empty lines
     before ``####``, one calculation each; 2-8 on the test set), capped to 1-8. GSM8K has no topics,
     so the module (IOA's unit of skill) is ``steps-<level>`` too, each requiring the one below it
-    (``syllabus.dynamic.prerequisites``)."""
+    (``syllabus.stages.dynamic_selection.prerequisites``)."""
     lines = [line for line in solution.rsplit("####", 1)[0].splitlines() if line.strip()]
     return min(8, max(1, len(lines)))
 

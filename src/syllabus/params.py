@@ -15,7 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from .dmc_factors import RULES, check_params, rule_params  # the DMC rule registry
 from .errors import SyllabusError
+from .select import POLICIES  # the selection policy registry
 
 PARAMS_SCHEMA_VERSION = 1
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -224,16 +226,12 @@ class DMC(Strict):
     @field_validator("variant")
     @classmethod
     def _registered(cls, variant: str) -> str:
-        from .dmc import RULES  # the rule registry (imported here: dmc imports pandas)
-
         if variant not in RULES:
             raise ValueError(f"unknown DMC rule; registered rules: {sorted(RULES)}")
         return variant
 
     @model_validator(mode="after")
     def _rule_takes_params(self) -> "DMC":
-        from .dmc import check_params
-
         check_params(self.variant, self.params, where="dmc.params")
         if min(self.capability_prior) < 0:
             raise ValueError(f"dmc.capability_prior must be two numbers >= 0, got {list(self.capability_prior)}")
@@ -241,8 +239,6 @@ class DMC(Strict):
 
     def rule_params(self) -> dict[str, float]:
         """The chosen rule's parameters: ``params`` over the rule's defaults."""
-        from .dmc import check_params
-
         return check_params(self.variant, self.params)
 
 
@@ -269,8 +265,6 @@ class Correlation(Strict):
     @field_validator("fit_grid")
     @classmethod
     def _grid_names_rule_params(cls, grid: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:
-        from .dmc import RULES, rule_params
-
         for rule, values in grid.items():
             if rule not in RULES:
                 raise ValueError(f"correlation.fit_grid: unknown DMC rule '{rule}'; registered rules: {sorted(RULES)}")
@@ -329,8 +323,6 @@ class DynamicSelection(Strict):
     @field_validator("policies")
     @classmethod
     def _registered(cls, policies: list[str]) -> list[str]:
-        from .select import POLICIES  # the policy registry
-
         unknown = [p for p in policies if p not in POLICIES]
         if unknown:
             raise ValueError(f"unknown selection policies {unknown}; registered policies: {sorted(POLICIES)}")

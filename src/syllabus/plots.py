@@ -7,6 +7,7 @@ Figure; ``Stage.save_figure`` writes it as PNG and SVG next to the tables.
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib import ticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -80,8 +81,6 @@ def dmc_factors(table: pd.DataFrame, *, dataset="dataset", student="student",
     g.set_axis_labels("mean over items", "")
     for ax, name in zip(g.axes.flat, factors):
         if name in log_factors and (table[name] > 0).any():  # DMC spans orders of magnitude between datasets
-            from matplotlib import ticker
-
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=6))
             ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))

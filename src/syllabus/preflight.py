@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 
-from . import teachers, workflow
+from . import teachers
+from .problems import problem_splits
 from .data import DataError
 from .devices import DeviceError, resolve_device
 from .params import ParamsError, Profile
@@ -40,7 +41,7 @@ def check_runnable(prof: Profile) -> None:
             except teachers.TeacherError as exc:
                 problems.append((f"teachers.{i}.path", str(exc)))
     try:
-        splits = workflow.problem_splits(prof)
+        splits = problem_splits(prof)
     except DataError as exc:
         problems.append((f"data (task '{prof.data.task}')", str(exc)))
     else:

@@ -117,6 +117,13 @@ class Splits:
     def by_id(self) -> dict[str, Problem]:
         return {p.id: p for split in SPLITS for p in getattr(self, split)}
 
+    def module_counts(self, split: str) -> dict[str, int]:
+        """Problems per module in one split (a module of None counts as 'none')."""
+        counts: dict[str, int] = {}
+        for p in getattr(self, split):
+            counts[p.module or "none"] = counts.get(p.module or "none", 0) + 1
+        return counts
+
 
 def _json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)

@@ -262,16 +262,19 @@ def stable_seed(*parts: Any, bits: int = 64, form: str = "json") -> int:
 
     ``form`` is how the parts become text, kept per caller so that earlier caches and tables stay valid:
     ``"json"`` (``json.dumps(parts)``: teachers' samples), ``"repr"`` (``repr(parts)``: generation
-    batches) or ``"colon"`` (``"a:b"``: a stage's seed from the profile's seed and its name).
+    batches), ``"colon"`` (``"a:b"``: a stage's seed from the profile's seed and its name) or ``"compact"``
+    (``hash_obj``'s text of the parts as a list: stage 5's IOA items, remedial problems and phase SFT seeds).
     """
     if form == "json":
         text = json.dumps(parts, default=str)
+    elif form == "compact":
+        text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
     elif form == "repr":
         text = repr(parts)
     elif form == "colon":
         text = ":".join(str(p) for p in parts)
     else:
-        raise ValueError(f"stable_seed: form must be 'json', 'repr' or 'colon', got {form!r}")
+        raise ValueError(f"stable_seed: form must be 'json', 'repr', 'colon' or 'compact', got {form!r}")
     if bits % 4 or not 4 <= bits <= 256:
         raise ValueError(f"stable_seed: bits must be a multiple of 4 from 4 to 256, got {bits}")
     return int(sha256_bytes(text.encode())[: bits // 4], 16)
@@ -571,6 +574,13 @@ class Stage:
         for p in write_table(df, self.path(f"tables/{name}")):
             self.outputs[str(p.relative_to(self.dir))] = hash_file(p)
         return df
+
+    def save_tables(self, tables: dict[str, Any], *names: str) -> dict[str, Any]:
+        """Save the tables of a ``{name: table}`` mapping named in ``names`` (all when none is named), each
+        as ``save_table`` does, and return the mapping."""
+        for name in names or tables:
+            self.save_table(tables[name], name)
+        return tables
 
     def save_json(self, obj: Any, relative: str) -> Path:
         p = atomic_write_json(self.path(relative), obj)

@@ -39,6 +39,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from .runs import atomic_write_bytes, hash_obj
 
@@ -223,7 +225,6 @@ def _score_sequences(model, seqs: list[Encoded], batch_size: int, max_batch_toke
     nll_sum, ent_sum, rank_sum = np.zeros(len(seqs)), np.zeros(len(seqs)), np.zeros(len(seqs))
     batches = _batches([len(c) + len(t) for c, t in seqs], batch_size, max_batch_tokens)
     if progress:
-        from tqdm.auto import tqdm
         batches = tqdm(batches, desc="scoring", unit="batch")
     for idx in batches:
         width = max(len(seqs[i][0]) + len(seqs[i][1]) for i in idx)
@@ -319,8 +320,6 @@ def _forward(model, fast: bool, cache=None, **inputs):
 
 def _select_cache(cache, index: torch.Tensor):
     """A new ``DynamicCache`` holding batch rows ``index`` of ``cache`` (rows may repeat)."""
-    from transformers import DynamicCache
-
     return DynamicCache([(keys.index_select(0, index), values.index_select(0, index), *rest)
                          for keys, values, *rest in cache])
 
@@ -383,7 +382,6 @@ def _score_shared(model, seqs: list[Encoded], batch_size: int, max_batch_tokens:
     nll_sum, ent_sum, rank_sum = np.zeros(len(seqs)), np.zeros(len(seqs)), np.zeros(len(seqs))
     windows = _prompt_windows(seqs, batch_size, max_batch_tokens)
     if progress:
-        from tqdm.auto import tqdm
         windows = tqdm(windows, desc="scoring", unit="batch")
     for window in windows:
         for out, rows in _window_outputs(model, fast, window, seqs, batch_size, max_batch_tokens, pad_id):

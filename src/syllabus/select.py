@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from statistics import NormalDist
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -299,8 +300,6 @@ def organize(targets: Sequence[str], prerequisites: Mapping[str, Sequence[str]],
 def wilson_bound(successes: float, n: int, confidence: float, side: str) -> float:
     """One side (``lower`` / ``upper``) of the Wilson score interval for ``successes`` of ``n`` at ``confidence``
     (two-sided); with n = 0 nothing is known: 0 (lower) or 1 (upper)."""
-    from statistics import NormalDist
-
     if n <= 0:
         return 0.0 if side == "lower" else 1.0
     z = NormalDist().inv_cdf(0.5 + confidence / 2)

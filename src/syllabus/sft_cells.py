@@ -1,7 +1,7 @@
 """SFT cells in worker processes: the equal-budget "train, then evaluate" runs of stages 1 and 4.
 
-A cell is one SFT run of a student on a list of examples (``workflow.distil``) followed by its
-greedy pass rates on a problem set (``workflow.pass_rates``). Both are cached by content in the
+A cell is one SFT run of a student on a list of examples (``distillation.distil``) followed by its
+greedy pass rates on a problem set (``generation.pass_rates``). Both are cached by content in the
 run folder, so the stages fill the caches with ``fill(stage, jobs)`` - side by side through the
 profile's executor when ``parallel.workers > 1`` (or on Slurm) - and then assemble their tables
 with their usual sequential loop, which finds every cell cached: the tables are the same whatever
@@ -17,13 +17,14 @@ from types import SimpleNamespace
 
 import torch
 
-from . import executor, workflow
+from . import distillation, executor, generation
+from .students import StudentModel
 from .devices import resolve_device
 from .records import Problem
 from .runs import RunDir, Stage, atomic_path
 
 
-def job(stage: Stage, student: workflow.StudentModel, examples: list[tuple[str, str]], *, steps: int,
+def job(stage: Stage, student: StudentModel, examples: list[tuple[str, str]], *, steps: int,
         seed: int, tag: str, eval_problems: list[Problem]) -> dict:
     """One cell as plain, picklable data, run exactly as the stage's own loop would run it."""
     return {"params": stage.params, "run_root": str(stage.run.root), "eval_seed": stage.seed,
@@ -37,19 +38,22 @@ def fill(stage: Stage, jobs: list[dict]) -> None:
         executor.for_profile(stage.params, stage.run.cache / "slurm").map(run_cell, jobs)
 
 
-def student_file(stage: Stage, student: workflow.StudentModel) -> Path:
+def student_file(stage: Stage, student: StudentModel) -> Path:
     """The student (model on the CPU, tokenizer, spec) pickled once per weights for the workers."""
-    path = stage.run.cache / "executor" / f"student-{student.name}-{student.fingerprint()[:16]}.pt"
+    # The pickle names StudentModel's module (syllabus.students; syllabus.workflow before #17) and so does the
+    # file name: a run folder of the earlier layout never hands workers a pickle they cannot load.
+    module = StudentModel.__module__.rsplit(".", 1)[-1]
+    path = stage.run.cache / "executor" / f"student-{student.name}-{student.fingerprint()[:16]}-{module}.pt"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        on_cpu = workflow.StudentModel(student.spec, copy.deepcopy(student.model).to("cpu"), student.tokenizer)
+        on_cpu = StudentModel(student.spec, copy.deepcopy(student.model).to("cpu"), student.tokenizer)
         with atomic_path(path) as tmp:
             torch.save(on_cpu, tmp)
     return path
 
 
 @functools.lru_cache(maxsize=2)
-def worker_student(path: str, device: str, threads: int) -> workflow.StudentModel:
+def worker_student(path: str, device: str, threads: int) -> StudentModel:
     torch.set_num_threads(threads)
     student = torch.load(path, weights_only=False)
     student.model.to(resolve_device(device)).eval()
@@ -61,7 +65,7 @@ def run_cell(job: dict) -> str:
     prof = job["params"]
     student = worker_student(job["student_file"], prof.device, prof.threads)
     stage = SimpleNamespace(params=prof, run=RunDir(job["run_root"]), seed=job["eval_seed"])
-    trained, _ = workflow.distil(student, job["examples"], steps=job["steps"], stage=stage, seed=job["seed"],
-                                 tag=job["tag"])
-    workflow.pass_rates(trained, job["heldout"], k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
+    trained, _ = distillation.distil(student, job["examples"], steps=job["steps"], stage=stage, seed=job["seed"],
+                                     tag=job["tag"])
+    generation.pass_rates(trained, job["heldout"], k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
     return job["tag"]

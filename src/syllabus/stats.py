@@ -12,13 +12,14 @@ on a fitting part of the grid and ``holdout_correlation`` reports DMC's correlat
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from . import dmc as dmc_lib
+from . import dmc_factors
 
 METHODS = ("spearman", "pearson", "kendall")
 PAIR_BLOCK = 1 << 22  # resamples x n x n elements held at once by the vectorised Kendall tau
@@ -256,7 +257,7 @@ def split_grid(grid: pd.DataFrame, fit_fraction: float = 0.5, seed: int = 0, by:
 def dmc_for_grid(grid: pd.DataFrame, items: pd.DataFrame, keys: Sequence[str], variant: str,
                  params: Mapping[str, float]) -> np.ndarray:
     """DMC of each grid row (matched on ``keys``) under a rule and parameters."""
-    scores = dmc_lib.dmc_scores(dmc_lib.recompute(items, variant=variant, **params), by=list(keys))
+    scores = dmc_factors.dmc_scores(dmc_factors.recompute(items, variant=variant, **params), by=list(keys))
     idx = pd.MultiIndex.from_frame(grid[list(keys)]) if len(keys) > 1 else pd.Index(grid[keys[0]])
     values = scores.reindex(idx)
     if values.isna().any():
@@ -292,10 +293,9 @@ def fit_dmc_params(fit_grid: pd.DataFrame, items: pd.DataFrame, *, target: str =
     construction), ``n_fit``, ``note`` and ``search`` (every grid point). Ties go to the earlier grid
     point; when the correlation is undefined at every point the rule's defaults are returned with a note.
     """
-    import itertools
-
-    defaults = dmc_lib.check_params(variant, {k: v[0] for k, v in (param_grid or {}).items()},
-                                    where=f"fit grid of rule '{variant}'") if param_grid else dmc_lib.rule_params(variant)
+    defaults = (dmc_factors.check_params(variant, {k: v[0] for k, v in (param_grid or {}).items()},
+                                         where=f"fit grid of rule '{variant}'")
+                if param_grid else dmc_factors.rule_params(variant))
     names = sorted(param_grid or {})
     y = fit_grid[target].to_numpy(float)
     groups = fit_grid[group_col].to_numpy() if group_col and group_col in fit_grid else None
@@ -320,7 +320,7 @@ def holdout_correlation(holdout_grid: pd.DataFrame, items: pd.DataFrame, params:
                         seed: int = 0, group_col: str | None = None) -> dict[str, Any]:
     """``correlate`` of DMC (rule ``variant`` at ``params``) with ``target`` on the held-out part
     (bootstrap resampling ``group_col`` whole when given, e.g. dataset families)."""
-    chosen = dmc_lib.check_params(variant, params, where=f"parameters of rule '{variant}'")
+    chosen = dmc_factors.check_params(variant, params, where=f"parameters of rule '{variant}'")
     x = dmc_for_grid(holdout_grid, items, keys, variant, chosen)
     groups = holdout_grid[group_col].to_numpy() if group_col and group_col in holdout_grid else None
     result = correlate(x, holdout_grid[target].to_numpy(float), n_boot=n_boot, n_perm=n_perm, seed=seed,

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from . import curate, data, workflow
-from .params import Profile
-from .records import Problem, Trace
-from .runs import Stage
-from .verify import verify
+from .. import curate, data, generation
+from ..params import Profile
+from ..records import Problem, Splits, Trace
+from ..runs import Stage
+from ..students import StudentModel
+from ..verify import verify
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Curated:
     traces: list[Trace]
 
 
-def eval_sets(prof: Profile, splits: workflow.Splits) -> dict[str, list[Problem]]:
+def eval_sets(prof: Profile, splits: Splits) -> dict[str, list[Problem]]:
     """Every evaluation set of the profile, for decontamination: the run's probe and held-out
     problems, plus the benchmark sets named in ``data.eval_sets`` (loaded from the data directory).
 
@@ -43,12 +44,12 @@ def eval_sets(prof: Profile, splits: workflow.Splits) -> dict[str, list[Problem]
     return sets
 
 
-def curate_pool(stage: Stage, student: workflow.StudentModel, splits: workflow.Splits,
+def curate_pool(stage: Stage, student: StudentModel, splits: Splits,
                 pass_rates: pd.Series) -> Curated:
     """Run the funnel on every teacher's traces for the pool and name the candidate datasets."""
     prof = stage.params
     cfg = prof.curation
-    runs = workflow.teacher_traces(stage, splits.pool, cfg.samples_per_problem)
+    runs = generation.teacher_traces(stage, splits.pool, cfg.samples_per_problem)
     traces = [t for run in runs.values() for t in run.traces]
     count_tokens = student.count_tokens
     rates = pass_rates.to_dict()

@@ -7,19 +7,21 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import torch
 
-from . import evaluate, executor, models, workflow
-from .devices import resolve_device
-from .progress import track
-from .runs import Stage
+from .. import evaluate, executor, models, students
+from ..devices import resolve_device
+from ..progress import track
+from ..records import Splits
+from ..runs import Stage
 
 
-def models_to_evaluate(stage: Stage, splits: workflow.Splits, finals: pd.DataFrame) -> pd.DataFrame:
+def models_to_evaluate(stage: Stage, splits: Splits, finals: pd.DataFrame) -> pd.DataFrame:
     """One row per model: name, kind (student / distilled / teacher) and a loadable model directory."""
     prof = stage.params
     rows = []
     for spec in prof.students:
-        student = workflow.load_student(stage, spec, splits)
+        student = students.load_student(stage, spec, splits)
         target = stage.run.cache / "final_models" / f"{spec.name}-undistilled"
         if not (target / "config.json").is_file():
             models.save_model(student.model, student.tokenizer, target, info={"student": spec.name, "policy": None})
@@ -36,7 +38,7 @@ def models_to_evaluate(stage: Stage, splits: workflow.Splits, finals: pd.DataFra
     return pd.DataFrame(rows)
 
 
-def run_all(stage: Stage, entries: pd.DataFrame, splits: workflow.Splits) -> list[evaluate.EvalResult]:
+def run_all(stage: Stage, entries: pd.DataFrame, splits: Splits) -> list[evaluate.EvalResult]:
     """lm-eval on every model and task of the profile; finished (model, task) pairs are read back, not re-run.
 
     With ``parallel.workers > 1`` (or Slurm) the models are evaluated side by side first (one per worker,
@@ -65,8 +67,6 @@ def eval_job(stage: Stage, row: dict, lab_file) -> dict:
 
 def run_job(job: dict) -> evaluate.EvalResult:
     """One model's lm-eval run (in this process or a worker), on the profile's thread count."""
-    import torch
-
     args = dict(job)
     torch.set_num_threads(args.pop("threads"))
     return evaluate.run_lm_eval(args.pop("model_dir"), args.pop("tasks"), **args)

@@ -1,6 +1,6 @@
 import torch
 
-from syllabus import scoring, workflow
+from syllabus import scoring, students
 from syllabus.params import Student
 
 from tiny_lm import tiny_llama, tiny_tokenizer
@@ -8,7 +8,7 @@ from tiny_lm import tiny_llama, tiny_tokenizer
 
 def test_student_fingerprint_is_hashed_again_only_after_the_weights_change(monkeypatch):
     tok = tiny_tokenizer()
-    student = workflow.StudentModel(Student(name="s", source="dir", model="unused"), tiny_llama(tok), tok)
+    student = students.StudentModel(Student(name="s", source="dir", model="unused"), tiny_llama(tok), tok)
     calls = []
     real = scoring.model_fingerprint
     monkeypatch.setattr(scoring, "model_fingerprint", lambda m: calls.append(1) or real(m))

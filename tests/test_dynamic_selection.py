@@ -4,11 +4,13 @@ import pandas as pd
 import pytest
 import torch
 
-from syllabus import dynamic, workflow
+from syllabus import distillation, students
+from syllabus.problems import problem_splits
+from syllabus.stages import dynamic_selection
 
 
 def test_prerequisites_lab_graph_step_chain_and_none_for_subjects():
-    graph = dynamic.prerequisites(["add", "multiply", "percent", "steps-2", "steps-3", "steps-5", "Algebra"])
+    graph = dynamic_selection.prerequisites(["add", "multiply", "percent", "steps-2", "steps-3", "steps-5", "Algebra"])
     assert graph["steps-2"] == [] and graph["steps-3"] == ["steps-2"] and graph["steps-5"] == ["steps-3"]
     assert graph["Algebra"] == []
     assert graph["add"] == [] and set(graph["percent"]) <= {"add", "multiply"} and graph["percent"]
@@ -17,19 +19,19 @@ def test_prerequisites_lab_graph_step_chain_and_none_for_subjects():
 def test_teacher_module_scores_and_early_policy_checks():
     raw = pd.DataFrame({"teacher": ["t", "t", "t", "u"], "module": ["steps-2", "steps-2", None, "steps-3"],
                         "correct": [True, False, True, True]})
-    assert dynamic.teacher_module_scores(raw, "t") == {"steps-2": 0.5}
-    assert dynamic.teacher_module_scores(raw, "u") == {"steps-3": 1.0}
-    assert dynamic.teacher_module_scores(raw, "u", measurable={"steps-2"}) == {}  # the probe has no steps-3
+    assert dynamic_selection.teacher_module_scores(raw, "t") == {"steps-2": 0.5}
+    assert dynamic_selection.teacher_module_scores(raw, "u") == {"steps-3": 1.0}
+    assert dynamic_selection.teacher_module_scores(raw, "u", measurable={"steps-2"}) == {}  # the probe has no steps-3
     no_levels = {"d": pd.DataFrame({"level": [None, None]})}
     with pytest.raises(ValueError, match="easy_to_hard needs problem levels.*dynamic.policies"):
-        dynamic.check_policies(["random", "easy_to_hard"], no_levels, {"steps-2": 0.5})
+        dynamic_selection.check_policies(["random", "easy_to_hard"], no_levels, {"steps-2": 0.5})
     with pytest.raises(ValueError, match="ioa needs problem modules"):
-        dynamic.check_policies(["ioa"], no_levels, {})
-    dynamic.check_policies(["random", "ioa"], no_levels, {"steps-2": 0.5})  # both servable: no error
+        dynamic_selection.check_policies(["ioa"], no_levels, {})
+    dynamic_selection.check_policies(["random", "ioa"], no_levels, {"steps-2": 0.5})  # both servable: no error
 
 
 def _student_and_data():
-    from syllabus import models, params as P, workflow
+    from syllabus import models, params as P
     from syllabus.records import Problem
 
     problems = {f"p{i}": Problem(id=f"p{i}", task="lab", source="lab", text=f"What is {i} + {i}?", answer=str(2 * i))
@@ -38,7 +40,7 @@ def _student_and_data():
                           "text": [f"{2 * i}.\n#### {2 * i}" for i in range(8)], "level": 1, "module": "add"})
     long_ = short.assign(teacher="long", text=[f"First {i} + {i}. " * 6 + f"So {2 * i}.\n#### {2 * i}" for i in range(8)])
     tok = models.lab_tokenizer([p.text for p in problems.values()] + list(short["text"]) + list(long_["text"]))
-    student = workflow.StudentModel(P.Student(name="s", source="lab"), None, tok)
+    student = students.StudentModel(P.Student(name="s", source="lab"), None, tok)
     return student, problems, {"short": short, "long": long_}
 
 
@@ -48,19 +50,19 @@ def test_token_budget_gives_every_choice_the_same_tokens_within_one_example():
     from syllabus import select
 
     student, problems, datasets = _student_and_data()
-    budget = 8 * dynamic.mean_example_tokens(student, problems, datasets, max_seq_len=256)
+    budget = 8 * dynamic_selection.mean_example_tokens(student, problems, datasets, max_seq_len=256)
     totals = {}
     for name in datasets:
         choice = select.Choice(weights={name: 1.0}, reason="test")
-        batch, examples = dynamic.draw_to_token_budget(student, problems, choice, datasets, budget, 2,
-                                                       random.Random(3), max_seq_len=256)
-        lengths = dynamic.example_tokens(student, examples, 256)
+        batch, examples = dynamic_selection.draw_to_token_budget(student, problems, choice, datasets, budget, 2,
+                                                                 random.Random(3), max_seq_len=256)
+        lengths = distillation.example_tokens(student, examples, 256)
         assert len(batch) == len(examples) and set(batch["teacher"]) == {name}
         assert sum(lengths) >= budget > sum(lengths) - max(lengths)  # reached, and overshot by under one example
         totals[name] = (len(examples), sum(lengths))
         # the draws are a prefix of an unbounded draw: a smaller budget keeps the first examples
-        _, fewer = dynamic.draw_to_token_budget(student, problems, choice, datasets, budget / 2, 2,
-                                                random.Random(3), max_seq_len=256)
+        _, fewer = dynamic_selection.draw_to_token_budget(student, problems, choice, datasets, budget / 2, 2,
+                                                          random.Random(3), max_seq_len=256)
         assert fewer == examples[:len(fewer)]
     assert totals["short"][0] > totals["long"][0]  # more of the short examples for the same tokens
 
@@ -73,7 +75,7 @@ def test_compare_policies_pairs_seed_by_seed_and_says_where_no_difference_is_sho
         for policy, solved in {"random": 10, "good": 30, "same": 10}.items():
             rows += [{"policy": policy, "seed": seed, "problem_id": pid, "correct": float(i < solved + seed)}
                      for i, pid in enumerate(ids)]
-    table = dynamic.compare_policies(pd.DataFrame(rows), start, references=("random",)).set_index("policy")
+    table = dynamic_selection.compare_policies(pd.DataFrame(rows), start, references=("random",)).set_index("policy")
     assert table.loc["good", "final_accuracy"] == pytest.approx((31 / 40))
     assert table.loc["good", "vs_random"] == pytest.approx(0.5) and table.loc["good", "vs_random_shown"]
     assert table.loc["same", "vs_random"] == 0 and not table.loc["same", "vs_random_shown"]
@@ -82,15 +84,15 @@ def test_compare_policies_pairs_seed_by_seed_and_says_where_no_difference_is_sho
 
 
 def test_budget_steps_equal_tokens_for_short_and_long_examples():
-    from syllabus import params as P, workflow
+    from syllabus import params as P
 
     student, problems, datasets = _student_and_data()
     training = P.Training(batch_size=2, max_seq_len=256)
     steps = {}
     for name, rows in datasets.items():
-        examples = workflow.sft_examples(student, problems, [dict(r) for r in rows.to_dict("records")])
-        steps[name] = workflow.budget_steps(student, examples, training, tokens=2000, steps=7)
-        assert workflow.budget_steps(student, examples, training, tokens=None, steps=7) == 7
+        examples = distillation.sft_examples(student, problems, [dict(r) for r in rows.to_dict("records")])
+        steps[name] = distillation.budget_steps(student, examples, training, tokens=2000, steps=7)
+        assert distillation.budget_steps(student, examples, training, tokens=None, steps=7) == 7
     assert steps["short"] > steps["long"] >= 1
 
 
@@ -114,19 +116,19 @@ def _policy_runs(tmp_path, workers: int):
 
     stage = open_stage("05_dynamic_selection", "ci", {**RUN_OVERRIDES, "parallel.workers": workers},
                        run_dir=tmp_path / f"run{workers}")
-    splits = workflow.problem_splits(stage.params)
-    student = workflow.load_student(stage, stage.params.students[0], splits)
+    splits = problem_splits(stage.params)
+    student = students.load_student(stage, stage.params.students[0], splits)
     rng = _random.Random(0)
     rows = lambda name, style: pd.DataFrame([  # noqa: E731
         {"dataset": name, "problem_id": p.id, "teacher": style, "text": lab.write_trace(p, style, error_rate=0.1, rng=rng),
          "sample": 0, "correct": True, "module": p.module, "level": p.level} for p in splits.pool])
     datasets = {"teacher=equations": rows("teacher=equations", "equations"), "teacher=prose": rows("teacher=prose", "prose"),
                 "teacher=equations+adapted": rows("teacher=equations+adapted", "equations"), "all": rows("all", "prose")}
-    probe = dynamic.ioa_probe(stage, splits, "equations")
-    inputs = dynamic.PolicyInputs(datasets, splits.by_id(), splits, dynamic.prerequisites(probe.teacher_scores),
-                                  "equations", probe)
-    runs = dynamic.run_policies(stage, student, inputs)
-    return stage, probe, {**dynamic.run_tables(runs), "outcomes": dynamic.outcomes_table(runs)}
+    probe = dynamic_selection.ioa_probe(stage, splits, "equations")
+    graph = dynamic_selection.prerequisites(probe.teacher_scores)
+    inputs = dynamic_selection.PolicyInputs(datasets, splits.by_id(), splits, graph, "equations", probe)
+    runs = dynamic_selection.run_policies(stage, student, inputs)
+    return stage, probe, {**dynamic_selection.run_tables(runs), "outcomes": dynamic_selection.outcomes_table(runs)}
 
 
 def test_policy_runs_with_two_workers_give_the_same_tables_as_one(tmp_path):
@@ -147,7 +149,7 @@ def test_policy_runs_with_two_workers_give_the_same_tables_as_one(tmp_path):
     # a student at 0 fails the gate: IOA remediates on problems it had not seen
     ioa = choices[(choices["policy"] == "ioa") & (choices["phase"] == 1)]
     assert ioa["reason"].str.contains("remedial round 1").all() and (ioa["new_problems"] > 0).all()
-    assert (ioa["chosen"] == dynamic.REMEDIAL).all()
+    assert (ioa["chosen"] == dynamic_selection.REMEDIAL).all()
     # one optimizer across phases: phase 2 continues phase 1 (its AdamW step count goes on)
     folder = stage1.run.cache / "dynamic" / "xs" / "random" / "seed0"
     (p0,), (p1,) = folder.glob("phase0-*"), folder.glob("phase1-*")
@@ -172,15 +174,19 @@ def test_remedial_data_is_new_simpler_verified_and_adapted():
     prof = load_profile("ci", {"dynamic.ioa.remedial_problems": 30})
     pool = lab.generate_problems(40, 1, max_operand=12, min_steps=1, max_steps=2)
     exclude = {p.text for p in pool}
-    rows, new = dynamic.remedial_data(prof, ("rate", "divide"), "equations", [0, 1, "rate"], exclude, pd.DataFrame())
-    assert len(new) == 30 and 0 < len(rows) <= 30 and set(rows["dataset"]) == {dynamic.REMEDIAL}
+
+    def remedial(key):
+        return dynamic_selection.remedial_data(prof, ("rate", "divide"), "equations", key, exclude, pd.DataFrame())
+
+    rows, new = remedial([0, 1, "rate"])
+    assert len(new) == 30 and 0 < len(rows) <= 30 and set(rows["dataset"]) == {dynamic_selection.REMEDIAL}
     assert not exclude & {p.text for p in new.values()}  # problems the run has not seen
     assert {p.module for p in new.values()} <= {"rate", "divide"} and {p.level for p in new.values()} == {1}  # one step: simpler
     assert max(s["a"] for p in new.values() for s in p.metadata["steps"]) <= 6  # operands up to half the data's 12
     assert all(verify(new[pid], text) and text.startswith("Step 1") for pid, text in zip(rows["problem_id"], rows["text"]))
-    again, _ = dynamic.remedial_data(prof, ("rate", "divide"), "equations", [0, 1, "rate"], exclude, pd.DataFrame())
+    again, _ = remedial([0, 1, "rate"])
     pd.testing.assert_frame_equal(rows, again)  # seeded: a replayed run draws the same round
-    other, _ = dynamic.remedial_data(prof, ("rate", "divide"), "equations", [0, 2, "rate"], exclude, pd.DataFrame())
+    other, _ = remedial([0, 2, "rate"])
     assert set(other["text"]) != set(rows["text"])  # another round, other problems
 
 
@@ -193,7 +199,7 @@ def test_lock_in_table_follows_the_dataset_trained_on_in_the_phase_before():
     choices = pd.DataFrame([{"policy": "dmc_dynamic", "seed": 0, "phase": 0, "chosen": "a"},
                             {"policy": "dmc_dynamic", "seed": 0, "phase": 1, "chosen": "b"},
                             {"policy": "random", "seed": 0, "phase": 0, "chosen": "b"}])
-    table = dynamic.lock_in_table(traj, choices)
+    table = dynamic_selection.lock_in_table(traj, choices)
     assert table.to_dict("records") == [{
         "seed": 0, "phase": 1, "trained_on": "a", "r_in_sample_before": 1.2, "r_in_sample_after": 0.9,
         "r_out_of_sample_before": 1.2, "r_out_of_sample_after": 1.25, "dmc_in_sample_before": 0.5,

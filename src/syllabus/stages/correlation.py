@@ -7,7 +7,7 @@ candidates: the student re-evaluated with no SFT (``control:none``) and SFT on t
 solutions of the pool problems at the same budget (``control:gold``). DMC (from stage 3) and simple
 baselines are then correlated with the gain within each student (and pooled, labelled), with a
 bootstrap that resamples dataset families whole (``syllabus.stats``). Cells train on each candidate's
-*training slice* only (``compatibility.training_rows``); DMC was measured on its scoring slice. The
+*training slice* only (``stages.dmc.training_rows``); DMC was measured on its scoring slice. The
 default rule is chosen by a stated protocol (``rule_protocol``): rules and their parameters
 (``correlation.fit_grid``) are compared on one part of the grid (half the single-teacher families,
 or the first student) and the choice is reported on the other part, beside every other predictor.
@@ -19,11 +19,13 @@ import json
 
 import pandas as pd
 
-from . import compatibility, executor, models, sft_cells, stats, workflow
-from .candidates import matching_datasets
-from .progress import Task
-from .records import Problem
-from .runs import Stage
+from .. import distillation, executor, generation, lab, models, sft_cells, stats
+from ..progress import Task
+from ..records import Problem
+from ..runs import Stage
+from ..students import StudentModel
+from . import dmc
+from .trace_curation import matching_datasets
 
 CONTROL_NONE, CONTROL_GOLD = "control:none", "control:gold"
 CONTROLS = (CONTROL_NONE, CONTROL_GOLD)
@@ -52,26 +54,26 @@ def dataset_family(name: str) -> str:
     return base if base.startswith("teacher=") else MIXED_FAMILY
 
 
-def gold_examples(student: workflow.StudentModel, pool: list[Problem]) -> list[tuple[str, str]]:
+def gold_examples(student: StudentModel, pool: list[Problem]) -> list[tuple[str, str]]:
     """The ``control:gold`` data: the reference solution of every pool problem, in the student's format."""
     return [(student.prompt(p), student.target(p.solution)) for p in pool if p.solution]
 
 
-def grid_cells(student: workflow.StudentModel, datasets: dict[str, pd.DataFrame], problems: dict[str, Problem],
+def grid_cells(student: StudentModel, datasets: dict[str, pd.DataFrame], problems: dict[str, Problem],
                pool: list[Problem], prof) -> dict[str, tuple[list[tuple[str, str]], int]]:
     """A student's trained cells, each (examples, SFT steps for the budget): every candidate dataset's
     training slice (never its DMC scoring slice), then ``control:gold``; ``gain_grid`` and the worker jobs
     both run exactly these."""
-    cells = {name: workflow.sft_examples(student, problems, compatibility.traces_of(table))
-             for name, table in compatibility.training_rows(datasets, prof).items()}
+    cells = {name: distillation.sft_examples(student, problems, dmc.traces_of(table))
+             for name, table in dmc.training_rows(datasets, prof).items()}
     cells[CONTROL_GOLD] = gold_examples(student, pool)
-    return {name: (examples, workflow.budget_steps(student, examples, prof.training,
-                                                   tokens=prof.correlation.sft_tokens,
-                                                   steps=prof.correlation.sft_steps))
+    return {name: (examples, distillation.budget_steps(student, examples, prof.training,
+                                                       tokens=prof.correlation.sft_tokens,
+                                                       steps=prof.correlation.sft_steps))
             for name, examples in cells.items()}
 
 
-def gain_grid(stage: Stage, students: list[workflow.StudentModel], datasets: dict[str, pd.DataFrame],
+def gain_grid(stage: Stage, students: list[StudentModel], datasets: dict[str, pd.DataFrame],
               problems: dict[str, Problem], heldout: list[Problem], pool: list[Problem]
               ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Equal-budget SFT of every student on every dataset (and the two controls), every seed.
@@ -91,17 +93,17 @@ def gain_grid(stage: Stage, students: list[workflow.StudentModel], datasets: dic
                                for job in _cell_jobs(stage, student, datasets, problems, heldout, pool)])
     progress = Task("grid cells", len(students) * (len(datasets) + 1) * len(prof.correlation.seeds))
     for student in students:
-        before = workflow.pass_rates(student, heldout, k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
+        before = generation.pass_rates(student, heldout, k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
         # control:none - the untouched student evaluated again, without the cache: greedy decoding is
         # deterministic, so this measures that the evaluation itself adds no noise.
-        again = workflow.pass_rates(student, heldout, k=1, prof=prof, seed=stage.seed)
+        again = generation.pass_rates(student, heldout, k=1, prof=prof, seed=stage.seed)
         results = [(CONTROL_NONE, None, again, None)]
         for name, (examples, steps) in grid_cells(student, datasets, problems, pool, prof).items():
             for seed in prof.correlation.seeds:
-                trained, result = workflow.distil(student, examples, steps=steps, stage=stage, seed=seed,
-                                                  tag=f"grid-{student.name}-{name}-s{seed}")
-                after = workflow.pass_rates(trained, heldout, k=1, prof=prof, seed=stage.seed,
-                                            cache_dir=stage.run.cache)
+                trained, result = distillation.distil(student, examples, steps=steps, stage=stage, seed=seed,
+                                                      tag=f"grid-{student.name}-{name}-s{seed}")
+                after = generation.pass_rates(trained, heldout, k=1, prof=prof, seed=stage.seed,
+                                              cache_dir=stage.run.cache)
                 results.append((name, seed, after, (len(examples), steps, result.tokens_seen)))
                 progress.advance()
         for name, seed, after, sizes in results:
@@ -118,7 +120,7 @@ def gain_grid(stage: Stage, students: list[workflow.StudentModel], datasets: dic
     return pd.DataFrame(rows), pd.concat(outcomes, ignore_index=True)
 
 
-def _cell_jobs(stage: Stage, student: workflow.StudentModel, datasets: dict[str, pd.DataFrame],
+def _cell_jobs(stage: Stage, student: StudentModel, datasets: dict[str, pd.DataFrame],
                problems: dict[str, Problem], heldout: list[Problem], pool: list[Problem]) -> list[dict]:
     """One job per (dataset or gold control, seed) of a student, as ``gain_grid``'s loop would run them."""
     prof = stage.params
@@ -168,7 +170,6 @@ def planted_style_check(outcomes: pd.DataFrame, prof) -> pd.DataFrame:
     """Does the grid recover the planted style preference? For each lab student, the gain from its
     familiar teacher's curated dataset (``lab.FAMILIAR_STYLE`` of its warm-up style) minus the gain
     from every other teacher's, paired problem by problem and seed by seed, with a 95% CI."""
-    from . import lab
 
     rows = []
     styles = {t.name: t.style for t in prof.teachers if t.backend == "lab"}

@@ -13,45 +13,46 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import executor, sft_cells, stats, workflow
-from .params import Profile
-from .progress import track
-from .records import Problem
-from .runs import Stage
-from .scoring import cached_scores
+from .. import distillation, executor, generation, sft_cells, stats
+from ..params import Profile
+from ..progress import track
+from ..records import Problem, Splits
+from ..runs import Stage
+from ..scoring import cached_scores
+from ..students import StudentModel
 
 
-def selection_problems(prof: Profile, splits: workflow.Splits) -> list[Problem]:
+def selection_problems(prof: Profile, splits: Splits) -> list[Problem]:
     """The problems teachers write traces for: the first ``probe_size`` of the pool."""
     return splits.pool[: prof.teacher_selection.probe_size]
 
 
-def generate_all(stage: Stage, problems: list[Problem]) -> dict[str, workflow.TeacherRun]:
+def generate_all(stage: Stage, problems: list[Problem]) -> dict[str, generation.TeacherRun]:
     """Traces from every candidate teacher on the selection problems (cached, resumable, verified)."""
-    return workflow.teacher_traces(stage, problems, stage.params.teacher_selection.samples_per_problem)
+    return generation.teacher_traces(stage, problems, stage.params.teacher_selection.samples_per_problem)
 
 
-def traces_table(runs: dict[str, workflow.TeacherRun]) -> pd.DataFrame:
+def traces_table(runs: dict[str, generation.TeacherRun]) -> pd.DataFrame:
     rows = [{"teacher": r.name, "problem_id": t.problem_id, "sample": t.sample, "correct": t.correct,
              "truncated": t.truncated, "text": t.text} for r in runs.values() for t in r.traces]
     return pd.DataFrame(rows)
 
 
-def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, workflow.TeacherRun],
+def leaderboard(stage: Stage, student: StudentModel, runs: dict[str, generation.TeacherRun],
                 problems: list[Problem], eval_problems: list[Problem]) -> pd.DataFrame:
     """One row per teacher: its accuracy, trace statistics under the student, and the smoke-test gain."""
     prof = stage.params
     ts = prof.teacher_selection
     by_id = {p.id: p for p in problems}
     fingerprint = student.fingerprint()
-    before = workflow.pass_rates(student, eval_problems, k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
+    before = generation.pass_rates(student, eval_problems, k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
     if executor.spreads(prof):  # fill the caches side by side; the loop below reads every smoke test back
         sft_cells.fill(stage, smoke_jobs(stage, student, runs, by_id, eval_problems))
     rows = []
     for name, run in track(runs.items(), "smoke tests (teachers)"):
         traces = run.traces
         correct = [t for t in traces if t.correct]
-        pairs = workflow.sft_examples(student, by_id, traces)
+        pairs = distillation.sft_examples(student, by_id, traces)
         scores = cached_scores(student.model, student.tokenizer, pairs, cache_dir=stage.run.cache / "scores",
                                batch_size=prof.dmc.score_batch_size,
                                max_batch_tokens=prof.dmc.score_max_batch_tokens, fingerprint=fingerprint)
@@ -70,10 +71,10 @@ def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, wo
             examples, steps = smoke_examples(stage, student, run, by_id)
             afters = []
             for seed in ts.seeds:
-                trained, _ = workflow.distil(student, examples, steps=steps, stage=stage, seed=seed,
-                                             tag=smoke_tag(student, name, seed))
-                after = workflow.pass_rates(trained, eval_problems, k=1, prof=prof, seed=stage.seed,
-                                            cache_dir=stage.run.cache)
+                trained, _ = distillation.distil(student, examples, steps=steps, stage=stage, seed=seed,
+                                                 tag=smoke_tag(student, name, seed))
+                after = generation.pass_rates(trained, eval_problems, k=1, prof=prof, seed=stage.seed,
+                                              cache_dir=stage.run.cache)
                 afters.append(after.loc[before.index].to_numpy())
         paired = stats.paired_gain(before.to_numpy(), np.vstack(afters))
         row.update({"accuracy_before": float(before.mean()), "accuracy_after": float(np.mean(afters)),
@@ -85,21 +86,21 @@ def leaderboard(stage: Stage, student: workflow.StudentModel, runs: dict[str, wo
     return board.reset_index(drop=True)
 
 
-def smoke_examples(stage: Stage, student: workflow.StudentModel, run: workflow.TeacherRun,
+def smoke_examples(stage: Stage, student: StudentModel, run: generation.TeacherRun,
                    by_id: dict[str, Problem]) -> tuple[list[tuple[str, str]], int]:
     """A teacher's smoke-test SFT: its verified traces as examples, and the steps of the equal budget."""
     ts = stage.params.teacher_selection
-    examples = workflow.sft_examples(student, by_id, [t for t in run.traces if t.correct])
-    steps = workflow.budget_steps(student, examples, stage.params.training, tokens=ts.smoke_sft_tokens,
-                                  steps=ts.smoke_sft_steps)
+    examples = distillation.sft_examples(student, by_id, [t for t in run.traces if t.correct])
+    steps = distillation.budget_steps(student, examples, stage.params.training, tokens=ts.smoke_sft_tokens,
+                                      steps=ts.smoke_sft_steps)
     return examples, steps
 
 
-def smoke_tag(student: workflow.StudentModel, teacher: str, seed: int) -> str:
+def smoke_tag(student: StudentModel, teacher: str, seed: int) -> str:
     return f"smoke-{student.name}-{teacher}-s{seed}"
 
 
-def smoke_jobs(stage: Stage, student: workflow.StudentModel, runs: dict[str, workflow.TeacherRun],
+def smoke_jobs(stage: Stage, student: StudentModel, runs: dict[str, generation.TeacherRun],
                by_id: dict[str, Problem], eval_problems: list[Problem]) -> list[dict]:
     """One ``sft_cells`` job per (teacher with verified traces, seed), as ``leaderboard``'s loop runs them."""
     jobs = []

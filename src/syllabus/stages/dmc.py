@@ -1,6 +1,6 @@
 """Stage 3 composed: the DMC of every candidate dataset for a student at its current checkpoint.
 
-Every candidate dataset is split once, by a stable hash of the problem id (``dmc.scoring_split``,
+Every candidate dataset is split once, by a stable hash of the problem id (``dmc_factors.scoring_split``,
 ``dmc.heldout_fraction``), into a training slice and a scoring slice; nested datasets share the
 split. DMC is measured on the scoring slice (``score_student``); SFT in stages 4 and 5 draws only
 from the training slice (``training_rows``), so training on D cannot raise DMC(D) merely by making
@@ -9,7 +9,7 @@ the very items it is scored on likelier.
 For one student: k samples of its own on every problem of the slice at ``dmc.sample_temperature``
 (capability: their smoothed pass rate; the per-prompt reference: their mean NLL), the
 teacher-forced NLL / entropy / IFD / rank of every trace (batched, cached by model and data), then
-``dmc.item_table`` and ``dmc.dataset_table``. Stage 5 calls the same function on each new checkpoint.
+``dmc_factors.item_table`` and ``dmc_factors.dataset_table``. Stage 5 calls the same function on each new checkpoint.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import dmc, workflow
-from .records import Problem, Trace
-from .progress import track
-from .runs import Stage, cached_json, hash_obj
-from .scoring import cached_scores
+from .. import distillation, dmc_factors, generation
+from ..progress import track
+from ..records import Problem, Trace
+from ..runs import Stage, cached_json, hash_obj
+from ..scoring import cached_scores
+from ..students import StudentModel
+from ..verify import verify
 
 SLICES = ("scoring", "training", "training_sample")
 
@@ -50,10 +52,10 @@ def slice_rows(datasets: dict[str, pd.DataFrame], prof, part: str) -> dict[str, 
     fraction = prof.dmc.heldout_fraction
     out = {}
     for name, rows in datasets.items():
-        training, scoring = dmc.scoring_split(rows, fraction, split_salt(prof))
+        training, scoring = dmc_factors.scoring_split(rows, fraction, split_salt(prof))
         chosen = scoring if part == "scoring" else training
         if part == "training_sample" and 0 < fraction < 0.5:
-            chosen = dmc.scoring_split(training, fraction / (1 - fraction), split_salt(prof) + ":in-sample")[1]
+            chosen = dmc_factors.scoring_split(training, fraction / (1 - fraction), split_salt(prof) + ":in-sample")[1]
         if len(chosen):
             out[name] = chosen
     return out
@@ -70,23 +72,22 @@ def training_rows(datasets: dict[str, pd.DataFrame], prof) -> dict[str, pd.DataF
     return out
 
 
-def own_samples(stage: Stage, student: workflow.StudentModel, problems: list[Problem], *, seed: int) -> pd.DataFrame:
+def own_samples(stage: Stage, student: StudentModel, problems: list[Problem], *, seed: int) -> pd.DataFrame:
     """The student's own k = ``dmc.capability_samples`` samples per problem at ``dmc.sample_temperature``
     (top_p 1), each verified and scored: problem_id, sample, correct, nll (NaN for an empty sample).
     Generations are cached by (weights, problems, settings, seed); scores by ``cached_scores``."""
-    from .verify import verify
 
     prof = stage.params
     k, temperature = prof.dmc.capability_samples, prof.dmc.sample_temperature
 
     def compute() -> list[list]:
-        outs = workflow.student_samples(student, problems, k=max(k, 2), prof=prof, seed=seed,
-                                        cache_dir=stage.run.cache, temperature=temperature, top_p=1.0)
+        outs = generation.student_samples(student, problems, k=max(k, 2), prof=prof, seed=seed,
+                                          cache_dir=stage.run.cache, temperature=temperature, top_p=1.0)
         return [[p.id, j, bool(verify(p, g.text)), g.text] for p, gens in zip(problems, outs)
                 for j, g in enumerate(gens[:k])]
 
     key = hash_obj({"student": student.fingerprint(), "problems": [(p.id, p.text) for p in problems], "k": k,
-                    "temperature": temperature, "gen": workflow.generation_settings(prof), "seed": seed})[:24]
+                    "temperature": temperature, "gen": generation.generation_settings(prof), "seed": seed})[:24]
     rows = cached_json(Path(stage.run.cache) / "own_samples" / f"{key}.json", compute)
     frame = pd.DataFrame(rows, columns=["problem_id", "sample", "correct", "text"])
     by_id = {p.id: p for p in problems}
@@ -103,34 +104,34 @@ def own_samples(stage: Stage, student: workflow.StudentModel, problems: list[Pro
 
 
 def per_prompt_reference(own: pd.DataFrame) -> pd.Series:
-    """NLL_ref per problem from the own samples (``dmc.per_prompt_reference``); a problem whose every own
+    """NLL_ref per problem from the own samples (``dmc_factors.per_prompt_reference``); a problem whose every own
     sample is empty takes the median reference of the others (such problems are counted in ``attrs``)."""
     scored = own.dropna(subset=["nll"])
     if scored.empty:
         raise ValueError("per-prompt reference: every own sample of the student is empty; raise "
                          "student_generation.max_new_tokens or dmc.capability_samples")
-    ref = dmc.per_prompt_reference(scored).reindex(sorted(own["problem_id"].unique()))
+    ref = dmc_factors.per_prompt_reference(scored).reindex(sorted(own["problem_id"].unique()))
     n_missing = int(ref.isna().sum())
     ref = ref.fillna(float(ref.median()))
     ref.attrs["n_fallback"] = n_missing
     return ref
 
 
-def reference_nll(stage: Stage, student: workflow.StudentModel, probe: list[Problem]) -> tuple[float, pd.DataFrame]:
+def reference_nll(stage: Stage, student: StudentModel, probe: list[Problem]) -> tuple[float, pd.DataFrame]:
     """NLL_ref(M) of ``dmc.reference: sampled_median``: the median NLL of the student's own sampled
     solutions (``student_generation`` temperature) on the probe set."""
     prof = stage.params
     k = prof.dmc.capability_samples
-    outs = workflow.student_samples(student, probe, k=k, prof=prof, seed=stage.seed + 1, cache_dir=stage.run.cache)
+    outs = generation.student_samples(student, probe, k=k, prof=prof, seed=stage.seed + 1, cache_dir=stage.run.cache)
     pairs = [(student.prompt(p), student.target(g.text)) for p, gens in zip(probe, outs) for g in gens if g.text.strip()]
     scores = cached_scores(student.model, student.tokenizer, pairs, cache_dir=stage.run.cache / "scores",
                            batch_size=prof.dmc.score_batch_size,
                            max_batch_tokens=prof.dmc.score_max_batch_tokens, fingerprint=student.fingerprint())
     note_scoring(stage, scores)
-    return dmc.nll_reference(scores["nll"]), scores
+    return dmc_factors.nll_reference(scores["nll"]), scores
 
 
-def score_student(stage: Stage, student: workflow.StudentModel, datasets: dict[str, pd.DataFrame],
+def score_student(stage: Stage, student: StudentModel, datasets: dict[str, pd.DataFrame],
                   problems: dict[str, Problem], probe: list[Problem], *, seed: int | None = None,
                   part: str = "scoring") -> pd.DataFrame:
     """Item table (every factor and the item compatibility) of every candidate dataset's ``part`` slice
@@ -142,8 +143,8 @@ def score_student(stage: Stage, student: workflow.StudentModel, datasets: dict[s
     parts = slice_rows(datasets, prof, part)
     needed = sorted({pid for rows in parts.values() for pid in rows["problem_id"]})
     own = own_samples(stage, student, [problems[i] for i in needed], seed=seed)
-    capability = dmc.smoothed_pass_rates(own, prof.dmc.capability_prior)
-    raw_rate = dmc.pass_rates(own)
+    capability = dmc_factors.smoothed_pass_rates(own, prof.dmc.capability_prior)
+    raw_rate = dmc_factors.pass_rates(own)
     if prof.dmc.reference == "per_prompt":
         ref = per_prompt_reference(own)
         nll_ref = None
@@ -152,18 +153,18 @@ def score_student(stage: Stage, student: workflow.StudentModel, datasets: dict[s
     frames = []
     for name, rows in track(parts.items(), f"DMC scoring of {student.name}", unit="datasets"):
         traces = traces_of(rows)
-        pairs = workflow.sft_examples(student, problems, traces)
+        pairs = distillation.sft_examples(student, problems, traces)
         scores = cached_scores(student.model, student.tokenizer, pairs, cache_dir=stage.run.cache / "scores",
                                batch_size=prof.dmc.score_batch_size,
                                max_batch_tokens=prof.dmc.score_max_batch_tokens, fingerprint=fingerprint)
         note_scoring(stage, scores)
-        frames.append(dmc.items_frame(name, traces, capability.to_dict(), scores))
+        frames.append(dmc_factors.items_frame(name, traces, capability.to_dict(), scores))
     items = pd.concat(frames, ignore_index=True)
     items["raw_pass_rate"] = items["problem_id"].map(raw_rate)
     items["ifd"] = items["nll"] / items["nll_unconditional"].replace(0, np.nan)
     if nll_ref is None:
         items["nll_ref"] = items["problem_id"].map(ref)
-    table = dmc.item_table(items, nll_ref, variant=prof.dmc.variant, **prof.dmc.rule_params())
+    table = dmc_factors.item_table(items, nll_ref, variant=prof.dmc.variant, **prof.dmc.rule_params())
     table.insert(0, "student", student.name)
     if nll_ref is not None:
         table["nll_ref"] = nll_ref
@@ -180,4 +181,4 @@ def note_scoring(stage: Stage, scores: pd.DataFrame) -> None:
 
 def dataset_scores(items: pd.DataFrame) -> pd.DataFrame:
     """Per (student, dataset): counts, factor means and DMC."""
-    return dmc.dataset_table(items, by=["student", "dataset"])
+    return dmc_factors.dataset_table(items, by=["student", "dataset"])

@@ -32,11 +32,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import compatibility, executor, select, sft_cells, stats, train, workflow
-from .candidates import matching_datasets
-from .progress import track
-from .records import Problem
-from .runs import RunDir, Stage, hash_obj
+from .. import adapter, distillation, executor, generation, lab, models, select, sft_cells, stats, train
+from ..progress import track
+from ..records import Problem, Splits
+from ..runs import RunDir, Stage, hash_obj, stable_seed
+from ..scoring import model_fingerprint
+from ..students import StudentModel
+from ..verify import verify
+from . import dmc
+from .trace_curation import matching_datasets
 
 DMC_POLICIES = ("dmc_dynamic", "dmc_static")
 
@@ -59,8 +63,6 @@ class PolicyRun:
 def prerequisites(modules) -> dict[str, list[str]]:
     """IOA's module graph: the lab task's own graph for lab modules; for GSM8K's ``steps-<k>`` modules
     an estimated chain (k steps require k-1); no prerequisites for any other module (e.g. MATH subjects)."""
-    from . import lab
-
     modules = set(modules)
     graph = {}
     for m in sorted(modules):
@@ -129,12 +131,10 @@ class IOAProbe:
     table: pd.DataFrame  # per item: module, the teacher's verdict
 
 
-def ioa_items(prof, splits: workflow.Splits) -> list[Problem]:
+def ioa_items(prof, splits: Splits) -> list[Problem]:
     """``dynamic.ioa.items_per_module`` items per module. Lab: drawn fresh with the data's settings, none
     sharing a text with the pool, probe or held-out problems. Other tasks: the probe problems (whatever
     each module has; fewer than asked is reported by ``ioa_probe``)."""
-    from . import lab
-
     if prof.data.task != "lab":
         return [p for p in splits.probe if p.module is not None]
     L = prof.data.lab
@@ -142,22 +142,22 @@ def ioa_items(prof, splits: workflow.Splits) -> list[Problem]:
     modules = lab.topological_order(sorted({p.module for p in splits.pool if p.module in lab.MODULES}))
     items: list[Problem] = []
     for m in modules:
-        drawn = lab.generate_problems(prof.dynamic.ioa.items_per_module, int(hash_obj([prof.seed, "ioa", m])[:8], 16),
-                                      modules=[m], min_steps=L.min_steps, max_steps=L.max_steps,
-                                      max_operand=L.max_operand, max_value=L.max_value, id_prefix=f"lab-ioa-{m}",
-                                      exclude=taken)
+        seed = stable_seed(prof.seed, "ioa", m, bits=32, form="compact")
+        drawn = lab.generate_problems(prof.dynamic.ioa.items_per_module, seed, modules=[m], min_steps=L.min_steps,
+                                      max_steps=L.max_steps, max_operand=L.max_operand, max_value=L.max_value,
+                                      id_prefix=f"lab-ioa-{m}", exclude=taken)
         taken.update(p.text for p in drawn)
         items += drawn
     return items
 
 
-def ioa_probe(stage: Stage, splits: workflow.Splits, teacher: str) -> IOAProbe:
+def ioa_probe(stage: Stage, splits: Splits, teacher: str) -> IOAProbe:
     """IOA's probe items and P_T(k) on them: the selected teacher's verified answer, one sample per item."""
     items = ioa_items(stage.params, splits)
     if not items:
         raise ValueError("dynamic.policies: ioa needs problem modules (IOA's skills) and no probe problem has one; "
                          "remove ioa from dynamic.policies in the profile")
-    run = workflow.teacher_traces(stage, items, 1, names=[teacher])[teacher]
+    run = generation.teacher_traces(stage, items, 1, names=[teacher])[teacher]
     verdict = {t.problem_id: bool(t.correct) for t in run.traces if t.sample == 0}
     table = pd.DataFrame([{"problem_id": p.id, "module": p.module, "level": p.level,
                            "teacher_correct": verdict.get(p.id, False)} for p in items])
@@ -183,13 +183,10 @@ def remedial_data(prof, modules, teacher: str, key: list, exclude: set[str], fir
     verifier keeps the correct ones and IOA's Adapter rewrites them. Other tasks: the weak modules'
     rows of the first-teaching dataset at their lowest level (the easier problems).
     """
-    from . import adapter, lab
-    from .verify import verify
-
     spec = next((t for t in prof.teachers if t.name == teacher), None)
     if prof.data.task == "lab" and spec is not None and spec.backend == "lab":
         L = prof.data.lab
-        seed = int(hash_obj([prof.seed, "remedial", *key])[:8], 16)
+        seed = stable_seed(prof.seed, "remedial", *key, bits=32, form="compact")
         prefix = f"lab-remedial-{hash_obj(key)[:8]}"
         settings = dict(min_steps=1, max_steps=1, max_value=L.max_value, id_prefix=prefix, exclude=exclude,
                         modules=[m for m in modules if m in lab.MODULES])
@@ -248,21 +245,16 @@ def draw_examples(choice: select.Choice, datasets: dict[str, pd.DataFrame], n: i
     return pd.DataFrame(picks).reset_index(drop=True)
 
 
-def example_tokens(student: workflow.StudentModel, examples: list[tuple[str, str]], max_seq_len: int) -> list[int]:
-    """Tokens each (prompt, target) example feeds the student in training (after truncation)."""
-    return [len(ids) for ids, _ in train.tokenize_examples(student.tokenizer, examples, max_seq_len, "target")]
-
-
-def mean_example_tokens(student: workflow.StudentModel, problems: dict[str, Problem],
+def mean_example_tokens(student: StudentModel, problems: dict[str, Problem],
                         datasets: dict[str, pd.DataFrame], max_seq_len: int) -> float:
     """Mean training tokens of a candidate example, over the distinct traces of all candidate datasets:
     the same for every policy, so ``budget: tokens`` gives every policy the same tokens per phase."""
     rows = pd.concat(list(datasets.values())).drop_duplicates(["problem_id", "text"])
-    examples = workflow.sft_examples(student, problems, compatibility.traces_of(rows))
-    return float(np.mean(example_tokens(student, examples, max_seq_len)))
+    examples = distillation.sft_examples(student, problems, dmc.traces_of(rows))
+    return float(np.mean(distillation.example_tokens(student, examples, max_seq_len)))
 
 
-def draw_to_token_budget(student: workflow.StudentModel, problems: dict[str, Problem], choice: select.Choice,
+def draw_to_token_budget(student: StudentModel, problems: dict[str, Problem], choice: select.Choice,
                          datasets: dict[str, pd.DataFrame], budget: float, n_hint: int, rng: random.Random,
                          max_seq_len: int) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Examples drawn one after another from the choice (as ``draw_examples``) until their training tokens
@@ -272,8 +264,8 @@ def draw_to_token_budget(student: workflow.StudentModel, problems: dict[str, Pro
     while True:
         rng.setstate(state)
         batch = draw_examples(choice, datasets, 2 * n, rng)
-        examples = workflow.sft_examples(student, problems, compatibility.traces_of(batch))
-        reached = np.flatnonzero(np.cumsum(example_tokens(student, examples, max_seq_len)) >= budget)
+        examples = distillation.sft_examples(student, problems, dmc.traces_of(batch))
+        reached = np.flatnonzero(np.cumsum(distillation.example_tokens(student, examples, max_seq_len)) >= budget)
         if len(reached):
             m = int(reached[0]) + 1
             return batch.iloc[:m].reset_index(drop=True), examples[:m]
@@ -286,7 +278,7 @@ class PolicyInputs:
 
     datasets: dict[str, pd.DataFrame]  # every candidate dataset of stage 2
     problems: dict[str, Problem]
-    splits: workflow.Splits
+    splits: Splits
     prerequisites: dict[str, list[str]]
     selected_teacher: str
     ioa: IOAProbe | None = None
@@ -301,7 +293,7 @@ def phase_span(phase: int, phases: int) -> tuple[float, float]:
     return phase / phases, (phase + 1) / phases
 
 
-def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, seed: int,
+def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
                inputs: PolicyInputs) -> PolicyRun:
     """One (policy, seed) run: before every phase the policy chooses, the phase trains on draws from its
     choice and the held-out accuracy (overall and per module) is recorded. With ``dynamic.carry_optimizer``
@@ -311,15 +303,16 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
     d = prof.dynamic
     datasets, problems, splits = inputs.datasets, inputs.problems, inputs.splits
     if policy_name == "ioa" and inputs.ioa is None:
-        raise ValueError("dynamic.policies: ioa needs IOA's probe (PolicyInputs.ioa = dynamic.ioa_probe(...)); "
-                         "build it, or remove ioa from dynamic.policies")
+        raise ValueError("dynamic.policies: ioa needs IOA's probe "
+                         "(PolicyInputs.ioa = dynamic_selection.ioa_probe(...)); build it, or remove ioa from "
+                         "dynamic.policies")
     scored = choice_datasets(datasets, d.datasets)  # DMC is measured on each one's scoring slice (score_student)...
     # ...and the phases train on training slices only (a dataset with none cannot be trained on, or chosen)
-    datasets = compatibility.slice_rows(datasets, prof, "training")
+    datasets = dmc.slice_rows(datasets, prof, "training")
     choosable = {name: rows for name, rows in datasets.items() if name in scored}
     first_teaching = ioa_dataset(datasets, inputs.selected_teacher)
     policy = select.make_policy(policy_name, **policy_params(stage, policy_name, seed, first_teaching))
-    current = workflow.StudentModel(student.spec, copy.deepcopy(student.model), student.tokenizer)
+    current = StudentModel(student.spec, copy.deepcopy(student.model), student.tokenizer)
     levels = sorted({int(v) for rows in choosable.values() for v in rows["level"].dropna()})
     run = PolicyRun(policy_name, seed)
     tokens = 0
@@ -333,10 +326,10 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
     for phase in track(range(d.phases), f"{policy_name} seed {seed} phases"):
         dmc_now: dict[str, float] = {}
         if policy_name == "dmc_dynamic" or (policy_name == "dmc_static" and phase == 0):
-            items = compatibility.score_student(stage, current, scored, problems, splits.probe, seed=stage.seed)
-            table = compatibility.dataset_scores(items).assign(policy=policy_name, seed=seed, phase=phase)
+            items = dmc.score_student(stage, current, scored, problems, splits.probe, seed=stage.seed)
+            table = dmc.dataset_scores(items).assign(policy=policy_name, seed=seed, phase=phase)
             # lock-in, made visible: DMC in sample, on a sample of the training slice (what phases train on)
-            inside = compatibility.dataset_scores(compatibility.score_student(
+            inside = dmc.dataset_scores(dmc.score_student(
                 stage, current, scored, problems, splits.probe, seed=stage.seed, part="training_sample"))
             table["dmc_in_sample"] = table["dataset"].map(dict(zip(inside["dataset"], inside["dmc"])))
             table["rel_difficulty_in_sample"] = table["dataset"].map(
@@ -345,8 +338,8 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
             dmc_now = dict(zip(table["dataset"], table["dmc"]))
         module_scores: dict[str, float] = {}
         if policy_name == "ioa":
-            module_scores = workflow.module_accuracy(current, inputs.ioa.items, prof=prof, seed=stage.seed,
-                                                     cache_dir=stage.run.cache).to_dict()
+            module_scores = generation.module_accuracy(current, inputs.ioa.items, prof=prof, seed=stage.seed,
+                                                       cache_dir=stage.run.cache).to_dict()
         # IOA chooses its own data; the others choose among dynamic.datasets, and a dataset whose scoring
         # slice is empty has no DMC, so a DMC policy cannot choose it
         names = sorted(datasets) if policy_name == "ioa" else sorted(n for n in choosable if not dmc_now or n in dmc_now)
@@ -364,14 +357,15 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
                 choice = dataclasses.replace(choice, weights={REMEDIAL: 1.0}, modules=None)
         # Common random numbers: the draw depends on (seed, phase), not on the policy, so two policies
         # that choose the same mixture train on the same examples and differ only by their choices.
+        # (a Random seeded by the hash's text, not by stable_seed's number: the same draws as every earlier run)
         rng = random.Random(hash_obj([prof.seed, seed, phase]))
         if phase_tokens is None:
             batch = draw_examples(choice, pool, n_examples, rng)
-            examples = workflow.sft_examples(current, known, compatibility.traces_of(batch))
+            examples = distillation.sft_examples(current, known, dmc.traces_of(batch))
         else:
             batch, examples = draw_to_token_budget(current, known, choice, pool, phase_tokens, n_examples,
                                                    rng, prof.training.max_seq_len)
-        sft_seed = int(hash_obj([seed, phase])[:8], 16)
+        sft_seed = stable_seed(seed, phase, bits=32, form="compact")
         steps = d.steps_per_phase if phase_tokens is None else None
         span = phase_span(phase, d.phases) if d.carry_optimizer else None
         # The checkpoint folder is named by what the phase trains (start weights, the phases before it, whose
@@ -388,8 +382,8 @@ def run_policy(stage: Stage, student: workflow.StudentModel, policy_name: str, s
             optimizer_state, previous = result.optimizer_state, key
         current.model.eval()
         tokens += result.tokens_seen
-        outcomes = workflow.pass_rates(current, splits.heldout, k=1, prof=prof, seed=stage.seed,
-                                       cache_dir=stage.run.cache)
+        outcomes = generation.pass_rates(current, splits.heldout, k=1, prof=prof, seed=stage.seed,
+                                         cache_dir=stage.run.cache)
         run.final_outcomes = outcomes
         acc = float(outcomes.mean())
         run.curve.append({"policy": policy_name, "seed": seed, "phase": phase + 1, "tokens": tokens, "accuracy": acc})
@@ -443,7 +437,7 @@ def policy_job(job: dict) -> str:
     return f"{job['policy']}-s{job['seed']}"
 
 
-def run_policies(stage: Stage, student: workflow.StudentModel, inputs: PolicyInputs) -> list[PolicyRun]:
+def run_policies(stage: Stage, student: StudentModel, inputs: PolicyInputs) -> list[PolicyRun]:
     """Every (policy, seed) run of the profile. With ``parallel.workers`` > 1 the runs go to the executor
     first, filling the caches side by side; the loop here then reads every phase back, so the runs (and
     the tables) are the same whatever the number of workers."""
@@ -529,10 +523,10 @@ def compare_policies(outcomes: pd.DataFrame, start: pd.Series, references=("rand
     return pd.DataFrame(rows).sort_values("final_accuracy", ascending=False, kind="mergesort").reset_index(drop=True)
 
 
-def start_curve(stage: Stage, student: workflow.StudentModel, heldout: list[Problem], policies: list[str],
+def start_curve(stage: Stage, student: StudentModel, heldout: list[Problem], policies: list[str],
                 seeds: list[int]) -> list[dict[str, Any]]:
     """Phase 0 of every learning curve: the undistilled student."""
-    acc = workflow.accuracy(student, heldout, prof=stage.params, seed=stage.seed, cache_dir=stage.run.cache)
+    acc = generation.accuracy(student, heldout, prof=stage.params, seed=stage.seed, cache_dir=stage.run.cache)
     return [{"policy": p, "seed": s, "phase": 0, "tokens": 0, "accuracy": acc} for p in policies for s in seeds]
 
 
@@ -551,10 +545,54 @@ def save_final(stage: Stage, run: PolicyRun) -> dict[str, str]:
     identical tables) and the weights' fingerprint, so that stage 6's cache key changes whenever the
     weights do, even if the path stays the same.
     """
-    from . import models
-    from .scoring import model_fingerprint
-
     target = stage.run.cache / "final_models" / f"{run.model.name}-{run.policy}-seed{run.seed}"
     models.save_model(run.model.model, run.model.tokenizer, target,
                       info={"student": run.model.name, "policy": run.policy, "seed": run.seed})
     return {"model_dir": target.relative_to(stage.run.root).as_posix(), "weights": model_fingerprint(run.model.model)}
+
+
+# --------------------------------------------------------------------------- the stage, as the notebook runs it
+def policy_inputs(stage: Stage, splits: Splits, datasets: dict[str, pd.DataFrame],
+                  selected: str) -> tuple[PolicyInputs, dict[str, float]]:
+    """What every (policy, seed) run reads besides the student, checked before any training, and IOA's
+    P_T(k): on IOA's probe items when ``ioa`` is among the policies, else the selected teacher's accuracy
+    per module over its raw stage-2 traces (the modules the probe set has problems of)."""
+    policies = stage.params.dynamic.policies
+    raw = stage.read_table("02_trace_curation", "traces")
+    probe = ioa_probe(stage, splits, selected) if "ioa" in policies else None
+    teacher_scores = (probe.teacher_scores if probe else
+                      teacher_module_scores(raw, selected, measurable={p.module for p in splits.probe}))
+    graph = prerequisites(teacher_scores)
+    check_policies(policies, datasets, teacher_scores)
+    return PolicyInputs(datasets, splits.by_id(), splits, graph, selected, probe), teacher_scores
+
+
+def module_table(inputs: PolicyInputs, teacher_scores: dict[str, float]) -> pd.DataFrame:
+    """Per module: P_T, IOA's probe items (when measured there) and the prerequisites."""
+    return pd.DataFrame({"P_T": teacher_scores, "items": inputs.ioa.item_counts if inputs.ioa else None,
+                         "prerequisites": {m: ", ".join(p) for m, p in inputs.prerequisites.items()}})
+
+
+def stage_tables(stage: Stage, student: StudentModel, inputs: PolicyInputs, runs: list[PolicyRun],
+                 start: pd.Series) -> dict[str, pd.DataFrame]:
+    """The stage's tables by name: ``learning_curves`` and ``module_curves`` from phase 0 (the undistilled
+    student, whose held-out pass rates are ``start``), ``choices``, ``final_models`` (each policy's final
+    student of the first seed, saved for stage 6 by ``save_final``), ``final_outcomes``,
+    ``dmc_trajectories`` and ``ioa_plan`` (empty when no run made any)."""
+    d, heldout = stage.params.dynamic, inputs.splits.heldout
+    tables = run_tables(runs)
+    starts = pd.DataFrame(start_curve(stage, student, heldout, d.policies, d.seeds))
+    finals = [{"student": student.name, "policy": r.policy, "seed": r.seed, **save_final(stage, r)}
+              for r in runs if r.seed == d.seeds[0]]
+    return {"learning_curves": pd.concat([starts, tables["curve"]], ignore_index=True),
+            "module_curves": pd.concat([start_module_curve(start, heldout, d.policies, d.seeds),
+                                        tables["module_curves"]], ignore_index=True),
+            "choices": tables["choices"], "final_models": pd.DataFrame(finals),
+            "final_outcomes": outcomes_table(runs),
+            "dmc_trajectories": tables["dmc_trajectories"], "ioa_plan": tables["ioa_plan"]}
+
+
+def curve_lines(runs: list[PolicyRun]) -> str:
+    """One line per (policy, seed): held-out accuracy after each phase."""
+    return "\n".join(f"{r.policy:>13} seed {r.seed}: held-out accuracy "
+                     + " -> ".join(f"{c['accuracy']:.3f}" for c in r.curve) for r in runs)
