@@ -15,7 +15,7 @@ examples are drawn from the chosen mixture; IOA's remedial rounds draw new, simp
 Every piece is cached by content (pass rates and scores by model fingerprint, each phase's SFT as a
 resumable checkpoint that holds the optimizer state the next phase continues), so an interrupted run
 continues where it stopped and a finished one replays from the cache without training again; the
-(policy, seed) runs can fill that cache side by side (``run_policies``, ``parallel.workers``).
+(policy, seed) runs can run side by side (``run_policies``, ``parallel.workers``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .. import adapter, distillation, executor, generation, lab, models, select, sft_cells, stats, train
+from ..devices import resolve_device
 from ..progress import track
 from ..records import Problem, Splits
 from ..runs import RunDir, Stage, hash_obj, stable_seed
@@ -429,18 +430,22 @@ def _worker_stage(job: dict) -> SimpleNamespace:
     return SimpleNamespace(params=job["params"], run=RunDir(job["run_root"]), seed=job["eval_seed"], notes={})
 
 
-def policy_job(job: dict) -> str:
-    """A worker's (policy, seed) run: every phase's checkpoint, pass rates and scores into the run's caches."""
+def policy_job(job: dict) -> tuple[PolicyRun, dict]:
+    """A worker's (policy, seed) run, with every phase's checkpoint, pass rates and scores in the run's
+    caches; returned whole (its final student on the CPU) with the scoring counts it noted."""
     prof = job["params"]
     student = sft_cells.worker_student(job["student_file"], prof.device, prof.threads)
-    run_policy(_worker_stage(job), student, job["policy"], job["seed"], job["inputs"])
-    return f"{job['policy']}-s{job['seed']}"
+    stage = _worker_stage(job)
+    run = run_policy(stage, student, job["policy"], job["seed"], job["inputs"])
+    if run.model is not None:
+        run.model.model.to("cpu")
+    return run, stage.notes
 
 
 def run_policies(stage: Stage, student: StudentModel, inputs: PolicyInputs) -> list[PolicyRun]:
-    """Every (policy, seed) run of the profile. With ``parallel.workers`` > 1 the runs go to the executor
-    first, filling the caches side by side; the loop here then reads every phase back, so the runs (and
-    the tables) are the same whatever the number of workers."""
+    """Every (policy, seed) run of the profile, in the profile's order. With ``parallel.workers`` > 1 (or
+    Slurm) the runs go to the executor and come back whole: the same computation in another process,
+    so the runs (and the tables) are the same whatever the number of workers."""
     prof = stage.params
     pairs = [(policy, seed) for policy in prof.dynamic.policies for seed in prof.dynamic.seeds]
     if executor.spreads(prof):
@@ -450,7 +455,15 @@ def run_policies(stage: Stage, student: StudentModel, inputs: PolicyInputs) -> l
         jobs = [{"params": prof, "run_root": str(stage.run.root), "eval_seed": stage.seed,
                  "student_file": student_file, "policy": policy, "seed": seed, "inputs": inputs}
                 for policy, seed in costly_first]
-        executor.for_profile(prof, stage.run.cache / "slurm").map(policy_job, jobs)
+        done = {}
+        for run, notes in executor.for_profile(prof, stage.run.cache / "slurm").map(policy_job, jobs):
+            if run.model is not None:
+                run.model.model.to(resolve_device(prof.device)).eval()
+            for key, value in notes.get("scoring", {}).items():  # the manifest's scoring counts, as in one process
+                counts = stage.notes.setdefault("scoring", {"n_scored": 0, "n_cached": 0})
+                counts[key] = counts.get(key, 0) + value
+            done[(run.policy, run.seed)] = run
+        return [done[pair] for pair in pairs]
     return [run_policy(stage, student, policy, seed, inputs) for policy, seed in track(pairs, "policy x seed runs")]
 
 
