@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -119,10 +120,7 @@ class Splits:
 
     def module_counts(self, split: str) -> dict[str, int]:
         """Problems per module in one split (a module of None counts as 'none')."""
-        counts: dict[str, int] = {}
-        for p in getattr(self, split):
-            counts[p.module or "none"] = counts.get(p.module or "none", 0) + 1
-        return counts
+        return dict(Counter(p.module or "none" for p in getattr(self, split)))
 
 
 def _json(obj: Any) -> str:

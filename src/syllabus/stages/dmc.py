@@ -14,6 +14,7 @@ teacher-forced NLL / entropy / IFD / rank of every trace (batched, cached by mod
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,7 @@ def own_samples(stage: Stage, student: StudentModel, problems: list[Problem], *,
         scores = cached_scores(student.model, student.tokenizer, pairs, cache_dir=stage.run.cache / "scores",
                                batch_size=prof.dmc.score_batch_size,
                                max_batch_tokens=prof.dmc.score_max_batch_tokens, fingerprint=student.fingerprint())
-        note_scoring(stage, scores)
+        note_scoring(stage, scores.attrs)
         frame.loc[scored.index, "nll"] = scores["nll"].to_numpy()
     return frame.drop(columns="text")
 
@@ -127,7 +128,7 @@ def reference_nll(stage: Stage, student: StudentModel, probe: list[Problem]) -> 
     scores = cached_scores(student.model, student.tokenizer, pairs, cache_dir=stage.run.cache / "scores",
                            batch_size=prof.dmc.score_batch_size,
                            max_batch_tokens=prof.dmc.score_max_batch_tokens, fingerprint=student.fingerprint())
-    note_scoring(stage, scores)
+    note_scoring(stage, scores.attrs)
     return dmc_factors.nll_reference(scores["nll"]), scores
 
 
@@ -157,7 +158,7 @@ def score_student(stage: Stage, student: StudentModel, datasets: dict[str, pd.Da
         scores = cached_scores(student.model, student.tokenizer, pairs, cache_dir=stage.run.cache / "scores",
                                batch_size=prof.dmc.score_batch_size,
                                max_batch_tokens=prof.dmc.score_max_batch_tokens, fingerprint=fingerprint)
-        note_scoring(stage, scores)
+        note_scoring(stage, scores.attrs)
         frames.append(dmc_factors.items_frame(name, traces, capability.to_dict(), scores))
     items = pd.concat(frames, ignore_index=True)
     items["raw_pass_rate"] = items["problem_id"].map(raw_rate)
@@ -172,11 +173,12 @@ def score_student(stage: Stage, student: StudentModel, datasets: dict[str, pd.Da
     return table
 
 
-def note_scoring(stage: Stage, scores: pd.DataFrame) -> None:
-    """Add a ``cached_scores`` call's counts to the manifest note ``scoring`` (n_scored 0: all from the cache)."""
-    counts = stage.notes.setdefault("scoring", {"n_scored": 0, "n_cached": 0})
-    counts["n_scored"] += int(scores.attrs.get("n_scored", 0))
-    counts["n_cached"] += int(scores.attrs.get("n_cached", 0))
+def note_scoring(stage: Stage, counts: Mapping[str, int]) -> None:
+    """Add scoring counts (``n_scored``, ``n_cached``: a ``cached_scores`` frame's ``attrs``, or another
+    process's ``scoring`` note) to the manifest note ``scoring`` (n_scored 0: all from the cache)."""
+    note = stage.notes.setdefault("scoring", {"n_scored": 0, "n_cached": 0})
+    note["n_scored"] += int(counts.get("n_scored", 0))
+    note["n_cached"] += int(counts.get("n_cached", 0))
 
 
 def dataset_scores(items: pd.DataFrame) -> pd.DataFrame:

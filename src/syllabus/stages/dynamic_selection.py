@@ -459,9 +459,7 @@ def run_policies(stage: Stage, student: StudentModel, inputs: PolicyInputs) -> l
         for run, notes in executor.for_profile(prof, stage.run.cache / "slurm").map(policy_job, jobs):
             if run.model is not None:
                 run.model.model.to(resolve_device(prof.device)).eval()
-            for key, value in notes.get("scoring", {}).items():  # the manifest's scoring counts, as in one process
-                counts = stage.notes.setdefault("scoring", {"n_scored": 0, "n_cached": 0})
-                counts[key] = counts.get(key, 0) + value
+            dmc.note_scoring(stage, notes.get("scoring", {}))  # the manifest's counts, as in one process
             done[(run.policy, run.seed)] = run
         return [done[pair] for pair in pairs]
     return [run_policy(stage, student, policy, seed, inputs) for policy, seed in track(pairs, "policy x seed runs")]
