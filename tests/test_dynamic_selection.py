@@ -108,14 +108,15 @@ RUN_OVERRIDES = {
 }
 
 
-def _policy_runs(tmp_path, workers: int):
+def _policy_runs(tmp_path, workers: int, **overrides):
     import random as _random
 
     from syllabus import lab
     from syllabus.runs import open_stage
 
-    stage = open_stage("05_dynamic_selection", "ci", {**RUN_OVERRIDES, "parallel.workers": workers},
-                       run_dir=tmp_path / f"run{workers}")
+    folder = f"run{workers}" + "".join(f"-{k}={v}" for k, v in overrides.items())
+    stage = open_stage("05_dynamic_selection", "ci", {**RUN_OVERRIDES, "parallel.workers": workers, **overrides},
+                       run_dir=tmp_path / folder)
     splits = problem_splits(stage.params)
     student = students.load_student(stage, stage.params.students[0], splits)
     rng = _random.Random(0)
@@ -164,6 +165,23 @@ def test_policy_runs_with_two_workers_give_the_same_tables_as_one(tmp_path):
     assert all((p / "checkpoint.pt").is_file() for p in last)  # trained again, to the same weights
     for name in one:
         pd.testing.assert_frame_equal(one[name], resumed[name], check_exact=True)
+
+
+def test_phases_trained_over_two_processes_end_where_one_process_does(tmp_path):
+    # parallel.sft_processes reaches stage 5: each phase is one data-parallel SFT run (syllabus.launch) that
+    # continues the phase before's optimizer and schedule
+    small = {"dynamic.policies": ["random"], "dynamic.seeds": [0]}
+    stage1, _, one = _policy_runs(tmp_path, 1, **small)
+    stage2, _, two = _policy_runs(tmp_path, 1, **small, **{"parallel.sft_processes": 2})
+    pd.testing.assert_frame_equal(one["choices"], two["choices"], check_exact=True)
+    summaries = sorted((stage2.run.cache / "dynamic").rglob("train_summary.json"))
+    assert len(summaries) == 2 and all(json.loads(f.read_text())["processes"] == 2 for f in summaries)
+    for a, b in zip(sorted((stage1.run.cache / "dynamic").rglob("checkpoint.pt")), summaries):
+        ours = torch.load(a, weights_only=False)
+        theirs = torch.load(b.parent / "checkpoint.pt", weights_only=False)
+        assert ours["step"] == theirs["step"] and ours["optimizer"]["state"][0]["step"] == theirs["optimizer"]["state"][0]["step"]
+        for name, value in ours["weights"].items():
+            assert torch.allclose(value, theirs["weights"][name], atol=2e-5), name
 
 
 def test_remedial_data_is_new_simpler_verified_and_adapted():

@@ -1,8 +1,9 @@
-"""Data-parallel SFT: ``accelerate launch`` with two processes (gloo on the CPU) takes the same steps as
-one process on the whole batch."""
+"""Data-parallel SFT: ``accelerate launch`` with two processes (gloo on the CPU), weights replicated or
+sharded (FSDP2), takes the same steps as one process on the whole batch."""
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 
@@ -24,8 +25,9 @@ def _setup():
     return models.build_lab_model(arch, tokenizer, seed=0), tokenizer, examples
 
 
-@pytest.mark.parametrize("single_pass", [False, True])
-def test_two_processes_take_the_same_steps_as_one(tmp_path, single_pass):
+@pytest.mark.parametrize("single_pass,sharding", [(False, "replicate"), (True, "replicate"), (False, "fsdp"),
+                                                  (True, "fsdp")])
+def test_two_processes_take_the_same_steps_as_one(tmp_path, single_pass, sharding):
     # batch 5 over 2 processes: one gets 3 examples, the other 2, and a single pass ends on a short batch
     cfg = Training(learning_rate=3e-3, batch_size=5, max_seq_len=96, warmup_ratio=0.25)
     steps = None if single_pass else 6
@@ -34,7 +36,7 @@ def test_two_processes_take_the_same_steps_as_one(tmp_path, single_pass):
     alone = train.sft(one, tokenizer, examples, steps=steps, cfg=cfg, seed=3, out_dir=tmp_path / "one",
                       single_pass=single_pass)
     spread = launch.sft(two, tokenizer, examples, steps=steps, cfg=cfg, seed=3, out_dir=tmp_path / "two", processes=2,
-                        single_pass=single_pass)
+                        single_pass=single_pass, sharding=sharding)
     assert spread.tokens_seen == alone.tokens_seen and spread.steps == alone.steps
     assert spread.resumed_from == spread.steps  # trained by the launched processes, read back here
     assert spread.losses == pytest.approx(alone.losses, rel=1e-4)
@@ -43,6 +45,74 @@ def test_two_processes_take_the_same_steps_as_one(tmp_path, single_pass):
     summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert summary["steps_done"] == summary["steps"] == alone.steps
     assert spread.summary["processes"] == summary["processes"] == 2 and "processes" not in alone.summary
+
+
+def test_sharded_processes_stay_in_step_when_one_has_nothing_to_do(tmp_path):
+    # a single pass over 24 examples at batch 23 ends on one example: the second process runs an idle pass
+    # (FSDP's gathers and reduce-scatters run per pass on every process, so the counts must match)
+    cfg = Training(learning_rate=3e-3, batch_size=23, max_seq_len=96, warmup_ratio=0.0)
+    one, tokenizer, examples = _setup()
+    two, _, _ = _setup()
+    data = train.tokenize_examples(tokenizer, examples, cfg.max_seq_len, "target")
+    last = train.single_pass_indices(len(data), 23, 1, 3)
+    assert len(last) == 1 and train.step_passes(data, last[1::2], 23) == []
+    alone = train.sft(one, tokenizer, examples, steps=None, cfg=cfg, seed=3, out_dir=tmp_path / "one", single_pass=True)
+    spread = launch.sft(two, tokenizer, examples, steps=None, cfg=cfg, seed=3, out_dir=tmp_path / "two", processes=2,
+                        single_pass=True, sharding="fsdp")
+    assert spread.losses == pytest.approx(alone.losses, rel=1e-4)
+    for (name, a), (_, b) in zip(one.named_parameters(), two.named_parameters()):
+        assert torch.allclose(a, b, atol=2e-5), name
+
+
+def test_a_sharded_run_resumes_a_checkpoint_and_ends_where_one_process_does(tmp_path, monkeypatch):
+    # one process trains 3 of 6 steps and stops after its checkpoint; two sharded processes finish the run
+    cfg = Training(learning_rate=3e-3, batch_size=5, max_seq_len=96, warmup_ratio=0.25)
+    one, tokenizer, examples = _setup()
+    half, _, _ = _setup()
+    alone = train.sft(one, tokenizer, examples, steps=6, cfg=cfg, seed=3, out_dir=tmp_path / "one")
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt("stopped after the step-3 checkpoint")
+
+    monkeypatch.setattr(train, "_write_records", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train.sft(half, tokenizer, examples, steps=6, cfg=cfg, seed=3, out_dir=tmp_path / "two", checkpoint_every=3)
+    monkeypatch.undo()
+    # mark the checkpoint's logged first loss: a resumed run keeps it, a run started over would not
+    ckpt = torch.load(tmp_path / "two" / train.CHECKPOINT, weights_only=False)
+    assert ckpt["step"] == 3
+    ckpt["log"][0]["loss"] = 123.0
+    torch.save(ckpt, tmp_path / "two" / train.CHECKPOINT)
+    spread = launch.sft(half, tokenizer, examples, steps=6, cfg=cfg, seed=3, out_dir=tmp_path / "two", processes=2,
+                        sharding="fsdp", checkpoint_every=3)
+    assert spread.summary["processes"] == 2 and spread.losses[0] == 123.0
+    assert spread.losses[1:] == pytest.approx(alone.losses[1:], rel=1e-4)
+    for (name, a), (_, b) in zip(one.named_parameters(), half.named_parameters()):
+        assert torch.allclose(a, b, atol=2e-5), name
+
+
+@pytest.mark.parametrize("sharding", ["replicate", "fsdp"])
+def test_lora_adapters_train_sharded_as_in_one_process(tmp_path, sharding):
+    # frozen base weights and trainable adapters in the same sharded layers (no dropout: the RNG draws differ)
+    cfg = Training(learning_rate=2e-2, batch_size=5, max_seq_len=96, lora_r=4, lora_dropout=0.0)
+    one, tokenizer, examples = _setup()
+    one = models.add_lora(one, cfg)
+    two = copy.deepcopy(one)  # the same adapters' initial weights (add_lora draws them)
+    alone = train.sft(one, tokenizer, examples, steps=4, cfg=cfg, seed=3, out_dir=tmp_path / "one")
+    spread = launch.sft(two, tokenizer, examples, steps=4, cfg=cfg, seed=3, out_dir=tmp_path / "two", processes=2,
+                        sharding=sharding)
+    assert spread.losses == pytest.approx(alone.losses, rel=1e-4)
+    trained = [(n, p) for n, p in two.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n, _ in trained)
+    for (name, a), (_, b) in zip(one.named_parameters(), two.named_parameters()):
+        assert torch.allclose(a, b, atol=2e-5), name
+
+
+def test_an_unknown_sharding_is_an_error(tmp_path):
+    model, tokenizer, examples = _setup()
+    with pytest.raises(launch.LaunchError, match="parallel.sft_sharding"):
+        launch.sft(model, tokenizer, examples, steps=2, cfg=Training(), seed=0, out_dir=tmp_path, processes=2,
+                   sharding="zero3")
 
 
 def test_a_failed_launch_names_its_log(tmp_path):

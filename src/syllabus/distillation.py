@@ -52,6 +52,7 @@ def distil(student: StudentModel, examples: list[tuple[str, str]], *, steps: int
     out_dir = stage.run.cache / "sft" / f"{tag}-{key}"
     model = copy.deepcopy(student.model)
     result = launch.sft(model, student.tokenizer, examples, steps=steps, cfg=prof.training, seed=seed,
-                        out_dir=out_dir, resume=True, processes=prof.parallel.sft_processes)
+                        out_dir=out_dir, resume=True, processes=prof.parallel.sft_processes,
+                        sharding=prof.parallel.sft_sharding)
     model.eval()  # sft trained the copy in place
     return StudentModel(student.spec, model, student.tokenizer), result

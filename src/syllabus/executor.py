@@ -9,8 +9,8 @@ which finds every result cached: the tables are the same whatever the number of 
 
 ``SlurmExecutor`` has the same ``map``: one Slurm job per item through submitit (an optional
 package, imported only when used), at most ``workers`` in flight; the jobs must see the run folder
-(a shared file system). Not here: ``accelerate launch`` (DDP/FSDP) for one SFT run over several
-GPUs; a job of either executor is one whole SFT run on one device.
+(a shared file system). A job of either executor is one whole SFT run on one device; one SFT run over
+several GPUs (replicated or FSDP-sharded weights) is ``syllabus.launch``'s.
 """
 
 from __future__ import annotations

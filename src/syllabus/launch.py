@@ -8,7 +8,12 @@ share of each optimizer step's examples and all-reduces the gradients (``train.s
 takes the step one process would take on the whole batch; the first process writes the checkpoint.
 The caller's model then resumes from that finished checkpoint, which loads its final weights without
 training again. On the CPU this is what the tests run; on a GPU node it spreads one SFT run over the
-node's GPUs. Not here: FSDP (sharded weights) for students that do not fit one GPU.
+node's GPUs.
+
+``sharding="fsdp"`` (``parallel.sft_sharding``) shards the weights, gradients and optimizer moments over
+the processes instead of replicating them (PyTorch's FSDP2 ``fully_shard``: each decoder layer, then the
+whole model), for students whose full fine-tuning does not fit one GPU. The steps are the same as one
+process's (``train.sft`` keeps the processes' passes in step); checkpoints hold whole weights.
 """
 
 from __future__ import annotations
@@ -32,9 +37,14 @@ class LaunchError(SyllabusError, RuntimeError):
     """A data-parallel SFT run that failed; the message names the log to read."""
 
 
+SHARDINGS = ("replicate", "fsdp")
+
+
 def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | None, cfg: P.Training, seed: int,
-        out_dir: str | os.PathLike, processes: int, **kwargs) -> train.TrainResult:
+        out_dir: str | os.PathLike, processes: int, sharding: str = "replicate", **kwargs) -> train.TrainResult:
     """``train.sft`` over ``processes`` processes (see the module docstring); in this process when 1."""
+    if sharding not in SHARDINGS:
+        raise LaunchError(f"sharding must be one of {SHARDINGS}, got {sharding!r} (parallel.sft_sharding)")
     if processes <= 1:
         return train.sft(model, tokenizer, examples, steps=steps, cfg=cfg, seed=seed, out_dir=out_dir, **kwargs)
     kwargs.pop("resume", None)  # a launched run always resumes what is there (its key must match)
@@ -45,7 +55,7 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         device = next(model.parameters()).device
         with atomic_path(job) as tmp:
             torch.save({"model": model.to("cpu"), "tokenizer": tokenizer, "examples": list(examples), "steps": steps,
-                        "cfg": cfg, "seed": seed, "out_dir": str(out), "kwargs": kwargs}, tmp)
+                        "cfg": cfg, "seed": seed, "out_dir": str(out), "sharding": sharding, "kwargs": kwargs}, tmp)
         model.to(device)
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -68,6 +78,31 @@ def _finished(out: Path) -> bool:
     return record.get("steps_done") == record.get("steps")
 
 
+def shard(model, device: torch.device):
+    """Shard ``model`` in place over the running process group (FSDP2): every module of a class the
+    model lists as not to be split (its decoder layers: ``_no_split_modules``), then the whole model,
+    gradients summed rather than averaged (``train.sft`` divides each share's loss by the whole step's
+    target tokens)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT model's base
+    layer_classes = set(getattr(base, "_no_split_modules", None) or ())
+    if not layer_classes:
+        raise LaunchError(f"fsdp: {type(base).__name__} names no layer class to shard (_no_split_modules); "
+                          "use parallel.sft_sharding: replicate")
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.set_gradient_divide_factor(1.0)
+            m.set_force_sum_reduction_for_comms(True)  # plain sums (gloo has no pre-multiplied sum)
+    return model
+
+
 def _run(job_file: str) -> None:
     """One process of the group: join it, train its share, leave."""
     job = torch.load(job_file, weights_only=False)
@@ -77,7 +112,10 @@ def _run(job_file: str) -> None:
         torch.cuda.set_device(local)
     torch.distributed.init_process_group("nccl" if cuda else "gloo")
     try:
-        model = job["model"].to(f"cuda:{local}" if cuda else "cpu")
+        device = torch.device(f"cuda:{local}" if cuda else "cpu")
+        model = job["model"].to(device)
+        if job.get("sharding") == "fsdp":
+            shard(model, device)
         train.sft(model, job["tokenizer"], job["examples"], steps=job["steps"], cfg=job["cfg"], seed=job["seed"],
                   out_dir=job["out_dir"], resume=True, **job["kwargs"])
         torch.distributed.barrier()

@@ -353,8 +353,8 @@ class Benchmark(Strict):
 
 
 class Parallel(Strict):
-    """Where a stage's independent runs go (stage-1 smoke tests, stage-4 grid cells, stage-6 models);
-    the tables do not depend on it."""
+    """Where a stage's independent runs go (stage-1 smoke tests, stage-4 grid cells, stage-5 policy runs,
+    stage-6 models) and how one SFT run spreads over processes; the tables do not depend on it."""
 
     workers: int = Field(1, ge=1, description="local: processes side by side, one GPU each when there are GPUs; "
                                               "slurm: jobs in flight at once")
@@ -362,8 +362,12 @@ class Parallel(Strict):
     slurm_partition: str | None = None
     slurm_timeout_min: int = Field(60, ge=1)
     slurm_gpus_per_job: int = Field(1, ge=0)
-    sft_processes: int = Field(1, ge=1, description="processes per SFT run of stages 1 and 4: data parallel "
+    sft_processes: int = Field(1, ge=1, description="processes per SFT run of stages 1, 4 and 5: data parallel "
                                                     "through accelerate launch, one GPU each (syllabus.launch)")
+    sft_sharding: Literal["replicate", "fsdp"] = Field(
+        "replicate", description="with sft_processes > 1: replicate the weights (DDP-style all-reduce) or shard "
+                                 "weights, gradients and optimizer moments over the processes (FSDP2), for students "
+                                 "whose full fine-tuning does not fit one GPU")
 
     @model_validator(mode="after")
     def _check(self) -> "Parallel":

@@ -20,6 +20,11 @@
   thread count). Batches go to the model's device; on a GPU the CUDA random state is saved too.
 * ``out_dir`` also gets ``train_log.csv`` (step, loss, lr, tokens) and ``train_summary.json``
   (steps, tokens seen, wall time, data hash and count, settings).
+* Inside a ``torch.distributed`` group (``syllabus.launch``) each process takes its share of every
+  step. Replicated weights: the gradients are summed in one all-reduce. Sharded weights (FSDP2's
+  ``fully_shard``, ``launch.shard``): FSDP sums them in its reduce-scatter; every process runs the same
+  number of forward/backward passes (idle passes where its share has fewer groups), and checkpoints
+  hold full, unsharded weights and optimizer moments, so any process count can resume them.
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
+try:
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # a torch build without torch.distributed: nothing is ever sharded
+    DTensor = ()
 
 from . import params as P
 from .devices import model_device
@@ -146,11 +155,12 @@ def target_loss(model, batch: dict[str, torch.Tensor], n_target: int) -> torch.T
     """Summed cross-entropy of the batch's target tokens divided by ``n_target`` (the whole step's).
 
     Position t predicts token t+1. For plain-head models the LM head runs on the target positions only;
-    other models go through their own forward and every position."""
+    other models, and sharded ones, go through their own forward and every position."""
     shifted = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=-100)
     keep = shifted != -100
     config = getattr(model, "config", None)
-    if getattr(config, "model_type", None) in PLAIN_HEAD_MODELS:
+    # a sharded model gathers its weights in its own forward's hooks: call it whole
+    if getattr(config, "model_type", None) in PLAIN_HEAD_MODELS and not is_sharded(model):
         hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                      use_cache=False)[0]
         logits = model.get_output_embeddings()(hidden[keep])
@@ -186,12 +196,50 @@ def span_lr_factor(step: int, steps: int, span: tuple[float, float], warmup_rati
 
 
 # --------------------------------------------------------------------------- checkpoints
+def _full(t):
+    """A tensor as a whole: a sharded one (DTensor) gathered from every process (a collective), on the CPU."""
+    return t.full_tensor().cpu() if isinstance(t, DTensor) else t.detach().clone()
+
+
 def _trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: _full(p) for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, state: dict[str, Any]) -> None:
-    payload = {"weights": _trainable_state(model), "optimizer": optimizer.state_dict(),
+def _optimizer_state(optimizer) -> dict[str, Any]:
+    """The optimizer's state dict with every sharded moment gathered whole (a collective under FSDP)."""
+    state = optimizer.state_dict()
+    if any(isinstance(v, DTensor) for s in state["state"].values() for v in s.values()):
+        state["state"] = {i: {k: _full(v) if isinstance(v, DTensor) else v for k, v in s.items()}
+                          for i, s in state["state"].items()}
+    return state
+
+
+def _shard_like(value: torch.Tensor, param) -> torch.Tensor:
+    """``value`` (a whole tensor of ``param``'s shape) laid out as ``param`` is: sharded like a DTensor param."""
+    if isinstance(param, DTensor):
+        return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+    return value
+
+
+def _load_optimizer_state(optimizer, params: list, state: dict[str, Any]) -> None:
+    """Load a checkpoint's optimizer state (whole moments), sharding each moment like its parameter."""
+    if any(isinstance(p, DTensor) for p in params):
+        state = {**state, "state": {i: {k: _shard_like(v, params[int(i)]) if v.dim() else v for k, v in s.items()}
+                                    for i, s in state["state"].items()}}
+    optimizer.load_state_dict(state)
+
+
+def is_sharded(model) -> bool:
+    """Whether the model's weights are sharded over a process group (FSDP2's ``fully_shard``)."""
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _save_checkpoint(path: Path | None, model, optimizer, scheduler, state: dict[str, Any]) -> None:
+    """Write the checkpoint to ``path``; ``None``: only take part in gathering sharded weights (FSDP)."""
+    weights, moments = _trainable_state(model), _optimizer_state(optimizer)
+    if path is None:
+        return
+    payload = {"weights": weights, "optimizer": moments,
                "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(), **state}
     device = model_device(model)
     if device.type == "cuda":  # dropout on the GPU draws from its own generator
@@ -214,6 +262,30 @@ def process_group() -> tuple[int, int]:
     return 0, 1
 
 
+def _sum_loss_over_processes(loss: float, device) -> float:
+    total = torch.tensor([loss], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(total)
+    return float(total)
+
+
+def step_passes(data: list, mine: list[int], micro: int) -> list[list[tuple[list[int], list[int]]]]:
+    """One process's forward/backward passes of a step: micro-batches of at most ``micro`` of its
+    examples, each run in its padding groups."""
+    passes = []
+    for k in range(0, len(mine), micro):  # micro-batches of at most batch_size rows (memory)
+        items = [data[i] for i in mine[k:k + micro]]
+        passes += [[items[g] for g in group] for group in padding_groups([len(ids) for ids, _ in items])]
+    return passes
+
+
+def _idle_pass(model, pad_id: int, device) -> torch.Tensor:
+    """A forward/backward pass that adds nothing (one padding token, no target): it keeps a sharded
+    model's collectives in step on a process whose share of the step has fewer passes than another's."""
+    ids = torch.full((1, 1), pad_id, dtype=torch.long, device=device)
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    return logits.float().sum() * 0.0
+
+
 def _sum_over_processes(params: list[torch.Tensor], loss: float) -> float:
     """Sum the gradients (each process's share of the step, already divided by the whole step's target
     tokens) and the logged loss over the processes, in one flat all-reduce: every process then takes the
@@ -225,9 +297,7 @@ def _sum_over_processes(params: list[torch.Tensor], loss: float) -> float:
     for p, g in zip(params, grads):
         p.grad = flat[offset:offset + g.numel()].view_as(g).clone()
         offset += g.numel()
-    total = torch.tensor([loss], dtype=torch.float64, device=flat.device)
-    torch.distributed.all_reduce(total)
-    return float(total)
+    return _sum_loss_over_processes(loss, flat.device)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -283,7 +353,7 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
                                           cfg.lr_schedule)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if optimizer_state is not None:  # continue the previous call's AdamW moments and step counts
-        optimizer.load_state_dict(copy.deepcopy(optimizer_state))  # leave the caller's tensors as they are
+        _load_optimizer_state(optimizer, params, copy.deepcopy(optimizer_state))  # leave the caller's tensors as they are
         for group in optimizer.param_groups:
             group["initial_lr"] = cfg.learning_rate
             group["lr"] = cfg.learning_rate * factor(0)
@@ -300,8 +370,8 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         with torch.no_grad():
             named = dict(model.named_parameters())
             for name, value in ckpt["weights"].items():
-                named[name].copy_(value)
-        optimizer.load_state_dict(ckpt["optimizer"])
+                named[name].copy_(_shard_like(value, named[name]))
+        _load_optimizer_state(optimizer, params, ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["torch_rng"])
         if "cuda_rng" in ckpt and model_device(model).type == "cuda":
@@ -310,6 +380,7 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         trained_by = ckpt.get("processes", 1)
 
     rank, world = process_group()
+    sharded = is_sharded(model)
     if start_step < steps:
         trained_by = world
 
@@ -333,16 +404,22 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         # target tokens and tokens of the whole step, over every process's share of it
         n_target = sum(sum(label != -100 for label in data[i][1][1:]) for i in chosen)
         tokens_seen += sum(len(data[i][0]) for i in chosen)
-        mine = chosen[rank::world]
+        passes = step_passes(data, chosen[rank::world], micro)
+        if sharded:  # every process runs as many passes as the busiest one (FSDP's collectives run per pass)
+            busiest = max(len(step_passes(data, chosen[r::world], micro)) for r in range(world))
+            passes += [None] * (busiest - len(passes))
         total = 0.0
-        for k in range(0, len(mine), micro):  # micro-batches of at most batch_size rows (memory)
-            items = [data[i] for i in mine[k:k + micro]]
-            for group in padding_groups([len(ids) for ids, _ in items]):
-                b = {key: value.to(device) for key, value in collate([items[g] for g in group], pad_id).items()}
+        for items in passes:
+            if items is None:
+                loss = _idle_pass(model, pad_id, device)
+            else:
+                b = {key: value.to(device) for key, value in collate(items, pad_id).items()}
                 loss = target_loss(model, b, n_target)
-                loss.backward()
-                total += loss.item()
-        if world > 1:
+            loss.backward()
+            total += loss.item()
+        if sharded:  # FSDP summed the gradients (launch.shard sets its divide factor to 1)
+            total = _sum_loss_over_processes(total, device)
+        elif world > 1:
             total = _sum_over_processes(params, total)
         torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
         lr = scheduler.get_last_lr()[0]
@@ -351,12 +428,14 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         optimizer.zero_grad(set_to_none=True)
         log.append({"step": step + 1, "loss": total, "lr": lr, "tokens": tokens_seen})
         done = step + 1
-        if writes and ((checkpoint_every and done % checkpoint_every == 0) or done == steps):
+        due = out is not None and ((checkpoint_every and done % checkpoint_every == 0) or done == steps)
+        if due and (writes or sharded):  # under FSDP every process helps gather the weights; the first writes
             wall = prior_wall + time.perf_counter() - started
-            _save_checkpoint(out / CHECKPOINT, model, optimizer, scheduler,
+            _save_checkpoint(out / CHECKPOINT if writes else None, model, optimizer, scheduler,
                              {"step": done, "tokens_seen": tokens_seen, "log": log, "wall_s": wall, "run_key": run_key,
                               **({"processes": world} if world > 1 else {})})
-            _write_records(out, log, summary(done, wall))
+            if writes:
+                _write_records(out, log, summary(done, wall))
         loop.advance()
     loop.close()
     model.eval()

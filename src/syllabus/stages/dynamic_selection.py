@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import adapter, distillation, executor, generation, lab, models, select, sft_cells, stats, train
+from .. import adapter, distillation, executor, generation, lab, launch, models, select, sft_cells, stats
 from ..devices import resolve_device
 from ..progress import track
 from ..records import Problem, Splits
@@ -376,9 +376,10 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
                         "training": prof.training.model_dump(mode="json"), "seed": sft_seed,
                         **({"span": list(span), "after": previous} if span else {})})[:12]
         out_dir = stage.run.cache / "dynamic" / student.name / policy_name / f"seed{seed}" / f"phase{phase}-{key}"
-        result = train.sft(current.model, current.tokenizer, examples, steps=steps, cfg=prof.training,
-                           seed=sft_seed, out_dir=out_dir, resume=True, single_pass=phase_tokens is not None,
-                           optimizer_state=optimizer_state, schedule_span=span)
+        result = launch.sft(current.model, current.tokenizer, examples, steps=steps, cfg=prof.training,
+                            seed=sft_seed, out_dir=out_dir, resume=True, single_pass=phase_tokens is not None,
+                            optimizer_state=optimizer_state, schedule_span=span,
+                            processes=prof.parallel.sft_processes, sharding=prof.parallel.sft_sharding)
         if d.carry_optimizer:
             optimizer_state, previous = result.optimizer_state, key
         current.model.eval()
