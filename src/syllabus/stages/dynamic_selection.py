@@ -33,7 +33,6 @@ import numpy as np
 import pandas as pd
 
 from .. import adapter, distillation, executor, generation, lab, launch, models, select, sft_cells, stats
-from ..devices import resolve_device
 from ..progress import track
 from ..records import Problem, Splits
 from ..runs import RunDir, Stage, hash_obj, stable_seed
@@ -57,7 +56,9 @@ class PolicyRun:
     dmc: list[pd.DataFrame] = field(default_factory=list)
     module_curve: list[dict[str, Any]] = field(default_factory=list)
     ioa_plan: list[dict[str, Any]] = field(default_factory=list)
-    model: Any = None
+    # the final student of a first-seed run, saved for stage 6 (``save_final``: model_dir, weights); a run
+    # holds no model, so a stage keeps one student in memory per process, not one per run
+    final_model: dict[str, str] | None = None
     final_outcomes: pd.Series | None = None  # held-out pass (0/1) per problem after the last phase
 
 
@@ -402,7 +403,8 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
                             "new_problems": int((~batch["problem_id"].isin(list(problems))).sum())})
         if policy_name == "ioa":
             run.ioa_plan += ioa_plan_rows(policy, state, phase, seed)
-    run.model = current
+    if seed == d.seeds[0]:
+        run.final_model = save_final(stage, current, policy_name, seed)
     return run
 
 
@@ -433,13 +435,11 @@ def _worker_stage(job: dict) -> SimpleNamespace:
 
 def policy_job(job: dict) -> tuple[PolicyRun, dict]:
     """A worker's (policy, seed) run, with every phase's checkpoint, pass rates and scores in the run's
-    caches; returned whole (its final student on the CPU) with the scoring counts it noted."""
+    caches (and its final student saved, for the first seed); returned whole with the scoring counts it noted."""
     prof = job["params"]
     student = sft_cells.worker_student(job["student_file"], prof.device, prof.threads)
     stage = _worker_stage(job)
     run = run_policy(stage, student, job["policy"], job["seed"], job["inputs"])
-    if run.model is not None:
-        run.model.model.to("cpu")
     return run, stage.notes
 
 
@@ -458,8 +458,6 @@ def run_policies(stage: Stage, student: StudentModel, inputs: PolicyInputs) -> l
                 for policy, seed in costly_first]
         done = {}
         for run, notes in executor.for_profile(prof, stage.run.cache / "slurm").map(policy_job, jobs):
-            if run.model is not None:
-                run.model.model.to(resolve_device(prof.device)).eval()
             dmc.note_scoring(stage, notes.get("scoring", {}))  # the manifest's counts, as in one process
             done[(run.policy, run.seed)] = run
         return [done[pair] for pair in pairs]
@@ -550,17 +548,17 @@ def start_module_curve(start: pd.Series, heldout: list[Problem], policies: list[
                          for p in policies for s in seeds for m, v in per.items()])
 
 
-def save_final(stage: Stage, run: PolicyRun) -> dict[str, str]:
+def save_final(stage: Stage, student: StudentModel, policy: str, seed: int) -> dict[str, str]:
     """Save a policy's final student as a model directory (LoRA merged) for stage 6.
 
     Returns its path relative to the run folder (tables hold no absolute paths: two run folders give
     identical tables) and the weights' fingerprint, so that stage 6's cache key changes whenever the
     weights do, even if the path stays the same.
     """
-    target = stage.run.cache / "final_models" / f"{run.model.name}-{run.policy}-seed{run.seed}"
-    models.save_model(run.model.model, run.model.tokenizer, target,
-                      info={"student": run.model.name, "policy": run.policy, "seed": run.seed})
-    return {"model_dir": target.relative_to(stage.run.root).as_posix(), "weights": model_fingerprint(run.model.model)}
+    target = stage.run.cache / "final_models" / f"{student.name}-{policy}-seed{seed}"
+    models.save_model(student.model, student.tokenizer, target, info={"student": student.name, "policy": policy,
+                                                                      "seed": seed})
+    return {"model_dir": target.relative_to(stage.run.root).as_posix(), "weights": model_fingerprint(student.model)}
 
 
 # --------------------------------------------------------------------------- the stage, as the notebook runs it
@@ -594,7 +592,7 @@ def stage_tables(stage: Stage, student: StudentModel, inputs: PolicyInputs, runs
     d, heldout = stage.params.dynamic, inputs.splits.heldout
     tables = run_tables(runs)
     starts = pd.DataFrame(start_curve(stage, student, heldout, d.policies, d.seeds))
-    finals = [{"student": student.name, "policy": r.policy, "seed": r.seed, **save_final(stage, r)}
+    finals = [{"student": student.name, "policy": r.policy, "seed": r.seed, **r.final_model}
               for r in runs if r.seed == d.seeds[0]]
     return {"learning_curves": pd.concat([starts, tables["curve"]], ignore_index=True),
             "module_curves": pd.concat([start_module_curve(start, heldout, d.policies, d.seeds),
