@@ -243,3 +243,13 @@ def test_module_curves_show_a_band_per_policy_and_the_legend_over_no_curve():
     spare = [ax for ax in fig.axes if not ax.get_title()]
     assert spare and spare[0].get_legend() is not None and not spare[0].lines
     assert "95% CI" in fig._suptitle.get_text()
+
+
+def test_accuracy_bands_stay_within_zero_and_one():
+    from syllabus import plots
+
+    # 1 of 16 and 16 of 16: the normal band would reach below 0 and above 1
+    curves = pd.DataFrame({"phase": [0, 1, 2], "accuracy": [1 / 16, 1.0, 0.5]})
+    mean, lo, hi = plots._mean_band(curves.groupby("phase")["accuracy"], 16)
+    assert (lo >= 0).all() and (hi <= 1).all()
+    assert lo[0] == 0.0 and hi[1] == 1.0 and 0 < lo[2] < 0.5 < hi[2] < 1

@@ -139,11 +139,11 @@ def scatter_with_fit(grid: pd.DataFrame, predictors: list[str], *, target="gain"
 
 def _mean_band(g, n_problems: int | None) -> tuple[pd.Series, pd.Series, pd.Series]:
     """Mean over seeds of grouped accuracies and its 95% band: mean +- 1.96 sqrt(p(1-p)/n + seed SD^2/seeds)
-    with ``n_problems``, else the seeds' min-max."""
+    with ``n_problems``, kept within [0, 1] (an accuracy's range), else the seeds' min-max."""
     mean, sd, count = g.mean(), g.std(ddof=1).fillna(0.0), g.count()
     if n_problems:
         half = 1.959963984540054 * np.sqrt(mean * (1 - mean) / n_problems + sd ** 2 / count)
-        return mean, mean - half, mean + half
+        return mean, (mean - half).clip(lower=0.0), (mean + half).clip(upper=1.0)
     return mean, g.min(), g.max()
 
 
