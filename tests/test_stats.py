@@ -156,3 +156,28 @@ def test_reliability_and_needed_problems():
 def test_with_normal_ci():
     t = stats.with_normal_ci(pd.DataFrame({"value": [0.5, 0.2], "stderr": [0.05, np.nan]}))
     assert t.loc[0, "ci_lo"] == pytest.approx(0.5 - stats.Z95 * 0.05) and np.isnan(t.loc[1, "ci_hi"])
+
+
+def test_score_interval_is_wilson_for_a_share_of_problems_and_normal_otherwise():
+    lo, hi = stats.score_interval({"value": 1 / 8, "stderr": 0.125, "n": 8})
+    assert lo == pytest.approx(0.0224, abs=1e-3) and hi == pytest.approx(0.4709, abs=1e-3)
+    lo, hi = stats.score_interval({"value": 0.0, "stderr": 0.0, "n": 8})  # 0 of 8 is not [0, 0]
+    assert lo == 0.0 and hi == pytest.approx(0.3244, abs=1e-3)
+    lo, hi = stats.score_interval({"value": 3.5, "stderr": 0.5, "n": 8})  # not a share: +- 1.96 SE
+    assert (lo, hi) == pytest.approx((3.5 - 0.98, 3.5 + 0.98), abs=1e-3)
+    assert all(np.isnan(stats.score_interval({"value": 0.5, "stderr": None, "n": None})))
+
+
+def test_benchmark_bars_whiskers_are_the_wilson_intervals():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from syllabus import plots
+
+    tidy = pd.DataFrame({"model": ["a", "a", "b", "b"], "task": ["t1", "t2", "t1", "t2"],
+                         "value": [0.125, 0.0, 0.5, 1.0], "stderr": [0.125, 0.0, 0.19, 0.0], "n": [8, 8, 8, 8]})
+    fig = plots.benchmark_bars(tidy)
+    ax = fig.axes[0]
+    ends = sorted({round(float(x), 3) for line in ax.lines for x in np.atleast_1d(line.get_xdata())})
+    assert min(ends) >= 0 and max(ends) <= 1  # caps inside [0, 1]
+    assert 0.471 in ends and 0.324 in ends and 0.676 in ends  # Wilson ends: 1/8 and 0/8 (upper), 8/8 (lower)

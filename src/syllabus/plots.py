@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from . import stats
+
 PALETTE = "colorblind"
 
 
@@ -248,18 +250,23 @@ def module_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy"
 
 
 def benchmark_bars(tidy: pd.DataFrame, *, value="value", model="model", task="task", err="stderr"):
-    """Stage 6: one bar per model and task, with its 95% interval (1.96 standard errors) and its value
-    written beside it (so that a score of 0 reads as 0, not as a missing bar)."""
+    """Stage 6: one bar per model and task, with its 95% interval (``stats.score_interval``: Wilson for a share of
+    problems) and its value written beside it (so that a score of 0 reads as 0, not as a missing bar)."""
     wide = tidy.pivot_table(index=model, columns=task, values=value, aggfunc="first")
-    errs = 1.959963984540054 * tidy.pivot_table(index=model, columns=task, values=err, aggfunc="first").reindex_like(wide)
+    bounds = pd.DataFrame([stats.score_interval(r, value, err) for r in tidy.to_dict("records")], columns=["lo", "hi"],
+                          index=tidy.index)
+    lo, hi = (tidy.assign(bound=bounds[side]).pivot_table(index=model, columns=task, values="bound", aggfunc="first",
+                                                           dropna=False).reindex_like(wide) for side in ("lo", "hi"))
+    below, above = (wide - lo).clip(lower=0).fillna(0), (hi - wide).clip(lower=0).fillna(0)
+    errs = np.stack([np.stack([below[c].to_numpy(), above[c].to_numpy()]) for c in wide.columns])
     fig, ax = plt.subplots(figsize=(7.5, max(3, 0.45 * wide.size / max(1, wide.shape[1]) * max(1, wide.shape[1] / 2) + 1.5)))
-    wide.plot.barh(ax=ax, xerr=errs.fillna(0), capsize=2, color=sns.color_palette(PALETTE, wide.shape[1]))
+    wide.plot.barh(ax=ax, xerr=errs, capsize=2, color=sns.color_palette(PALETTE, wide.shape[1]))
     for bars in ax.containers:
         if hasattr(bars, "patches"):
             ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=3)
-    ax.set_xlabel("score (fraction; whiskers: 95% CI, 1.96 standard errors)")
+    ax.set_xlabel("score (fraction; whiskers: 95% CI, Wilson on the problems scored)")
     ax.set_ylabel("")
-    ax.set_xlim(0, max(0.05, float(np.nanmax(wide.to_numpy() + errs.fillna(0).to_numpy())) * 1.25))
+    ax.set_xlim(0, max(0.05, float(np.nanmax((wide + above).to_numpy())) * 1.25))
     ax.legend(title="task", fontsize=8)
     ax.set_title("lm-evaluation-harness results")
     return fig

@@ -20,23 +20,15 @@ import pandas as pd
 from nbconvert import HTMLExporter
 
 from .runs import STAGES, RunDir, atomic_write_text, read_json
+from .stats import score_interval, wilson
 
 REPORT_FILE = "report.html"
 SUMMARY_FILE = "summary.md"
 HIDDEN_TAGS = {"parameters", "injected-parameters"}
 SAVED_FIGURE = re.compile(r"save_figure\(.*[\"']([\w.-]+)[\"']\s*\)")
-Z95 = 1.959963984540054
 
 
 # --------------------------------------------------------------------------- numbers
-def wilson(k: float, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion ``k / n`` (95% by default)."""
-    if n <= 0:
-        return (math.nan, math.nan)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def _num(x, digits: int = 3) -> str:
@@ -158,12 +150,8 @@ def _benchmark(run: RunDir) -> list[str]:
     rows = []
     for r in results.to_dict("records"):
         n = r.get("n")
-        if n is not None and not pd.isna(n) and 0 <= r["value"] <= 1:  # a share of problems: Wilson, also at 0 and 1
-            ci = _ci(*wilson(r["value"] * int(n), int(n)))
-        elif r.get("stderr") is not None and not pd.isna(r["stderr"]):
-            ci = _ci(r["value"] - Z95 * r["stderr"], r["value"] + Z95 * r["stderr"])
-        else:
-            ci = "n/a"
+        lo, hi = score_interval(r)  # Wilson for a share of problems, also at 0 and 1
+        ci = "n/a" if math.isnan(lo) else _ci(lo, hi)
         rows.append([str(r["model"]), str(r["task"]), str(r["metric"]), _num(r["value"]), ci,
                      "" if n is None or pd.isna(n) else str(int(n)), _num(r.get("truncation_rate"), 2)])
     return (["lm-evaluation-harness scores; 95% Wilson intervals on the problems scored (value +- 1.96 "

@@ -172,6 +172,28 @@ def predictor_table(df: pd.DataFrame, predictors: Sequence[str], target: str, *,
 Z95 = 1.959963984540054
 
 
+def wilson(k: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``k / n`` (95% by default); NaNs for n = 0."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, float(centre - half)), min(1.0, float(centre + half)))
+
+
+def score_interval(row: Mapping, value: str = "value", err: str = "stderr", n: str = "n") -> tuple[float, float]:
+    """A benchmark score's 95% interval, as the run's summary gives it: Wilson on the problems scored for a
+    share of problems (``n`` known, value in [0, 1]), else value +- 1.96 standard errors (NaNs without one)."""
+    count, v = row.get(n), row[value]
+    if count is not None and not pd.isna(count) and 0 <= v <= 1:
+        return wilson(v * int(count), int(count))
+    se = row.get(err)
+    if se is None or pd.isna(se):
+        return (float("nan"), float("nan"))
+    return (v - Z95 * se, v + Z95 * se)
+
+
 def binomial_se(p: float, n: int) -> float:
     """Standard error of an accuracy ``p`` measured on ``n`` independent problems."""
     return float(np.sqrt(max(p * (1 - p), 0.0) / n)) if n > 0 else float("nan")
