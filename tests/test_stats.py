@@ -153,9 +153,11 @@ def test_reliability_and_needed_problems():
     assert stats.binomial_se(0.5, 100) == pytest.approx(0.05)
 
 
-def test_with_normal_ci():
-    t = stats.with_normal_ci(pd.DataFrame({"value": [0.5, 0.2], "stderr": [0.05, np.nan]}))
-    assert t.loc[0, "ci_lo"] == pytest.approx(0.5 - stats.Z95 * 0.05) and np.isnan(t.loc[1, "ci_hi"])
+def test_with_score_ci():
+    t = stats.with_score_ci(pd.DataFrame({"value": [3.5, 0.2, 0.0], "stderr": [0.05, np.nan, 0.0],
+                                          "n": [np.nan, np.nan, 10]}))
+    assert t.loc[0, "ci_lo"] == pytest.approx(3.5 - stats.Z95 * 0.05) and np.isnan(t.loc[1, "ci_hi"])
+    assert t.loc[2, "ci_lo"] == 0.0 and t.loc[2, "ci_hi"] == pytest.approx(0.2775, abs=1e-3)  # 0 of 10: Wilson
 
 
 def test_score_interval_is_wilson_for_a_share_of_problems_and_normal_otherwise():

@@ -25,9 +25,20 @@ def set_theme() -> None:
 set_theme()
 
 
-def _annotate(ax, xs, ys, labels) -> None:
+def _annotate(ax, xs, ys, labels, step: float = 10.0, tries: int = 8) -> None:
+    """Label each point beside it; a label that would overprint one placed before it moves down (then up)
+    a line at a time until it is clear."""
+    renderer = ax.figure.canvas.get_renderer()
+    placed = []
     for x, y, label in zip(xs, ys, labels):
-        ax.annotate(str(label), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        note = ax.annotate(str(label), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        for k in range(1, tries + 1):
+            box = note.get_window_extent(renderer).expanded(1.0, 1.1)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            shift = step * ((k + 1) // 2) * (-1 if k % 2 else 1)  # -1, +1, -2, +2 ... lines
+            note.xyann = (5, 4 + shift)
+        placed.append(note.get_window_extent(renderer))
 
 
 def accuracy_vs_gain(board: pd.DataFrame, *, x="teacher_accuracy", y="gain", label="teacher", hue=None):

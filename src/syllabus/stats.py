@@ -244,9 +244,11 @@ def reliability(gains: Sequence[float], ses: Sequence[float]) -> float:
     return float(1.0 - np.mean(se[ok] ** 2) / np.var(g[ok], ddof=1))
 
 
-def with_normal_ci(table: pd.DataFrame, value: str = "value", se: str = "stderr") -> pd.DataFrame:
-    """``table`` with ``ci_lo``/``ci_hi``: the normal 95% interval value +- 1.96 SE (NaN where no SE)."""
-    return table.assign(ci_lo=table[value] - Z95 * table[se], ci_hi=table[value] + Z95 * table[se])
+def with_score_ci(table: pd.DataFrame, value: str = "value", se: str = "stderr", n: str = "n") -> pd.DataFrame:
+    """``table`` with ``ci_lo``/``ci_hi``: each row's ``score_interval`` (Wilson for a share of ``n`` problems,
+    else value +- 1.96 SE; NaN where neither is known)."""
+    bounds = [score_interval(r, value, se, n) for r in table.to_dict("records")]
+    return table.assign(ci_lo=[lo for lo, _ in bounds], ci_hi=[hi for _, hi in bounds])
 
 
 def needed_problems(effect: float, sd_diff: float, power_z: float = 0.8416) -> int:
