@@ -155,7 +155,7 @@ def _mean_band(g, n_problems: int | None) -> tuple[pd.Series, pd.Series, pd.Seri
     with ``n_problems``, kept within [0, 1] (an accuracy's range), else the seeds' min-max."""
     mean, sd, count = g.mean(), g.std(ddof=1).fillna(0.0), g.count()
     if n_problems:
-        half = 1.959963984540054 * np.sqrt(mean * (1 - mean) / n_problems + sd ** 2 / count)
+        half = stats.Z95 * np.sqrt(mean * (1 - mean) / n_problems + sd ** 2 / count)
         return mean, (mean - half).clip(lower=0.0), (mean + half).clip(upper=1.0)
     return mean, g.min(), g.max()
 

@@ -19,6 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from . import stats
+
 
 @dataclass(frozen=True)
 class SelectionState:
@@ -302,11 +304,8 @@ def wilson_bound(successes: float, n: int, confidence: float, side: str) -> floa
     (two-sided); with n = 0 nothing is known: 0 (lower) or 1 (upper)."""
     if n <= 0:
         return 0.0 if side == "lower" else 1.0
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    p = min(1.0, max(0.0, successes / n))
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half) if side == "lower" else min(1.0, centre + half)
+    lower, upper = stats.wilson(min(float(n), max(0.0, successes)), n, NormalDist().inv_cdf(0.5 + confidence / 2))
+    return lower if side == "lower" else upper
 
 
 def severity(gaps: Mapping[str, Mapping[str, Any]], prerequisites: Mapping[str, Sequence[str]], alpha: float = 0.7,

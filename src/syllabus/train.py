@@ -230,8 +230,9 @@ def _load_optimizer_state(optimizer, params: list, state: dict[str, Any]) -> Non
 
 
 def is_sharded(model) -> bool:
-    """Whether the model's weights are sharded over a process group (FSDP2's ``fully_shard``)."""
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    """Whether the model's weights are sharded over a process group (FSDP2's ``fully_shard``, which
+    ``launch.shard`` applies to the whole model, so the first parameter tells)."""
+    return isinstance(next(model.parameters(), None), DTensor)
 
 
 def _save_checkpoint(path: Path | None, model, optimizer, scheduler, state: dict[str, Any]) -> None:
