@@ -63,6 +63,22 @@ def test_planted_style_check_pairs_the_familiar_teacher_against_the_others():
     assert not bool(check.loc[(first, "sloppy"), "recovered"])  # 1 problem in 40: inside the noise
 
 
+def test_planted_style_check_compares_unverified_sets_at_equal_error_rates_only():
+    from syllabus import params as P
+    from syllabus.stages.correlation import planted_style_check
+
+    prof = P.load_profile("tiny-wide")  # lab-s: gold warm-up, familiar style prose; 20 teachers, styles x error rates
+    solved = {"teacher=prose-e10+unverified": 30, "teacher=prose-e00+unverified": 35,
+              "teacher=equations-e10+unverified": 10, "teacher=equations-e20+unverified": 0}
+    rows = [{"student": "lab-s", "dataset": name, "seed": seed, "problem_id": f"p{i}", "correct_before": 0.0,
+             "correct_after": float(i < n)} for name, n in solved.items() for seed in range(3) for i in range(40)]
+    check = planted_style_check(pd.DataFrame(rows), prof)
+    # prose-e10 against equations-e10 (equal error rates); not against equations-e20 (a difference of quality),
+    # nor prose against prose; prose-e00 has no equations-e00 in the grid
+    assert check[["familiar_teacher", "other_teacher"]].values.tolist() == [["prose-e10", "equations-e10"]]
+    assert check["difference"].iloc[0] == pytest.approx(0.5) and bool(check["recovered"].iloc[0])
+
+
 def test_training_and_scoring_slices_share_no_problem_and_nest():
     from types import SimpleNamespace
 
@@ -122,6 +138,11 @@ def test_rule_protocol_chooses_on_one_part_and_reports_on_the_other():
     rows = held.set_index("predictor")
     assert rows.loc["dmc[window chosen]", "spearman"] == pytest.approx(1.0)  # the planted rule, on unseen cells
     assert "dmc[excess profile]" in rows.index and "rel_difficulty" in rows.index
+    leads = correlation.held_out_leads(table, items, SimpleNamespace(params=prof, seed=0), summary)
+    assert set(leads["scope"]) == {"s2"} and set(leads["dmc"]) == {"dmc[window chosen]", "dmc[excess profile]"}
+    lead = leads.set_index(["dmc", "rival"]).loc[("dmc[window chosen]", "rel_difficulty")]
+    assert lead["spearman"] == pytest.approx(1.0)
+    assert lead["lead"] == pytest.approx(1.0 - lead["rival_abs_spearman"])
 
 
 def test_per_prompt_reference_falls_back_to_the_median_for_a_problem_without_a_scored_sample():

@@ -132,6 +132,24 @@ def test_cluster_bootstrap_widens_the_interval_of_duplicated_rows():
     assert clusters["pearson_hi"] - clusters["pearson_lo"] > 1.5 * (rows["pearson_hi"] - rows["pearson_lo"])
 
 
+def test_spearman_lead_is_paired_and_takes_the_rival_in_its_better_direction():
+    rng = np.random.default_rng(0)
+    y = np.arange(30, dtype=float)
+    noise = rng.normal(size=30)
+    ahead = stats.spearman_lead(y + 0.1 * noise, noise, y, n_boot=200)
+    assert ahead["rival_abs_spearman"] == pytest.approx(abs(sps.spearmanr(noise, y)[0]))
+    assert ahead["lead"] == pytest.approx(ahead["spearman"] - ahead["rival_abs_spearman"]) and ahead["lead_lo"] > 0
+    # a rival as good as x, in the other direction: no lead, and in every resample exactly none (paired)
+    tie = stats.spearman_lead(y, -y, y, n_boot=200)
+    assert tie["lead"] == tie["lead_lo"] == tie["lead_hi"] == pytest.approx(0.0)
+    grouped = stats.spearman_lead(y, -y, y, n_boot=50, groups=[i // 3 for i in range(30)])
+    assert grouped["lead_lo"] == grouped["lead_hi"] == pytest.approx(0.0)
+    flat = stats.spearman_lead(y, np.ones(30), y, n_boot=50)
+    assert np.isnan(flat["lead"]) and "constant" in flat["note"]
+    with pytest.raises(ValueError, match="equal length"):
+        stats.spearman_lead(y, y[:5], y)
+
+
 def test_paired_gain_by_hand():
     before = np.array([0, 0, 1, 1])
     after = np.array([[1, 0, 1, 1], [1, 1, 1, 0]])  # seed gains 0.25 and 0.25

@@ -150,6 +150,31 @@ def scatter_with_fit(grid: pd.DataFrame, predictors: list[str], *, target="gain"
     return fig
 
 
+def dmc_leads(leads: pd.DataFrame, *, scope="scope", rival="rival", lead="lead"):
+    """Stage 4: DMC's Spearman with the gain minus each rival's absolute Spearman, with its paired 95%
+    interval, one panel per student; right of the dashed zero line DMC tracks the gain better."""
+    scopes = sorted(leads[scope].unique())
+    n = leads.groupby(scope).size().max()
+    fig, axes = plt.subplots(1, len(scopes), figsize=(5.6 * len(scopes), 0.32 * n + 1.9), squeeze=False, sharex=True)
+    for ax, name in zip(axes.flat, scopes):
+        g = leads[leads[scope] == name].sort_values(lead, na_position="first")
+        pos = np.arange(len(g))
+        shown = g["lead_lo"] > 0
+        ax.errorbar(g[lead], pos, xerr=[g[lead] - g["lead_lo"], g["lead_hi"] - g[lead]], fmt="none", ecolor="black",
+                    elinewidth=0.8, capsize=2, zorder=1)
+        ax.scatter(g[lead], pos, c=[sns.color_palette(PALETTE)[2] if s else "#777777" for s in shown], s=30, zorder=2)
+        ax.set_yticks(pos, [f"{r} ({a:.2f})" if np.isfinite(a) else f"{r} (undefined)"
+                            for r, a in zip(g[rival], g["rival_abs_spearman"])], fontsize=8)
+        ax.axvline(0, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("DMC's Spearman - |rival's Spearman|, 95% CI")
+        ax.set_title(f"{name}: DMC Spearman {g['spearman'].dropna().iloc[0]:.2f}" if g["spearman"].notna().any()
+                     else name, fontsize=10)
+    fig.suptitle("Does DMC track the gain better than each rival?\n"
+                 "(the rival's |Spearman| in brackets; green: DMC ahead, interval above 0)", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return fig
+
+
 def _mean_band(g, n_problems: int | None) -> tuple[pd.Series, pd.Series, pd.Series]:
     """Mean over seeds of grouped accuracies and its 95% band: mean +- 1.96 sqrt(p(1-p)/n + seed SD^2/seeds)
     with ``n_problems``, kept within [0, 1] (an accuracy's range), else the seeds' min-max."""

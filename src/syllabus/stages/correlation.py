@@ -169,21 +169,33 @@ def teacher_accuracy(raw_traces: pd.DataFrame, candidates: pd.DataFrame) -> pd.S
 def planted_style_check(outcomes: pd.DataFrame, prof) -> pd.DataFrame:
     """Does the grid recover the planted style preference? For each lab student, the gain from its
     familiar teacher's curated dataset (``lab.FAMILIAR_STYLE`` of its warm-up style) minus the gain
-    from every other teacher's, paired problem by problem and seed by seed, with a 95% CI."""
+    from every other teacher's, paired problem by problem and seed by seed, with a 95% CI.
+
+    A teacher's dataset is ``teacher=NAME``, or ``teacher=NAME+unverified`` when the grid has only that. Two
+    unverified sets are compared only at equal error rates: they keep the wrong traces, so a different
+    error rate would be a difference of quality, not of style (verified sets keep correct traces only)."""
 
     rows = []
-    styles = {t.name: t.style for t in prof.teachers if t.backend == "lab"}
+    teachers = {t.name: t for t in prof.teachers if t.backend == "lab"}
     for spec in prof.students:
         if spec.source != "lab":
             continue
-        familiar = [n for n, st in styles.items() if st == lab.FAMILIAR_STYLE[spec.warmup_style]]
+        familiar = [n for n, t in teachers.items() if t.style == lab.FAMILIAR_STYLE[spec.warmup_style]]
         mine = outcomes[outcomes["student"] == spec.name]
         wide = {name: g.pivot(index="seed", columns="problem_id", values="correct_after").sort_index()
                 for name, g in mine.groupby("dataset")}
+
+        def dataset(name: str) -> tuple[pd.DataFrame | None, bool]:
+            if f"teacher={name}" in wide:
+                return wide[f"teacher={name}"], False
+            return wide.get(f"teacher={name}+unverified"), True
+
         for fam in familiar:
-            for other in styles:
-                a, b = wide.get(f"teacher={fam}"), wide.get(f"teacher={other}")
-                if other == fam or a is None or b is None or list(a.index) != list(b.index):
+            for other, teacher in teachers.items():
+                (a, a_raw), (b, b_raw) = dataset(fam), dataset(other)
+                if teacher.style == teachers[fam].style or a is None or b is None or list(a.index) != list(b.index):
+                    continue
+                if (a_raw or b_raw) and teacher.error_rate != teachers[fam].error_rate:
                     continue
                 d = stats.paired_difference(a.to_numpy(), b[a.columns].to_numpy())
                 rows.append({"student": spec.name, "warmup_style": spec.warmup_style, "familiar_teacher": fam,
@@ -222,6 +234,22 @@ def predictor_table(table: pd.DataFrame, stage: Stage) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def dmc_lead_table(table: pd.DataFrame, stage: Stage, dmc_column: str = "dmc") -> pd.DataFrame:
+    """Within each student: DMC's Spearman with the gain minus every other predictor's absolute Spearman
+    (``stats.spearman_lead``), with a paired family bootstrap CI. ``ahead_shown`` only where the interval
+    lies above 0; "DMC predicts better than X" needs that, not a higher point estimate."""
+    c = stage.params.correlation
+    rivals = [p for p in PREDICTORS if p in table.columns and p != "dmc" and p != dmc_column]
+    rows = []
+    for student, g in table.groupby("student", sort=True):
+        for rival in rivals:
+            lead = stats.spearman_lead(g[dmc_column], g[rival], g["gain"], n_boot=c.bootstrap, seed=stage.seed,
+                                       groups=g["family"].tolist())
+            rows.append({"scope": student, "dmc": dmc_column, "rival": rival, **lead,
+                         "ahead_shown": bool(lead["lead_lo"] > 0)})
+    return pd.DataFrame(rows)
+
+
 def family_split(table: pd.DataFrame, fit_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fitting and held-out parts of the grid that share no traces: single-teacher families are split
     whole; the mixed family (which contains every teacher's traces) is left out of both."""
@@ -241,6 +269,30 @@ def protocol_split(table: pd.DataFrame, prof, seed: int) -> tuple[pd.DataFrame, 
         fit = table["student"] == names[0]
         return table[fit].reset_index(drop=True), table[~fit].reset_index(drop=True)
     return family_split(table, c.fit_fraction, seed)
+
+
+def dmc_columns(chosen: str, prof) -> tuple[str, str]:
+    """The held-out part's two DMC columns: the protocol's choice and the profile's own rule."""
+    return f"dmc[{chosen} chosen]", f"dmc[{prof.dmc.variant} profile]"
+
+
+def held_out_part(hold: pd.DataFrame, items: pd.DataFrame, prof, chosen: str, chosen_params: dict) -> pd.DataFrame:
+    """The held-out cells of ``rule_protocol`` with DMC under the chosen rule and under the profile's rule."""
+    held = hold.copy()
+    rules = ((chosen, chosen_params), (prof.dmc.variant, prof.dmc.rule_params()))
+    for label, (rule, params) in zip(dmc_columns(chosen, prof), rules):
+        held[label] = stats.dmc_for_grid(held, items, ("dataset", "student"), rule, params) if len(held) else []
+    return held
+
+
+def held_out_leads(table: pd.DataFrame, items: pd.DataFrame, stage: Stage, summary: dict) -> pd.DataFrame:
+    """``dmc_lead_table`` on the held-out part of ``rule_protocol`` (its ``summary``): the chosen rule's and
+    the profile rule's lead over every other predictor, within each held-out student."""
+    prof = stage.params
+    _, hold = protocol_split(table[table["dmc"].notna()], prof, stage.seed)
+    held = held_out_part(hold, items, prof, summary["chosen_rule"], summary["chosen_params"])
+    frames = [dmc_lead_table(held, stage, column) for column in dmc_columns(summary["chosen_rule"], prof)]
+    return pd.concat(frames, ignore_index=True)
 
 
 def rule_protocol(table: pd.DataFrame, items: pd.DataFrame, stage: Stage) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
@@ -268,12 +320,8 @@ def rule_protocol(table: pd.DataFrame, items: pd.DataFrame, stage: Stage) -> tup
     chosen = ranked.loc[ranked["spearman_fit"].idxmax(), "rule"] if len(ranked) else prof.dmc.variant
     chosen_params = fits[chosen]["params"] if chosen in fits else prof.dmc.rule_params()
     fit_table["chosen"] = fit_table["rule"] == chosen
-    held = hold.copy()
-    candidates = {f"dmc[{chosen} chosen]": (chosen, chosen_params),
-                  f"dmc[{prof.dmc.variant} profile]": (prof.dmc.variant, prof.dmc.rule_params())}
-    for label, (rule, params) in candidates.items():
-        held[label] = stats.dmc_for_grid(held, items, ("dataset", "student"), rule, params) if len(held) else []
-    preds = [*candidates, *[p for p in PREDICTORS if p in held.columns and p != "dmc"]]
+    held = held_out_part(hold, items, prof, chosen, chosen_params)
+    preds = [*dmc_columns(chosen, prof), *[p for p in PREDICTORS if p in held.columns and p != "dmc"]]
     frames = []
     for student, g in held.groupby("student", sort=True):
         t = stats.predictor_table(g, preds, "gain", n_boot=c.bootstrap, n_perm=c.permutations, seed=stage.seed,
