@@ -153,6 +153,11 @@ def scatter_with_fit(grid: pd.DataFrame, predictors: list[str], *, target="gain"
 def dmc_leads(leads: pd.DataFrame, *, scope="scope", rival="rival", lead="lead"):
     """Stage 4: DMC's Spearman with the gain minus each rival's absolute Spearman, with its paired 95%
     interval, one panel per student; right of the dashed zero line DMC tracks the gain better."""
+    if leads.empty:
+        fig, ax = plt.subplots(figsize=(5, 1.5))
+        ax.text(0.5, 0.5, "no cells to compare", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
     scopes = sorted(leads[scope].unique())
     n = leads.groupby(scope).size().max()
     fig, axes = plt.subplots(1, len(scopes), figsize=(5.6 * len(scopes), 0.32 * n + 1.9), squeeze=False, sharex=True)

@@ -234,6 +234,10 @@ def predictor_table(table: pd.DataFrame, stage: Stage) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+LEAD_COLUMNS = ["scope", "dmc", "rival", "n", "spearman", "rival_abs_spearman", "lead", "lead_lo", "lead_hi", "note",
+                "ahead_shown"]
+
+
 def dmc_lead_table(table: pd.DataFrame, stage: Stage, dmc_column: str = "dmc") -> pd.DataFrame:
     """Within each student: DMC's Spearman with the gain minus every other predictor's absolute Spearman
     (``stats.spearman_lead``), with a paired family bootstrap CI. ``ahead_shown`` only where the interval
@@ -247,7 +251,7 @@ def dmc_lead_table(table: pd.DataFrame, stage: Stage, dmc_column: str = "dmc") -
                                        groups=g["family"].tolist())
             rows.append({"scope": student, "dmc": dmc_column, "rival": rival, **lead,
                          "ahead_shown": bool(lead["lead_lo"] > 0)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=LEAD_COLUMNS)
 
 
 def family_split(table: pd.DataFrame, fit_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
