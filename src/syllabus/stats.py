@@ -80,6 +80,26 @@ def cluster_bootstrap_indices(groups: Sequence[Any], n_boot: int, rng: np.random
     return [np.concatenate([members[g] for g in row]) for row in picks]
 
 
+def bootstrap_indices(n: int, groups: Sequence[Any] | None, n_boot: int, rng: np.random.Generator):
+    """Resample indices: an (n_boot, n) array of units, or with ``groups`` a list of whole-group resamples
+    (``cluster_bootstrap_indices``)."""
+    if groups is None:
+        return rng.integers(0, n, size=(n_boot, n))
+    return cluster_bootstrap_indices(groups, n_boot, rng)
+
+
+def percentile_interval(boot: np.ndarray, n_boot: int, confidence: float) -> tuple[float, float, str]:
+    """Percentile interval of bootstrap statistics, ignoring undefined (NaN) resamples; the note says how
+    many were undefined (empty when none)."""
+    boot = boot[np.isfinite(boot)]
+    note = f"{n_boot - len(boot)} of {n_boot} resamples undefined" if len(boot) < n_boot else ""
+    if not len(boot):
+        return np.nan, np.nan, note
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(boot, [alpha, 1 - alpha])
+    return float(lo), float(hi), note
+
+
 def correlate(x: Sequence[float], y: Sequence[float], *, n_boot: int = 1000, n_perm: int = 1000, seed: int = 0,
               confidence: float = 0.95, methods: Sequence[str] = METHODS,
               groups: Sequence[Any] | None = None) -> dict[str, Any]:
@@ -114,11 +134,7 @@ def correlate(x: Sequence[float], y: Sequence[float], *, n_boot: int = 1000, n_p
         out["note"] = f"{' and '.join(constant)} constant: correlation undefined"
         return out
     rng = np.random.default_rng(seed)
-    if groups is None:
-        boot_idx = rng.integers(0, len(x), size=(n_boot, len(x)))
-    else:
-        boot_idx = cluster_bootstrap_indices(groups, n_boot, rng)
-    alpha = (1 - confidence) / 2
+    boot_idx = bootstrap_indices(len(x), groups, n_boot, rng)
     degenerate = []
     for m in methods:
         coef = COEFFICIENTS[m]
@@ -127,11 +143,10 @@ def correlate(x: Sequence[float], y: Sequence[float], *, n_boot: int = 1000, n_p
             boot = coef(x[boot_idx], y[boot_idx])
         else:  # resamples differ in length: one at a time
             boot = np.array([coef(x[i], y[i])[0] for i in boot_idx])
-        boot = boot[np.isfinite(boot)]  # a resample that repeats one value has no correlation
-        if len(boot) < n_boot:
-            degenerate.append(f"{m}: {n_boot - len(boot)} of {n_boot} resamples undefined")
-        if len(boot):
-            out[f"{m}_lo"], out[f"{m}_hi"] = (float(v) for v in np.quantile(boot, [alpha, 1 - alpha]))
+        # a resample that repeats one value has no correlation
+        out[f"{m}_lo"], out[f"{m}_hi"], undefined = percentile_interval(boot, n_boot, confidence)
+        if undefined:
+            degenerate.append(f"{m}: {undefined}")
         out[f"{m}_p"] = _permutation_p(coef, x, y, n_perm, rng)
     if degenerate:
         out["note"] = "; ".join(degenerate)
@@ -187,19 +202,13 @@ def spearman_lead(x: Sequence[float], rival: Sequence[float], y: Sequence[float]
     out["spearman"] = float(spearman_rows(x, y)[0])
     out["rival_abs_spearman"] = float(abs(spearman_rows(r, y)[0]))
     out["lead"] = out["spearman"] - out["rival_abs_spearman"]
-    rng = np.random.default_rng(seed)
+    idx = bootstrap_indices(len(x), None if groups is None else np.asarray(groups, dtype=object)[keep], n_boot,
+                            np.random.default_rng(seed))
     if groups is None:
-        idx = rng.integers(0, len(x), size=(n_boot, len(x)))
         leads = spearman_rows(x[idx], y[idx]) - np.abs(spearman_rows(r[idx], y[idx]))
-    else:
-        idx = cluster_bootstrap_indices(np.asarray(groups, dtype=object)[keep], n_boot, rng)
+    else:  # resamples differ in length: one at a time
         leads = np.array([spearman_rows(x[i], y[i])[0] - abs(spearman_rows(r[i], y[i])[0]) for i in idx])
-    leads = leads[np.isfinite(leads)]
-    if len(leads) < n_boot:
-        out["note"] = f"{n_boot - len(leads)} of {n_boot} resamples undefined"
-    if len(leads):
-        alpha = (1 - confidence) / 2
-        out["lead_lo"], out["lead_hi"] = (float(v) for v in np.quantile(leads, [alpha, 1 - alpha]))
+    out["lead_lo"], out["lead_hi"], out["note"] = percentile_interval(leads, n_boot, confidence)
     return out
 
 

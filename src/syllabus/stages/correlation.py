@@ -191,8 +191,9 @@ def planted_style_check(outcomes: pd.DataFrame, prof) -> pd.DataFrame:
             return wide.get(f"teacher={name}+unverified"), True
 
         for fam in familiar:
+            a, a_raw = dataset(fam)
             for other, teacher in teachers.items():
-                (a, a_raw), (b, b_raw) = dataset(fam), dataset(other)
+                b, b_raw = dataset(other)
                 if teacher.style == teachers[fam].style or a is None or b is None or list(a.index) != list(b.index):
                     continue
                 if (a_raw or b_raw) and teacher.error_rate != teachers[fam].error_rate:
@@ -262,9 +263,11 @@ def family_split(table: pd.DataFrame, fit_fraction: float, seed: int) -> tuple[p
 
 
 def protocol_split(table: pd.DataFrame, prof, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The two parts of ``rule_protocol``: ``correlation.fit_split: family`` splits the single-teacher
-    families (``family_split``); ``student`` fits on the first student and reports on the others."""
+    """The two parts of ``rule_protocol``, of the cells that have a DMC (a dataset without a scoring-slice item
+    has none to compare): ``correlation.fit_split: family`` splits the single-teacher families
+    (``family_split``); ``student`` fits on the first student and reports on the others."""
     c = prof.correlation
+    table = table[table["dmc"].notna()]
     if c.fit_split == "student":
         names = sorted(table["student"].unique())
         if len(names) < 2:
@@ -293,7 +296,7 @@ def held_out_leads(table: pd.DataFrame, items: pd.DataFrame, stage: Stage, summa
     """``dmc_lead_table`` on the held-out part of ``rule_protocol`` (its ``summary``): the chosen rule's and
     the profile rule's lead over every other predictor, within each held-out student."""
     prof = stage.params
-    _, hold = protocol_split(table[table["dmc"].notna()], prof, stage.seed)
+    _, hold = protocol_split(table, prof, stage.seed)
     held = held_out_part(hold, items, prof, summary["chosen_rule"], summary["chosen_params"])
     frames = [dmc_lead_table(held, stage, column) for column in dmc_columns(summary["chosen_rule"], prof)]
     return pd.concat(frames, ignore_index=True)
@@ -311,7 +314,6 @@ def rule_protocol(table: pd.DataFrame, items: pd.DataFrame, stage: Stage) -> tup
     """
     prof = stage.params
     c = prof.correlation
-    table = table[table["dmc"].notna()]  # a dataset without a scoring-slice item has no DMC to compare
     fit, hold = protocol_split(table, prof, stage.seed)
     rows, fits = [], {}
     for rule, grid in c.fit_grid.items():
