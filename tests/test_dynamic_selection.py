@@ -132,6 +132,25 @@ def _policy_runs(tmp_path, workers: int, **overrides):
     return stage, probe, {**dynamic_selection.run_tables(runs), "outcomes": dynamic_selection.outcomes_table(runs)}
 
 
+def _choice_prefixes(choices: pd.DataFrame) -> set:
+    """(seed, the choices up to a phase) of every phase of every run: what decides a phase's training."""
+    prefixes = set()
+    for (_, seed), run in choices.sort_values("phase").groupby(["policy", "seed"]):
+        picks = list(zip(run["chosen"], run["weights"], run["modules"], run["levels"]))
+        prefixes |= {(seed, tuple(picks[:k + 1])) for k in range(len(picks))}
+    return prefixes
+
+
+def test_policies_that_choose_alike_share_their_phases(tmp_path):
+    # with one phase dmc_static is dmc_dynamic: the same choice, the same phase folder, trained once
+    stage, _, tables = _policy_runs(tmp_path, 1, **{"dynamic.policies": ["dmc_dynamic", "dmc_static"],
+                                                    "dynamic.phases": 1, "dynamic.seeds": [0]})
+    outcomes = tables["outcomes"].pivot(index="problem_id", columns="policy", values="correct")
+    assert (outcomes["dmc_dynamic"] == outcomes["dmc_static"]).all()
+    (folder,) = [p for p in (stage.run.cache / "dynamic").rglob("phase0-*") if p.is_dir()]
+    assert json.loads((folder / "phase.json").read_text()) == {"phase": 0, "seed": 0, "after": None}
+
+
 def test_policy_runs_with_two_workers_give_the_same_tables_as_one(tmp_path):
     stage1, probe, one = _policy_runs(tmp_path, 1)
     stage2, _, two = _policy_runs(tmp_path, 2)
@@ -139,7 +158,10 @@ def test_policy_runs_with_two_workers_give_the_same_tables_as_one(tmp_path):
         pd.testing.assert_frame_equal(one[name], two[name], check_exact=True)
     assert list((stage2.run.cache / "executor").glob("student-xs-*.pt"))  # the workers trained the runs
     summaries = [json.loads(f.read_text()) for f in (stage2.run.cache / "dynamic").rglob("train_summary.json")]
-    assert len(summaries) == 3 * 2 * 2 and all(s["resumed_from"] == 0 for s in summaries)  # trained in the workers
+    # one phase folder per (seed, choices so far): runs that chose alike share their phases, trained once in
+    # the workers (from step 0) and read back whole by the other run (never a half-trained phase resumed)
+    assert len(summaries) == len(_choice_prefixes(one["choices"]))
+    assert all(s["resumed_from"] in (0, s["steps"]) for s in summaries)
     # IOA: P_T and P_S on the same fresh items, >= the asked number per module
     assert set(probe.item_counts.values()) == {3} and set(one["ioa_plan"]["n_items"]) == {3}
     # the DMC policy rescored only the datasets of dynamic.datasets, and chose among them
@@ -152,13 +174,13 @@ def test_policy_runs_with_two_workers_give_the_same_tables_as_one(tmp_path):
     assert ioa["reason"].str.contains("remedial round 1").all() and (ioa["new_problems"] > 0).all()
     assert (ioa["chosen"] == dynamic_selection.REMEDIAL).all()
     # one optimizer across phases: phase 2 continues phase 1 (its AdamW step count goes on)
-    folder = stage1.run.cache / "dynamic" / "xs" / "random" / "seed0"
-    (p0,), (p1,) = folder.glob("phase0-*"), folder.glob("phase1-*")
-    steps = [json.loads((p / "train_summary.json").read_text())["steps"] for p in (p0, p1)]
-    adam = torch.load(p1 / "checkpoint.pt", weights_only=False)["optimizer"]["state"][0]["step"]
-    assert int(adam) == sum(steps)
+    for p1 in (p for p in (stage1.run.cache / "dynamic").rglob("phase1-*") if p.is_dir()):
+        p0 = p1.parent / json.loads((p1 / "phase.json").read_text())["after"]
+        steps = [json.loads((p / "train_summary.json").read_text())["steps"] for p in (p0, p1)]
+        adam = torch.load(p1 / "checkpoint.pt", weights_only=False)["optimizer"]["state"][0]["step"]
+        assert p0.name.startswith("phase0-") and int(adam) == sum(steps)
     # a run killed in its last phase resumes from the phase before (weights and optimizer from its checkpoint)
-    last = list((stage1.run.cache / "dynamic").rglob("phase1-*"))
+    last = [p for p in (stage1.run.cache / "dynamic").rglob("phase1-*") if p.is_dir()]
     for phase1 in last:
         (phase1 / "checkpoint.pt").unlink()
     _, _, resumed = _policy_runs(tmp_path, 1)

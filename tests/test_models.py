@@ -58,6 +58,29 @@ def test_lab_tokenizer_round_trips_lab_text_and_splits_digits(tmp_path):
     assert tok.unk_token_id in tok.encode(" zebra")  # unseen words are [UNK], not silently dropped
 
 
+def test_remembered_encodings_are_the_tokenizers_own_and_follow_its_vocabulary():
+    import gc
+
+    from syllabus import tokens
+
+    tok = models.lab_tokenizer(TEXTS)
+    text = TEXTS[3]
+    first = tokens.encode_prompt(tok, text)
+    assert first == tok.encode(text) and tokens.encode_text(tok, text) == tok.encode(text, add_special_tokens=False)
+    first.append(-1)  # a caller's list is its own: the remembered ids do not change
+    assert tokens.encode_prompt(tok, text) == tok.encode(text)
+    assert tokens.encode_prompt(tok, tok.bos_token + text) == tok.encode(tok.bos_token + text, add_special_tokens=False)
+    before = tokens.encode_text(tok, "apples now")
+    tok.add_tokens(["apples now"])  # a new vocabulary: encodings are taken afresh, not read from the memo
+    after = tokens.encode_text(tok, "apples now")
+    assert after == tok.encode("apples now", add_special_tokens=False) and after != before
+    assert any(key[0] == id(tok) for key in tokens._memos)
+    key = id(tok)
+    del tok
+    gc.collect()
+    assert not any(k[0] == key for k in tokens._memos)  # forgotten with the tokenizer
+
+
 def test_lab_tokenizer_is_deterministic_whatever_the_text_order():
     shuffled = TEXTS[::-1]
     assert models.lab_tokenizer(TEXTS).get_vocab() == models.lab_tokenizer(shuffled).get_vocab()

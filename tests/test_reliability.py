@@ -397,7 +397,7 @@ class _DmcScoring:
 
 
 def _second_dynamic_phase(run_dir: Path) -> bool:
-    return any((run_dir / "cache" / "dynamic").glob("*/*/seed*/phase1-*"))
+    return any((run_dir / "cache" / "dynamic").glob("*/seed*/phase1-*"))
 
 
 KILL_POINTS = (("stage 1 smoke training", _first_smoke_training, "01_teacher_selection"),

@@ -209,6 +209,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the lock file ``path`` while the block runs, waiting while another process holds it (``flock``;
+    the lock goes with its holder's death). Two workers about to compute the same cached thing take turns:
+    the second reads back what the first wrote instead of computing it alongside."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def write_table(df, path_stem: str | os.PathLike) -> list[Path]:
     """Write a DataFrame as ``<stem>.parquet`` (typed) and ``<stem>.csv`` (readable); both atomic."""
     stem = Path(path_stem)

@@ -48,7 +48,7 @@ from .devices import model_device
 from .errors import SyllabusError
 from .progress import Task
 from .runs import atomic_path, atomic_write_json, atomic_write_text, hash_obj
-from .tokens import encode_prompt
+from .tokens import encode_prompt, encode_text
 
 CHECKPOINT = "checkpoint.pt"
 CLIP_NORM = 1.0
@@ -83,7 +83,7 @@ def tokenize_examples(tokenizer, examples: Sequence[tuple[str, str]], max_seq_le
             raise TrainError(f"training example {i} is not a (prompt, target) pair: {pair!r:.80}")
         prompt, target = pair
         p_ids = encode_prompt(tokenizer, prompt) if prompt else []
-        t_ids = tokenizer.encode(target, add_special_tokens=False) + ([eos] if eos is not None else [])
+        t_ids = encode_text(tokenizer, target) + ([eos] if eos is not None else [])
         ids = (p_ids + t_ids)[:max_seq_len]
         labels = list(ids) if loss_on == "all" else ([-100] * len(p_ids) + t_ids)[:max_seq_len]
         out.append((ids, labels))

@@ -35,7 +35,7 @@ import pandas as pd
 from .. import adapter, distillation, executor, generation, lab, launch, models, select, sft_cells, stats
 from ..progress import track
 from ..records import Problem, Splits
-from ..runs import RunDir, Stage, hash_obj, stable_seed
+from ..runs import RunDir, Stage, atomic_write_json, exclusive, hash_obj, stable_seed
 from ..scoring import model_fingerprint
 from ..students import StudentModel
 from ..verify import verify
@@ -239,12 +239,13 @@ def draw_examples(choice: select.Choice, datasets: dict[str, pd.DataFrame], n: i
         pools = {name: (w, datasets[name]) for name, w in choice.weights.items() if w > 0}
     names = sorted(pools)
     weights = [pools[k][0] for k in names]
+    offsets = dict(zip(names, np.cumsum([0] + [len(pools[k][1]) for k in names[:-1]]).tolist()))
     picks = []
-    for _ in range(n):
+    for _ in range(n):  # per draw: a dataset by weight, then a row of it (the random numbers of every earlier run)
         name = rng.choices(names, weights=weights)[0]
-        rows = pools[name][1]
-        picks.append(rows.iloc[rng.randrange(len(rows))])
-    return pd.DataFrame(picks).reset_index(drop=True)
+        picks.append(offsets[name] + rng.randrange(len(pools[name][1])))
+    rows = pd.concat([pools[k][1] for k in names], ignore_index=True)
+    return rows.iloc[picks].reset_index(drop=True)
 
 
 def mean_example_tokens(student: StudentModel, problems: dict[str, Problem],
@@ -295,6 +296,11 @@ def phase_span(phase: int, phases: int) -> tuple[float, float]:
     return phase / phases, (phase + 1) / phases
 
 
+def phase_dir(stage: Stage, student: StudentModel, seed: int, phase: int, key: str):
+    """Where a stage-5 phase's checkpoint lives: named by the phase's content key, shared by every policy."""
+    return stage.run.cache / "dynamic" / student.name / f"seed{seed}" / f"phase{phase}-{key}"
+
+
 def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
                inputs: PolicyInputs) -> PolicyRun:
     """One (policy, seed) run: before every phase the policy chooses, the phase trains on draws from its
@@ -324,7 +330,7 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
         phase_tokens = n_examples * mean_example_tokens(current, problems, datasets, prof.training.max_seq_len)
     exclude = {p.text for p in problems.values()} | ({p.text for p in inputs.ioa.items} if inputs.ioa else set())
     heldout_modules = pd.Series({p.id: p.module for p in splits.heldout})
-    optimizer_state, previous = None, None
+    optimizer_state, previous, after = None, None, None
     for phase in track(range(d.phases), f"{policy_name} seed {seed} phases"):
         dmc_now: dict[str, float] = {}
         if policy_name == "dmc_dynamic" or (policy_name == "dmc_static" and phase == 0):
@@ -371,16 +377,21 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
         steps = d.steps_per_phase if phase_tokens is None else None
         span = phase_span(phase, d.phases) if d.carry_optimizer else None
         # The checkpoint folder is named by what the phase trains (start weights, the phases before it, whose
-        # optimizer state it continues, examples, settings), so a changed input trains a new phase instead of
-        # meeting another run's checkpoint; a killed phase resumes, a finished one is read back.
+        # optimizer state it continues, examples, settings) and by nothing else, not the policy: a changed input
+        # trains a new phase, a killed phase resumes, a finished one is read back, and two policies that have
+        # made the same choices so far (dmc_static and dmc_dynamic when the latter keeps its first pick) share
+        # their phases instead of training them twice. phase.json names the phase it starts from.
         key = hash_obj({"start": current.fingerprint(), "examples": examples, "steps": steps,
                         "training": prof.training.model_dump(mode="json"), "seed": sft_seed,
                         **({"span": list(span), "after": previous} if span else {})})[:12]
-        out_dir = stage.run.cache / "dynamic" / student.name / policy_name / f"seed{seed}" / f"phase{phase}-{key}"
-        result = launch.sft(current.model, current.tokenizer, examples, steps=steps, cfg=prof.training,
-                            seed=sft_seed, out_dir=out_dir, resume=True, single_pass=phase_tokens is not None,
-                            optimizer_state=optimizer_state, schedule_span=span,
-                            processes=prof.parallel.sft_processes, sharding=prof.parallel.sft_sharding)
+        out_dir = phase_dir(stage, student, seed, phase, key)
+        with exclusive(out_dir.parent / f"{out_dir.name}.lock"):  # a worker training it now: wait, read it back
+            result = launch.sft(current.model, current.tokenizer, examples, steps=steps, cfg=prof.training,
+                                seed=sft_seed, out_dir=out_dir, resume=True, single_pass=phase_tokens is not None,
+                                optimizer_state=optimizer_state, schedule_span=span,
+                                processes=prof.parallel.sft_processes, sharding=prof.parallel.sft_sharding)
+        atomic_write_json(out_dir / "phase.json", {"phase": phase, "seed": seed, "after": after})
+        after = out_dir.name
         if d.carry_optimizer:
             optimizer_state, previous = result.optimizer_state, key
         current.model.eval()
@@ -451,8 +462,10 @@ def run_policies(stage: Stage, student: StudentModel, inputs: PolicyInputs) -> l
     pairs = [(policy, seed) for policy in prof.dynamic.policies for seed in prof.dynamic.seeds]
     if executor.spreads(prof):
         student_file = str(sft_cells.student_file(stage, student))
-        # the runs that rescore DMC take longest: started first, they do not leave one worker busy at the end
-        costly_first = sorted(pairs, key=lambda pair: {"dmc_dynamic": 0, "dmc_static": 1}.get(pair[0], 2))
+        # dmc_dynamic rescores DMC every phase and takes longest: started first, it does not leave one worker
+        # busy at the end; dmc_static goes last, when the phases it shares with dmc_dynamic (the same choices
+        # so far: the same phase folders) are finished and are read back instead of trained again alongside
+        costly_first = sorted(pairs, key=lambda pair: {"dmc_dynamic": 0, "dmc_static": 2}.get(pair[0], 1))
         jobs = [{"params": prof, "run_root": str(stage.run.root), "eval_seed": stage.seed,
                  "student_file": student_file, "policy": policy, "seed": seed, "inputs": inputs}
                 for policy, seed in costly_first]
