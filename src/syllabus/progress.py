@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator, TypeVar
 
-from papermill.engines import NBClientEngine, papermill_engines
 
 ENV_VAR = "SYLLABUS_PROGRESS_FILE"
 ENGINE_NAME = "syllabus"
@@ -269,7 +268,10 @@ class StageProgress:
 # --------------------------------------------------------------------------- papermill: cell events
 def papermill_engine() -> str:
     """Register and name the papermill engine that reports cells: ``execute_notebook(...,
-    engine_name=papermill_engine(), on_cell=progress.cell_started)``."""
+    engine_name=papermill_engine(), on_cell=progress.cell_started)``. papermill is imported here, not
+    with the module: through nbformat and jsonschema it takes ~4 s to import, and every stage kernel and
+    worker imports this module (``track``) but only ``syllabus run`` drives papermill."""
+    from papermill.engines import NBClientEngine, papermill_engines
 
     class CellProgressEngine(NBClientEngine):
         """papermill's nbclient engine, calling ``on_cell(i, n)`` before the i-th of n code cells."""
