@@ -214,3 +214,33 @@ def test_a_swap_cut_short_between_its_two_renames_is_completed_by_the_next_run(t
     run.prepare(stage.params)
     assert run.is_complete("01") and not staging.exists()
     assert not (tmp_path / ".01_teacher_selection.replaced.tmp").exists()
+
+
+def test_exclusive_makes_a_second_holder_wait_until_the_first_lets_go(tmp_path):
+    import threading
+
+    lock = tmp_path / "sub" / "phase0-abc.lock"
+    release, entered = threading.Event(), []
+
+    def first():
+        with runs.exclusive(lock):
+            entered.append("first")
+            release.wait(10)
+        entered.append("first out")
+
+    def second():
+        with runs.exclusive(lock):  # its own open file: flock makes it wait for the first
+            entered.append("second")
+
+    a = threading.Thread(target=first)
+    a.start()
+    while not entered:
+        pass
+    b = threading.Thread(target=second)
+    b.start()
+    b.join(0.3)
+    assert entered == ["first"] and b.is_alive()  # still waiting
+    release.set()
+    a.join(10)
+    b.join(10)
+    assert sorted(entered) == ["first", "first out", "second"] and not b.is_alive()  # in once the first let go

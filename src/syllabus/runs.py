@@ -213,10 +213,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def exclusive(path: str | os.PathLike) -> Iterator[None]:
     """Hold the lock file ``path`` while the block runs, waiting while another process holds it (``flock``;
     the lock goes with its holder's death). Two workers about to compute the same cached thing take turns:
-    the second reads back what the first wrote instead of computing it alongside."""
+    the second reads back what the first wrote instead of computing it alongside. Where the file system
+    refuses locks (some network mounts), the block runs unlocked: at worst both compute the same result."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        except OSError:  # no locks here (ENOLCK and the like): correct without, only not deduplicated
+            yield
+            return
         try:
             yield
         finally:
