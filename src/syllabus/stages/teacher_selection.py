@@ -127,3 +127,18 @@ def noise_floor(board: pd.DataFrame, n_problems: int) -> pd.DataFrame:
 def choose(board: pd.DataFrame, top: int) -> list[str]:
     """DED's rule: the teacher(s) with the largest smoke-test gain (ties: the more accurate)."""
     return board.sort_values("rank")["teacher"].head(top).tolist()
+
+
+def selection_caveat(board: pd.DataFrame, selected: list[str]) -> str | None:
+    """What the choice does not show, in words, or None: that the selected teacher's gain is not shown above 0
+    (its interval reaches 0 or lies below it), so DED's rule ranked harms or noise rather than teaching."""
+    rows = board.set_index("teacher").loc[selected]
+    if (rows["gain_lo"] > 0).any():
+        return None
+    best = rows.iloc[0]
+    what = ("every teacher lowered the probe accuracy" if (board["gain_hi"] < 0).all()
+            else "no selected teacher's gain is shown above 0")
+    return (f"{what} at this budget: the selected {best.name} gained {best['gain']:+.3f} "
+            f"[{best['gain_lo']:+.3f}, {best['gain_hi']:+.3f}], so the choice ranks the least harm, not the most "
+            f"teaching; a larger teacher_selection.smoke_sft_tokens (or more seeds) may change it")
+
