@@ -136,9 +136,9 @@ def selection_caveat(board: pd.DataFrame, selected: list[str]) -> str | None:
     if (rows["gain_lo"] > 0).any():
         return None
     best = rows.iloc[0]
-    what = ("every teacher lowered the probe accuracy" if (board["gain_hi"] < 0).all()
-            else "no selected teacher's gain is shown above 0")
-    return (f"{what} at this budget: the selected {best.name} gained {best['gain']:+.3f} "
-            f"[{best['gain_lo']:+.3f}, {best['gain_hi']:+.3f}], so the choice ranks the least harm, not the most "
-            f"teaching; a larger teacher_selection.smoke_sft_tokens (or more seeds) may change it")
-
+    gain = f"{best['gain']:+.3f} [{best['gain_lo']:+.3f}, {best['gain_hi']:+.3f}]"
+    fix = "a larger teacher_selection.smoke_sft_tokens (or more seeds) may change it"
+    if (board["gain_hi"] < 0).all():
+        return (f"every teacher lowered the probe accuracy at this budget: the selected {best.name} gained {gain}, "
+                f"so the choice ranks the least harm, not the most teaching; {fix}")
+    return f"the selected {best.name}'s gain is not shown above 0 at this budget, {gain}, so its rank may be noise; {fix}"
