@@ -141,4 +141,4 @@ def selection_caveat(board: pd.DataFrame, selected: list[str]) -> str | None:
     if (board["gain_hi"] < 0).all():
         return (f"every teacher lowered the probe accuracy at this budget: the selected {best.name} gained {gain}, "
                 f"so the choice ranks the least harm, not the most teaching; {fix}")
-    return f"the selected {best.name}'s gain is not shown above 0 at this budget, {gain}, so its rank may be noise; {fix}"
+    return f"the gain of the selected {best.name}, {gain}, is not shown above 0 at this budget, so its rank may be noise; {fix}"
