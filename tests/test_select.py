@@ -179,7 +179,8 @@ def test_ioa_walks_stages_with_gate_remediation_plateau_and_resumes():
 
 
 def test_ioa_targets_the_most_severe_and_caps_remediation_at_a_share_of_the_budget():
-    policy = make_policy("ioa", target_share=0.25, remedial_budget_share=0.5)
+    # prerequisites outside the targets count as met here (see the next test for the default)
+    policy = make_policy("ioa", target_share=0.25, remedial_budget_share=0.5, prerequisites_first=False)
     c0 = policy.choose(0, at({"add": 0.95, "multiply": 0.3, "divide": 0.2, "rate": 0.1}, phases=3))
     assert c0.modules == ("rate",)  # top-1 of three deficient modules by severity
     c1 = policy.choose(1, at({"add": 0.95, "multiply": 0.3, "divide": 0.2, "rate": 0.3}, phases=3))
@@ -187,6 +188,24 @@ def test_ioa_targets_the_most_severe_and_caps_remediation_at_a_share_of_the_budg
     c2 = policy.choose(2, at({"add": 0.95, "multiply": 0.3, "divide": 0.2, "rate": 0.6}, phases=3))
     assert c2.remedial is None and "remediation budget" in c2.reason and "rate" in policy.plan["not_mastered"]
     assert c2.modules == ("divide",)  # re-diagnosis: the next most severe module
+
+
+def test_deficient_prerequisites_join_the_targets_and_are_taught_first():
+    gaps = select.module_gaps({"add": 0.95, "multiply": 0.3, "divide": 0.2, "rate": 0.1},
+                              {k: 1.0 for k in ("add", "multiply", "divide", "rate")})
+    # rate needs divide needs multiply needs add: the deficient ones along the chain, not add (no gap)
+    assert select.deficient_prerequisites(["rate"], gaps, GRAPH) == ["divide", "multiply"]
+    assert select.deficient_prerequisites(["rate"], gaps, GRAPH, exclude=["multiply"]) == ["divide"]
+    assert select.deficient_prerequisites(["multiply"], gaps, GRAPH) == []
+    policy = make_policy("ioa", target_share=0.25, remedial_budget_share=0.5)
+    c0 = policy.choose(0, at({"add": 0.95, "multiply": 0.3, "divide": 0.2, "rate": 0.1}, phases=6))
+    # Eq. 5 picks rate; its deficient prerequisites come before it, one layer each
+    assert c0.modules == ("multiply",) and policy.plan["stages"] == [["multiply"], ["divide"], ["rate"]]
+    assert "deficient prerequisites among them: ['divide', 'multiply']" in c0.reason
+    assert policy.plan["diagnosis"]["targets"] == ["rate", "divide", "multiply"]
+    c1 = policy.choose(1, at({"add": 0.95, "multiply": 0.95, "divide": 0.2, "rate": 0.1}, phases=6))
+    # multiply mastered: the Identifier runs again; rate is the target again, divide its one deficient prerequisite
+    assert c1.modules == ("divide",) and "mastered" in c1.reason and policy.plan["mastered"] == ["multiply"]
 
 
 def test_ioa_without_gaps_trains_on_everything_and_checks_inputs():

@@ -297,6 +297,9 @@ class IOA(Strict):
     remedial_budget_share: float = Field(0.5, ge=0, le=1, description="remedial phases at most this share of the "
                                                                       "phases left")
     remedial_problems: int = Field(200, ge=1, description="new, simpler problems written per remedial round")
+    prerequisites_first: bool = Field(True, description="a target's deficient prerequisites join the targets and are "
+                                                        "taught in earlier stages; false: prerequisites outside the "
+                                                        "targets count as met")
 
 
 class DynamicSelection(Strict):

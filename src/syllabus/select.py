@@ -333,6 +333,25 @@ def top_targets(gaps: Mapping[str, Mapping[str, Any]], severities: Mapping[str, 
     return sorted(sorted(deficient), key=lambda k: -severities[k])[:m]
 
 
+def deficient_prerequisites(targets: Sequence[str], gaps: Mapping[str, Mapping[str, Any]],
+                            prerequisites: Mapping[str, Sequence[str]], exclude: Sequence[str] = ()) -> list[str]:
+    """The deficient modules that some target depends on, directly or through other modules, leaving out
+    the targets themselves and ``exclude`` (modules flagged "not mastered"), in name order.
+
+    Eq. 7 places a module only after its prerequisites have been taught; a prerequisite the student has
+    not got (deficient) but that Eq. 5 did not pick would never be taught first, so it joins the targets."""
+    chosen, skip = set(targets), set(exclude)
+    seen: set[str] = set()
+    stack = [p for k in targets for p in prerequisites.get(k, ())]
+    while stack:
+        m = stack.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        stack.extend(prerequisites.get(m, ()))
+    return sorted(m for m in seen if m not in chosen and m not in skip and gaps.get(m, {}).get("deficient"))
+
+
 def mastery_gate(student: Mapping[str, float], teacher: Mapping[str, float], items: Mapping[str, int],
                  modules: Sequence[str], *, tau_mastery: float, ceiling: float, confidence: float,
                  bound: str = "upper") -> dict[str, Any]:
@@ -367,7 +386,9 @@ class IOAPolicy(Policy):
     Identifier (first phase, and again after every stage, mastered or not): the gap Delta(k) of every
     module, deficient when > tau_gap; severity (Eq. 4) and the top ``target_share`` of the deficient
     modules (Eq. 5) become the targets. Organizer: the targets in prerequisite layers, a layer that
-    breaks the ZPD bound split by score; the first stage is taught. Before each later phase the stage
+    breaks the ZPD bound split by score; the first stage is taught. With ``prerequisites_first`` a target's
+    deficient prerequisites (direct or not, ``deficient_prerequisites``) join the targets, so that they are
+    taught in the stages before it. Before each later phase the stage
     meets the mastery gate (``mastery_gate``: a Wilson bound on P_S against min(tau_mastery x P_T, the
     attainable ceiling)). Passed: a new diagnosis (modules mastered or flagged are not targeted again)
     and its first stage. Failed: a remedial round - new,
@@ -387,7 +408,8 @@ class IOAPolicy(Policy):
                  max_remedial_rounds: int = 5, max_range: float = 0.3, dataset: str | None = None,
                  alpha: float = 0.7, target_share: float = 0.25, dependency_strength: float = 0.5,
                  gate_confidence: float = 0.9, gate_bound: str = "upper", mastery_ceiling: float | None = None,
-                 plateau_rounds: int = 2, min_progress: float = 0.05, remedial_budget_share: float = 0.5):
+                 plateau_rounds: int = 2, min_progress: float = 0.05, remedial_budget_share: float = 0.5,
+                 prerequisites_first: bool = True):
         if gate_bound not in ("upper", "lower"):
             raise ValueError(f"ioa: gate_bound must be 'upper' or 'lower', got {gate_bound!r}")
         self.tau_gap, self.tau_mastery, self.tau_zpd = tau_gap, tau_mastery, tau_zpd
@@ -396,6 +418,7 @@ class IOAPolicy(Policy):
         self.gate_confidence, self.gate_bound, self.mastery_ceiling = gate_confidence, gate_bound, mastery_ceiling
         self.plateau_rounds, self.min_progress = plateau_rounds, min_progress
         self.remedial_budget_share = remedial_budget_share
+        self.prerequisites_first = prerequisites_first
         self.plan: dict[str, Any] | None = None
 
     def _weights(self, state: SelectionState) -> dict[str, float]:
@@ -416,11 +439,16 @@ class IOAPolicy(Policy):
         sev = severity(gaps, state.prerequisites, self.alpha, self.dependency_strength)
         done = list(self.plan["not_mastered"]) + list(self.plan["mastered"]) if self.plan else []
         targets = top_targets(gaps, sev, self.target_share, exclude=done)
+        added = (deficient_prerequisites(targets, gaps, state.prerequisites,
+                                         exclude=self.plan["not_mastered"] if self.plan else ())
+                 if self.prerequisites_first else [])
+        targets = targets + added
         stages, violations = organize(targets, state.prerequisites, state.student_scores, self.tau_zpd, self.max_range)
         for k, g in gaps.items():
             g["severity"] = sev[k]
             g["target"] = k in targets
-        return {"phase": phase, "gaps": gaps, "targets": targets, "stages": stages, "zpd_violations": violations}
+        return {"phase": phase, "gaps": gaps, "targets": targets, "prerequisites_added": added, "stages": stages,
+                "zpd_violations": violations}
 
     def _ceiling(self, gaps: Mapping[str, Mapping[str, Any]]) -> float:
         if self.mastery_ceiling is not None:
@@ -439,8 +467,10 @@ class IOAPolicy(Policy):
             plan["current"] = None
             left = "" if not plan["not_mastered"] else f" (flagged not mastered: {plan['not_mastered']})"
             return self._all(phase, state, f"{why}; no module left with a gap > {self.tau_gap}{left}: consolidation")
-        return self._stage(phase, state, f"{why}; targets {diagnosis['targets']} in {len(diagnosis['stages'])} "
-                                         f"stage(s): stage 1 first teaching")
+        added = diagnosis["prerequisites_added"]
+        with_pre = f" (deficient prerequisites among them: {added})" if added else ""
+        return self._stage(phase, state, f"{why}; targets {diagnosis['targets']}{with_pre} in "
+                                         f"{len(diagnosis['stages'])} stage(s): stage 1 first teaching")
 
     # ---- Organizer
     def choose(self, phase: int, state: SelectionState) -> Choice:

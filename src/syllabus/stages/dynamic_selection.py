@@ -111,7 +111,8 @@ def policy_params(stage: Stage, name: str, seed: int, ioa_dataset: str | None) -
                 "max_remedial_rounds": i.max_remedial_rounds, "dataset": ioa_dataset, "alpha": i.alpha,
                 "target_share": i.target_share, "gate_confidence": i.gate_confidence, "gate_bound": i.gate_bound,
                 "mastery_ceiling": i.mastery_ceiling, "plateau_rounds": i.plateau_rounds,
-                "min_progress": i.min_progress, "remedial_budget_share": i.remedial_budget_share}
+                "min_progress": i.min_progress, "remedial_budget_share": i.remedial_budget_share,
+                "prerequisites_first": i.prerequisites_first}
     return {}
 
 
@@ -433,7 +434,8 @@ def ioa_plan_rows(policy: select.IOAPolicy, state: select.SelectionState, phase:
         rows.append({"seed": seed, "phase": phase, "module": k, "p_s": g["student"], "p_t": g["teacher"],
                      "n_items": int(state.module_items.get(k, 0)), "gap": g["gap"], "deficient": g["deficient"],
                      "severity": diagnosis["gaps"][k].get("severity"), "diagnosed_at": diagnosis["phase"],
-                     "target": k in diagnosis["targets"], "in_stage": bool(stage and k in stage),
+                     "target": k in diagnosis["targets"],
+                     "prerequisite_added": k in diagnosis.get("prerequisites_added", ()), "in_stage": bool(stage and k in stage),
                      "stage": None if plan["current"] is None else plan["current"] + 1,
                      "gate_target": gate["target"] if gate else None, "gate_bound": gate["bound"] if gate else None,
                      "gate": entry["outcome"] if entry else None, "not_mastered": k in plan["not_mastered"]})
