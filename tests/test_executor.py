@@ -35,6 +35,21 @@ def square_and_pid(x: int) -> tuple[int, int]:
     return x * x, os.getpid()
 
 
+def worker_quiet_settings(_: int) -> tuple[str | None, str | None, int]:
+    import logging
+    return (os.environ.get("TQDM_DISABLE"), os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"),
+            logging.getLogger("lm_eval").level)
+
+
+def test_workers_draw_no_progress_bars_and_the_parent_environment_is_restored(monkeypatch):
+    import logging
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
+    out = executor.LocalExecutor(2).map(worker_quiet_settings, [0, 1])
+    assert out == [("1", "1", logging.ERROR)] * 2  # the terminal of `syllabus run` gets no bars or lm-eval warnings
+    assert "TQDM_DISABLE" not in os.environ and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"
+
+
 def test_map_keeps_input_order_and_uses_other_processes_with_two_workers():
     one = executor.LocalExecutor(1).map(square_and_pid, list(range(6)))
     two = executor.LocalExecutor(2).map(square_and_pid, list(range(6)))

@@ -15,6 +15,8 @@ several GPUs (replicated or FSDP-sharded weights) is ``syllabus.launch``'s.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -25,11 +27,33 @@ import torch
 from .devices import resolve_device
 
 
+# A worker's stderr is the terminal of `syllabus run`, not the stage's notebook: no per-item progress bars
+# (tqdm, Hugging Face) there; the stage's own progress line covers the workers' jobs.
+QUIET_WORKER_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """``os.environ`` with ``values`` set inside the block (the spawned workers inherit it), restored after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _pin(slots) -> None:
-    """Worker initialiser: take a GPU slot (None on the CPU) before anything initialises CUDA."""
+    """Worker initialiser: take a GPU slot (None on the CPU) before anything initialises CUDA; keep
+    lm-eval's warnings about the settings the stages chose on purpose off the terminal (errors still show)."""
     gpu = slots.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
 
 class LocalExecutor:
@@ -48,7 +72,8 @@ class LocalExecutor:
         slots = context.Manager().Queue()
         for w in range(workers):
             slots.put(self.gpus[w % len(self.gpus)] if self.gpus else None)
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_pin, initargs=(slots,)) as pool:
+        with _environment(QUIET_WORKER_ENV), \
+                ProcessPoolExecutor(workers, mp_context=context, initializer=_pin, initargs=(slots,)) as pool:
             return list(pool.map(fn, jobs))
 
 
