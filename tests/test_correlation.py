@@ -2,6 +2,7 @@ import pandas as pd
 import pytest
 
 from syllabus.stages.correlation import grid_datasets
+from syllabus.stages import correlation
 
 
 def test_grid_datasets_selects_by_glob_and_names_unmatched_patterns():
@@ -155,3 +156,32 @@ def test_per_prompt_reference_falls_back_to_the_median_for_a_problem_without_a_s
     assert ref.to_dict() == {"a": 2.0, "b": 3.0, "c": 4.0} and ref.attrs["n_fallback"] == 1
     with pytest.raises(ValueError, match="every own sample of the student is empty"):
         dmc_stage.per_prompt_reference(own.assign(nll=np.nan))
+
+
+def test_pooled_leads_pools_named_students_of_several_grids_and_names_bad_input():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    grids = {}
+    for name in ("g1", "g2"):
+        rows = []
+        truth = rng.normal(size=12)
+        for student in ("a", "b"):
+            gain = truth + 0.2 * rng.normal(size=12)
+            for i in range(12):
+                rows.append({"student": student, "dataset": f"d{i}", "family": f"d{i}", "control": False,
+                             "gain": gain[i], "dmc": truth[i] + 0.1 * rng.normal(), "quality": rng.normal(),
+                             "capability": 0.5})
+        rows.append({"student": "a", "dataset": "gold", "family": "gold", "control": True, "gain": 9.0, "dmc": 0.0,
+                     "quality": 0.0, "capability": 0.5})
+        grids[name] = pd.DataFrame(rows)
+    table = correlation.pooled_leads(grids, {"g1": ["b"], "g2": ["a", "b"]}, n_boot=200)
+    quality = table.set_index("rival").loc["quality"]
+    assert quality["strata"] == 3 and quality["n"] == 36  # controls left out; only the named students
+    assert quality["ahead_shown"] and quality["lead_lo"] > 0  # a planted predictor beats noise
+    assert quality["strata_leads"].startswith("g1/b +")
+    capability = table.set_index("rival").loc["capability"]  # constant within every grid: undefined, said
+    assert capability["strata"] == 0 and not capability["ahead_shown"] and "g1/b" in capability["note"]
+    with pytest.raises(ValueError, match="grid 'g1' has no student \\['c'\\]"):
+        correlation.pooled_leads(grids, {"g1": ["c"]})
+    with pytest.raises(ValueError, match="no grid table for \\['g3'\\]"):
+        correlation.pooled_leads(grids, {"g3": ["a"]})

@@ -201,3 +201,33 @@ def test_benchmark_bars_whiskers_are_the_wilson_intervals():
     ends = sorted({round(float(x), 3) for line in ax.lines for x in np.atleast_1d(line.get_xdata())})
     assert min(ends) >= 0 and max(ends) <= 1  # caps inside [0, 1]
     assert 0.471 in ends and 0.324 in ends and 0.676 in ends  # Wilson ends: 1/8 and 0/8 (upper), 8/8 (lower)
+
+
+def test_pooled_spearman_lead_shows_a_small_lead_that_no_single_stratum_shows():
+    rng = np.random.default_rng(3)
+    strata, singles = [], []
+    for grid in range(4):
+        y = rng.normal(size=20)
+        families = [f"f{i}" for i in range(20)]
+        for student in range(2):  # the students of one grid share its datasets (families)
+            gain = y + 0.3 * rng.normal(size=20)
+            x, rival = y + 0.3 * rng.normal(size=20), y + 0.8 * rng.normal(size=20)  # x a little closer to the truth
+            strata.append({"name": f"g{grid}/s{student}", "block": grid, "x": x, "rival": rival, "y": gain,
+                           "groups": families})
+            singles.append(stats.spearman_lead(x, rival, gain, n_boot=300, groups=families))
+    pooled = stats.pooled_spearman_lead(strata, n_boot=300)
+    n = np.array([s["n"] for s in singles])
+    assert pooled["n"] == 160 and pooled["strata"] == 8
+    assert pooled["lead"] == pytest.approx(np.dot(n, [s["lead"] for s in singles]) / n.sum())
+    assert pooled["lead_lo"] > 0  # shown pooled ...
+    assert sum(s["lead_lo"] > 0 for s in singles) <= 2  # ... where (almost) no stratum shows it alone
+    assert pooled["lead_hi"] - pooled["lead_lo"] < min(s["lead_hi"] - s["lead_lo"] for s in singles)
+    # no lead planted: x and the rival equally noisy; the interval covers 0
+    null = [{**s, "x": s["y"] + 0.8 * rng.normal(size=20)} for s in strata]
+    none = stats.pooled_spearman_lead(null, n_boot=300)
+    assert none["lead_lo"] < 0 < none["lead_hi"]
+    # a constant rival leaves its stratum out, by name
+    flat = stats.pooled_spearman_lead([{**strata[0], "rival": np.ones(20)}, strata[1]], n_boot=50)
+    assert flat["strata"] == 1 and "g0/s0" in flat["note"]
+    with pytest.raises(ValueError, match="stratum 0"):
+        stats.pooled_spearman_lead([{**strata[0], "groups": ["a"]}])

@@ -212,6 +212,64 @@ def spearman_lead(x: Sequence[float], rival: Sequence[float], y: Sequence[float]
     return out
 
 
+def pooled_spearman_lead(strata: Sequence[Mapping[str, Any]], *, n_boot: int = 1000, seed: int = 0,
+                         confidence: float = 0.95) -> dict[str, Any]:
+    """``spearman_lead`` pooled over several strata (e.g. the held-out students of several lab grids): the
+    mean of the strata's leads, each weighted by its number of complete pairs, with a bootstrap CI.
+
+    Each stratum is a mapping with ``x``, ``rival``, ``y``, ``groups`` (one label per pair, e.g. the dataset
+    family) and ``block``: strata of one block (the students of one grid, trained on the same datasets) are
+    not independent, so each resample draws a block's groups once, with replacement, and every stratum of
+    the block takes the rows of those groups; blocks are resampled independently. A stratum whose lead is
+    undefined (fewer than 3 pairs, a constant column) is left out, and ``note`` names it."""
+    prepared, skipped = [], []
+    for i, st in enumerate(strata):
+        x, r, y = (np.asarray(st[k], dtype=float) for k in ("x", "rival", "y"))
+        groups = np.asarray(st["groups"], dtype=object)
+        if not x.shape == r.shape == y.shape == groups.shape or x.ndim != 1:
+            raise ValueError(f"pooled_spearman_lead: stratum {i} ({st.get('name', '')}): x, rival, y and groups "
+                             f"must be 1-d of equal length, got {x.shape}, {r.shape}, {y.shape}, {groups.shape}")
+        keep = np.isfinite(x) & np.isfinite(r) & np.isfinite(y)
+        x, r, y, groups = x[keep], r[keep], y[keep], groups[keep]
+        if len(x) < 3 or min(np.ptp(v) for v in (x, r, y)) == 0:
+            skipped.append(str(st.get("name", i)))
+            continue
+        lead = float(spearman_rows(x, y)[0] - abs(spearman_rows(r, y)[0]))
+        prepared.append({"name": str(st.get("name", i)), "block": st["block"], "x": x, "r": r, "y": y,
+                         "groups": groups, "n": len(x), "lead": lead})
+    out: dict[str, Any] = {"n": sum(p["n"] for p in prepared), "strata": len(prepared), "lead": np.nan,
+                           "lead_lo": np.nan, "lead_hi": np.nan,
+                           "strata_leads": {p["name"]: p["lead"] for p in prepared},
+                           "note": f"undefined in {skipped}" if skipped else ""}
+    if not prepared:
+        return out
+    weights = np.array([p["n"] for p in prepared], dtype=float)
+    out["lead"] = float(np.dot(weights, [p["lead"] for p in prepared]) / weights.sum())
+    rng = np.random.default_rng(seed)
+    blocks: dict[Any, list[dict]] = {}
+    for p in prepared:
+        blocks.setdefault(p["block"], []).append(p)
+    boot = np.zeros((n_boot, len(prepared)))
+    column = {id(p): j for j, p in enumerate(prepared)}
+    for members in blocks.values():
+        labels = sorted({g for p in members for g in p["groups"]}, key=str)
+        rows = [{g: np.flatnonzero(p["groups"] == g) for g in labels} for p in members]
+        for b in range(n_boot):
+            drawn = rng.integers(0, len(labels), size=len(labels))
+            for p, where in zip(members, rows):
+                idx = np.concatenate([where[labels[d]] for d in drawn])
+                if len(idx) < 3 or min(np.ptp(v[idx]) for v in (p["x"], p["r"], p["y"])) == 0:
+                    boot[b, column[id(p)]] = np.nan
+                    continue
+                boot[b, column[id(p)]] = (spearman_rows(p["x"][idx], p["y"][idx])[0]
+                                          - abs(spearman_rows(p["r"][idx], p["y"][idx])[0]))
+    pooled = boot @ weights / weights.sum()  # NaN where any stratum's resample was undefined
+    lo, hi, note = percentile_interval(pooled, n_boot, confidence)
+    out["lead_lo"], out["lead_hi"] = lo, hi
+    out["note"] = "; ".join(v for v in (out["note"], note) if v)
+    return out
+
+
 # --------------------------------------------------------------------------- noise floor of measured gains
 Z95 = 1.959963984540054
 

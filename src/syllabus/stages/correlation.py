@@ -16,6 +16,7 @@ or the first student) and the choice is reported on the other part, beside every
 from __future__ import annotations
 
 import json
+from typing import Mapping, Sequence
 
 import pandas as pd
 
@@ -253,6 +254,55 @@ def dmc_lead_table(table: pd.DataFrame, stage: Stage, dmc_column: str = "dmc") -
             rows.append({"scope": student, "dmc": dmc_column, "rival": rival, **lead,
                          "ahead_shown": bool(lead["lead_lo"] > 0)})
     return pd.DataFrame(rows, columns=LEAD_COLUMNS)
+
+
+POOLED_COLUMNS = ["rival", "strata", "n", "lead", "lead_lo", "lead_hi", "ahead_shown", "strata_ahead_shown",
+                  "strata_leads", "note"]
+
+
+def pooled_leads(grids: Mapping[str, pd.DataFrame], students: Mapping[str, Sequence[str]], *, n_boot: int = 2000,
+                 seed: int = 0, dmc_column: str = "dmc") -> pd.DataFrame:
+    """DMC's lead over every other predictor pooled over several grids (``stats.pooled_spearman_lead``).
+
+    ``grids`` maps a grid's name to its ``grid_with_predictors`` table, ``students`` names the students of each
+    grid to pool (the held-out ones: those the rule was not chosen on). A stratum is one (grid, student); the
+    students of one grid are resampled together, by dataset family. ``strata_ahead_shown`` counts the strata
+    whose own interval lies above 0 (``stats.spearman_lead``)."""
+    missing = [name for name in students if name not in grids]
+    if missing:
+        raise ValueError(f"pooled_leads: no grid table for {missing}; give one per grid named in students")
+    tables = {}
+    for name, who in students.items():
+        g = grids[name]
+        need = {"student", "family", "gain", dmc_column} - set(g.columns)
+        if need:
+            raise ValueError(f"pooled_leads: grid '{name}' lacks columns {sorted(need)}; pass its "
+                             "04_grid_with_predictors table")
+        if "control" in g.columns:
+            g = g[~g["control"].astype(bool)]
+        unknown = sorted(set(who) - set(g["student"]))
+        if unknown:
+            raise ValueError(f"pooled_leads: grid '{name}' has no student {unknown} (it has {sorted(set(g['student']))})")
+        tables[name] = {st: g[g["student"] == st] for st in who}
+    rivals = [p for p in PREDICTORS if p != "dmc" and p != dmc_column
+              and all(p in t.columns for parts in tables.values() for t in parts.values())]
+    rows = []
+    for rival in rivals:
+        strata, alone = [], 0
+        for name, parts in tables.items():
+            for st, t in parts.items():
+                strata.append({"name": f"{name}/{st}", "block": name, "x": t[dmc_column], "rival": t[rival],
+                               "y": t["gain"], "groups": t["family"].tolist()})
+                single = stats.spearman_lead(t[dmc_column], t[rival], t["gain"], n_boot=n_boot, seed=seed,
+                                             groups=t["family"].tolist())
+                alone += bool(single["lead_lo"] > 0)
+        pooled = stats.pooled_spearman_lead(strata, n_boot=n_boot, seed=seed)
+        rows.append({"rival": rival, "strata": pooled["strata"], "n": pooled["n"], "lead": pooled["lead"],
+                     "lead_lo": pooled["lead_lo"], "lead_hi": pooled["lead_hi"],
+                     "ahead_shown": bool(pooled["lead_lo"] > 0), "strata_ahead_shown": alone,
+                     "strata_leads": "; ".join(f"{k} {v:+.3f}" for k, v in pooled["strata_leads"].items()),
+                     "note": pooled["note"]})
+    return pd.DataFrame(rows, columns=POOLED_COLUMNS)
 
 
 def family_split(table: pd.DataFrame, fit_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
