@@ -221,7 +221,8 @@ def pooled_spearman_lead(strata: Sequence[Mapping[str, Any]], *, n_boot: int = 1
     family) and ``block``: strata of one block (the students of one grid, trained on the same datasets) are
     not independent, so each resample draws a block's groups once, with replacement, and every stratum of
     the block takes the rows of those groups; blocks are resampled independently. A stratum whose lead is
-    undefined (fewer than 3 pairs, a constant column) is left out, and ``note`` names it."""
+    undefined (fewer than 3 pairs, a constant column) is left out, and ``note`` names it; one undefined in
+    a resample is left out of that resample's mean (``note`` counts those resamples)."""
     prepared, skipped = [], []
     for i, st in enumerate(strata):
         x, r, y = (np.asarray(st[k], dtype=float) for k in ("x", "rival", "y"))
@@ -263,10 +264,17 @@ def pooled_spearman_lead(strata: Sequence[Mapping[str, Any]], *, n_boot: int = 1
                     continue
                 boot[b, column[id(p)]] = (spearman_rows(p["x"][idx], p["y"][idx])[0]
                                           - abs(spearman_rows(p["r"][idx], p["y"][idx])[0]))
-    pooled = boot @ weights / weights.sum()  # NaN where any stratum's resample was undefined
+    # a stratum undefined in a resample (a constant column among the groups drawn, likelier the fewer it has)
+    # leaves that resample's mean to the others, reweighted; dropping the whole resample would keep only
+    # the resamples where every small stratum happened to vary
+    defined = np.isfinite(boot)
+    mass = defined @ weights
+    pooled = np.where(mass > 0, np.where(defined, boot, 0.0) @ weights / np.maximum(mass, 1e-300), np.nan)
+    partial = int(((~defined).any(axis=1) & (mass > 0)).sum())
     lo, hi, note = percentile_interval(pooled, n_boot, confidence)
     out["lead_lo"], out["lead_hi"] = lo, hi
-    out["note"] = "; ".join(v for v in (out["note"], note) if v)
+    notes = [out["note"], note, f"{partial} of {n_boot} resamples left out an undefined stratum" if partial else ""]
+    out["note"] = "; ".join(v for v in notes if v)
     return out
 
 
