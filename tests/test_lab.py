@@ -164,3 +164,18 @@ def test_pretrain_text_uses_the_one_prompt_format():
     text = lab.pretrain_corpus(1, 0)[0]
     problem = lab.generate_problems(1, 0, id_prefix="lab-pretrain")[0]
     assert text == question_prompt(problem.text) + " " + problem.solution
+
+
+def test_main_modules_fix_the_last_step_and_keep_the_earlier_steps_of_the_data():
+    probe = lab.generate_problems(40, seed=3, main_modules=["divide"], min_steps=2, max_steps=2, max_operand=10,
+                                  max_value=50)
+    assert {p.module for p in probe} == {"divide"}
+    earlier = {s["module"] for p in probe for s in p.metadata["steps"][:-1]}
+    # earlier steps come from divide's prerequisites as in the data, not only divide itself
+    assert earlier <= lab.ancestors("divide") | {"divide"} and len(earlier) >= 3
+    only = lab.generate_problems(40, seed=3, modules=["divide"], min_steps=2, max_steps=2, max_operand=10, max_value=50)
+    assert {s["module"] for p in only for s in p.metadata["steps"]} == {"divide"}
+    # the default draw is unchanged by the option
+    assert lab.generate_problems(5, seed=1) == lab.generate_problems(5, seed=1, main_modules=None)
+    with pytest.raises(ValueError, match="main_modules must be a non-empty subset"):
+        lab.generate_problems(5, seed=1, modules=["add"], main_modules=["divide"])

@@ -156,8 +156,8 @@ def _step_support(main: str, allowed: list[str]) -> list[str]:
 
 # --------------------------------------------------------------------------- problems
 def _draw_problem(rng: random.Random, modules: list[str], min_steps: int, max_steps: int,
-                  max_operand: int, pid: str, cap: int) -> Problem:
-    main = rng.choice(modules)
+                  max_operand: int, pid: str, cap: int, mains: list[str] | None = None) -> Problem:
+    main = rng.choice(mains if mains else modules)
     n_steps = rng.randint(min_steps, max_steps)
     support = _step_support(main, modules)
     for _ in range(1000):
@@ -209,9 +209,13 @@ def gold_sentence(step: dict, result: int | None = None) -> str:
 
 def generate_problems(n: int, seed: int, *, modules: Iterable[str] | None = None, min_steps: int = 1,
                       max_steps: int = 3, max_operand: int = 20, max_value: int | None = None,
-                      id_prefix: str = "lab", exclude: Iterable[str] = ()) -> list[Problem]:
+                      id_prefix: str = "lab", exclude: Iterable[str] = (),
+                      main_modules: Iterable[str] | None = None) -> list[Problem]:
     """``n`` distinct lab problems (by text, and none of ``exclude``), the same for the same seed anywhere.
 
+    A problem's main module (its last step, ``Problem.module``) is drawn from ``main_modules`` (default:
+    ``modules``); its earlier steps from the main module's prerequisites and itself, within ``modules``.
+    So ``main_modules=[k]`` gives module k's problems as they occur among ``modules``' (IOA's probe items).
     Operands are at most ``max_operand``; every value along the way at most ``max_value`` (default
     ``max_operand * MAX_VALUE_FACTOR``).
     """
@@ -219,6 +223,13 @@ def generate_problems(n: int, seed: int, *, modules: Iterable[str] | None = None
     _check_modules(modules)
     if not modules:
         raise ValueError("generate_problems: 'modules' is empty; name at least one of " + ", ".join(MODULES))
+    mains = None if main_modules is None else list(main_modules)
+    if mains is not None:
+        _check_modules(mains)
+        outside = sorted(set(mains) - set(modules))
+        if not mains or outside:
+            raise ValueError(f"generate_problems: main_modules must be a non-empty subset of modules {modules}; "
+                             f"got {mains}")
     if not 1 <= min_steps <= max_steps:
         raise ValueError(f"generate_problems: need 1 <= min_steps ({min_steps}) <= max_steps ({max_steps})")
     if max_operand < 2:
@@ -231,7 +242,8 @@ def generate_problems(n: int, seed: int, *, modules: Iterable[str] | None = None
     out: list[Problem] = []
     misses = 0
     while len(out) < n:
-        problem = _draw_problem(rng, modules, min_steps, max_steps, max_operand, f"{id_prefix}-{len(out):05d}", cap)
+        problem = _draw_problem(rng, modules, min_steps, max_steps, max_operand, f"{id_prefix}-{len(out):05d}", cap,
+                                mains)
         if problem.text in seen:
             misses += 1
             if misses > 2000:  # 2000 draws in a row without a new problem: the space is (nearly) used up

@@ -135,9 +135,11 @@ class IOAProbe:
 
 
 def ioa_items(prof, splits: Splits) -> list[Problem]:
-    """``dynamic.ioa.items_per_module`` items per module. Lab: drawn fresh with the data's settings, none
-    sharing a text with the pool, probe or held-out problems. Other tasks: the probe problems (whatever
-    each module has; fewer than asked is reported by ``ioa_probe``)."""
+    """``dynamic.ioa.items_per_module`` items per module. Lab: drawn fresh with the data's settings, the
+    module as the problem's main (last) step and earlier steps from its prerequisites, as in the pool (so
+    P_S(k) measures module k as the data ask it), none sharing a text with the pool, probe or held-out
+    problems. Other tasks: the probe problems (whatever each module has; fewer than asked is reported by
+    ``ioa_probe``)."""
     if prof.data.task != "lab":
         return [p for p in splits.probe if p.module is not None]
     L = prof.data.lab
@@ -146,7 +148,8 @@ def ioa_items(prof, splits: Splits) -> list[Problem]:
     items: list[Problem] = []
     for m in modules:
         seed = stable_seed(prof.seed, "ioa", m, bits=32, form="compact")
-        drawn = lab.generate_problems(prof.dynamic.ioa.items_per_module, seed, modules=[m], min_steps=L.min_steps,
+        drawn = lab.generate_problems(prof.dynamic.ioa.items_per_module, seed, modules=modules, main_modules=[m],
+                                      min_steps=L.min_steps,
                                       max_steps=L.max_steps, max_operand=L.max_operand, max_value=L.max_value,
                                       id_prefix=f"lab-ioa-{m}", exclude=taken)
         taken.update(p.text for p in drawn)
