@@ -103,6 +103,8 @@ def test_topological_layers():
         ["add"], ["multiply"], ["divide"], ["percent", "rate"]]
     # prerequisites outside the targets count as met
     assert select.topological_layers(["percent", "rate"], graph) == [["percent", "rate"]]
+    # ... but a target another depends on through them comes first: rate needs divide needs multiply needs add
+    assert select.topological_layers(["add", "rate"], graph) == [["add"], ["rate"]]
     with pytest.raises(ValueError, match="cycle among \\['a', 'b'\\]"):
         select.topological_layers(["a", "b", "c"], {"a": ["b"], "b": ["a"]})
 

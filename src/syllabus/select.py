@@ -243,10 +243,23 @@ def mastery_ratio(student: Mapping[str, float], teacher: Mapping[str, float], mo
 
 
 # --------------------------------------------------------------------------- IOA: Organizer
+def _ancestors(module: str, prerequisites: Mapping[str, Sequence[str]]) -> set[str]:
+    """Every module that ``module`` depends on in the graph, directly or through others."""
+    seen: set[str] = set()
+    stack = list(prerequisites.get(module, ()))
+    while stack:
+        m = stack.pop()
+        if m not in seen:
+            seen.add(m)
+            stack.extend(prerequisites.get(m, ()))
+    return seen
+
+
 def topological_layers(modules: Sequence[str], prerequisites: Mapping[str, Sequence[str]]) -> list[list[str]]:
-    """Kahn layering of the sub-graph on ``modules`` (Eq. 7): prerequisites outside it count as met."""
+    """Kahn layering of ``modules`` (Eq. 7): a module comes after every one of ``modules`` it depends on,
+    directly or through modules outside them (rate after add, through multiply); others count as met."""
     chosen = set(modules)
-    pending = {k: {p for p in prerequisites.get(k, ()) if p in chosen and p != k} for k in chosen}
+    pending = {k: {p for p in _ancestors(k, prerequisites) if p in chosen and p != k} for k in chosen}
     layers: list[list[str]] = []
     while pending:
         ready = sorted(k for k, pre in pending.items() if not pre)
@@ -341,14 +354,7 @@ def deficient_prerequisites(targets: Sequence[str], gaps: Mapping[str, Mapping[s
     Eq. 7 places a module only after its prerequisites have been taught; a prerequisite the student has
     not got (deficient) but that Eq. 5 did not pick would never be taught first, so it joins the targets."""
     chosen, skip = set(targets), set(exclude)
-    seen: set[str] = set()
-    stack = [p for k in targets for p in prerequisites.get(k, ())]
-    while stack:
-        m = stack.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        stack.extend(prerequisites.get(m, ()))
+    seen = set().union(*(_ancestors(k, prerequisites) for k in targets))
     return sorted(m for m in seen if m not in chosen and m not in skip and gaps.get(m, {}).get("deficient"))
 
 
