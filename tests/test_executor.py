@@ -35,19 +35,28 @@ def square_and_pid(x: int) -> tuple[int, int]:
     return x * x, os.getpid()
 
 
-def worker_quiet_settings(_: int) -> tuple[str | None, str | None, int]:
-    import logging
-    return (os.environ.get("TQDM_DISABLE"), os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"),
-            logging.getLogger("lm_eval").level)
+def chatty_job(x: int) -> tuple[str | None, str | None]:
+    print(f"to stdout {x}")
+    print(f"to stderr {x}", file=sys.stderr)
+    os.write(2, f"from C {x}\n".encode())
+    if x == 99:
+        raise ValueError("job 99 failed")
+    return os.environ.get("TQDM_DISABLE"), os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")
 
 
-def test_workers_draw_no_progress_bars_and_the_parent_environment_is_restored(monkeypatch):
-    import logging
+def test_workers_write_to_their_log_not_the_terminal_and_errors_still_reach_the_caller(tmp_path, monkeypatch, capfd):
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
-    out = executor.LocalExecutor(2).map(worker_quiet_settings, [0, 1])
-    assert out == [("1", "1", logging.ERROR)] * 2  # the terminal of `syllabus run` gets no bars or lm-eval warnings
-    assert "TQDM_DISABLE" not in os.environ and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"
+    out = executor.LocalExecutor(2, log_dir=tmp_path / "jobs").map(chatty_job, [0, 1])
+    assert out == [("1", "1")] * 2  # no progress bars in the workers
+    assert "TQDM_DISABLE" not in os.environ and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"  # restored
+    logs = "".join(f.read_text() for f in sorted((tmp_path / "jobs").glob("worker-*.log")))
+    for x in (0, 1):
+        assert f"to stdout {x}" in logs and f"to stderr {x}" in logs and f"from C {x}" in logs
+    seen = capfd.readouterr()
+    assert "to stdout" not in seen.out and "to stderr" not in seen.err and "from C" not in seen.err
+    with pytest.raises(ValueError, match="job 99 failed"):
+        executor.LocalExecutor(2, log_dir=tmp_path / "jobs").map(chatty_job, [1, 99])
 
 
 def test_map_keeps_input_order_and_uses_other_processes_with_two_workers():
@@ -158,7 +167,7 @@ def test_slurm_jobs_give_the_same_grid_as_one_local_worker(tmp_path, monkeypatch
     stage, (grid2, outcomes2) = _grid(tmp_path, 2, executor="slurm")
     pd.testing.assert_frame_equal(grid1, grid2, check_exact=True)
     pd.testing.assert_frame_equal(outcomes1, outcomes2, check_exact=True)
-    assert record["jobs"] == 6 and record["folder"] == str(stage.run.cache / "slurm")
+    assert record["jobs"] == 6 and record["folder"] == str(stage.run.cache / "jobs")
 
 
 def test_two_workers_warm_both_lab_students_as_one_process_would(tmp_path):

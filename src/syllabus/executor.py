@@ -16,10 +16,11 @@ several GPUs (replicated or FSDP-sharded weights) is ``syllabus.launch``'s.
 from __future__ import annotations
 
 import contextlib
-import logging
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -27,8 +28,7 @@ import torch
 from .devices import resolve_device
 
 
-# A worker's stderr is the terminal of `syllabus run`, not the stage's notebook: no per-item progress bars
-# (tqdm, Hugging Face) there; the stage's own progress line covers the workers' jobs.
+# Progress bars in a worker would only fill its log (below): off.
 QUIET_WORKER_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
@@ -47,22 +47,29 @@ def _environment(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def _pin(slots) -> None:
-    """Worker initialiser: take a GPU slot (None on the CPU) before anything initialises CUDA; keep
-    lm-eval's warnings about the settings the stages chose on purpose off the terminal (errors still show)."""
+def _start_worker(slots, log_dir: str | None) -> None:
+    """Worker initialiser: take a GPU slot (None on the CPU) before anything initialises CUDA, and send the
+    worker's stdout and stderr (the libraries' warnings and bars) to ``log_dir/worker-<pid>.log`` rather than
+    the terminal of `syllabus run`. A job's exception still reaches the caller, with its traceback."""
     gpu = slots.get()
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    if log_dir is not None:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        log = open(Path(log_dir) / f"worker-{os.getpid()}.log", "a", buffering=1)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+            os.dup2(log.fileno(), stream.fileno())
 
 
 class LocalExecutor:
     """Runs jobs in this process (1 worker) or in spawned worker processes (see the module docstring)."""
 
-    def __init__(self, workers: int = 1, gpus: Sequence[int] | None = None):
+    def __init__(self, workers: int = 1, gpus: Sequence[int] | None = None, log_dir: str | os.PathLike | None = None):
         if workers < 1:
             raise ValueError(f"executor: workers must be >= 1, got {workers}")
         self.workers, self.gpus = workers, list(gpus or [])
+        self.log_dir = None if log_dir is None else str(log_dir)
 
     def map(self, fn: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
         if self.workers == 1 or len(jobs) <= 1:
@@ -73,7 +80,8 @@ class LocalExecutor:
         for w in range(workers):
             slots.put(self.gpus[w % len(self.gpus)] if self.gpus else None)
         with _environment(QUIET_WORKER_ENV), \
-                ProcessPoolExecutor(workers, mp_context=context, initializer=_pin, initargs=(slots,)) as pool:
+                ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                    initargs=(slots, self.log_dir)) as pool:
             return list(pool.map(fn, jobs))
 
 
@@ -106,7 +114,8 @@ def spreads(prof) -> bool:
 
 def for_profile(prof, folder: str | os.PathLike | None = None):
     """The executor a profile's ``parallel`` section asks for: local processes (spread over the visible
-    GPUs when the profile's device resolves to one), or Slurm jobs logged under ``folder``."""
+    GPUs when the profile's device resolves to one), or Slurm jobs; their logs go to ``folder`` (the
+    stages pass the run's ``cache/jobs``): Slurm's job logs, or one file per local worker."""
     par = prof.parallel
     if par.executor == "slurm":
         if folder is None:
@@ -117,4 +126,4 @@ def for_profile(prof, folder: str | os.PathLike | None = None):
     gpus: list[int] = []
     if par.workers > 1 and resolve_device(prof.device).type == "cuda":
         gpus = list(range(torch.cuda.device_count()))
-    return LocalExecutor(par.workers, gpus)
+    return LocalExecutor(par.workers, gpus, log_dir=folder)

@@ -35,7 +35,7 @@ def job(stage: Stage, student: StudentModel, examples: list[tuple[str, str]], *,
 def fill(stage: Stage, jobs: list[dict]) -> None:
     """Run the cells through the profile's executor (their results land in the run's caches)."""
     if jobs:
-        executor.for_profile(stage.params, stage.run.cache / "slurm").map(run_cell, jobs)
+        executor.for_profile(stage.params, stage.run.cache / "jobs").map(run_cell, jobs)
 
 
 def student_file(stage: Stage, student: StudentModel) -> Path:

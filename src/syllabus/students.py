@@ -92,7 +92,7 @@ def warm_students(stage: Stage, splits: Splits) -> list[str]:
         if not (folder / models.INFO_FILE).is_file():
             jobs.append({"spec": spec, **kwargs})
     if len(jobs) > 1:
-        executor.for_profile(prof, stage.run.cache / "slurm").map(_warm_student, jobs)
+        executor.for_profile(prof, stage.run.cache / "jobs").map(_warm_student, jobs)
         return [job["spec"].name for job in jobs]
     return []
 

@@ -48,7 +48,7 @@ def run_all(stage: Stage, entries: pd.DataFrame, splits: Splits) -> list[evaluat
     lab_file = evaluate.write_problems_jsonl(splits.heldout, stage.path("lm_eval/heldout_problems.jsonl"))
     jobs = [eval_job(stage, row, lab_file) for row in entries.to_dict("records")]
     if len(jobs) > 1 and executor.spreads(prof):
-        executor.for_profile(prof, stage.run.cache / "slurm").map(run_job, jobs)
+        executor.for_profile(prof, stage.run.cache / "jobs").map(run_job, jobs)
     return [run_job(job) for job in track(jobs, "lm-eval models")]
 
 

@@ -475,7 +475,7 @@ def run_policies(stage: Stage, student: StudentModel, inputs: PolicyInputs) -> l
                  "student_file": student_file, "policy": policy, "seed": seed, "inputs": inputs}
                 for policy, seed in costly_first]
         done = {}
-        for run, notes in executor.for_profile(prof, stage.run.cache / "slurm").map(policy_job, jobs):
+        for run, notes in executor.for_profile(prof, stage.run.cache / "jobs").map(policy_job, jobs):
             dmc.note_scoring(stage, notes.get("scoring", {}))  # the manifest's counts, as in one process
             done[(run.policy, run.seed)] = run
         return [done[pair] for pair in pairs]
