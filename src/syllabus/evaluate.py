@@ -45,7 +45,7 @@ from transformers import AutoTokenizer
 from .errors import SyllabusError
 from .eval_tasks import ALLOW_CODE_EVAL_ENV
 from .records import Problem
-from .runs import (atomic_write_json, atomic_write_text, hash_obj, hash_path, package_versions, publish_mode,
+from .runs import (atomic_write_json, environment, atomic_write_text, hash_obj, hash_path, package_versions, publish_mode,
                    read_json)
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -101,18 +101,8 @@ def write_problems_jsonl(problems: Iterable[Problem], path: str | os.PathLike) -
 @contextlib.contextmanager
 def code_eval_allowed(enabled: bool) -> Iterator[None]:
     """Set ``HF_ALLOW_CODE_EVAL=1`` inside the block when ``enabled``; restore the old value after."""
-    if not enabled:
+    with environment({ALLOW_CODE_EVAL_ENV: "1"} if enabled else {}):
         yield
-        return
-    previous = os.environ.get(ALLOW_CODE_EVAL_ENV)
-    os.environ[ALLOW_CODE_EVAL_ENV] = "1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(ALLOW_CODE_EVAL_ENV, None)
-        else:
-            os.environ[ALLOW_CODE_EVAL_ENV] = previous
 
 
 def task_config(task: str) -> dict[str, Any]:

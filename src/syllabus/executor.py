@@ -15,7 +15,6 @@ several GPUs (replicated or FSDP-sharded weights) is ``syllabus.launch``'s.
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import sys
@@ -26,25 +25,11 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .devices import resolve_device
+from .runs import environment
 
 
 # Progress bars in a worker would only fill its log (below): off.
 QUIET_WORKER_ENV = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]):
-    """``os.environ`` with ``values`` set inside the block (the spawned workers inherit it), restored after."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _start_worker(slots, log_dir: str | None) -> None:
@@ -79,7 +64,7 @@ class LocalExecutor:
         slots = context.Manager().Queue()
         for w in range(workers):
             slots.put(self.gpus[w % len(self.gpus)] if self.gpus else None)
-        with _environment(QUIET_WORKER_ENV), \
+        with environment(QUIET_WORKER_ENV), \
                 ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                     initargs=(slots, self.log_dir)) as pool:
             return list(pool.map(fn, jobs))

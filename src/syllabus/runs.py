@@ -210,6 +210,22 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 @contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set inside the block (processes spawned in it inherit them); the old
+    values (or their absence) restored after."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
 def exclusive(path: str | os.PathLike) -> Iterator[None]:
     """Hold the lock file ``path`` while the block runs, waiting while another process holds it (``flock``;
     the lock goes with its holder's death). Two workers about to compute the same cached thing take turns:

@@ -212,6 +212,13 @@ def spearman_lead(x: Sequence[float], rival: Sequence[float], y: Sequence[float]
     return out
 
 
+def _defined_lead(x: np.ndarray, r: np.ndarray, y: np.ndarray) -> float:
+    """Spearman(x, y) - |Spearman(r, y)|; NaN with fewer than 3 pairs or a constant column."""
+    if len(x) < 3 or min(np.ptp(v) for v in (x, r, y)) == 0:
+        return np.nan
+    return float(spearman_rows(x, y)[0] - abs(spearman_rows(r, y)[0]))
+
+
 def pooled_spearman_lead(strata: Sequence[Mapping[str, Any]], *, n_boot: int = 1000, seed: int = 0,
                          confidence: float = 0.95) -> dict[str, Any]:
     """``spearman_lead`` pooled over several strata (e.g. the held-out students of several lab grids): the
@@ -232,12 +239,12 @@ def pooled_spearman_lead(strata: Sequence[Mapping[str, Any]], *, n_boot: int = 1
                              f"must be 1-d of equal length, got {x.shape}, {r.shape}, {y.shape}, {groups.shape}")
         keep = np.isfinite(x) & np.isfinite(r) & np.isfinite(y)
         x, r, y, groups = x[keep], r[keep], y[keep], groups[keep]
-        if len(x) < 3 or min(np.ptp(v) for v in (x, r, y)) == 0:
+        lead = _defined_lead(x, r, y)
+        if np.isnan(lead):
             skipped.append(str(st.get("name", i)))
             continue
-        lead = float(spearman_rows(x, y)[0] - abs(spearman_rows(r, y)[0]))
         prepared.append({"name": str(st.get("name", i)), "block": st["block"], "x": x, "r": r, "y": y,
-                         "groups": groups, "n": len(x), "lead": lead})
+                         "groups": groups, "n": len(x), "lead": lead, "column": len(prepared)})
     out: dict[str, Any] = {"n": sum(p["n"] for p in prepared), "strata": len(prepared), "lead": np.nan,
                            "lead_lo": np.nan, "lead_hi": np.nan,
                            "strata_leads": {p["name"]: p["lead"] for p in prepared},
@@ -251,7 +258,6 @@ def pooled_spearman_lead(strata: Sequence[Mapping[str, Any]], *, n_boot: int = 1
     for p in prepared:
         blocks.setdefault(p["block"], []).append(p)
     boot = np.zeros((n_boot, len(prepared)))
-    column = {id(p): j for j, p in enumerate(prepared)}
     for members in blocks.values():
         labels = sorted({g for p in members for g in p["groups"]}, key=str)
         rows = [{g: np.flatnonzero(p["groups"] == g) for g in labels} for p in members]
@@ -259,11 +265,7 @@ def pooled_spearman_lead(strata: Sequence[Mapping[str, Any]], *, n_boot: int = 1
             drawn = rng.integers(0, len(labels), size=len(labels))
             for p, where in zip(members, rows):
                 idx = np.concatenate([where[labels[d]] for d in drawn])
-                if len(idx) < 3 or min(np.ptp(v[idx]) for v in (p["x"], p["r"], p["y"])) == 0:
-                    boot[b, column[id(p)]] = np.nan
-                    continue
-                boot[b, column[id(p)]] = (spearman_rows(p["x"][idx], p["y"][idx])[0]
-                                          - abs(spearman_rows(p["r"][idx], p["y"][idx])[0]))
+                boot[b, p["column"]] = _defined_lead(p["x"][idx], p["r"][idx], p["y"][idx])
     # a stratum undefined in a resample (a constant column among the groups drawn, likelier the fewer it has)
     # leaves that resample's mean to the others, reweighted; dropping the whole resample would keep only
     # the resamples where every small stratum happened to vary
