@@ -2,10 +2,12 @@
 
     PYTHONPATH=src python benchmarks/calibrate_lab.py [--profile tiny] [--students lab-s] \
         [--styles gold,prose,equations,selfcheck] [--lrs 3e-4,1e-3,3e-3] [--steps 150,300] [--seeds 0] \
-        [--out calibration.csv]
+        [--eval heldout|fresh] [--out calibration.csv]
 
 For each student of the profile (warm-started exactly as the pipeline does it, cached under
-``--cache``): its greedy accuracy on the profile's held-out problems, overall and per module; then,
+``--cache``): its greedy accuracy on the profile's held-out problems (``--eval fresh``: on as many fresh
+lab problems apart from every split, to choose a recipe on problems the run never reports on), overall
+and per module; then,
 for every (trace style, learning rate, steps, seed), a copy of it fine-tuned on that style's traces of
 the pool problems (``gold``: the reference solutions; a lab teacher's style at its profile error rate
 otherwise, 5% when the profile has no such teacher) and evaluated again. One row per cell, printed as
@@ -41,6 +43,18 @@ def accuracy_by_module(student: students.StudentModel, problems, prof: P.Profile
     return {"accuracy": float(ok.mean()), **{f"acc_{m}": float(v) for m, v in ok.groupby(modules).mean().items()}}
 
 
+def fresh_problems(prof: P.Profile, splits) -> list:
+    """As many lab problems as the held-out split, drawn like it but from another seed and sharing no text
+    with any split: a calibration set the run never trains, scores or reports on."""
+    if prof.data.task != "lab":
+        raise SystemExit(f"--eval fresh draws lab problems; profile {prof.name!r} has task {prof.data.task!r}")
+    L = prof.data.lab
+    taken = {p.text for p in splits.pool + splits.probe + splits.heldout}
+    return lab.generate_problems(len(splits.heldout), seed=prof.seed + 7919, min_steps=L.min_steps,
+                                 max_steps=L.max_steps, max_operand=L.max_operand, max_value=L.max_value,
+                                 modules=L.modules, id_prefix="lab-calibration", exclude=taken)
+
+
 def style_examples(student: students.StudentModel, pool, style: str, prof: P.Profile) -> list[tuple[str, str]]:
     if style == "gold":
         return [(student.prompt(p), student.target(p.solution)) for p in pool]
@@ -60,11 +74,15 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/syllabus-calibration")
     ap.add_argument("--out", default="calibration.csv")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the profile's)")
+    ap.add_argument("--eval", choices=("heldout", "fresh"), default="heldout",
+                    help="evaluate on the profile's held-out problems, or on as many fresh lab problems drawn "
+                         "apart from every split (to choose a recipe on problems the run never reports on)")
     a = ap.parse_args()
     prof = P.load_profile(a.profile)
     threads = a.threads or prof.threads
     torch.set_num_threads(threads)
     splits = problem_splits(prof)
+    evaluation = splits.heldout if a.eval == "heldout" else fresh_problems(prof, splits)
     wanted = a.students.split(",") if a.students else [s.name for s in prof.students]
     rows = []
     for spec in [s for s in prof.students if s.name in wanted]:
@@ -74,7 +92,7 @@ def main() -> None:
                                          vocab_texts=tokenizer_texts(prof, pre), threads=threads,
                                          seed=prof.seed)
         student = students.StudentModel(spec, model.eval(), tok)
-        base = accuracy_by_module(student, splits.heldout, prof)
+        base = accuracy_by_module(student, evaluation, prof)
         print(f"{spec.name}: warm-started ({time.perf_counter() - start:.0f} s), held-out "
               f"{base['accuracy']:.3f}  " + " ".join(f"{k[4:]} {v:.2f}" for k, v in base.items() if k != "accuracy"),
               flush=True)
@@ -89,7 +107,7 @@ def main() -> None:
                         cfg = prof.training.model_copy(update={"learning_rate": lr})
                         start = time.perf_counter()
                         result = train.sft(trained, tok, examples, steps=steps, cfg=cfg, seed=seed)
-                        after = accuracy_by_module(students.StudentModel(spec, trained.eval(), tok), splits.heldout,
+                        after = accuracy_by_module(students.StudentModel(spec, trained.eval(), tok), evaluation,
                                                    prof)
                         row = {"student": spec.name, "style": style, "lr": lr, "steps": steps, "seed": seed,
                                "tokens": result.tokens_seen, "seconds": round(time.perf_counter() - start, 1),
@@ -104,8 +122,8 @@ def main() -> None:
     if len(cells):
         summary = cells.groupby(["student", "style", "lr", "steps"])["gain"].agg(["mean", "std", "count"])
         print("\nmean gain per setting:\n" + summary.round(3).to_string())
-    print(f"\nwrote {a.out} ({len(table)} rows); held-out problems: {len(splits.heldout)}, "
-          f"binomial SE of one accuracy near 0.6: {np.sqrt(0.24 / len(splits.heldout)):.3f}")
+    print(f"\nwrote {a.out} ({len(table)} rows); evaluated on {len(evaluation)} {a.eval} problems, "
+          f"binomial SE of one accuracy near 0.6: {np.sqrt(0.24 / len(evaluation)):.3f}")
 
 
 if __name__ == "__main__":
