@@ -146,6 +146,35 @@ def test_rule_protocol_chooses_on_one_part_and_reports_on_the_other():
     assert lead["lead"] == pytest.approx(1.0 - lead["rival_abs_spearman"])
 
 
+def test_held_out_verdict_needs_the_level_and_a_shown_lead_over_every_defined_rival():
+    import numpy as np
+
+    from syllabus.stages import correlation
+
+    held = pd.DataFrame({"scope": ["a", "b"], "predictor": ["dmc[x]", "dmc[x]"], "spearman": [0.9, 0.5],
+                         "spearman_lo": [0.2, -0.1], "spearman_hi": [1.0, 0.9]})
+    leads = pd.DataFrame([
+        # student a: clearly ahead of quality, tied in point with perplexity (not shown), capability undefined
+        {"scope": "a", "dmc": "dmc[x]", "rival": "quality", "n": 12, "spearman": 0.9, "rival_abs_spearman": 0.3,
+         "lead": 0.6, "lead_lo": 0.2, "lead_hi": 0.9, "note": "", "ahead_shown": True},
+        {"scope": "a", "dmc": "dmc[x]", "rival": "perplexity", "n": 12, "spearman": 0.9, "rival_abs_spearman": 0.9,
+         "lead": 0.0, "lead_lo": -0.1, "lead_hi": 0.1, "note": "", "ahead_shown": False},
+        {"scope": "a", "dmc": "dmc[x]", "rival": "capability", "n": 12, "spearman": 0.9, "rival_abs_spearman": np.nan,
+         "lead": np.nan, "lead_lo": np.nan, "lead_hi": np.nan, "note": "constant", "ahead_shown": False},
+        # student b: ahead of its one defined rival, but the level is not met
+        {"scope": "b", "dmc": "dmc[x]", "rival": "quality", "n": 12, "spearman": 0.5, "rival_abs_spearman": 0.0,
+         "lead": 0.5, "lead_lo": 0.1, "lead_hi": 0.8, "note": "", "ahead_shown": True},
+    ])
+    v = correlation.held_out_verdict(held, leads).set_index("scope")
+    assert v.loc["a", "strong"] and not v.loc["a", "ahead_of_every_rival"]
+    assert v.loc["a", "not_shown_ahead_of"] == "perplexity" and v.loc["a", "ahead_shown_of"] == "quality"
+    assert v.loc["a", "rivals_at_or_above"] == "perplexity" and v.loc["a", "undefined_rivals"] == "capability"
+    assert "shown ahead of 1 of 2 defined rivals, not of perplexity" in v.loc["a", "verdict"]
+    assert not v.loc["b", "strong"] and v.loc["b", "ahead_of_every_rival"]
+    assert "not at least 0.6" in v.loc["b", "verdict"] and "every defined rival (1)" in v.loc["b", "verdict"]
+    assert correlation.held_out_verdict(held, leads.iloc[:0]).empty
+
+
 def test_per_prompt_reference_falls_back_to_the_median_for_a_problem_without_a_scored_sample():
     import numpy as np
 

@@ -390,3 +390,42 @@ def rule_protocol(table: pd.DataFrame, items: pd.DataFrame, stage: Stage) -> tup
                "n_fit_cells": len(fit), "n_held_out_cells": len(hold),
                "fit_datasets": sorted(fit["dataset"].unique()), "held_out_datasets": sorted(hold["dataset"].unique())}
     return fit_table, held_table, summary
+
+
+VERDICT_COLUMNS = ["scope", "dmc", "n", "spearman", "spearman_lo", "spearman_hi", "strong", "rivals_at_or_above",
+                   "ahead_shown_of", "not_shown_ahead_of", "undefined_rivals", "ahead_of_every_rival", "verdict"]
+
+
+def held_out_verdict(held_table: pd.DataFrame, held_leads: pd.DataFrame, min_spearman: float = 0.6) -> pd.DataFrame:
+    """The bar DMC is held to, checked on the held-out part, per (student, DMC rule): a Spearman with the
+    gain of at least ``min_spearman`` with its interval above 0 (``strong``), and above the absolute Spearman
+    of every other predictor (``ahead_of_every_rival``: each paired lead's interval above 0; a higher point
+    estimate alone does not count). Rivals that are undefined there (a constant column) are listed apart and
+    do not count either way. ``verdict`` says it in words, with the numbers."""
+    rows = []
+    if held_leads.empty:
+        return pd.DataFrame(columns=VERDICT_COLUMNS)
+    for (scope, column), leads in held_leads.groupby(["scope", "dmc"], sort=True):
+        own = held_table[(held_table["scope"] == scope) & (held_table["predictor"] == column)]
+        rho, lo, hi = (float(own[c].iloc[0]) if len(own) else float("nan")
+                       for c in ("spearman", "spearman_lo", "spearman_hi"))
+        defined = leads[leads["lead"].notna()]
+        undefined = leads.loc[leads["lead"].isna(), "rival"].tolist()
+        at_or_above = defined.loc[defined["rival_abs_spearman"] >= defined["spearman"], "rival"].tolist()
+        shown = defined.loc[defined["ahead_shown"].astype(bool), "rival"].tolist()
+        not_shown = defined.loc[~defined["ahead_shown"].astype(bool), "rival"].tolist()
+        strong = bool(rho >= min_spearman and lo > 0)
+        every = bool(len(defined) > 0 and not not_shown)
+        words = (f"Spearman {rho:+.2f} [{lo:+.2f}, {hi:+.2f}]: "
+                 + (f"at least {min_spearman} with its interval above 0" if strong
+                    else f"not at least {min_spearman} with its interval above 0")
+                 + "; " + (f"shown ahead of every defined rival ({len(defined)})" if every
+                           else f"shown ahead of {len(shown)} of {len(defined)} defined rivals, not of "
+                                f"{', '.join(not_shown)}")
+                 + (f" (point estimate at or below {', '.join(at_or_above)})" if at_or_above else "")
+                 + (f"; undefined here: {', '.join(undefined)}" if undefined else ""))
+        rows.append({"scope": scope, "dmc": column, "n": int(leads["n"].max()), "spearman": rho, "spearman_lo": lo,
+                     "spearman_hi": hi, "strong": strong, "rivals_at_or_above": ";".join(at_or_above),
+                     "ahead_shown_of": ";".join(shown), "not_shown_ahead_of": ";".join(not_shown),
+                     "undefined_rivals": ";".join(undefined), "ahead_of_every_rival": every, "verdict": words})
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
