@@ -275,3 +275,34 @@ def test_accuracy_bands_stay_within_zero_and_one():
     mean, lo, hi = plots._mean_band(curves.groupby("phase")["accuracy"], 16)
     assert (lo >= 0).all() and (hi <= 1).all()
     assert lo[0] == 0.0 and hi[1] == 1.0 and 0 < lo[2] < 0.5 < hi[2] < 1
+
+
+def test_planted_skill_check_compares_seen_and_unseen_modules_and_ioa_diagnosis():
+    from syllabus import lab
+    from syllabus.params import load_profile
+    from syllabus.problems import warmup_modules
+
+    prof = load_profile("ci", {"data.n_heldout": 140})
+    spec = prof.students[1]  # warm-started on the first 60% of the modules
+    seen = set(warmup_modules(prof, spec))
+    heldout = problem_splits(prof).heldout
+    # a student that solves exactly the problems of the modules it saw
+    start = pd.Series([float(p.module in seen) for p in heldout], index=[p.id for p in heldout])
+    modules = sorted({p.module for p in heldout})
+    plan = pd.DataFrame([{"seed": s, "phase": ph, "module": m, "p_s": 1.0 if m in seen else 0.1,
+                          "deficient": m not in seen and ph == 0} for s in (0, 1) for ph in (0, 1) for m in modules])
+    check = dynamic_selection.planted_skill_check(prof, spec, start, heldout, plan)
+    assert list(check["module"]) == lab.topological_order(modules)  # prerequisites first
+    assert check.set_index("module")["seen_in_warmup"].to_dict() == {m: m in seen for m in modules}
+    assert (check.loc[check["seen_in_warmup"], "start_accuracy"] == 1).all()
+    assert (check.loc[~check["seen_in_warmup"], "start_accuracy"] == 0).all()
+    assert (check["start_lo"] <= check["start_accuracy"]).all() and (check["start_accuracy"] <= check["start_hi"]).all()
+    assert check.set_index("module")["ioa_deficient"].to_dict() == {m: m not in seen for m in modules}  # phase 0 only
+    text = dynamic_selection.planted_skill_summary(check)
+    n_unseen = len(set(modules) - seen)
+    assert "every unseen module below every seen one" in text
+    assert f"finds {n_unseen} of the {n_unseen} unseen modules deficient" in text
+    no_ioa = dynamic_selection.planted_skill_check(prof, spec, start, heldout, pd.DataFrame())
+    assert no_ioa["ioa_deficient"].isna().all() and "IOA" not in dynamic_selection.planted_skill_summary(no_ioa)
+    other = load_profile("ci", {"data.task": "gsm8k"})
+    assert dynamic_selection.planted_skill_check(other, spec, start, heldout, plan).empty

@@ -285,3 +285,40 @@ def test_two_workers_evaluate_the_models_side_by_side_with_the_same_table(tmp_pa
         assert len(list((stage.run.root).rglob("results_*.json"))) == 2  # one lm-eval result per model
     pd.testing.assert_frame_equal(tables[1], tables[2], check_exact=True)
     assert set(tables[1]["model"]) == {"sevens", "random (undistilled)"} and (tables[1]["n"] == 6).all()
+
+
+def test_own_evaluation_check_compares_lm_evals_verdicts_with_the_packages_problem_by_problem(tmp_path, sevens_model):
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from syllabus.params import load_profile
+    from syllabus.stages import benchmark
+
+    golds = ["7", "8", "7", "12", "7", "70"]  # the model always answers 7: right on problems 0, 2 and 4
+    problems = [Problem(id=f"lab-{i}", task="lab", source="lab", text=f"he has {g} apples ?", answer=g)
+                for i, g in enumerate(golds)]
+    lab_file = evaluate.write_problems_jsonl(problems, tmp_path / "lab.jsonl")
+    result = evaluate.run_lm_eval(sevens_model, ["syllabus_lab"], data_dir=None, limit=None, max_gen_toks=5,
+                                  batch_size=3, apply_chat_template=False, output_dir=tmp_path / "out", seed=0,
+                                  lab_file=lab_file, model_name="lab-s + all")
+    per_problem = evaluate.sample_scores(result.tasks["syllabus_lab"].samples_file)
+    assert per_problem == {f"lab-{i}": float(g == "7") for i, g in enumerate(golds)}
+    # stage 5's record of the same weights, with one verdict flipped (problem 1) and one problem lm-eval never saw
+    recorded = {**per_problem, "lab-1": 1.0, "lab-extra": 1.0}
+    tables = {"final_outcomes": pd.DataFrame({"policy": "all", "seed": 2, "problem_id": list(recorded),
+                                              "correct": list(recorded.values())}),
+              "final_models": pd.DataFrame([{"student": "lab-s", "policy": "all", "seed": 2}])}
+    prof = load_profile("ci", {"benchmark.max_gen_toks": 7, "student_generation.max_new_tokens": 7})
+    stage = SimpleNamespace(params=prof, read_table=lambda stage_name, name: tables[name])
+    entries = pd.DataFrame([{"model": "lab-s + all", "kind": "distilled", "model_dir": str(sevens_model),
+                             "chat_template": False}])
+    check = benchmark.own_evaluation_check(stage, entries, [result], splits=None)
+    row = check.iloc[0].to_dict()
+    assert row["n"] == 6 and row["agree"] == 5 and row["agreement"] == pytest.approx(5 / 6)
+    assert row["lm_eval_accuracy"] == 0.5 and row["own_accuracy"] == pytest.approx(4 / 6)
+    assert row["same_settings"] and row["own_source"] == "stage 5, seed 2"
+    prof_other = load_profile("ci", {"benchmark.max_gen_toks": 9, "student_generation.max_new_tokens": 7})
+    other = benchmark.own_evaluation_check(SimpleNamespace(params=prof_other, read_table=stage.read_table), entries,
+                                           [result], splits=None)
+    assert not other.iloc[0]["same_settings"]

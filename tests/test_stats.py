@@ -186,6 +186,8 @@ def test_score_interval_is_wilson_for_a_share_of_problems_and_normal_otherwise()
     lo, hi = stats.score_interval({"value": 3.5, "stderr": 0.5, "n": 8})  # not a share: +- 1.96 SE
     assert (lo, hi) == pytest.approx((3.5 - 0.98, 3.5 + 0.98), abs=1e-3)
     assert all(np.isnan(stats.score_interval({"value": 0.5, "stderr": None, "n": None})))
+    for n in (8, 4000, 12345):  # none or all: the bound is exactly 0 or 1, not a float hair inside it
+        assert stats.wilson(0, n)[0] == 0.0 and stats.wilson(n, n)[1] == 1.0
 
 
 def test_benchmark_bars_whiskers_are_the_wilson_intervals():

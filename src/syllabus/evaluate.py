@@ -227,6 +227,21 @@ def read_task_result(task_dir: str | os.PathLike, task: str, tokenizer: Any = No
     )
 
 
+def sample_scores(samples_file: str | os.PathLike, metric: str = "exact_match") -> dict[str, float]:
+    """Per problem, one metric of lm-eval's logged samples: ``{problem id: value}`` (the doc's ``id``, which the
+    syllabus tasks carry; else lm-eval's ``doc_id``)."""
+    scores: dict[str, float] = {}
+    with open(samples_file, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, start=1):
+            sample = json.loads(line)
+            if metric not in sample:
+                raise EvaluateError(f"{samples_file}, line {i}: no metric '{metric}' (it has "
+                                    f"{sorted(k for k in sample if k in sample.get('metrics', []))})")
+            doc = sample.get("doc") if isinstance(sample.get("doc"), dict) else {}
+            scores[str(doc.get("id", sample["doc_id"]))] = float(sample[metric])
+    return scores
+
+
 # --------------------------------------------------------------------------- running
 def run_lm_eval(
     model_dir: str | os.PathLike,

@@ -348,6 +348,12 @@ def _slipped_results(steps: list[dict], rng: random.Random) -> list[int]:
     return true[:-1] + [last]
 
 
+def slip_probability(style: str, error_rate: float) -> float:
+    """How often a lab teacher's trace has a slip, i.e. a wrong final answer: ``error_rate``, at least
+    ``SLOPPY_MIN_ERROR_RATE`` for ``sloppy``. What stage 2's verifier should find, planted."""
+    return max(error_rate, SLOPPY_MIN_ERROR_RATE) if style == "sloppy" else error_rate
+
+
 def write_trace(problem: Problem, style: str, *, error_rate: float, rng: random.Random) -> str:
     """A lab teacher's trace for ``problem`` in ``style``, ending ``#### N``.
 
@@ -361,8 +367,8 @@ def write_trace(problem: Problem, style: str, *, error_rate: float, rng: random.
     steps = problem.metadata.get("steps")
     if not steps:
         raise ValueError(f"problem {problem.id}: no metadata['steps']; lab teachers only write traces for lab problems")
-    p_slip = max(error_rate, SLOPPY_MIN_ERROR_RATE) if style == "sloppy" else error_rate
-    results = _slipped_results(steps, rng) if rng.random() < p_slip else [s["result"] for s in steps]
+    results = (_slipped_results(steps, rng) if rng.random() < slip_probability(style, error_rate)
+               else [s["result"] for s in steps])
     values = [steps[0]["value"]] + results[:-1]
     lines: list[str] = []
     for i, (s, v, r) in enumerate(zip(steps, values, results), start=1):

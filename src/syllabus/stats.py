@@ -291,7 +291,8 @@ def wilson(k: float, n: int, z: float = Z95) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, float(centre - half)), min(1.0, float(centre + half)))
+    # at k = 0 (k = n) the bound is exactly 0 (1); float rounding would leave it a hair inside
+    return (0.0 if k <= 0 else max(0.0, float(centre - half)), 1.0 if k >= n else min(1.0, float(centre + half)))
 
 
 def score_interval(row: Mapping, value: str = "value", err: str = "stderr", n: str = "n") -> tuple[float, float]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .. import evaluate, executor, models, students
+from .. import evaluate, executor, generation, models, students
 from ..devices import resolve_device
 from ..progress import track
 from ..records import Splits
@@ -84,3 +84,51 @@ def _dtype(model_dir: str, device: str) -> str:
     config = json.loads((Path(model_dir) / "config.json").read_text())
     saved = config.get("dtype") or config.get("torch_dtype") or "float32"
     return saved if saved in models.DTYPES else "float32"
+
+
+OWN_CHECK_COLUMNS = ["model", "task", "n", "lm_eval_accuracy", "own_accuracy", "agree", "agreement", "same_settings",
+                     "own_source"]
+
+
+def own_evaluation_check(stage: Stage, entries: pd.DataFrame, results: list[evaluate.EvalResult],
+                         splits: Splits) -> pd.DataFrame:
+    """Does lm-eval score the run's held-out problems as the package did? For each model and each task over
+    the run's own held-out file (``evaluate.FILE_TASKS``): lm-eval's verdict per problem beside the package's
+    own greedy verdict for the same weights - stage 5's recorded ``final_outcomes`` for a policy's final
+    student, ``generation.pass_rates`` (cached by weights) for an undistilled one - on the problems lm-eval
+    scored. ``same_settings``: the same generation budget and prompt format, where the two should agree
+    problem by problem; elsewhere a difference measures the settings, not the harness."""
+    prof = stage.params
+    outcomes = stage.read_table("05_dynamic_selection", "final_outcomes")
+    finals = stage.read_table("05_dynamic_selection", "final_models")
+    specs = {s.name: s for s in prof.students}
+    rows = []
+    by_name = {e["model"]: e for e in entries.to_dict("records")}
+    for res in results:
+        entry = by_name[res.model]
+        for task, tr in res.tasks.items():
+            if task not in evaluate.FILE_TASKS or entry["kind"] == "teacher":
+                continue
+            lm = evaluate.sample_scores(tr.samples_file)
+            if entry["kind"] == "distilled":
+                student, policy = entry["model"].split(" + ", 1)
+                final = finals[(finals["student"] == student) & (finals["policy"] == policy)].iloc[0]
+                mine = outcomes[(outcomes["policy"] == policy) & (outcomes["seed"] == final["seed"])]
+                own, source = dict(zip(mine["problem_id"], mine["correct"].astype(float))), f"stage 5, seed {final['seed']}"
+            else:
+                student = entry["model"].removesuffix(" (undistilled)")
+                loaded = students.load_student(stage, specs[student], splits)
+                rates = generation.pass_rates(loaded, splits.heldout, k=1, prof=prof, seed=stage.seed,
+                                              cache_dir=stage.run.cache)
+                own, source = rates.to_dict(), "greedy, package"
+            ids = [i for i in lm if i in own]
+            agree = sum(lm[i] == own[i] for i in ids)
+            spec = specs[student]
+            same = (prof.benchmark.max_gen_toks == prof.student_generation.max_new_tokens
+                    and bool(prof.benchmark.apply_chat_template and spec.chat_template) == bool(spec.chat_template))
+            rows.append({"model": entry["model"], "task": task, "n": len(ids),
+                         "lm_eval_accuracy": sum(lm[i] for i in ids) / len(ids) if ids else float("nan"),
+                         "own_accuracy": sum(own[i] for i in ids) / len(ids) if ids else float("nan"),
+                         "agree": agree, "agreement": agree / len(ids) if ids else float("nan"),
+                         "same_settings": same, "own_source": source})
+    return pd.DataFrame(rows, columns=OWN_CHECK_COLUMNS)

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .. import adapter, distillation, executor, generation, lab, launch, models, select, sft_cells, stats
+from ..problems import lab_modules_in_order, warmup_modules
 from ..progress import track
 from ..records import Problem, Splits
 from ..runs import RunDir, Stage, atomic_write_json, exclusive, hash_obj, stable_seed
@@ -624,3 +625,50 @@ def curve_lines(runs: list[PolicyRun]) -> str:
     """One line per (policy, seed): held-out accuracy after each phase."""
     return "\n".join(f"{r.policy:>13} seed {r.seed}: held-out accuracy "
                      + " -> ".join(f"{c['accuracy']:.3f}" for c in r.curve) for r in runs)
+
+
+PLANTED_SKILL_COLUMNS = ["module", "seen_in_warmup", "heldout_problems", "start_accuracy", "start_lo", "start_hi",
+                         "ioa_p_s", "ioa_deficient"]
+
+
+def planted_skill_check(prof, spec, start: pd.Series, heldout: list[Problem], ioa_plan: pd.DataFrame) -> pd.DataFrame:
+    """Planted truth of stage 5 (lab task): the student was warm-started on some modules only
+    (``problems.warmup_modules``). Per module: whether its warm-up saw it, the student's held-out accuracy
+    at the start (``start``: pass rates by problem id) with a 95% Wilson interval, and, when IOA ran, its
+    P_S at the first diagnosis and whether it found the module deficient. Empty off the lab task."""
+    if prof.data.task != "lab":
+        return pd.DataFrame(columns=PLANTED_SKILL_COLUMNS)
+    seen = set(warmup_modules(prof, spec))
+    first = ioa_plan[ioa_plan["phase"] == ioa_plan["phase"].min()] if len(ioa_plan) else ioa_plan
+    rows = []
+    for module in lab_modules_in_order({p.module for p in heldout}):
+        ok = start.loc[[p.id for p in heldout if p.module == module]]
+        lo, hi = stats.wilson(float(ok.sum()), len(ok))
+        diag = first[first["module"] == module] if len(first) else first
+        rows.append({"module": module, "seen_in_warmup": module in seen, "heldout_problems": len(ok),
+                     "start_accuracy": float(ok.mean()), "start_lo": lo, "start_hi": hi,
+                     "ioa_p_s": float(diag["p_s"].mean()) if len(diag) else float("nan"),
+                     "ioa_deficient": bool(diag["deficient"].any()) if len(diag) else None})
+    return pd.DataFrame(rows, columns=PLANTED_SKILL_COLUMNS)
+
+
+def planted_skill_summary(check: pd.DataFrame) -> str:
+    """The planted-skill check in two sentences: are the modules the warm-up never showed the weak ones at
+    the start, and which of them does IOA's first diagnosis find deficient."""
+    if check.empty:
+        return "no planted partial skill (not the lab task)"
+    seen, unseen = check[check["seen_in_warmup"]], check[~check["seen_in_warmup"]]
+    if seen.empty or unseen.empty:
+        return "the warm-up saw every module, or none: no partial skill planted"
+    below = bool(unseen["start_accuracy"].max() < seen["start_accuracy"].min())
+    text = (f"At the start the {len(unseen)} modules the warm-up never showed score "
+            f"{unseen['start_accuracy'].min():.2f}-{unseen['start_accuracy'].max():.2f}, the {len(seen)} it showed "
+            f"{seen['start_accuracy'].min():.2f}-{seen['start_accuracy'].max():.2f}: "
+            + ("every unseen module below every seen one." if below else "the two ranges overlap."))
+    if check["ioa_deficient"].notna().any():
+        flagged_unseen = unseen.loc[unseen["ioa_deficient"].astype(bool), "module"].tolist()
+        flagged_seen = seen.loc[seen["ioa_deficient"].astype(bool), "module"].tolist()
+        text += (f" IOA's first diagnosis finds {len(flagged_unseen)} of the {len(unseen)} unseen modules deficient"
+                 f" ({', '.join(flagged_unseen) or 'none'}) and {len(flagged_seen)} of the {len(seen)} seen ones"
+                 f" ({', '.join(flagged_seen) or 'none'}).")
+    return text

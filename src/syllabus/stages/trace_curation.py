@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import curate, data, generation
+from .. import curate, data, generation, lab, stats
 from ..params import Profile
 from ..records import Problem, Splits, Trace
 from ..runs import Stage
@@ -84,6 +84,30 @@ def raw_traces_table(traces: list[Trace], problems: dict[str, Problem]) -> pd.Da
     return pd.DataFrame([{"teacher": t.teacher, "problem_id": t.problem_id, "module": problems[t.problem_id].module,
                           "level": problems[t.problem_id].level, "sample": t.sample, "correct": bool(t.correct),
                           "truncated": bool(t.truncated), "text": t.text} for t in traces])
+
+
+PLANTED_COLUMNS = ["teacher", "style", "planted_wrong", "traces", "wrong", "measured_wrong", "measured_lo",
+                   "measured_hi", "recovered"]
+
+
+def planted_error_check(raw: pd.DataFrame, prof: Profile) -> pd.DataFrame:
+    """Planted truth of stage 2: each lab teacher slips (writes a wrong final answer) with a known
+    probability (``lab.slip_probability`` of its style and ``error_rate``). Per lab teacher: that rate beside
+    the share of its sampled traces (``raw_traces_table``) the verifier marks wrong, with a 95% Wilson
+    interval; ``recovered`` where the planted rate lies inside it. Teachers of other backends (files,
+    models) have no planted rate and no row."""
+    rows = []
+    for t in prof.teachers:
+        if t.backend != "lab":
+            continue
+        mine = raw[raw["teacher"] == t.name]
+        n, wrong = len(mine), int((~mine["correct"].astype(bool)).sum())
+        planted = lab.slip_probability(t.style or t.name, t.error_rate)
+        lo, hi = stats.wilson(wrong, n)
+        rows.append({"teacher": t.name, "style": t.style or t.name, "planted_wrong": planted, "traces": n,
+                     "wrong": wrong, "measured_wrong": wrong / n if n else float("nan"), "measured_lo": lo,
+                     "measured_hi": hi, "recovered": bool(n and lo <= planted <= hi)})
+    return pd.DataFrame(rows, columns=PLANTED_COLUMNS)
 
 
 def datasets_from_table(candidates: pd.DataFrame) -> dict[str, pd.DataFrame]:
