@@ -84,7 +84,7 @@ def test_the_hf_backend_never_imports_vllm_and_keeps_its_cache_keys(tmp_path, mo
     prof = load_profile("ci", {"student_generation.max_new_tokens": 8})
     generation.pass_rates(student, PROBLEMS, k=1, prof=prof, seed=0, cache_dir=tmp_path)
     assert "vllm" not in sys.modules
-    assert "backend" not in generation.generation_settings(prof)  # pass-rate caches of earlier runs stay valid
+    assert "backend" not in generation.generation_settings(prof)  # the hf backend adds nothing to the cache keys
     vl = load_profile("ci", {"student_generation.backend": "vllm"})
     assert generation.generation_settings(vl)["backend"] == "vllm"
 
@@ -126,3 +126,17 @@ def test_stage6_runs_lm_eval_with_its_vllm_model_type(tmp_path, monkeypatch, sta
         evaluate.lm_eval_model_args("vllm", model_dir, "float32", 0)
     assert evaluate.lm_eval_model_args("hf", model_dir, "float32", 0) == {"pretrained": str(model_dir),
                                                                           "dtype": "float32"}
+
+
+def test_greedy_pass_rates_are_shared_across_seeds_and_sampled_ones_are_not(tmp_path, monkeypatch):
+    student = lab_student(tmp_path, lora=False)
+    prof = load_profile("ci", {"student_generation.max_new_tokens": 8})
+    calls = []
+    real = generation.student_samples
+    monkeypatch.setattr(generation, "student_samples", lambda *a, **kw: calls.append(kw["k"]) or real(*a, **kw))
+    first = generation.pass_rates(student, PROBLEMS, k=1, prof=prof, seed=0, cache_dir=tmp_path)
+    again = generation.pass_rates(student, PROBLEMS, k=1, prof=prof, seed=123, cache_dir=tmp_path)  # another stage
+    assert calls == [1] and again.equals(first)  # greedy: the seed changes nothing, so the cache answers
+    generation.pass_rates(student, PROBLEMS, k=2, prof=prof, seed=0, cache_dir=tmp_path)
+    generation.pass_rates(student, PROBLEMS, k=2, prof=prof, seed=1, cache_dir=tmp_path)
+    assert calls == [1, 2, 2]  # sampled: each seed draws its own samples

@@ -42,7 +42,8 @@ def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: 
                cache_dir: Path | None = None) -> pd.Series:
     """The student's pass rate per problem from k samples (greedy when k == 1), by the one verifier.
 
-    With ``cache_dir``, cached by (student weights, problems, k, generation settings, seed).
+    With ``cache_dir``, cached by (student weights, problems, k, generation settings, seed); greedy rates
+    (k == 1) do not depend on the seed, so every stage shares them whatever its seed.
     """
     def compute() -> list[float]:
         outs = student_samples(student, problems, k=k, prof=prof, seed=seed, cache_dir=cache_dir)
@@ -52,7 +53,7 @@ def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: 
         rates = compute()
     else:
         key = hash_obj({"student": student.fingerprint(), "problems": [(p.id, p.text) for p in problems], "k": k,
-                        "gen": generation_settings(prof), "seed": seed})[:24]
+                        "gen": generation_settings(prof), "seed": seed if k > 1 else None})[:24]
         rates = cached_json(Path(cache_dir) / "pass_rates" / f"{key}.json", compute)
     return pd.Series(rates, index=[p.id for p in problems], name="pass_rate", dtype=float)
 
