@@ -45,8 +45,8 @@ from transformers import AutoTokenizer
 from .errors import SyllabusError
 from .eval_tasks import ALLOW_CODE_EVAL_ENV
 from .records import Problem
-from .runs import (atomic_write_json, environment, atomic_write_text, hash_obj, hash_path, package_versions, publish_mode,
-                   read_json)
+from .runs import (atomic_write_json, atomic_write_text, environment, hash_obj, hash_path, package_versions,
+                   publish_mode, read_json)
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 SYLLABUS_TASKS = ("syllabus_gsm8k", "syllabus_math500", "syllabus_humaneval", "syllabus_lab", "syllabus_heldout")

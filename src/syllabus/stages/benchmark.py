@@ -123,9 +123,9 @@ def own_evaluation_check(stage: Stage, entries: pd.DataFrame, results: list[eval
                 own, source = rates.to_dict(), "greedy, package"
             ids = [i for i in lm if i in own]
             agree = sum(lm[i] == own[i] for i in ids)
-            spec = specs[student]
+            # the package prompts with the chat template iff the student has one; lm-eval iff asked to as well
             same = (prof.benchmark.max_gen_toks == prof.student_generation.max_new_tokens
-                    and bool(prof.benchmark.apply_chat_template and spec.chat_template) == bool(spec.chat_template))
+                    and (prof.benchmark.apply_chat_template or not specs[student].chat_template))
             rows.append({"model": entry["model"], "task": task, "n": len(ids),
                          "lm_eval_accuracy": sum(lm[i] for i in ids) / len(ids) if ids else float("nan"),
                          "own_accuracy": sum(own[i] for i in ids) / len(ids) if ids else float("nan"),

@@ -102,9 +102,9 @@ def planted_error_check(raw: pd.DataFrame, prof: Profile) -> pd.DataFrame:
             continue
         mine = raw[raw["teacher"] == t.name]
         n, wrong = len(mine), int((~mine["correct"].astype(bool)).sum())
-        planted = lab.slip_probability(t.style or t.name, t.error_rate)
+        planted = lab.slip_probability(t.style, t.error_rate)  # a lab teacher always has a style (params)
         lo, hi = stats.wilson(wrong, n)
-        rows.append({"teacher": t.name, "style": t.style or t.name, "planted_wrong": planted, "traces": n,
+        rows.append({"teacher": t.name, "style": t.style, "planted_wrong": planted, "traces": n,
                      "wrong": wrong, "measured_wrong": wrong / n if n else float("nan"), "measured_lo": lo,
                      "measured_hi": hi, "recovered": bool(n and lo <= planted <= hi)})
     return pd.DataFrame(rows, columns=PLANTED_COLUMNS)
