@@ -202,21 +202,27 @@ def remedial_data(prof, modules, teacher: str, key: list, exclude: set[str], fir
                                         **settings)
         except RuntimeError:  # too few small problems: keep the data's operands
             new = lab.generate_problems(prof.dynamic.ioa.remedial_problems, seed, max_operand=L.max_operand, **settings)
-        rng = random.Random(seed)
-        rows = []
-        for p in new:
-            text = lab.write_trace(p, spec.style or spec.name, error_rate=spec.error_rate, rng=rng)
-            if not verify(p, text):
-                continue
-            adapted, _ = adapter.adapt_text(p, text)
-            rows.append({"dataset": REMEDIAL, "problem_id": p.id, "teacher": teacher, "text": adapted, "sample": 0,
-                         "correct": True, "module": p.module, "level": p.level})
-        return pd.DataFrame(rows), {p.id: p for p in new}
+        return adapted_teacher_rows(new, spec, seed, REMEDIAL), {p.id: p for p in new}
     rows = first_teaching[first_teaching["module"].isin(list(modules))]
     if rows["level"].notna().any():
         lowest = rows.groupby("module")["level"].transform("min")
         rows = rows[rows["level"] == lowest]
     return rows.assign(dataset=REMEDIAL).reset_index(drop=True), {}
+
+
+def adapted_teacher_rows(problems: list[Problem], spec, seed: int, dataset: str) -> pd.DataFrame:
+    """A lab teacher's traces of ``problems`` (``spec``: its style and error rate, one sample each), the ones
+    the verifier passes rewritten by IOA's Adapter: rows of ``dataset``, as stage 2 makes them."""
+    rng = random.Random(seed)
+    rows = []
+    for p in problems:
+        text = lab.write_trace(p, spec.style or spec.name, error_rate=spec.error_rate, rng=rng)
+        if not verify(p, text):
+            continue
+        adapted, _ = adapter.adapt_text(p, text)
+        rows.append({"dataset": dataset, "problem_id": p.id, "teacher": spec.name, "text": adapted, "sample": 0,
+                     "correct": True, "module": p.module, "level": p.level})
+    return pd.DataFrame(rows)
 
 
 def ioa_dataset(datasets: dict[str, pd.DataFrame], teacher: str) -> str:
