@@ -190,6 +190,11 @@ def _mean_band(g, n_problems: int | None) -> tuple[pd.Series, pd.Series, pd.Seri
     return mean, g.min(), g.max()
 
 
+def _dodge(order: list, width: float) -> dict:
+    """Sideways offsets, from -width to +width, one per name: equal curves stay visible."""
+    return dict(zip(order, np.linspace(-width, width, len(order)) if len(order) > 1 else [0.0]))
+
+
 def learning_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy", n_problems: int | None = None):
     """Stage 5: held-out accuracy after each phase per policy: the mean over seeds and, with
     ``n_problems``, a 95% band from the binomial SE of that mean and the seed spread
@@ -197,7 +202,7 @@ def learning_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="polic
     same compute for every policy (the ``tokens`` column has the counts). Policies are dodged sideways
     a little so that equal curves stay visible."""
     order = list(dict.fromkeys(curves[hue]))
-    offsets = dict(zip(order, np.linspace(-0.08, 0.08, len(order)) if len(order) > 1 else [0.0]))
+    offsets = _dodge(order, 0.08)
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     colors = dict(zip(order, sns.color_palette(PALETTE, len(order))))
     for name in order:
@@ -260,20 +265,23 @@ def chosen_trajectories(scores: pd.DataFrame, choices: pd.DataFrame, *, x="phase
 def module_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy", col="module",
                   n_problems: dict[str, int] | None = None):
     """Stage 5: held-out accuracy per module after each phase (mean over seeds), one panel per module;
-    with ``n_problems`` (held-out problems per module) a 95% band as in ``learning_curves``."""
+    with ``n_problems`` (held-out problems per module) a 95% band as in ``learning_curves``. Policies
+    are dodged sideways a little, as there, so that equal curves stay visible."""
     modules = list(dict.fromkeys(curves[col]))
     ncols = min(4, len(modules))
     nrows = -(-len(modules) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.8 * nrows), squeeze=False, sharey=True)
     order = list(dict.fromkeys(curves[hue]))
     colors = dict(zip(order, sns.color_palette(PALETTE, len(order))))
+    offsets = _dodge(order, 0.1)
     for ax, module in zip(axes.flat, modules):
         g = curves[curves[col] == module]
         for name in order:
             m, lo, hi = _mean_band(g[g[hue] == name].groupby(x)[y], (n_problems or {}).get(module))
-            ax.plot(m.index, m.to_numpy(), marker=".", color=colors[name], label=name)
+            xs = m.index.to_numpy(float) + offsets[name]
+            ax.plot(xs, m.to_numpy(), marker=".", color=colors[name], label=name)
             if n_problems:
-                ax.fill_between(m.index.to_numpy(float), lo.to_numpy(), hi.to_numpy(), color=colors[name], alpha=0.08)
+                ax.fill_between(xs, lo.to_numpy(), hi.to_numpy(), color=colors[name], alpha=0.08)
         ax.set_title(module if not n_problems else f"{module} ({n_problems.get(module, 0)} problems)", fontsize=9)
         ax.set_xticks(sorted(g[x].unique()))
     spare = list(axes.flat)[len(modules):]
@@ -285,7 +293,8 @@ def module_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy"
     else:
         fig.legend(handles, labels, loc="lower center", ncol=len(order), fontsize=8)
     band = ", band: 95% CI (binomial + seeds)" if n_problems else ""
-    fig.suptitle(f"Held-out accuracy per module after each phase (mean over seeds{band})", fontsize=10)
+    fig.suptitle(f"Held-out accuracy per module after each phase (mean over seeds{band}; policies dodged)",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
