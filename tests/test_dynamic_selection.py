@@ -72,7 +72,7 @@ def test_compare_policies_pairs_seed_by_seed_and_says_where_no_difference_is_sho
     start = pd.Series(0.0, index=ids)
     rows = []
     for seed in range(3):
-        for policy, solved in {"random": 10, "good": 30, "same": 10}.items():
+        for policy, solved in {"random": 10, "good": 30, "same": 10, "noisy": [6, 36, 24][seed]}.items():
             rows += [{"policy": policy, "seed": seed, "problem_id": pid, "correct": float(i < solved + seed)}
                      for i, pid in enumerate(ids)]
     table = dynamic_selection.compare_policies(pd.DataFrame(rows), start, references=("random",)).set_index("policy")
@@ -81,6 +81,11 @@ def test_compare_policies_pairs_seed_by_seed_and_says_where_no_difference_is_sho
     assert table.loc["same", "vs_random"] == 0 and not table.loc["same", "vs_random_shown"]
     assert table.loc["good", "gain_lo"] > 0 and table.loc["good", "seeds"] == 3
     assert "vs_random" not in table.columns or pd.isna(table.loc["random", "vs_random"])
+    # where a difference is not shown, the seeds that would show one as large; none where it is shown
+    assert pd.isna(table.loc["good", "vs_random_seeds_needed"]) and pd.isna(table.loc["same", "vs_random_seeds_needed"])
+    noisy = table.loc["noisy"]
+    assert noisy["vs_random"] == pytest.approx((-4 + 26 + 14) / 3 / 40) and not noisy["vs_random_shown"]
+    assert 3 < noisy["vs_random_seeds_needed"] < float("inf")
 
 
 def test_budget_steps_equal_tokens_for_short_and_long_examples():

@@ -163,6 +163,15 @@ def test_paired_gain_by_hand():
         stats.paired_gain(before, np.ones((2, 3)))
 
 
+def test_needed_seeds_solves_the_power_equation():
+    z = stats.Z95 + 0.8416
+    n = stats.needed_seeds(0.1, 0.02, 0.15)
+    assert z * np.sqrt(0.02 ** 2 + 0.15 ** 2 / n) <= 0.1 < z * np.sqrt(0.02 ** 2 + 0.15 ** 2 / (n - 1))
+    assert stats.needed_seeds(-0.1, 0.02, 0.15) == n  # the sign does not matter
+    assert stats.needed_seeds(0.05, 0.03, 0.1) == float("inf")  # the problems' part alone is too large
+    assert np.isnan(stats.needed_seeds(0.0, 0.02, 0.15)) and np.isnan(stats.needed_seeds(0.1, 0.02, float("nan")))
+
+
 def test_reliability_and_needed_problems():
     assert stats.reliability([0.1, 0.3, 0.5], [0.1, 0.1, 0.1]) == pytest.approx(1 - 0.01 / 0.04)
     assert stats.reliability([0.1, 0.1], [0.1, 0.1]) != stats.reliability([0.1, 0.1], [0.1, 0.1])  # NaN

@@ -372,6 +372,19 @@ def needed_problems(effect: float, sd_diff: float, power_z: float = 0.8416) -> i
     return int(np.ceil(((Z95 + power_z) * sd_diff / abs(effect)) ** 2))
 
 
+def needed_seeds(effect: float, se_problems: float, seed_sd: float, power_z: float = 0.8416) -> float:
+    """Seeds a paired comparison (``paired_difference``) needs to show a difference of ``effect`` at 95%
+    (two-sided) with 80% power, its problems kept: the smallest n with (1.96 + 0.84) x sqrt(se_problems^2
+    + seed_sd^2 / n) <= |effect|. ``inf`` when the problems' part alone is too large (more problems are
+    needed too); NaN when there is no difference or no spread to go on."""
+    if not effect or not np.isfinite(effect) or not np.isfinite(se_problems) or not np.isfinite(seed_sd):
+        return float("nan")
+    room = (abs(effect) / (Z95 + power_z)) ** 2 - se_problems ** 2
+    if room <= 0:
+        return float("inf")
+    return float(max(1, int(np.ceil(seed_sd ** 2 / room))))
+
+
 # --------------------------------------------------------------------------- fit on part, report on the rest
 def split_grid(grid: pd.DataFrame, fit_fraction: float = 0.5, seed: int = 0, by: str | None = None
                ) -> tuple[pd.DataFrame, pd.DataFrame]:
