@@ -85,7 +85,7 @@ def test_compare_policies_pairs_seed_by_seed_and_says_where_no_difference_is_sho
     assert pd.isna(table.loc["good", "vs_random_seeds_needed"]) and pd.isna(table.loc["same", "vs_random_seeds_needed"])
     noisy = table.loc["noisy"]
     assert noisy["vs_random"] == pytest.approx((-4 + 26 + 14) / 3 / 40) and not noisy["vs_random_shown"]
-    assert 3 < noisy["vs_random_seeds_needed"] < float("inf")
+    assert 3 < noisy["vs_random_seeds_needed"] < float("inf") and noisy["vs_random_problems_needed"] > 0
 
 
 def test_budget_steps_equal_tokens_for_short_and_long_examples():

@@ -177,6 +177,17 @@ def test_reliability_and_needed_problems():
     assert stats.reliability([0.1, 0.1], [0.1, 0.1]) != stats.reliability([0.1, 0.1], [0.1, 0.1])  # NaN
     # 80% power at 95%: n = ((1.96 + 0.84) * sd / effect)^2
     assert stats.needed_problems(0.05, 0.5) == int(np.ceil(((stats.Z95 + 0.8416) * 0.5 / 0.05) ** 2))
+    # with the seed part of the SE kept: (1.96 + 0.84)^2 (sd^2 / n + seed_sd^2 / seeds) <= effect^2
+    z, n = stats.Z95 + 0.8416, stats.needed_problems(0.1, 0.5, seed_sd=0.05, n_seeds=3)
+    assert z * np.sqrt(0.25 / n + 0.0025 / 3) <= 0.1 < z * np.sqrt(0.25 / (n - 1) + 0.0025 / 3)
+    assert stats.needed_problems(0.05, 0.5, seed_sd=0.2, n_seeds=1) == float("inf")
+    assert np.isnan(stats.needed_problems(0.0, 0.5))
+    # both, for a paired difference not shown; nothing for one that is
+    a = np.array([[float(i < k) for i in range(40)] for k in (6, 37, 26)])
+    b = np.array([[float(i < 10 + s) for i in range(40)] for s in range(3)])
+    need = stats.needed_sample(stats.paired_difference(a, b))
+    assert need["seeds_needed"] > 3 and need["problems_needed"] == float("inf")  # seeds, not problems, are short
+    assert all(np.isnan(v) for v in stats.needed_sample(stats.paired_difference(a + 0 * b + 1, b * 0)).values())
     assert stats.binomial_se(0.5, 100) == pytest.approx(0.05)
 
 

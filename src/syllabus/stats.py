@@ -364,12 +364,19 @@ def with_score_ci(table: pd.DataFrame, value: str = "value", se: str = "stderr",
     return table.assign(ci_lo=[lo for lo, _ in bounds], ci_hi=[hi for _, hi in bounds])
 
 
-def needed_problems(effect: float, sd_diff: float, power_z: float = 0.8416) -> int:
-    """Problems a paired comparison needs to show ``effect`` at 95% (two-sided) with 80% power,
-    given the SD of the per-problem differences."""
-    if not effect or not np.isfinite(sd_diff):
-        return -1
-    return int(np.ceil(((Z95 + power_z) * sd_diff / abs(effect)) ** 2))
+def needed_problems(effect: float, sd_diff: float, seed_sd: float = 0.0, n_seeds: int = 1,
+                    power_z: float = 0.8416) -> float:
+    """Problems a paired comparison needs to show ``effect`` at 95% (two-sided) with 80% power, given the
+    SD of the per-problem differences (``sd_diff``) and, with ``seed_sd``, the seed part of its SE kept
+    (``n_seeds`` seeds): the smallest n with (1.96 + 0.84) x sqrt(sd_diff^2 / n + seed_sd^2 / n_seeds)
+    <= |effect|. ``inf`` when the seeds' part alone is too large; NaN when there is no difference."""
+    if not effect or not np.isfinite(effect) or not np.isfinite(sd_diff):
+        return float("nan")
+    seed_part = seed_sd ** 2 / n_seeds if np.isfinite(seed_sd) else 0.0
+    room = (abs(effect) / (Z95 + power_z)) ** 2 - seed_part
+    if room <= 0:
+        return float("inf")
+    return float(max(2, int(np.ceil(sd_diff ** 2 / room))))
 
 
 def needed_seeds(effect: float, se_problems: float, seed_sd: float, power_z: float = 0.8416) -> float:
@@ -383,6 +390,17 @@ def needed_seeds(effect: float, se_problems: float, seed_sd: float, power_z: flo
     if room <= 0:
         return float("inf")
     return float(max(1, int(np.ceil(seed_sd ** 2 / room))))
+
+
+def needed_sample(diff: Mapping[str, float]) -> dict[str, float]:
+    """For a paired difference (``paired_difference``'s dict) whose 95% interval spans 0: the seeds (the
+    problems kept) and the problems (the seeds kept) that would show a difference as large as the one
+    measured, at 95% with 80% power (``needed_seeds``, ``needed_problems``). NaN where it is shown."""
+    if diff["gain_lo"] > 0 or diff["gain_hi"] < 0:
+        return {"seeds_needed": float("nan"), "problems_needed": float("nan")}
+    sd_diff = diff["se_problems"] * np.sqrt(diff["n_problems"])
+    return {"seeds_needed": needed_seeds(diff["gain"], diff["se_problems"], diff["seed_sd"]),
+            "problems_needed": needed_problems(diff["gain"], sd_diff, diff["seed_sd"], diff["n_seeds"])}
 
 
 # --------------------------------------------------------------------------- fit on part, report on the rest

@@ -537,21 +537,13 @@ def outcomes_table(runs: list[PolicyRun]) -> pd.DataFrame:
                                     "correct": r.final_outcomes.to_numpy()}) for r in runs], ignore_index=True)
 
 
-def _shown(d: dict[str, float]) -> bool:
-    return bool(d["gain_lo"] > 0 or d["gain_hi"] < 0)
-
-
-def _seeds_needed(d: dict[str, float]) -> float:
-    """Seeds that would show ``d``'s difference where its interval spans 0; NaN where it is shown."""
-    return float("nan") if _shown(d) else stats.needed_seeds(d["gain"], d["se_problems"], d["seed_sd"])
-
-
 def compare_policies(outcomes: pd.DataFrame, start: pd.Series, references=("random", "dmc_static")) -> pd.DataFrame:
     """Every policy's final accuracy, its gain over the starting student, and its paired difference
     against each reference policy (seed with seed: the phases' draws share random numbers), each with a
     95% CI (``stats.paired_difference``); ``shown`` says whether the interval excludes 0. Where it does
-    not, ``..._seeds_needed`` is how many seeds would show a difference as large as the one measured
-    (95%, 80% power, the same problems; ``stats.needed_seeds``; inf: more problems are needed too)."""
+    not, ``..._seeds_needed`` and ``..._problems_needed`` are the seeds (the problems kept) and the
+    problems (the seeds kept) that would show a difference as large as the one measured (95%, 80% power;
+    ``stats.needed_sample``; inf: that alone would not do)."""
     wide = {p: g.pivot(index="seed", columns="problem_id", values="correct").sort_index()[list(start.index)]
             for p, g in outcomes.groupby("policy", sort=False)}
     rows = []
@@ -559,12 +551,13 @@ def compare_policies(outcomes: pd.DataFrame, start: pd.Series, references=("rand
         gain = stats.paired_gain(start.to_numpy(), a.to_numpy())
         row = {"policy": policy, "seeds": len(a), "final_accuracy": float(a.to_numpy().mean()),
                "gain": gain["gain"], "gain_lo": gain["gain_lo"], "gain_hi": gain["gain_hi"],
-               "seed_sd": gain["seed_sd"], "gain_seeds_needed": _seeds_needed(gain)}
+               "seed_sd": gain["seed_sd"], **{f"gain_{k}": v for k, v in stats.needed_sample(gain).items()}}
         for ref in references:
             if ref in wide and ref != policy and list(wide[ref].index) == list(a.index):
                 d = stats.paired_difference(a.to_numpy(), wide[ref].to_numpy())
                 row.update({f"vs_{ref}": d["gain"], f"vs_{ref}_lo": d["gain_lo"], f"vs_{ref}_hi": d["gain_hi"],
-                            f"vs_{ref}_shown": _shown(d), f"vs_{ref}_seeds_needed": _seeds_needed(d)})
+                            f"vs_{ref}_shown": bool(d["gain_lo"] > 0 or d["gain_hi"] < 0),
+                            **{f"vs_{ref}_{k}": v for k, v in stats.needed_sample(d).items()}})
         rows.append(row)
     return pd.DataFrame(rows).sort_values("final_accuracy", ascending=False, kind="mergesort").reset_index(drop=True)
 

@@ -10,6 +10,8 @@ ranked by that gain.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -38,25 +40,58 @@ def traces_table(runs: dict[str, generation.TeacherRun]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def leaderboard(stage: Stage, student: StudentModel, runs: dict[str, generation.TeacherRun],
-                problems: list[Problem], eval_problems: list[Problem]) -> pd.DataFrame:
-    """One row per teacher: its accuracy, trace statistics under the student, and the smoke-test gain."""
+@dataclass
+class SmokeTests:
+    """The student's outcomes on the evaluation problems before the smoke tests (one per problem) and after
+    each teacher's (seeds x problems, in ``before``'s order; one row, the unchanged student, for a teacher
+    without a verified trace)."""
+
+    before: pd.Series
+    afters: dict[str, np.ndarray]
+
+
+def smoke_tests(stage: Stage, student: StudentModel, runs: dict[str, generation.TeacherRun],
+                problems: list[Problem], eval_problems: list[Problem]) -> SmokeTests:
+    """Every teacher's smoke test, once per seed (cached; side by side when ``parallel.workers`` > 1)."""
     prof = stage.params
-    ts = prof.teacher_selection
     by_id = {p.id: p for p in problems}
-    fingerprint = student.fingerprint()
     before = generation.pass_rates(student, eval_problems, k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
     if executor.spreads(prof):  # fill the caches side by side; the loop below reads every smoke test back
         sft_cells.fill(stage, smoke_jobs(stage, student, runs, by_id, eval_problems))
-    rows = []
+    afters = {}
     for name, run in track(runs.items(), "smoke tests (teachers)"):
+        afters[name] = before.to_numpy()[None, :]  # no verified trace: nothing to train on, the student is unchanged
+        if any(t.correct for t in run.traces):
+            examples, steps = smoke_examples(stage, student, run, by_id)
+            rows = []
+            for seed in prof.teacher_selection.seeds:
+                trained, _ = distillation.distil(student, examples, steps=steps, stage=stage, seed=seed,
+                                                 tag=smoke_tag(student, name, seed))
+                after = generation.pass_rates(trained, eval_problems, k=1, prof=prof, seed=stage.seed,
+                                              cache_dir=stage.run.cache)
+                rows.append(after.loc[before.index].to_numpy())
+            afters[name] = np.vstack(rows)
+    return SmokeTests(before, afters)
+
+
+def leaderboard(stage: Stage, student: StudentModel, runs: dict[str, generation.TeacherRun],
+                problems: list[Problem], eval_problems: list[Problem], smoke: SmokeTests | None = None) -> pd.DataFrame:
+    """One row per teacher: its accuracy, trace statistics under the student, and the smoke-test gain
+    (``smoke``, or the smoke tests run here)."""
+    prof = stage.params
+    smoke = smoke or smoke_tests(stage, student, runs, problems, eval_problems)
+    by_id = {p.id: p for p in problems}
+    fingerprint = student.fingerprint()
+    rows = []
+    for name, run in runs.items():
         traces = run.traces
-        correct = [t for t in traces if t.correct]
         pairs = distillation.sft_examples(student, by_id, traces)
         scores = cached_scores(student.model, student.tokenizer, pairs, cache_dir=stage.run.cache / "scores",
                                batch_size=prof.dmc.score_batch_size,
                                max_batch_tokens=prof.dmc.score_max_batch_tokens, fingerprint=fingerprint)
-        row = {
+        afters = smoke.afters[name]
+        paired = stats.paired_gain(smoke.before.to_numpy(), afters)
+        rows.append({
             "teacher": name,
             "traces": len(traces),
             "teacher_accuracy": sum(bool(t.correct) for t in traces) / max(1, len(traces)),
@@ -65,25 +100,38 @@ def leaderboard(stage: Stage, student: StudentModel, runs: dict[str, generation.
             "truncation_rate": sum(t.truncated for t in traces) / max(1, len(traces)),
             "student_nll": float(scores["nll"].mean()),
             "student_entropy": float(scores["entropy"].mean()),
-        }
-        afters = [before.to_numpy()]  # no verified trace: nothing to train on, the student is unchanged
-        if correct:
-            examples, steps = smoke_examples(stage, student, run, by_id)
-            afters = []
-            for seed in ts.seeds:
-                trained, _ = distillation.distil(student, examples, steps=steps, stage=stage, seed=seed,
-                                                 tag=smoke_tag(student, name, seed))
-                after = generation.pass_rates(trained, eval_problems, k=1, prof=prof, seed=stage.seed,
-                                              cache_dir=stage.run.cache)
-                afters.append(after.loc[before.index].to_numpy())
-        paired = stats.paired_gain(before.to_numpy(), np.vstack(afters))
-        row.update({"accuracy_before": float(before.mean()), "accuracy_after": float(np.mean(afters)),
-                    "gain": paired["gain"], "gain_se": paired["gain_se"], "gain_lo": paired["gain_lo"],
-                    "gain_hi": paired["gain_hi"], "seed_sd": paired["seed_sd"], "seeds": len(afters)})
-        rows.append(row)
+            "accuracy_before": float(smoke.before.mean()), "accuracy_after": float(np.mean(afters)),
+            "gain": paired["gain"], "gain_se": paired["gain_se"], "gain_lo": paired["gain_lo"],
+            "gain_hi": paired["gain_hi"], "seed_sd": paired["seed_sd"], "seeds": len(afters)})
     board = pd.DataFrame(rows).sort_values(["gain", "teacher_accuracy"], ascending=[False, False], kind="mergesort")
     board.insert(0, "rank", range(1, len(board) + 1))
     return board.reset_index(drop=True)
+
+
+LEAD_COLUMNS = ["selected", "rival", "lead", "lead_lo", "lead_hi", "seed_sd", "shown", "seeds_needed",
+                "problems_needed"]
+
+
+def leads(smoke: SmokeTests, selected: str) -> pd.DataFrame:
+    """Is the selected teacher's gain shown above each rival's? The paired difference of the student's
+    outcomes after the two smoke tests (problem by problem, seed by seed; ``stats.paired_difference``)
+    with its 95% interval; where it spans 0, the seeds (the problems kept) and the problems (the seeds
+    kept) that would show a lead that large (``stats.needed_sample``; inf: that alone would not do). A
+    rival with one row (no verified trace) is compared with every seed."""
+    mine = smoke.afters[selected]
+    rows = []
+    for rival, theirs in smoke.afters.items():
+        if rival == selected:
+            continue
+        if len(theirs) in (1, len(mine)):
+            d = stats.paired_difference(mine, theirs)
+            lead, lo, hi = d["gain"], d["gain_lo"], d["gain_hi"]
+        else:  # the selected teacher had no verified trace: its one row against the rival's seeds
+            d = stats.paired_difference(theirs, mine)
+            lead, lo, hi = -d["gain"], -d["gain_hi"], -d["gain_lo"]
+        rows.append({"selected": selected, "rival": rival, "lead": lead, "lead_lo": lo, "lead_hi": hi,
+                     "seed_sd": d["seed_sd"], "shown": bool(lo > 0 or hi < 0), **stats.needed_sample(d)})
+    return pd.DataFrame(rows, columns=LEAD_COLUMNS)
 
 
 def smoke_examples(stage: Stage, student: StudentModel, run: generation.TeacherRun,
