@@ -62,6 +62,10 @@ def test_planted_style_check_pairs_the_familiar_teacher_against_the_others():
     assert check.loc[(first, "equations"), "difference"] == pytest.approx(0.5)
     assert bool(check.loc[(first, "equations"), "recovered"])
     assert not bool(check.loc[(first, "sloppy"), "recovered"])  # 1 problem in 40: inside the noise
+    # what would show it: no seed spread to reduce, so more problems, not more seeds
+    assert check.loc[(first, "sloppy"), "seeds_needed"] == float("inf")
+    assert 40 < check.loc[(first, "sloppy"), "problems_needed"] < float("inf")
+    assert pd.isna(check.loc[(first, "equations"), "problems_needed"])  # shown: nothing needed
 
 
 def test_planted_style_check_compares_unverified_sets_at_equal_error_rates_only():

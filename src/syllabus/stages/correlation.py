@@ -174,7 +174,9 @@ def planted_style_check(outcomes: pd.DataFrame, prof) -> pd.DataFrame:
 
     A teacher's dataset is ``teacher=NAME``, or ``teacher=NAME+unverified`` when the grid has only that. Two
     unverified sets are compared only at equal error rates: they keep the wrong traces, so a different
-    error rate would be a difference of quality, not of style (verified sets keep correct traces only)."""
+    error rate would be a difference of quality, not of style (verified sets keep correct traces only).
+    Where the interval spans 0, the seeds and the problems that would show a difference that large
+    (``stats.needed_sample``)."""
 
     rows = []
     teachers = {t.name: t for t in prof.teachers if t.backend == "lab"}
@@ -202,7 +204,7 @@ def planted_style_check(outcomes: pd.DataFrame, prof) -> pd.DataFrame:
                 d = stats.paired_difference(a.to_numpy(), b[a.columns].to_numpy())
                 rows.append({"student": spec.name, "warmup_style": spec.warmup_style, "familiar_teacher": fam,
                              "other_teacher": other, "difference": d["gain"], "lo": d["gain_lo"], "hi": d["gain_hi"],
-                             "recovered": bool(d["gain_lo"] > 0)})
+                             "recovered": bool(d["gain_lo"] > 0), **stats.needed_sample(d)})
     return pd.DataFrame(rows)
 
 
