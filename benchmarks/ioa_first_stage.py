@@ -17,6 +17,8 @@ P_S on its probe items, and applies IOA's gate to the stage's module:
 * ``adapted-all``, ``teacher-all``: the same two sets over every module (``teacher-all`` is what the DMC
   policies chose for phase 1);
 * ``gold-all``: the pool problems' reference solutions, the sentences of the student's own warm-up;
+* ``rehearsal``: half IOA's first teaching, half the ``+adapted`` set over every module (the other
+  modules rehearsed; not in the paper);
 * ``ioa@1e-3``, ``ioa@3e-4``: IOA's first teaching at a lower peak learning rate (any variant takes ``@LR``).
 
 Needs a run folder whose stages 01-02 are done (stage 5's inputs; the student comes from its cache).
@@ -39,7 +41,8 @@ from syllabus.runs import hash_obj, open_stage, stable_seed
 from syllabus.stages import dmc, dynamic_selection as ds, trace_curation
 from syllabus.students import StudentModel, load_student
 
-VARIANTS = ["ioa", "ioa-new", "teacher", "adapted-all", "teacher-all", "gold-all", "ioa@1e-3", "ioa@3e-4"]
+VARIANTS = ["ioa", "ioa-new", "teacher", "adapted-all", "teacher-all", "gold-all", "rehearsal", "ioa@1e-3",
+            "ioa@3e-4"]
 
 
 def variant_pool(name: str, module: str, tr: dict, problems: dict, prof, splits, spec, adapted: str, exclude: set,
@@ -54,6 +57,9 @@ def variant_pool(name: str, module: str, tr: dict, problems: dict, prof, splits,
         return select.Choice({adapted: 1.0}, name), tr, problems
     if name == "teacher-all":
         return select.Choice({plain: 1.0}, name), tr, problems
+    if name == "rehearsal":
+        stage_rows = tr[adapted][tr[adapted]["module"] == module].assign(dataset="stage")
+        return select.Choice({"stage": 0.5, adapted: 0.5}, name), {**tr, "stage": stage_rows}, problems
     if name == "gold-all":
         ids = tr[plain]["problem_id"].drop_duplicates()
         rows = pd.DataFrame([{"dataset": "gold", "problem_id": i, "teacher": "gold", "text": problems[i].solution,
