@@ -35,7 +35,7 @@ import time
 
 import pandas as pd
 
-from syllabus import generation, lab, select, stats, train
+from syllabus import generation, select, stats, train
 from syllabus.problems import warmup_modules
 from syllabus.runs import hash_obj, open_stage, stable_seed
 from syllabus.stages import dmc, dynamic_selection as ds, trace_curation
@@ -67,12 +67,8 @@ def variant_pool(name: str, module: str, tr: dict, problems: dict, prof, splits,
                              for i in ids])
         return select.Choice({"gold": 1.0}, name), {**tr, "gold": rows}, problems
     if name == "ioa-new":
-        L = prof.data.lab
-        modules = lab.topological_order(sorted({p.module for p in splits.pool if p.module in lab.MODULES}))
         seed = stable_seed(prof.seed, "ioa-first-stage", module, bits=32, form="compact")
-        new = lab.generate_problems(n_new, seed, modules=modules, main_modules=[module], min_steps=L.min_steps,
-                                    max_steps=L.max_steps, max_operand=L.max_operand, max_value=L.max_value,
-                                    id_prefix=f"lab-new-{module}", exclude=exclude)
+        new = ds.module_problems(prof, splits, module, n_new, seed, f"lab-new-{module}", exclude)
         rows = ds.adapted_teacher_rows(new, spec, seed, "new")
         return select.Choice({"new": 1.0}, name), {**tr, "new": rows}, {**problems, **{p.id: p for p in new}}
     raise SystemExit(f"unknown variant {name!r}; choose from {VARIANTS} (with @LR for another peak learning rate)")

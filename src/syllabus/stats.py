@@ -392,11 +392,16 @@ def needed_seeds(effect: float, se_problems: float, seed_sd: float, power_z: flo
     return float(max(1, int(np.ceil(seed_sd ** 2 / room))))
 
 
+def shown(diff: Mapping[str, float]) -> bool:
+    """Whether a paired difference's (or gain's) 95% interval excludes 0."""
+    return bool(diff["gain_lo"] > 0 or diff["gain_hi"] < 0)
+
+
 def needed_sample(diff: Mapping[str, float]) -> dict[str, float]:
     """For a paired difference (``paired_difference``'s dict) whose 95% interval spans 0: the seeds (the
     problems kept) and the problems (the seeds kept) that would show a difference as large as the one
     measured, at 95% with 80% power (``needed_seeds``, ``needed_problems``). NaN where it is shown."""
-    if diff["gain_lo"] > 0 or diff["gain_hi"] < 0:
+    if shown(diff):
         return {"seeds_needed": float("nan"), "problems_needed": float("nan")}
     sd_diff = diff["se_problems"] * np.sqrt(diff["n_problems"])
     return {"seeds_needed": needed_seeds(diff["gain"], diff["se_problems"], diff["seed_sd"]),

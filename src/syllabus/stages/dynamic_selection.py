@@ -143,19 +143,29 @@ def ioa_items(prof, splits: Splits) -> list[Problem]:
     ``ioa_probe``)."""
     if prof.data.task != "lab":
         return [p for p in splits.probe if p.module is not None]
-    L = prof.data.lab
     taken = {p.text for split in (splits.pool, splits.probe, splits.heldout) for p in split}
-    modules = lab.topological_order(sorted({p.module for p in splits.pool if p.module in lab.MODULES}))
     items: list[Problem] = []
-    for m in modules:
-        seed = stable_seed(prof.seed, "ioa", m, bits=32, form="compact")
-        drawn = lab.generate_problems(prof.dynamic.ioa.items_per_module, seed, modules=modules, main_modules=[m],
-                                      min_steps=L.min_steps,
-                                      max_steps=L.max_steps, max_operand=L.max_operand, max_value=L.max_value,
-                                      id_prefix=f"lab-ioa-{m}", exclude=taken)
+    for m in pool_modules(splits):
+        drawn = module_problems(prof, splits, m, prof.dynamic.ioa.items_per_module,
+                                stable_seed(prof.seed, "ioa", m, bits=32, form="compact"), f"lab-ioa-{m}", taken)
         taken.update(p.text for p in drawn)
         items += drawn
     return items
+
+
+def pool_modules(splits: Splits) -> list[str]:
+    """The lab modules of the pool, prerequisites first."""
+    return lab.topological_order(sorted({p.module for p in splits.pool if p.module in lab.MODULES}))
+
+
+def module_problems(prof, splits: Splits, module: str, n: int, seed: int, id_prefix: str,
+                    exclude: set[str]) -> list[Problem]:
+    """``n`` new lab problems of ``module`` drawn with the data's settings, the module as the last step and
+    earlier steps from its prerequisites among the pool's modules, as in the pool; none of ``exclude``."""
+    L = prof.data.lab
+    return lab.generate_problems(n, seed, modules=pool_modules(splits), main_modules=[module],
+                                 min_steps=L.min_steps, max_steps=L.max_steps, max_operand=L.max_operand,
+                                 max_value=L.max_value, id_prefix=id_prefix, exclude=exclude)
 
 
 def ioa_probe(stage: Stage, splits: Splits, teacher: str) -> IOAProbe:
@@ -556,7 +566,7 @@ def compare_policies(outcomes: pd.DataFrame, start: pd.Series, references=("rand
             if ref in wide and ref != policy and list(wide[ref].index) == list(a.index):
                 d = stats.paired_difference(a.to_numpy(), wide[ref].to_numpy())
                 row.update({f"vs_{ref}": d["gain"], f"vs_{ref}_lo": d["gain_lo"], f"vs_{ref}_hi": d["gain_hi"],
-                            f"vs_{ref}_shown": bool(d["gain_lo"] > 0 or d["gain_hi"] < 0),
+                            f"vs_{ref}_shown": stats.shown(d),
                             **{f"vs_{ref}_{k}": v for k, v in stats.needed_sample(d).items()}})
         rows.append(row)
     return pd.DataFrame(rows).sort_values("final_accuracy", ascending=False, kind="mergesort").reset_index(drop=True)

@@ -130,7 +130,7 @@ def leads(smoke: SmokeTests, selected: str) -> pd.DataFrame:
             d = stats.paired_difference(theirs, mine)
             lead, lo, hi = -d["gain"], -d["gain_hi"], -d["gain_lo"]
         rows.append({"selected": selected, "rival": rival, "lead": lead, "lead_lo": lo, "lead_hi": hi,
-                     "seed_sd": d["seed_sd"], "shown": bool(lo > 0 or hi < 0), **stats.needed_sample(d)})
+                     "seed_sd": d["seed_sd"], "shown": stats.shown(d), **stats.needed_sample(d)})
     return pd.DataFrame(rows, columns=LEAD_COLUMNS)
 
 
