@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -39,6 +40,10 @@ def test_cell_gains_pair_outcomes_and_mark_controls():
     assert cells.loc["teacher=b", "gain"] == pytest.approx(-0.25)
     assert cells.loc[CONTROL_NONE, "gain"] == 0 and bool(cells.loc[CONTROL_NONE, "control"])
     assert cells.loc["teacher=a", "n_seeds"] == 2 and cells.loc["teacher=a", "n_problems"] == 4
+    # a gain whose interval spans 0 says what sample would show it; a gain of exactly 0 has nothing to show
+    assert cells.loc["teacher=a", "gain_lo"] < 0 < cells.loc["teacher=a", "gain_hi"]
+    assert cells.loc["teacher=a", "seeds_needed"] > 2 and cells.loc["teacher=a", "problems_needed"] > 4
+    assert np.isnan(cells.loc[CONTROL_NONE, "seeds_needed"]) and np.isnan(cells.loc[CONTROL_NONE, "problems_needed"])
     floor = noise_floor(cells.reset_index())
     assert floor.loc[0, "n_problems"] == 4 and floor.loc[0, "binomial_se"] == pytest.approx(0.25)
     fit, hold = family_split(cells.reset_index(), 0.5, seed=0)

@@ -30,6 +30,7 @@ from .trace_curation import matching_datasets
 
 CONTROL_NONE, CONTROL_GOLD = "control:none", "control:gold"
 CONTROLS = (CONTROL_NONE, CONTROL_GOLD)
+NEEDED_SAMPLE_COLUMNS = ("seeds_needed", "problems_needed")  # stats.needed_sample's, in the cells table only
 MIXED_FAMILY = "mixed"
 VARIANT_SUFFIXES = ("+adapted", "+unverified")
 
@@ -133,14 +134,16 @@ def _cell_jobs(stage: Stage, student: StudentModel, datasets: dict[str, pd.DataF
 
 def cell_gains(outcomes: pd.DataFrame) -> pd.DataFrame:
     """Per (student, dataset): the paired gain over seeds with its SE, 95% CI and seed SD
-    (``stats.paired_gain``), the family, and whether the cell is a control."""
+    (``stats.paired_gain``), the family, whether the cell is a control, and for a gain whose interval spans
+    0 the seeds or the problems that would show it (``stats.needed_sample``; NaN where it is shown)."""
     rows = []
     for (student, name), g in outcomes.groupby(["student", "dataset"], sort=True):
         wide = g.pivot(index="seed", columns="problem_id", values="correct_after").sort_index()
         before = g.drop_duplicates("problem_id").set_index("problem_id")["correct_before"].reindex(wide.columns)
+        gain = stats.paired_gain(before.to_numpy(), wide.to_numpy())
         rows.append({"student": student, "dataset": name, "family": dataset_family(name),
-                     "control": name in CONTROLS, "accuracy_before": float(before.mean()),
-                     **stats.paired_gain(before.to_numpy(), wide.to_numpy())})
+                     "control": name in CONTROLS, "accuracy_before": float(before.mean()), **gain,
+                     **stats.needed_sample(gain)})
     return pd.DataFrame(rows)
 
 
@@ -213,7 +216,8 @@ def with_predictors(grid: pd.DataFrame, cells: pd.DataFrame, scores: pd.DataFram
     """The candidate cells (controls left out) with their paired gain statistics, tokens, DMC, its
     factors and the baselines."""
     tokens = grid.groupby(["student", "dataset"], sort=True)["tokens_seen"].mean().rename("tokens_seen")
-    cand = cells[~cells["control"]].merge(tokens.reset_index(), on=["student", "dataset"], how="left")
+    cand = cells[~cells["control"]].drop(columns=list(NEEDED_SAMPLE_COLUMNS), errors="ignore")
+    cand = cand.merge(tokens.reset_index(), on=["student", "dataset"], how="left")
     keep = ["student", "dataset", "n_items", *[c for c in PREDICTORS if c in scores.columns]]
     out = cand.merge(scores[keep], on=["student", "dataset"], how="left", validate="one_to_one")
     out["teacher_accuracy"] = out["dataset"].map(teacher_acc)
