@@ -322,3 +322,33 @@ def test_own_evaluation_check_compares_lm_evals_verdicts_with_the_packages_probl
     other = benchmark.own_evaluation_check(SimpleNamespace(params=prof_other, read_table=stage.read_table), entries,
                                            [result], splits=None)
     assert not other.iloc[0]["same_settings"]
+
+
+def test_noise_floor_adds_stage_5s_seed_spread_to_policy_rows_on_the_held_out_problems_only():
+    import math
+
+    import pandas as pd
+
+    from syllabus.stages import benchmark
+
+    tidy = pd.DataFrame([
+        {"model": "s (undistilled)", "task": "syllabus_lab", "metric": "exact_match", "value": 0.5, "stderr": 0.05,
+         "limit": 100, "n": 100, "truncation_rate": 0.0},
+        {"model": "s + random", "task": "syllabus_lab", "metric": "exact_match", "value": 0.3, "stderr": 0.046,
+         "limit": 100, "n": 100, "truncation_rate": 0.0},
+        {"model": "s + random", "task": "gsm8k", "metric": "exact_match", "value": 0.1, "stderr": 0.03,
+         "limit": 100, "n": 100, "truncation_rate": 0.0},
+        {"model": "s + all", "task": "syllabus_lab", "metric": "exact_match", "value": 0.6, "stderr": 0.049,
+         "limit": 100, "n": 100, "truncation_rate": 0.0}])
+    finals = pd.DataFrame([{"student": "s", "policy": "random", "seed": 2, "model_dir": "a", "weights": "x"},
+                           {"student": "s", "policy": "all", "seed": 0, "model_dir": "b", "weights": "y"}])
+    accuracy = pd.DataFrame([{"policy": "random", "seeds": 3, "final_accuracy": 0.35, "seed_sd": 0.2},
+                             {"policy": "all", "seeds": 1, "final_accuracy": 0.6, "seed_sd": float("nan")}])
+    noise = benchmark.noise_floor(tidy, finals, accuracy).set_index(["model", "task"])
+    row = noise.loc[("s + random", "syllabus_lab")]
+    assert row["scored_seed"] == 2 and row["seeds"] == 3 and row["seed_sd"] == 0.2
+    assert row["ci_lo"] < 0.3 < row["ci_hi"]
+    # stage 5 scored neither another task's problems nor an undistilled student over seeds; one seed has no spread
+    for key in [("s + random", "gsm8k"), ("s (undistilled)", "syllabus_lab")]:
+        assert pd.isna(noise.loc[key, "scored_seed"]) and math.isnan(noise.loc[key, "seed_sd"])
+    assert noise.loc[("s + all", "syllabus_lab"), "seeds"] == 1 and math.isnan(noise.loc[("s + all", "syllabus_lab"), "seed_sd"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .. import evaluate, executor, generation, models, students
+from .. import evaluate, executor, generation, models, stats, students
 from ..devices import resolve_device
 from ..progress import track
 from ..records import Splits
@@ -88,6 +88,26 @@ def _dtype(model_dir: str, device: str) -> str:
 
 OWN_CHECK_COLUMNS = ["model", "task", "n", "lm_eval_accuracy", "own_accuracy", "agree", "agreement", "same_settings",
                      "own_source"]
+
+
+NOISE_FLOOR_COLUMNS = ["model", "task", "metric", "value", "stderr", "ci_lo", "ci_hi", "n", "truncation_rate",
+                       "scored_seed", "seeds", "seed_sd"]
+
+
+def noise_floor(tidy: pd.DataFrame, finals: pd.DataFrame, final_accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Each score with its 95% interval (``stats.with_score_ci``: the problems' part of the noise) and, for a
+    policy's final student on the run's own held-out problems (``evaluate.FILE_TASKS``), the seeds' part:
+    lm-eval scores the student of one seed (``scored_seed``), and stage 5's ``final_accuracy`` gives the SD
+    of that policy's held-out accuracy over its ``seeds`` (``seed_sd``; NaN with one seed, for an
+    undistilled student, a teacher and any other task, whose problems stage 5 did not score)."""
+    scored = finals.merge(final_accuracy[["policy", "seeds", "seed_sd"]], on="policy", how="left", validate="many_to_one")
+    by_model = {f"{r['student']} + {r['policy']}": r for r in scored.to_dict("records")}
+    out = stats.with_score_ci(tidy)
+    rows = [by_model.get(m) if t in evaluate.FILE_TASKS else None for m, t in zip(out["model"], out["task"])]
+    out["scored_seed"] = pd.array([r["seed"] if r else None for r in rows], dtype="Int64")
+    out["seeds"] = pd.array([r["seeds"] if r else None for r in rows], dtype="Int64")
+    out["seed_sd"] = [float(r["seed_sd"]) if r else float("nan") for r in rows]
+    return out[NOISE_FLOOR_COLUMNS]
 
 
 def own_evaluation_check(stage: Stage, entries: pd.DataFrame, results: list[evaluate.EvalResult],
