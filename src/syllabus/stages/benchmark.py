@@ -16,6 +16,11 @@ from ..records import Splits
 from ..runs import Stage
 
 
+def distilled_name(student: str, policy: str) -> str:
+    """A policy's final student's model name in stage 6's tables."""
+    return f"{student} + {policy}"
+
+
 def models_to_evaluate(stage: Stage, splits: Splits, finals: pd.DataFrame) -> pd.DataFrame:
     """One row per model: name, kind (student / distilled / teacher) and a loadable model directory."""
     prof = stage.params
@@ -29,7 +34,7 @@ def models_to_evaluate(stage: Stage, splits: Splits, finals: pd.DataFrame) -> pd
                      "chat_template": spec.chat_template})
     chat = {s.name: s.chat_template for s in prof.students}
     for r in finals.to_dict("records"):
-        rows.append({"model": f"{r['student']} + {r['policy']}", "kind": "distilled",
+        rows.append({"model": distilled_name(r["student"], r["policy"]), "kind": "distilled",
                      "model_dir": str(stage.run.root / r["model_dir"]),  # stored relative to the run folder
                      "chat_template": chat.get(r["student"], False)})
     for t in prof.teachers:
@@ -101,7 +106,7 @@ def noise_floor(tidy: pd.DataFrame, finals: pd.DataFrame, final_accuracy: pd.Dat
     of that policy's held-out accuracy over its ``seeds`` (``seed_sd``; NaN with one seed, for an
     undistilled student, a teacher and any other task, whose problems stage 5 did not score)."""
     scored = finals.merge(final_accuracy[["policy", "seeds", "seed_sd"]], on="policy", how="left", validate="many_to_one")
-    by_model = {f"{r['student']} + {r['policy']}": r for r in scored.to_dict("records")}
+    by_model = {distilled_name(r["student"], r["policy"]): r for r in scored.to_dict("records")}
     out = stats.with_score_ci(tidy)
     rows = [by_model.get(m) if t in evaluate.FILE_TASKS else None for m, t in zip(out["model"], out["task"])]
     out["scored_seed"] = pd.array([r["seed"] if r else None for r in rows], dtype="Int64")
@@ -120,7 +125,8 @@ def own_evaluation_check(stage: Stage, entries: pd.DataFrame, results: list[eval
     problem by problem; elsewhere a difference measures the settings, not the harness."""
     prof = stage.params
     outcomes = stage.read_table("05_dynamic_selection", "final_outcomes")
-    finals = stage.read_table("05_dynamic_selection", "final_models")
+    finals = {distilled_name(r["student"], r["policy"]): r
+              for r in stage.read_table("05_dynamic_selection", "final_models").to_dict("records")}
     specs = {s.name: s for s in prof.students}
     rows = []
     by_name = {e["model"]: e for e in entries.to_dict("records")}
@@ -131,9 +137,9 @@ def own_evaluation_check(stage: Stage, entries: pd.DataFrame, results: list[eval
                 continue
             lm = evaluate.sample_scores(tr.samples_file)
             if entry["kind"] == "distilled":
-                student, policy = entry["model"].split(" + ", 1)
-                final = finals[(finals["student"] == student) & (finals["policy"] == policy)].iloc[0]
-                mine = outcomes[(outcomes["policy"] == policy) & (outcomes["seed"] == final["seed"])]
+                final = finals[entry["model"]]
+                student = final["student"]
+                mine = outcomes[(outcomes["policy"] == final["policy"]) & (outcomes["seed"] == final["seed"])]
                 own, source = dict(zip(mine["problem_id"], mine["correct"].astype(float))), f"stage 5, seed {final['seed']}"
             else:
                 student = entry["model"].removesuffix(" (undistilled)")
