@@ -1,16 +1,18 @@
 """The sweep behind the tiny profile's sizes: how much does SFT on each teacher's traces teach a lab student?
 
     PYTHONPATH=src python benchmarks/calibrate_lab.py [--profile tiny] [--students lab-s] \
-        [--styles gold,prose,equations,selfcheck] [--lrs 3e-4,1e-3,3e-3] [--steps 150,300] [--seeds 0] \
-        [--eval heldout|fresh] [--out calibration.csv]
+        [--styles gold,prose,equations,selfcheck] [--lrs 3e-4,1e-3,3e-3] [--steps 150,300 | --tokens 4e5,6e5] \
+        [--batch-sizes 8,16] [--seeds 0] [--eval heldout|fresh] [--out calibration.csv]
 
 For each student of the profile (warm-started exactly as the pipeline does it, cached under
 ``--cache``): its greedy accuracy on the profile's held-out problems (``--eval fresh``: on as many fresh
 lab problems apart from every split, to choose a recipe on problems the run never reports on), overall
 and per module; then,
-for every (trace style, learning rate, steps, seed), a copy of it fine-tuned on that style's traces of
+for every (trace style, learning rate, batch size, budget, seed), a copy of it fine-tuned on that style's traces of
 the pool problems (``gold``: the reference solutions; a lab teacher's style at its profile error rate
-otherwise, 5% when the profile has no such teacher) and evaluated again. One row per cell, printed as
+otherwise, 5% when the profile has no such teacher) and evaluated again. A budget is a number of
+steps (``--steps``) or of training tokens (``--tokens``, turned into steps as stages 1 and 4 do it:
+``distillation.budget_steps``, tokens / (batch x the examples' mean length)). One row per cell, printed as
 it finishes and written to ``--out``: accuracy, gain, tokens trained, per-module accuracy, seconds.
 
 It answers the calibration questions of the tiny study: is the student's skill partial (some modules
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import random
 import time
 
@@ -29,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from syllabus import lab, models, params as P, prompts, students, train
+from syllabus import distillation, lab, models, params as P, prompts, students, train
 from syllabus.problems import pretrain_texts, problem_splits, tokenizer_texts
 from syllabus.verify import verify
 
@@ -70,6 +73,8 @@ def main() -> None:
     ap.add_argument("--styles", default="gold,prose,equations,selfcheck")
     ap.add_argument("--lrs", default="3e-3")
     ap.add_argument("--steps", default="300")
+    ap.add_argument("--tokens", default=None, help="comma-separated token budgets (e.g. 4e5,6e5); replaces --steps")
+    ap.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes (default: the profile's)")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--cache", default="/tmp/syllabus-calibration")
     ap.add_argument("--out", default="calibration.csv")
@@ -83,6 +88,8 @@ def main() -> None:
     torch.set_num_threads(threads)
     splits = problem_splits(prof)
     evaluation = splits.heldout if a.eval == "heldout" else fresh_problems(prof, splits)
+    batch_sizes = [int(x) for x in a.batch_sizes.split(",")] if a.batch_sizes else [prof.training.batch_size]
+    budgets = [float(x) for x in (a.tokens or a.steps).split(",")]
     wanted = a.students.split(",") if a.students else [s.name for s in prof.students]
     rows = []
     for spec in [s for s in prof.students if s.name in wanted]:
@@ -96,31 +103,33 @@ def main() -> None:
         print(f"{spec.name}: warm-started ({time.perf_counter() - start:.0f} s), held-out "
               f"{base['accuracy']:.3f}  " + " ".join(f"{k[4:]} {v:.2f}" for k, v in base.items() if k != "accuracy"),
               flush=True)
-        rows.append({"student": spec.name, "style": "(none)", "lr": 0.0, "steps": 0, "seed": -1, "tokens": 0,
-                     "seconds": 0.0, **base, "gain": 0.0})
+        rows.append({"student": spec.name, "style": "(none)", "lr": 0.0, "batch": 0, "steps": 0, "seed": -1,
+                     "tokens": 0, "seconds": 0.0, **base, "gain": 0.0})
         for style in a.styles.split(","):
             examples = style_examples(student, splits.pool, style, prof)
-            for lr in (float(x) for x in a.lrs.split(",")):
-                for steps in (int(x) for x in a.steps.split(",")):
-                    for seed in (int(x) for x in a.seeds.split(",")):
-                        trained = copy.deepcopy(student.model)
-                        cfg = prof.training.model_copy(update={"learning_rate": lr})
-                        start = time.perf_counter()
-                        result = train.sft(trained, tok, examples, steps=steps, cfg=cfg, seed=seed)
-                        after = accuracy_by_module(students.StudentModel(spec, trained.eval(), tok), evaluation,
-                                                   prof)
-                        row = {"student": spec.name, "style": style, "lr": lr, "steps": steps, "seed": seed,
-                               "tokens": result.tokens_seen, "seconds": round(time.perf_counter() - start, 1),
-                               **after, "gain": after["accuracy"] - base["accuracy"]}
-                        rows.append(row)
-                        print(f"  {style:>10} lr {lr:g} steps {steps:>4} seed {seed}: {after['accuracy']:.3f} "
-                              f"(gain {row['gain']:+.3f}, {result.tokens_seen:,} tokens, {row['seconds']} s)",
-                              flush=True)
+            for lr, batch, budget in itertools.product((float(x) for x in a.lrs.split(",")), batch_sizes, budgets):
+                cfg = prof.training.model_copy(update={"learning_rate": lr, "batch_size": batch})
+                steps = (distillation.budget_steps(student, examples, cfg, tokens=int(budget), steps=0)
+                         if a.tokens else int(budget))
+                for seed in (int(x) for x in a.seeds.split(",")):
+                    trained = copy.deepcopy(student.model)
+                    start = time.perf_counter()
+                    result = train.sft(trained, tok, examples, steps=steps, cfg=cfg, seed=seed)
+                    after = accuracy_by_module(students.StudentModel(spec, trained.eval(), tok), evaluation,
+                                               prof)
+                    row = {"student": spec.name, "style": style, "lr": lr, "batch": batch, "steps": steps,
+                           "seed": seed, "tokens": result.tokens_seen, "seconds": round(time.perf_counter() - start, 1),
+                           **after, "gain": after["accuracy"] - base["accuracy"]}
+                    rows.append(row)
+                    print(f"  {style:>10} lr {lr:g} batch {batch} steps {steps:>4} seed {seed}: "
+                          f"{after['accuracy']:.3f} "
+                          f"(gain {row['gain']:+.3f}, {result.tokens_seen:,} tokens, {row['seconds']} s)",
+                          flush=True)
     table = pd.DataFrame(rows)
     table.to_csv(a.out, index=False)
     cells = table[table["steps"] > 0]
     if len(cells):
-        summary = cells.groupby(["student", "style", "lr", "steps"])["gain"].agg(["mean", "std", "count"])
+        summary = cells.groupby(["student", "style", "lr", "batch", "steps"])["gain"].agg(["mean", "std", "count"])
         print("\nmean gain per setting:\n" + summary.round(3).to_string())
     print(f"\nwrote {a.out} ({len(table)} rows); evaluated on {len(evaluation)} {a.eval} problems, "
           f"binomial SE of one accuracy near 0.6: {np.sqrt(0.24 / len(evaluation)):.3f}")

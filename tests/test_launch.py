@@ -142,3 +142,24 @@ def test_a_stage_distils_over_two_processes_when_the_profile_asks(tmp_path):
         assert result.summary.get("processes", 1) == processes
     for (name, a), (_, b) in zip(trained[1].model.named_parameters(), trained[2].model.named_parameters()):
         assert torch.allclose(a, b, atol=2e-5), name
+
+
+def test_a_stage_distils_each_student_at_its_own_learning_rate(tmp_path):
+    from syllabus import distillation, students
+    from syllabus.problems import problem_splits
+    from syllabus.runs import open_stage
+
+    arch = {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}
+    small = {"data.n_pool": 8, "data.n_probe": 4, "data.n_heldout": 4, "data.lab.n_pretrain": 60,
+             "training.learning_rate": 0.003,
+             "students": [{"name": "plain", "source": "lab", "warmup_steps": 2, "arch": arch},
+                          {"name": "own", "source": "lab", "warmup_steps": 2, "arch": arch, "learning_rate": 0.001}]}
+    stage = open_stage("04_correlation", "ci", small, run_dir=tmp_path / "run")
+    splits = problem_splits(stage.params)
+    rates = {}
+    for spec in stage.params.students:
+        student = students.load_student(stage, spec, splits)
+        examples = [(student.prompt(p), student.target(p.solution or p.answer)) for p in splits.pool]
+        _, result = distillation.distil(student, examples, steps=2, stage=stage, seed=0, tag=spec.name)
+        rates[spec.name] = result.summary["training"]["learning_rate"]
+    assert rates == {"plain": 0.003, "own": 0.001}

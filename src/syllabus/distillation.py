@@ -47,11 +47,12 @@ def distil(student: StudentModel, examples: list[tuple[str, str]], *, steps: int
     left untouched, so equal-budget runs all start from the same weights.
     """
     prof = stage.params
+    cfg = student.spec.sft_training(prof.training)
     key = hash_obj({"student": student.fingerprint(), "examples": examples, "steps": steps, "seed": seed,
-                    "training": prof.training.model_dump(mode="json")})[:16]
+                    "training": cfg.model_dump(mode="json")})[:16]
     out_dir = stage.run.cache / "sft" / f"{tag}-{key}"
     model = copy.deepcopy(student.model)
-    result = launch.sft(model, student.tokenizer, examples, steps=steps, cfg=prof.training, seed=seed,
+    result = launch.sft(model, student.tokenizer, examples, steps=steps, cfg=cfg, seed=seed,
                         out_dir=out_dir, resume=True, processes=prof.parallel.sft_processes,
                         sharding=prof.parallel.sft_sharding)
     model.eval()  # sft trained the copy in place

@@ -347,8 +347,7 @@ def _lab_student(spec: P.Student, *, cache_dir, training: P.Training, pretrain_t
                             "pretrain_hash": texts_hash(texts), "vocab_hash": texts_hash(vocab), "seed": seed,
                             "training": training.model_dump(mode="json"), "chat_template": chat_template_info(tokenizer)}
     if spec.warmup_steps:
-        warm_cfg = training if spec.warmup_learning_rate is None else training.model_copy(
-            update={"learning_rate": spec.warmup_learning_rate})
+        warm_cfg = spec.warmup_training(training)
         result = train.sft(model.to(device), tokenizer, [("", t) for t in texts], steps=spec.warmup_steps, cfg=warm_cfg,
                      seed=seed, loss_on="all")
         info.update(warmup_first_loss=result.losses[0], warmup_final_loss=result.losses[-1], warmup_tokens=result.tokens_seen,

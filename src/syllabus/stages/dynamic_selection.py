@@ -344,6 +344,7 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
     current = StudentModel(student.spec, copy.deepcopy(student.model), student.tokenizer)
     levels = sorted({int(v) for rows in choosable.values() for v in rows["level"].dropna()})
     run = PolicyRun(policy_name, seed)
+    training = student.spec.sft_training(prof.training)
     tokens = 0
     n_examples = d.steps_per_phase * prof.training.batch_size * prof.training.grad_accum
     phase_tokens = None  # budget: steps
@@ -403,11 +404,11 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
         # made the same choices so far (dmc_static and dmc_dynamic when the latter keeps its first pick) share
         # their phases instead of training them twice. phase.json names the phase it starts from.
         key = hash_obj({"start": current.fingerprint(), "examples": examples, "steps": steps,
-                        "training": prof.training.model_dump(mode="json"), "seed": sft_seed,
+                        "training": training.model_dump(mode="json"), "seed": sft_seed,
                         **({"span": list(span), "after": previous} if span else {})})[:12]
         out_dir = phase_dir(stage, student, seed, phase, key)
         with exclusive(out_dir.parent / f"{out_dir.name}.lock"):  # a worker training it now: wait, read it back
-            result = launch.sft(current.model, current.tokenizer, examples, steps=steps, cfg=prof.training,
+            result = launch.sft(current.model, current.tokenizer, examples, steps=steps, cfg=training,
                                 seed=sft_seed, out_dir=out_dir, resume=True, single_pass=phase_tokens is not None,
                                 optimizer_state=optimizer_state, schedule_span=span,
                                 processes=prof.parallel.sft_processes, sharding=prof.parallel.sft_sharding)
