@@ -35,7 +35,7 @@ import time
 
 import pandas as pd
 
-from syllabus import generation, select, stats, train
+from syllabus import distillation, generation, select, stats, train
 from syllabus.problems import warmup_modules
 from syllabus.runs import hash_obj, open_stage, stable_seed
 from syllabus.stages import dmc, dynamic_selection as ds, trace_curation
@@ -94,7 +94,7 @@ def main() -> None:
     inputs, teacher_scores = ds.policy_inputs(stage, splits, datasets, selected)
     tr = dmc.slice_rows(inputs.datasets, prof, "training")
     adapted = ds.ioa_dataset(tr, selected)
-    d, t = prof.dynamic, student.spec.sft_training(prof.training)
+    d, t = prof.dynamic, distillation.sft_training(student.spec, prof.training)
     n_examples = d.steps_per_phase * t.batch_size * t.grad_accum
     budget = n_examples * ds.mean_example_tokens(student, inputs.problems, tr, t.max_seq_len)
     exclude = {p.text for p in inputs.problems.values()} | {p.text for p in inputs.ioa.items}

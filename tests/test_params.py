@@ -42,20 +42,23 @@ def test_minimal_profile_gets_defaults(tmp_path):
 
 
 def test_a_students_own_sft_rate_and_warm_up_settings_override_the_profiles_training_only_where_set(tmp_path):
+    from syllabus.distillation import sft_training
+    from syllabus.models import warmup_training
+
     text = MINIMAL.replace("{name: s, source: lab}", "{name: s, source: lab}, {name: m, source: lab, "
                            "learning_rate: 0.002, warmup_learning_rate: 0.01, warmup_batch_size: 16}")
     prof = load_profile(write(tmp_path, text + "training: {learning_rate: 0.003, batch_size: 8}\n"))
     plain, own = prof.students
-    assert plain.sft_training(prof.training) == prof.training == plain.warmup_training(prof.training)
-    assert own.sft_training(prof.training) == prof.training.model_copy(update={"learning_rate": 0.002})
-    warm = own.warmup_training(prof.training)  # the warm-up takes its own settings, not the student's SFT rate
+    assert sft_training(plain, prof.training) == prof.training == warmup_training(plain, prof.training)
+    assert sft_training(own, prof.training) == prof.training.model_copy(update={"learning_rate": 0.002})
+    warm = warmup_training(own, prof.training)  # the warm-up takes its own settings, not the student's SFT rate
     assert (warm.learning_rate, warm.batch_size, warm.max_seq_len) == (0.01, 16, prof.training.max_seq_len)
     # the batch-8 experiment of benchmarks/README.md ("Batch size"): its students warm up exactly as tiny's
     tiny = load_profile("tiny")
     batch8 = load_profile("tiny", {"training.batch_size": 8, "students.lab-m.learning_rate": 0.002,
                                    "students.lab-s.warmup_batch_size": 16, "students.lab-m.warmup_batch_size": 16})
-    assert [s.warmup_training(batch8.training) for s in batch8.students] == [tiny.training] * 2
-    assert [s.sft_training(batch8.training).learning_rate for s in batch8.students] == [0.003, 0.002]
+    assert [warmup_training(s, batch8.training) for s in batch8.students] == [tiny.training] * 2
+    assert [sft_training(s, batch8.training).learning_rate for s in batch8.students] == [0.003, 0.002]
 
 
 def test_unknown_key_names_file_and_key(tmp_path):

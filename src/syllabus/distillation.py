@@ -8,6 +8,7 @@ import math
 from typing import Any, Iterable
 
 from . import launch, train
+from .params import Student, Training
 from .records import Problem, Trace
 from .runs import Stage, hash_obj
 from .students import StudentModel
@@ -26,6 +27,14 @@ def example_tokens(student: StudentModel, examples: list[tuple[str, str]], max_s
     """Tokens each (prompt, target) example feeds the student in training (after truncation): the one
     measure of an example's length, for token budgets."""
     return [len(ids) for ids, _ in train.tokenize_examples(student.tokenizer, examples, max_seq_len, "target")]
+
+
+def sft_training(spec: Student, training: Training) -> Training:
+    """The SFT settings of a student's distillation runs (stages 1, 4 and 5): the profile's, at the student's
+    own ``learning_rate`` where it has one."""
+    if spec.learning_rate is None:
+        return training
+    return training.model_copy(update={"learning_rate": spec.learning_rate})
 
 
 def budget_steps(student: StudentModel, examples: list[tuple[str, str]], training, *, tokens: int | None,
@@ -47,7 +56,7 @@ def distil(student: StudentModel, examples: list[tuple[str, str]], *, steps: int
     left untouched, so equal-budget runs all start from the same weights.
     """
     prof = stage.params
-    cfg = student.spec.sft_training(prof.training)
+    cfg = sft_training(student.spec, prof.training)
     key = hash_obj({"student": student.fingerprint(), "examples": examples, "steps": steps, "seed": seed,
                     "training": cfg.model_dump(mode="json")})[:16]
     out_dir = stage.run.cache / "sft" / f"{tag}-{key}"

@@ -347,13 +347,19 @@ def _lab_student(spec: P.Student, *, cache_dir, training: P.Training, pretrain_t
                             "pretrain_hash": texts_hash(texts), "vocab_hash": texts_hash(vocab), "seed": seed,
                             "training": training.model_dump(mode="json"), "chat_template": chat_template_info(tokenizer)}
     if spec.warmup_steps:
-        warm_cfg = spec.warmup_training(training)
+        warm_cfg = warmup_training(spec, training)
         result = train.sft(model.to(device), tokenizer, [("", t) for t in texts], steps=spec.warmup_steps, cfg=warm_cfg,
                      seed=seed, loss_on="all")
         info.update(warmup_first_loss=result.losses[0], warmup_final_loss=result.losses[-1], warmup_tokens=result.tokens_seen,
                     warmup_wall_s=round(result.wall_s, 2))
     save_model(model, tokenizer, out, info)
     return _load_dir(out)
+
+
+def warmup_training(spec: P.Student, training: P.Training) -> P.Training:
+    """The SFT settings of a lab student's warm-up: the profile's, with the student's warm-up rate and batch."""
+    own = {"learning_rate": spec.warmup_learning_rate, "batch_size": spec.warmup_batch_size}
+    return training.model_copy(update={k: v for k, v in own.items() if v is not None})
 
 
 def add_lora(model, training: P.Training):

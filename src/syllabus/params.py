@@ -94,11 +94,6 @@ class LabArch(Strict):
     max_position_embeddings: int = Field(512, ge=32)
 
 
-def _override(training: "Training", **values: Any) -> "Training":
-    """``training`` with the values that are set (not None) replaced."""
-    return training.model_copy(update={k: v for k, v in values.items() if v is not None})
-
-
 class Student(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     source: Literal["lab", "hub", "dir", "gguf"] = "lab"
@@ -121,14 +116,6 @@ class Student(Strict):
     lora: bool = False
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     chat_template: bool = False
-
-    def sft_training(self, training: "Training") -> "Training":
-        """The SFT settings of this student's distillation runs: the profile's, with its own learning rate."""
-        return _override(training, learning_rate=self.learning_rate)
-
-    def warmup_training(self, training: "Training") -> "Training":
-        """The SFT settings of a lab student's warm-up: the profile's, with the warm-up rate and batch size."""
-        return _override(training, learning_rate=self.warmup_learning_rate, batch_size=self.warmup_batch_size)
 
     @model_validator(mode="after")
     def _check(self) -> "Student":

@@ -344,7 +344,7 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
     current = StudentModel(student.spec, copy.deepcopy(student.model), student.tokenizer)
     levels = sorted({int(v) for rows in choosable.values() for v in rows["level"].dropna()})
     run = PolicyRun(policy_name, seed)
-    training = student.spec.sft_training(prof.training)
+    training = distillation.sft_training(student.spec, prof.training)
     tokens = 0
     n_examples = d.steps_per_phase * prof.training.batch_size * prof.training.grad_accum
     phase_tokens = None  # budget: steps
