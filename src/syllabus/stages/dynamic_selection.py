@@ -346,10 +346,10 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
     run = PolicyRun(policy_name, seed)
     training = distillation.sft_training(student.spec, prof.training)
     tokens = 0
-    n_examples = d.steps_per_phase * prof.training.batch_size * prof.training.grad_accum
+    n_examples = d.steps_per_phase * training.batch_size * training.grad_accum
     phase_tokens = None  # budget: steps
     if d.budget == "tokens":  # the same for every policy: the candidates' mean example length
-        phase_tokens = n_examples * mean_example_tokens(current, problems, datasets, prof.training.max_seq_len)
+        phase_tokens = n_examples * mean_example_tokens(current, problems, datasets, training.max_seq_len)
     exclude = {p.text for p in problems.values()} | ({p.text for p in inputs.ioa.items} if inputs.ioa else set())
     heldout_modules = pd.Series({p.id: p.module for p in splits.heldout})
     optimizer_state, previous, after = None, None, None
@@ -394,7 +394,7 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
             examples = distillation.sft_examples(current, known, dmc.traces_of(batch))
         else:
             batch, examples = draw_to_token_budget(current, known, choice, pool, phase_tokens, n_examples,
-                                                   rng, prof.training.max_seq_len)
+                                                   rng, training.max_seq_len)
         sft_seed = stable_seed(seed, phase, bits=32, form="compact")
         steps = d.steps_per_phase if phase_tokens is None else None
         span = phase_span(phase, d.phases) if d.carry_optimizer else None
