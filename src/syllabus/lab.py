@@ -13,7 +13,7 @@ same arithmetic in any style: ``write_trace`` is the lab teachers' pen.
 from __future__ import annotations
 
 import random
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 from .prompts import question_prompt, target_text
 from .records import Problem
@@ -75,15 +75,16 @@ def topological_order(modules: Iterable[str] | None = None) -> list[str]:
     return done
 
 
-def ancestors(module: str) -> set[str]:
-    """Every module that ``module`` depends on, directly or not."""
+def ancestors(module: str, prerequisites: Mapping[str, Sequence[str]] = PREREQUISITES) -> set[str]:
+    """Every module that ``module`` depends on, directly or not, in ``prerequisites`` (default: the lab's
+    graph; IOA's Organizer passes the graph it was given)."""
     out: set[str] = set()
-    stack = list(PREREQUISITES[module])
+    stack = list(prerequisites.get(module, ()))
     while stack:
         m = stack.pop()
         if m not in out:
             out.add(m)
-            stack.extend(PREREQUISITES[m])
+            stack.extend(prerequisites.get(m, ()))
     return out
 
 

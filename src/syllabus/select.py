@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from . import stats
+from .lab import ancestors
 
 
 @dataclass(frozen=True)
@@ -243,23 +244,11 @@ def mastery_ratio(student: Mapping[str, float], teacher: Mapping[str, float], mo
 
 
 # --------------------------------------------------------------------------- IOA: Organizer
-def _ancestors(module: str, prerequisites: Mapping[str, Sequence[str]]) -> set[str]:
-    """Every module that ``module`` depends on in the graph, directly or through others."""
-    seen: set[str] = set()
-    stack = list(prerequisites.get(module, ()))
-    while stack:
-        m = stack.pop()
-        if m not in seen:
-            seen.add(m)
-            stack.extend(prerequisites.get(m, ()))
-    return seen
-
-
 def topological_layers(modules: Sequence[str], prerequisites: Mapping[str, Sequence[str]]) -> list[list[str]]:
     """Kahn layering of ``modules`` (Eq. 7): a module comes after every one of ``modules`` it depends on,
     directly or through modules outside them (rate after add, through multiply); others count as met."""
     chosen = set(modules)
-    pending = {k: {p for p in _ancestors(k, prerequisites) if p in chosen and p != k} for k in chosen}
+    pending = {k: {p for p in ancestors(k, prerequisites) if p in chosen and p != k} for k in chosen}
     layers: list[list[str]] = []
     while pending:
         ready = sorted(k for k, pre in pending.items() if not pre)
@@ -354,7 +343,7 @@ def deficient_prerequisites(targets: Sequence[str], gaps: Mapping[str, Mapping[s
     Eq. 7 places a module only after its prerequisites have been taught; a prerequisite the student has
     not got (deficient) but that Eq. 5 did not pick would never be taught first, so it joins the targets."""
     chosen, skip = set(targets), set(exclude)
-    seen = set().union(*(_ancestors(k, prerequisites) for k in targets))
+    seen = set().union(*(ancestors(k, prerequisites) for k in targets))
     return sorted(m for m in seen if m not in chosen and m not in skip and gaps.get(m, {}).get("deficient"))
 
 
