@@ -116,6 +116,16 @@ def test_build_lab_model_is_seeded_and_ties_embeddings():
     assert not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight)
 
 
+def test_lab_student_info_records_the_warm_up_settings_it_trained_with(tmp_path):
+    spec = P.Student(name="s", source="lab", arch=ARCH, warmup_steps=2, warmup_learning_rate=1e-3,
+                     warmup_batch_size=4)
+    models.load_student(spec, cache_dir=tmp_path, training=TRAINING, pretrain_texts=TEXTS, threads=1)
+    (made,) = list((tmp_path / "students").iterdir())
+    info = models.read_model_info(made)
+    assert info["warmup_training"]["learning_rate"] == 1e-3 and info["warmup_training"]["batch_size"] == 4
+    assert info["training"] == TRAINING.model_dump(mode="json")  # the profile's, kept beside it
+
+
 def test_lab_student_is_warm_started_once_then_loaded_from_cache(tmp_path, monkeypatch):
     spec = P.Student(name="s", source="lab", arch=ARCH, warmup_steps=25)
     model, tok = models.load_student(spec, cache_dir=tmp_path, training=TRAINING, pretrain_texts=TEXTS, threads=1)

@@ -345,12 +345,14 @@ def _lab_student(spec: P.Student, *, cache_dir, training: P.Training, pretrain_t
                             "vocab_size": len(tokenizer), "parameters": count_parameters(model),
                             "warmup_steps": spec.warmup_steps, "pretrain_texts": len(texts),
                             "pretrain_hash": texts_hash(texts), "vocab_hash": texts_hash(vocab), "seed": seed,
-                            "training": training.model_dump(mode="json"), "chat_template": chat_template_info(tokenizer)}
+                            "training": training.model_dump(mode="json"),  # the profile's; the warm-up's own below
+                            "chat_template": chat_template_info(tokenizer)}
     if spec.warmup_steps:
         warm_cfg = warmup_training(spec, training)
         result = train.sft(model.to(device), tokenizer, [("", t) for t in texts], steps=spec.warmup_steps, cfg=warm_cfg,
                      seed=seed, loss_on="all")
-        info.update(warmup_first_loss=result.losses[0], warmup_final_loss=result.losses[-1], warmup_tokens=result.tokens_seen,
+        info.update(warmup_training=warm_cfg.model_dump(mode="json"), warmup_first_loss=result.losses[0],
+                    warmup_final_loss=result.losses[-1], warmup_tokens=result.tokens_seen,
                     warmup_wall_s=round(result.wall_s, 2))
     save_model(model, tokenizer, out, info)
     return _load_dir(out)
