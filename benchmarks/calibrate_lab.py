@@ -33,12 +33,11 @@ import copy
 import itertools
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-
-from pathlib import Path
 
 from syllabus import distillation, lab, models, params as P, prompts, students, train
 from syllabus.problems import pretrain_texts, problem_splits, tokenizer_texts
