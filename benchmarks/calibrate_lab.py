@@ -127,11 +127,11 @@ def main() -> None:
         candidates = candidate_examples(a.candidates, prof, patterns, splits)
     sources = list(candidates) if candidates else a.styles.split(",")
     by_id = {p.id: p for p in splits.pool}
+    cache = a.cache or (str(a.candidates / "cache") if a.candidates else "/tmp/syllabus-calibration")
     rows = []
     for spec in [s for s in prof.students if s.name in wanted]:
         pre = pretrain_texts(prof, spec, splits.probe + splits.heldout)
         start = time.perf_counter()
-        cache = a.cache or (str(a.candidates / "cache") if a.candidates else "/tmp/syllabus-calibration")
         model, tok = models.load_student(spec, cache_dir=cache, training=prof.training, pretrain_texts=pre,
                                          vocab_texts=tokenizer_texts(prof, pre), threads=threads,
                                          seed=prof.seed)
