@@ -223,3 +223,31 @@ def test_pooled_leads_pools_named_students_of_several_grids_and_names_bad_input(
         correlation.pooled_leads(grids, {"g1": ["c"]})
     with pytest.raises(ValueError, match="no grid table for \\['g3'\\]"):
         correlation.pooled_leads(grids, {"g3": ["a"]})
+
+
+def test_grid_cells_train_each_student_on_its_own_token_budget():
+    """``correlation.sft_tokens_by_student``: equal tokens within a student, sized per student."""
+    from syllabus import models, params as P
+    from syllabus.records import Problem
+    from syllabus.students import StudentModel
+
+    problems = {f"p{i}": Problem(id=f"p{i}", task="lab", source="lab", text=f"What is {i} + {i}?",
+                                 answer=str(2 * i), solution=f"{i} + {i} = {2 * i}.\n#### {2 * i}") for i in range(40)}
+    rows = pd.DataFrame({"problem_id": list(problems), "teacher": "prose", "sample": 0, "correct": True,
+                         "text": [f"Add {i} and {i} to get {2 * i}.\n#### {2 * i}" for i in range(40)],
+                         "level": 1, "module": "add"})
+    tok = models.lab_tokenizer([p.text for p in problems.values()] + list(rows["text"])
+                               + [p.solution for p in problems.values()])
+    prof = P.Profile(name="t", students=[P.Student(name="s", source="lab"), P.Student(name="m", source="lab")],
+                     teachers=[P.Teacher(name="prose", backend="lab", style="prose")],
+                     training=P.Training(batch_size=2, max_seq_len=256),
+                     correlation=P.Correlation(sft_tokens=2000, sft_tokens_by_student={"m": 4000}))
+    steps = {}
+    for spec in prof.students:
+        student = StudentModel(spec, None, tok)
+        cells = correlation.grid_cells(student, {"teacher=prose": rows}, problems, list(problems.values()), prof)
+        assert set(cells) == {"teacher=prose", correlation.CONTROL_GOLD}
+        steps[spec.name] = {name: n for name, (_, n) in cells.items()}
+    # twice the tokens, about twice the steps, for every cell of m
+    for name in steps["s"]:
+        assert steps["m"][name] == pytest.approx(2 * steps["s"][name], abs=1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -251,6 +251,9 @@ class Correlation(Strict):
     sft_steps: int = Field(40, ge=1, description="SFT steps per grid cell when sft_tokens is not set")
     sft_tokens: int | None = Field(None, ge=1, description="training tokens per grid cell (equal compute per cell: "
                                                            "steps = sft_tokens / (batch x mean example tokens))")
+    sft_tokens_by_student: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict, description="a student's own training tokens per grid cell, in place of sft_tokens "
+                                          "(every cell of one student still trains on equal tokens)")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     bootstrap: int = Field(1000, ge=10)
     permutations: int = Field(1000, ge=10)
@@ -264,6 +267,10 @@ class Correlation(Strict):
                                  "excess": {"r0": [0.5, 1.0, 1.5, 2.0, 3.0], "lam": [0.25, 1.0, 4.0]},
                                  "no_difficulty": {}},
         description="rules compared when choosing the default, each with the values of its parameters to search")
+
+    def student_sft_tokens(self, student: str) -> int | None:
+        """Training tokens per grid cell for ``student``: its own entry, else ``sft_tokens`` (None: steps)."""
+        return self.sft_tokens_by_student.get(student, self.sft_tokens)
 
     @field_validator("fit_grid")
     @classmethod
@@ -425,6 +432,10 @@ class Profile(Strict):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"duplicate {kind} names {dupes}")
+        unknown = sorted(set(self.correlation.sft_tokens_by_student) - {s.name for s in self.students})
+        if unknown:
+            raise ValueError(f"correlation.sft_tokens_by_student names {unknown}, which are not students of this "
+                             f"profile ({[s.name for s in self.students]}); use a student's name or remove the key")
         for key, ref in self._local_model_refs():
             if not _local_path_exists(ref):
                 raise ValueError(

@@ -1,7 +1,8 @@
 """Stage 4 composed: does DMC predict the gain from distilling on a dataset?
 
 Every (candidate dataset, student) cell gets the same SFT budget (``correlation.sft_tokens`` training
-tokens, or ``sft_steps`` steps) and the same seeds from the same starting weights; the gain is
+tokens, a student's own ``sft_tokens_by_student`` entry, or ``sft_steps`` steps; equal within a student)
+and the same seeds from the same starting weights; the gain is
 held-out accuracy after minus before, paired on the same problems. Two controls sit beside the
 candidates: the student re-evaluated with no SFT (``control:none``) and SFT on the reference (gold)
 solutions of the pool problems at the same budget (``control:gold``). DMC (from stage 3) and simple
@@ -70,7 +71,7 @@ def grid_cells(student: StudentModel, datasets: dict[str, pd.DataFrame], problem
              for name, table in dmc.training_rows(datasets, prof).items()}
     cells[CONTROL_GOLD] = gold_examples(student, pool)
     return {name: (examples, distillation.budget_steps(student, examples, prof.training,
-                                                       tokens=prof.correlation.sft_tokens,
+                                                       tokens=prof.correlation.student_sft_tokens(student.name),
                                                        steps=prof.correlation.sft_steps))
             for name, examples in cells.items()}
 
