@@ -278,3 +278,22 @@ def test_headline_tables_format_with_intervals(tmp_path):
     assert "| lab-s | dmc | 5 | 0.90 | [0.40, 1.00] | 0.083 |" in text
     assert "| lab-s | teacher=prose | +0.210 [0.17, 0.25] |" in text and "lab-s 0.93" in text
     assert "| lab-m (undistilled) | syllabus_lab | exact_match | 0.100 | [0.06, 0.17] | 100 | 0.02 |" in text
+
+
+def test_summary_names_each_students_best_candidate_not_a_control(tmp_path):
+    import pandas as pd
+
+    from syllabus.runs import RunDir
+
+    tables = tmp_path / "04_correlation" / "tables"
+    tables.mkdir(parents=True)
+    cells = pd.DataFrame({"student": ["s", "s", "s", "m", "m"],
+                          "dataset": ["control:gold", "teacher=a", "teacher=b", "control:gold", "teacher=a"],
+                          "control": [True, False, False, True, False], "gain": [0.30, 0.10, 0.20, 0.25, 0.15]})
+    cells["gain_lo"], cells["gain_hi"] = cells["gain"] - 0.05, cells["gain"] + 0.05
+    cells.to_parquet(tables / "cells.parquet")
+    pd.DataFrame({"scope": ["s"], "predictor": ["dmc"], "n": [2], "spearman": [1.0], "spearman_lo": [1.0],
+                  "spearman_hi": [1.0], "spearman_p": [0.5]}).to_parquet(tables / "predictors.parquet")
+    lines = "\n".join(report._correlation(RunDir(tmp_path)))
+    assert "| m | teacher=a | +0.150 [0.10, 0.20] | +0.250 [0.20, 0.30] |" in lines
+    assert "| s | teacher=b | +0.200 [0.15, 0.25] | +0.300 [0.25, 0.35] |" in lines

@@ -103,9 +103,11 @@ def dmc_factors(table: pd.DataFrame, *, dataset="dataset", student="student",
     return g.figure
 
 
-def cell_gains(cells: pd.DataFrame, *, student="student", dataset="dataset", y="gain"):
+def cell_gains(cells: pd.DataFrame, *, student="student", dataset="dataset", y="gain",
+               budgets: dict[str, str] | None = None):
     """Stage 4: every cell's paired gain with its 95% interval, one panel per student, sorted;
-    the controls (no SFT, gold solutions) in grey, zero as a dashed line."""
+    the controls (no SFT, gold solutions) in grey, zero as a dashed line. ``budgets``: each student's
+    SFT budget per cell as text (e.g. "900,000 tokens"), named in its panel's title."""
     students = sorted(cells[student].unique())
     n = cells.groupby(student).size().max()
     fig, axes = plt.subplots(1, len(students), figsize=(5.2 * len(students), 0.28 * n + 1.6), squeeze=False)
@@ -119,8 +121,9 @@ def cell_gains(cells: pd.DataFrame, *, student="student", dataset="dataset", y="
         ax.set_yticks(pos, g[dataset], fontsize=8)
         ax.axvline(0, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("gain in held-out accuracy (after - before, 95% CI)")
-        ax.set_title(f"{name} (from {g['accuracy_before'].iloc[0]:.2f}; grey: controls)", fontsize=10)
-    fig.suptitle("What each candidate dataset teaches each student, at equal compute")
+        budget = f"{budgets[name]} per cell, " if budgets and name in budgets else ""
+        ax.set_title(f"{name} ({budget}from {g['accuracy_before'].iloc[0]:.2f}; grey: controls)", fontsize=10)
+    fig.suptitle("What each candidate dataset teaches each student (equal SFT budget within a student)")
     fig.tight_layout()
     return fig
 

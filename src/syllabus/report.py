@@ -106,10 +106,17 @@ def _correlation(run: RunDir) -> list[str]:
     lines: list[str] = []
     cells = _read(run, "04_correlation", "cells")
     if cells is not None and "gain_lo" in cells:
-        best = [[str(r["student"]), str(r["dataset"]), f"{r['gain']:+.3f} {_ci(r['gain_lo'], r['gain_hi'])}"]
-                for _, r in cells.sort_values("gain", ascending=False).groupby("student", sort=True).head(1).iterrows()]
-        lines += ["Largest gain per student (held-out accuracy after - before, paired 95% CI):", ""]
-        lines += _table(["student", "dataset", "gain"], best) + [""]
+        def gain(r) -> str:
+            return f"{r['gain']:+.3f} {_ci(r['gain_lo'], r['gain_hi'])}"
+
+        control = cells["control"].astype(bool) if "control" in cells else pd.Series(False, index=cells.index)
+        gold = {r["student"]: gain(r) for _, r in cells[cells["dataset"] == "control:gold"].iterrows()}
+        best = [[str(r["student"]), str(r["dataset"]), gain(r), gold.get(r["student"], "-")]
+                for _, r in cells[~control].sort_values(["student", "gain"], ascending=[True, False])
+                .groupby("student", sort=True).head(1).iterrows()]
+        lines += ["Best candidate dataset per student (held-out accuracy after - before, paired 95% CI), with "
+                  "the gold-solution control beside it:", ""]
+        lines += _table(["student", "best candidate", "gain", "control:gold"], best) + [""]
     noise = _read(run, "04_correlation", "noise_floor")
     if noise is not None:
         lines += ["Reliability of the cell gains per student: "
