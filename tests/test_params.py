@@ -62,11 +62,13 @@ def test_a_students_own_sft_rate_and_warm_up_settings_override_the_profiles_trai
 
 
 def test_a_students_own_grid_budget_replaces_sft_tokens_for_that_student_only(tmp_path):
+    from syllabus.stages.correlation import cell_tokens
+
     text = MINIMAL.replace("{name: s, source: lab}", "{name: s, source: lab}, {name: m, source: lab}")
     prof = load_profile(write(tmp_path, text + "correlation: {sft_tokens: 600000, sft_tokens_by_student: {s: 900000}}\n"))
-    assert [prof.correlation.student_sft_tokens(n) for n in ("s", "m")] == [900000, 600000]
+    assert [cell_tokens(prof, n) for n in ("s", "m")] == [900000, 600000]
     steps = load_profile(write(tmp_path, text + "correlation: {sft_tokens_by_student: {m: 1000}}\n", "steps.yaml"))
-    assert [steps.correlation.student_sft_tokens(n) for n in ("s", "m")] == [None, 1000]  # s: sft_steps
+    assert [cell_tokens(steps, n) for n in ("s", "m")] == [None, 1000]  # s: sft_steps
     with pytest.raises(ParamsError) as err:
         load_profile(write(tmp_path, text + "correlation: {sft_tokens_by_student: {lab-x: 900000}}\n", "x.yaml"))
     assert "sft_tokens_by_student names ['lab-x']" in str(err.value) and "['s', 'm']" in str(err.value)

@@ -268,10 +268,6 @@ class Correlation(Strict):
                                  "no_difficulty": {}},
         description="rules compared when choosing the default, each with the values of its parameters to search")
 
-    def student_sft_tokens(self, student: str) -> int | None:
-        """Training tokens per grid cell for ``student``: its own entry, else ``sft_tokens`` (None: steps)."""
-        return self.sft_tokens_by_student.get(student, self.sft_tokens)
-
     @field_validator("fit_grid")
     @classmethod
     def _grid_names_rule_params(cls, grid: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, list[float]]]:

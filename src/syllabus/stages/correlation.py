@@ -62,6 +62,12 @@ def gold_examples(student: StudentModel, pool: list[Problem]) -> list[tuple[str,
     return [(student.prompt(p), student.target(p.solution)) for p in pool if p.solution]
 
 
+def cell_tokens(prof, student: str) -> int | None:
+    """Training tokens per grid cell for ``student``: its ``correlation.sft_tokens_by_student`` entry, else
+    ``correlation.sft_tokens`` (None: ``sft_steps`` steps instead)."""
+    return prof.correlation.sft_tokens_by_student.get(student, prof.correlation.sft_tokens)
+
+
 def grid_cells(student: StudentModel, datasets: dict[str, pd.DataFrame], problems: dict[str, Problem],
                pool: list[Problem], prof) -> dict[str, tuple[list[tuple[str, str]], int]]:
     """A student's trained cells, each (examples, SFT steps for the budget): every candidate dataset's
@@ -71,7 +77,7 @@ def grid_cells(student: StudentModel, datasets: dict[str, pd.DataFrame], problem
              for name, table in dmc.training_rows(datasets, prof).items()}
     cells[CONTROL_GOLD] = gold_examples(student, pool)
     return {name: (examples, distillation.budget_steps(student, examples, prof.training,
-                                                       tokens=prof.correlation.student_sft_tokens(student.name),
+                                                       tokens=cell_tokens(prof, student.name),
                                                        steps=prof.correlation.sft_steps))
             for name, examples in cells.items()}
 
