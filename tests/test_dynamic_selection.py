@@ -156,6 +156,15 @@ def test_policies_that_choose_alike_share_their_phases(tmp_path):
     assert json.loads((folder / "phase.json").read_text()) == {"phase": 0, "seed": 0, "after": None}
 
 
+def test_final_students_of_the_first_seed_or_of_every_seed_are_saved_for_stage_6(tmp_path):
+    small = {"dynamic.policies": ["random"], "dynamic.phases": 1, "dynamic.seeds": [0, 1]}
+    first, _, _ = _policy_runs(tmp_path, 1, **small)
+    every, _, _ = _policy_runs(tmp_path, 1, **small, **{"dynamic.final_seeds": "all"})
+    saved = lambda stage: sorted(p.name for p in (stage.run.cache / "final_models").iterdir()  # noqa: E731
+                                 if (p / "config.json").is_file())
+    assert saved(first) == ["xs-random-seed0"] and saved(every) == ["xs-random-seed0", "xs-random-seed1"]
+
+
 def test_policy_runs_with_two_workers_give_the_same_tables_as_one(tmp_path):
     stage1, probe, one = _policy_runs(tmp_path, 1)
     stage2, _, two = _policy_runs(tmp_path, 2)

@@ -352,3 +352,41 @@ def test_noise_floor_adds_stage_5s_seed_spread_to_policy_rows_on_the_held_out_pr
     for key in [("s + random", "gsm8k"), ("s (undistilled)", "syllabus_lab")]:
         assert pd.isna(noise.loc[key, "scored_seed"]) and math.isnan(noise.loc[key, "seed_sd"])
     assert noise.loc[("s + all", "syllabus_lab"), "seeds"] == 1 and math.isnan(noise.loc[("s + all", "syllabus_lab"), "seed_sd"])
+
+
+def test_every_seeds_final_student_is_named_by_its_seed_and_averaged_per_policy():
+    """``dynamic.final_seeds: all``: stage 6 scores each seed's final student under its own name and reports
+    each policy's mean over them; a policy with one saved seed keeps its plain name and has no mean."""
+    import pandas as pd
+
+    from syllabus.stages import benchmark
+
+    finals = pd.DataFrame([{"student": "s", "policy": "random", "seed": k, "model_dir": f"r{k}", "weights": "x"}
+                           for k in (0, 1, 2)] + [{"student": "s", "policy": "all", "seed": 0, "model_dir": "a",
+                                                   "weights": "y"}])
+    names = benchmark.final_names(finals)
+    assert list(names) == ["s + random (seed 0)", "s + random (seed 1)", "s + random (seed 2)", "s + all"]
+    assert names["s + random (seed 1)"]["model_dir"] == "r1"
+    rows = [("s + random (seed 0)", 0.30), ("s + random (seed 1)", 0.40), ("s + random (seed 2)", 0.50),
+            ("s + all", 0.60), ("s (undistilled)", 0.50)]
+    tidy = pd.DataFrame([{"model": m, "task": "syllabus_lab", "metric": "exact_match", "value": v, "stderr": 0.04,
+                          "limit": 100, "n": 100, "truncation_rate": 0.0} for m, v in rows])
+    means = benchmark.policy_means(tidy, finals)
+    assert list(means["policy"]) == ["random"]  # one seed of `all`: nothing to average
+    row = means.iloc[0]
+    assert row["seeds"] == 3 and row["mean"] == pytest.approx(0.40) and row["seed_sd"] == pytest.approx(0.10)
+    # the problems' error does not average out over seeds that answer the same problems
+    assert row["problems_se"] == pytest.approx(0.04) and row["se"] == pytest.approx((0.1 ** 2 / 3 + 0.04 ** 2) ** 0.5)
+    # the interval: Wilson on the 100 problems and the seeds' 1.96 SD / sqrt(3), in quadrature on each side
+    from syllabus.stats import wilson
+    lo, hi = wilson(40, 100)
+    half = 1.959964 * 0.10 / 3 ** 0.5
+    assert row["ci_lo"] == pytest.approx(0.40 - ((0.40 - lo) ** 2 + half ** 2) ** 0.5, abs=1e-5)
+    assert row["ci_hi"] == pytest.approx(0.40 + ((hi - 0.40) ** 2 + half ** 2) ** 0.5, abs=1e-5)
+    at_zero = benchmark.policy_means(tidy.assign(value=0.0, stderr=0.0), finals).iloc[0]
+    assert at_zero["ci_lo"] == 0.0 and at_zero["ci_hi"] == pytest.approx(wilson(0, 100)[1])  # not [0, 0]
+    accuracy = pd.DataFrame([{"policy": "random", "seeds": 3, "final_accuracy": 0.4, "seed_sd": 0.1},
+                             {"policy": "all", "seeds": 1, "final_accuracy": 0.6, "seed_sd": float("nan")}])
+    noise = benchmark.noise_floor(tidy, finals, accuracy).set_index("model")
+    assert [noise.loc[f"s + random (seed {k})", "scored_seed"] for k in (0, 1, 2)] == [0, 1, 2]
+    assert noise.loc["s + all", "scored_seed"] == 0

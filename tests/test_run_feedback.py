@@ -297,3 +297,22 @@ def test_summary_names_each_students_best_candidate_not_a_control(tmp_path):
     lines = "\n".join(report._correlation(RunDir(tmp_path)))
     assert "| m | teacher=a | +0.150 [0.10, 0.20] | +0.250 [0.20, 0.30] |" in lines
     assert "| s | teacher=b | +0.200 [0.15, 0.25] | +0.300 [0.25, 0.35] |" in lines
+
+
+def test_summary_adds_each_policys_seed_mean_when_every_seeds_student_was_scored(tmp_path):
+    import pandas as pd
+
+    from syllabus.runs import RunDir
+
+    tables = tmp_path / "06_benchmark" / "tables"
+    tables.mkdir(parents=True)
+    pd.DataFrame({"model": ["s + random (seed 0)", "s + random (seed 1)"], "task": "syllabus_lab",
+                  "metric": "exact_match", "value": [0.3, 0.5], "stderr": 0.05, "n": 100,
+                  "truncation_rate": 0.0}).to_parquet(tables / "results.parquet")
+    plain = "\n".join(report._benchmark(RunDir(tmp_path)))
+    assert "| s + random (seed 1) | syllabus_lab | exact_match | 0.500 |" in plain and "mean over the seeds" not in plain
+    pd.DataFrame([{"student": "s", "policy": "random", "task": "syllabus_lab", "metric": "exact_match", "seeds": 2,
+                   "mean": 0.4, "seed_sd": 0.141, "problems_se": 0.05, "se": 0.112, "ci_lo": 0.18, "ci_hi": 0.62}]
+                 ).to_parquet(tables / "policy_means.parquet")
+    lines = "\n".join(report._benchmark(RunDir(tmp_path)))
+    assert "| s | random | syllabus_lab | exact_match | 2 | 0.400 | [0.18, 0.62] | 0.141 |" in lines

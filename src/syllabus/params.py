@@ -327,6 +327,9 @@ class DynamicSelection(Strict):
     carry_optimizer: bool = Field(True, description="one AdamW state and one LR schedule across the phases (phases "
                                                     "are re-selection points); false: a fresh optimizer and warm-up "
                                                     "per phase")
+    final_seeds: Literal["first", "all"] = Field(
+        "first", description="whose final students are saved for stage 6 to benchmark: the first seed's, or every "
+                             "seed's (stage 6 then reports each policy's mean over its seeds, with their spread)")
     ioa: IOA = Field(default_factory=IOA)
 
     @field_validator("policies")

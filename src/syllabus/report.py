@@ -161,9 +161,18 @@ def _benchmark(run: RunDir) -> list[str]:
         ci = "n/a" if math.isnan(lo) else _ci(lo, hi)
         rows.append([str(r["model"]), str(r["task"]), str(r["metric"]), _num(r["value"]), ci,
                      "" if n is None or pd.isna(n) else str(int(n)), _num(r.get("truncation_rate"), 2)])
-    return (["lm-evaluation-harness scores; 95% Wilson intervals on the problems scored (value +- 1.96 "
-             "standard errors for a metric that is not a share).", ""]
-            + _table(["model", "task", "metric", "value", "95% CI", "problems", "truncated"], rows))
+    lines = (["lm-evaluation-harness scores; 95% Wilson intervals on the problems scored (value +- 1.96 "
+              "standard errors for a metric that is not a share).", ""]
+             + _table(["model", "task", "metric", "value", "95% CI", "problems", "truncated"], rows))
+    means = _read(run, "06_benchmark", "policy_means")
+    if means is not None and len(means):
+        lines += ["", "Each policy's mean over the seeds whose final students were scored; the 95% interval adds "
+                  "the seeds' spread to the problems' part.", ""]
+        lines += _table(["student", "policy", "task", "metric", "seeds", "mean", "95% CI", "seed SD"],
+                        [[str(r["student"]), str(r["policy"]), str(r["task"]), str(r["metric"]), str(int(r["seeds"])),
+                          _num(r["mean"]), _ci(r["ci_lo"], r["ci_hi"]), _num(r["seed_sd"])]
+                         for r in means.to_dict("records")])
+    return lines
 
 
 HEADLINES = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -16,9 +17,17 @@ from ..records import Splits
 from ..runs import Stage
 
 
-def distilled_name(student: str, policy: str) -> str:
-    """A policy's final student's model name in stage 6's tables."""
-    return f"{student} + {policy}"
+def distilled_name(student: str, policy: str, seed: int | None = None) -> str:
+    """A policy's final student's model name in stage 6's tables; ``seed`` named when stage 5 saved several."""
+    return f"{student} + {policy}" + ("" if seed is None else f" (seed {seed})")
+
+
+def final_names(finals: pd.DataFrame) -> dict[str, dict]:
+    """Stage 5's saved final students by their stage-6 model name: the seed is in the name only where a
+    (student, policy) has several (``dynamic.final_seeds: all``), so one seed's tables keep their names."""
+    several = finals.groupby(["student", "policy"])["seed"].transform("nunique") > 1 if len(finals) else []
+    return {distilled_name(r["student"], r["policy"], r["seed"] if many else None): r
+            for r, many in zip(finals.to_dict("records"), several)}
 
 
 def models_to_evaluate(stage: Stage, splits: Splits, finals: pd.DataFrame) -> pd.DataFrame:
@@ -33,8 +42,8 @@ def models_to_evaluate(stage: Stage, splits: Splits, finals: pd.DataFrame) -> pd
         rows.append({"model": f"{spec.name} (undistilled)", "kind": "student", "model_dir": str(target),
                      "chat_template": spec.chat_template})
     chat = {s.name: s.chat_template for s in prof.students}
-    for r in finals.to_dict("records"):
-        rows.append({"model": distilled_name(r["student"], r["policy"]), "kind": "distilled",
+    for name, r in final_names(finals).items():
+        rows.append({"model": name, "kind": "distilled",
                      "model_dir": str(stage.run.root / r["model_dir"]),  # stored relative to the run folder
                      "chat_template": chat.get(r["student"], False)})
     for t in prof.teachers:
@@ -106,13 +115,47 @@ def noise_floor(tidy: pd.DataFrame, finals: pd.DataFrame, final_accuracy: pd.Dat
     of that policy's held-out accuracy over its ``seeds`` (``seed_sd``; NaN with one seed, for an
     undistilled student, a teacher and any other task, whose problems stage 5 did not score)."""
     scored = finals.merge(final_accuracy[["policy", "seeds", "seed_sd"]], on="policy", how="left", validate="many_to_one")
-    by_model = {distilled_name(r["student"], r["policy"]): r for r in scored.to_dict("records")}
+    by_model = final_names(scored)
     out = stats.with_score_ci(tidy)
     rows = [by_model.get(m) if t in evaluate.FILE_TASKS else None for m, t in zip(out["model"], out["task"])]
     out["scored_seed"] = pd.array([r["seed"] if r else None for r in rows], dtype="Int64")
     out["seeds"] = pd.array([r["seeds"] if r else None for r in rows], dtype="Int64")
     out["seed_sd"] = [float(r["seed_sd"]) if r else float("nan") for r in rows]
     return out[NOISE_FLOOR_COLUMNS]
+
+
+POLICY_MEANS_COLUMNS = ["student", "policy", "task", "metric", "seeds", "mean", "seed_sd", "problems_se", "se", "ci_lo",
+                        "ci_hi"]
+
+
+def policy_means(tidy: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
+    """Each policy's score on each task and metric averaged over the seeds whose final students lm-eval scored
+    (``dynamic.final_seeds: all``; policies with one scored seed are left out), with its 95% interval.
+
+    Two parts of noise, added in quadrature on each side: the problems' part, the interval of the mean
+    score on the ``n`` problems (``stats.score_interval``: Wilson for a share, so it stays in [0, 1] and is
+    not empty at 0; ``problems_se`` is the seeds' mean lm-eval standard error), which does not average out
+    over seeds that answer the same problems; and the seeds' part, 1.96 x seed SD / sqrt(seeds). ``se``
+    is sqrt(seed SD^2 / seeds + problems_se^2), for reference."""
+    names = final_names(finals)
+    rows = []
+    scored = tidy[tidy["model"].isin(names)].assign(
+        student=lambda t: [names[m]["student"] for m in t["model"]], policy=lambda t: [names[m]["policy"] for m in t["model"]])
+    for (student, policy, task, metric), g in scored.groupby(["student", "policy", "task", "metric"], sort=True):
+        if len(g) < 2:
+            continue
+        mean, sd = float(g["value"].mean()), float(g["value"].std(ddof=1))
+        problems_se = float(np.sqrt(np.mean(np.square(g["stderr"].astype(float)))))
+        n = g["n"].min() if "n" in g else None
+        lo, hi = stats.score_interval({"value": mean, "stderr": problems_se, "n": n})
+        seed_half = stats.Z95 * sd / np.sqrt(len(g))
+        lo, hi = mean - np.hypot(mean - lo, seed_half), mean + np.hypot(hi - mean, seed_half)
+        if n is not None and not pd.isna(n) and g["value"].between(0, 1).all():  # a share of problems
+            lo, hi = max(0.0, lo), min(1.0, hi)
+        rows.append({"student": student, "policy": policy, "task": task, "metric": metric, "seeds": len(g),
+                     "mean": mean, "seed_sd": sd, "problems_se": problems_se,
+                     "se": float(np.sqrt(sd ** 2 / len(g) + problems_se ** 2)), "ci_lo": float(lo), "ci_hi": float(hi)})
+    return pd.DataFrame(rows, columns=POLICY_MEANS_COLUMNS)
 
 
 def own_evaluation_check(stage: Stage, entries: pd.DataFrame, results: list[evaluate.EvalResult],
@@ -125,8 +168,7 @@ def own_evaluation_check(stage: Stage, entries: pd.DataFrame, results: list[eval
     problem by problem; elsewhere a difference measures the settings, not the harness."""
     prof = stage.params
     outcomes = stage.read_table("05_dynamic_selection", "final_outcomes")
-    finals = {distilled_name(r["student"], r["policy"]): r
-              for r in stage.read_table("05_dynamic_selection", "final_models").to_dict("records")}
+    finals = final_names(stage.read_table("05_dynamic_selection", "final_models"))
     specs = {s.name: s for s in prof.students}
     rows = []
     by_name = {e["model"]: e for e in entries.to_dict("records")}

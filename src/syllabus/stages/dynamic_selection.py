@@ -436,7 +436,7 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
                             "new_problems": int((~batch["problem_id"].isin(list(problems))).sum())})
         if policy_name == "ioa":
             run.ioa_plan += ioa_plan_rows(policy, state, phase, seed)
-    if seed == d.seeds[0]:
+    if d.final_seeds == "all" or seed == d.seeds[0]:
         run.final_model = save_final(stage, current, policy_name, seed)
     return run
 
@@ -627,13 +627,14 @@ def stage_tables(stage: Stage, student: StudentModel, inputs: PolicyInputs, runs
                  start: pd.Series) -> dict[str, pd.DataFrame]:
     """The stage's tables by name: ``learning_curves`` and ``module_curves`` from phase 0 (the undistilled
     student, whose held-out pass rates are ``start``), ``choices``, ``final_models`` (each policy's final
-    student of the first seed, saved for stage 6 by ``save_final``), ``final_outcomes``,
+    student of the first seed, or of every seed with ``dynamic.final_seeds: all``, saved for stage 6 by
+    ``save_final``), ``final_outcomes``,
     ``dmc_trajectories`` and ``ioa_plan`` (empty when no run made any)."""
     d, heldout = stage.params.dynamic, inputs.splits.heldout
     tables = run_tables(runs)
     starts = pd.DataFrame(start_curve(stage, student, heldout, d.policies, d.seeds))
     finals = [{"student": student.name, "policy": r.policy, "seed": r.seed, **r.final_model}
-              for r in runs if r.seed == d.seeds[0]]
+              for r in runs if r.final_model]
     return {"learning_curves": pd.concat([starts, tables["curve"]], ignore_index=True),
             "module_curves": pd.concat([start_module_curve(start, heldout, d.policies, d.seeds),
                                         tables["module_curves"]], ignore_index=True),
