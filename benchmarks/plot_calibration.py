@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from syllabus import plots
+from syllabus import plots, stats
 
 plt = plots.plt
 
@@ -53,8 +53,8 @@ def summarise(cells: pd.DataFrame, n_problems: int) -> pd.DataFrame:
     for (student, style, budget), g in cells.groupby(["student", "style", "budget"], sort=True):
         before, after = g["accuracy_before"].iloc[0], g["accuracy"].mean()
         seed_var = g["gain"].var(ddof=1) / len(g) if len(g) > 1 else np.nan
-        problem_var = (before * (1 - before) + after * (1 - after)) / n_problems
-        half = 1.96 * np.sqrt((0.0 if np.isnan(seed_var) else seed_var) + problem_var)
+        problem_var = stats.binomial_se(before, n_problems) ** 2 + stats.binomial_se(after, n_problems) ** 2
+        half = stats.Z95 * np.sqrt((0.0 if np.isnan(seed_var) else seed_var) + problem_var)
         rows.append({"student": student, "candidate": style, "tokens": int(budget), "seeds": len(g),
                      "gain": g["gain"].mean(), "lo": g["gain"].mean() - half, "hi": g["gain"].mean() + half})
     return pd.DataFrame(rows)
