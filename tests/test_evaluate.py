@@ -390,3 +390,37 @@ def test_every_seeds_final_student_is_named_by_its_seed_and_averaged_per_policy(
     noise = benchmark.noise_floor(tidy, finals, accuracy).set_index("model")
     assert [noise.loc[f"s + random (seed {k})", "scored_seed"] for k in (0, 1, 2)] == [0, 1, 2]
     assert noise.loc["s + all", "scored_seed"] == 0
+
+
+def test_the_figure_draws_a_policy_scored_over_seeds_as_one_bar_with_its_mean_interval():
+    """``figure_rows``: the seeds' students of a policy become one row (their mean, policy_means' interval);
+    a model scored once keeps its own row and Wilson interval; only each task's first metric is drawn; and
+    ``benchmark_bars`` draws the rows' own intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    import pandas as pd
+
+    from syllabus import plots, stats
+    from syllabus.stages import benchmark
+
+    finals = pd.DataFrame([{"student": "s", "policy": "random", "seed": k, "model_dir": f"r{k}", "weights": "x"}
+                           for k in (0, 1, 2)])
+    rows = [("s + random (seed 0)", 0.30), ("s + random (seed 1)", 0.40), ("s + random (seed 2)", 0.50),
+            ("s (undistilled)", 0.25)]
+    tidy = pd.DataFrame([{"model": m, "task": "syllabus_lab", "metric": metric, "value": v, "stderr": 0.04,
+                          "n": 100} for m, v in rows for metric in ("exact_match", "exact_match_flexible")])
+    means = benchmark.policy_means(tidy, finals)
+    drawn = benchmark.figure_rows(tidy, means, finals).set_index("model")
+    assert list(drawn.index) == ["s (undistilled)", "s + random (mean of 3 seeds)"]
+    assert set(drawn["metric"]) == {"exact_match"}
+    mean = means[means["metric"] == "exact_match"].iloc[0]
+    assert drawn.loc["s + random (mean of 3 seeds)", "value"] == pytest.approx(0.40)
+    assert drawn.loc["s + random (mean of 3 seeds)", ["ci_lo", "ci_hi"]].tolist() == [mean["ci_lo"], mean["ci_hi"]]
+    assert drawn.loc["s + random (mean of 3 seeds)", "seeds"] == 3 and pd.isna(drawn.loc["s (undistilled)", "seeds"])
+    assert tuple(drawn.loc["s (undistilled)", ["ci_lo", "ci_hi"]]) == pytest.approx(stats.wilson(25, 100))
+    ax = plots.benchmark_bars(drawn.reset_index()).axes[0]
+    ends = {round(float(x), 4) for line in ax.lines for x in np.atleast_1d(line.get_xdata())}
+    assert {round(mean["ci_lo"], 4), round(mean["ci_hi"], 4)} <= ends  # the mean's interval, wider than Wilson's
+    assert "mean over seeds" in ax.get_xlabel()

@@ -303,11 +303,15 @@ def module_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy"
 
 
 def benchmark_bars(tidy: pd.DataFrame, *, value="value", model="model", task="task", err="stderr"):
-    """Stage 6: one bar per model and task, with its 95% interval (``stats.score_interval``: Wilson for a share of
-    problems) and its value written beside it (so that a score of 0 reads as 0, not as a missing bar)."""
+    """Stage 6: one bar per model and task, with its 95% interval and its value written beside it (so that a
+    score of 0 reads as 0, not as a missing bar). The interval is the row's ``ci_lo``/``ci_hi`` where the table
+    has them (``benchmark.figure_rows``), else ``stats.score_interval`` (Wilson for a share of problems)."""
     wide = tidy.pivot_table(index=model, columns=task, values=value, aggfunc="first")
-    bounds = pd.DataFrame([stats.score_interval(r, value, err) for r in tidy.to_dict("records")], columns=["lo", "hi"],
-                          index=tidy.index)
+    if {"ci_lo", "ci_hi"} <= set(tidy.columns):
+        bounds = tidy[["ci_lo", "ci_hi"]].set_axis(["lo", "hi"], axis=1)
+    else:
+        bounds = pd.DataFrame([stats.score_interval(r, value, err) for r in tidy.to_dict("records")],
+                              columns=["lo", "hi"], index=tidy.index)
     lo, hi = (tidy.assign(bound=bounds[side]).pivot_table(index=model, columns=task, values="bound", aggfunc="first",
                                                            dropna=False).reindex_like(wide) for side in ("lo", "hi"))
     below, above = (wide - lo).clip(lower=0).fillna(0), (hi - wide).clip(lower=0).fillna(0)
@@ -317,7 +321,9 @@ def benchmark_bars(tidy: pd.DataFrame, *, value="value", model="model", task="ta
     for bars in ax.containers:
         if hasattr(bars, "patches"):
             ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=3)
-    ax.set_xlabel("score (fraction; whiskers: 95% CI, Wilson on the problems scored)")
+    means = "seeds" in tidy.columns and bool(tidy["seeds"].notna().any())
+    ax.set_xlabel("score (fraction; whiskers: 95% CI, Wilson on the problems scored"
+                  + (";\na policy's mean over seeds adds their spread)" if means else ")"))
     ax.set_ylabel("")
     ax.set_xlim(0, max(0.05, float(np.nanmax((wide + above).to_numpy())) * 1.25))
     ax.legend(title="task", fontsize=8)

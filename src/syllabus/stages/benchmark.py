@@ -158,6 +158,27 @@ def policy_means(tidy: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=POLICY_MEANS_COLUMNS)
 
 
+def figure_rows(tidy: pd.DataFrame, means: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
+    """The rows stage 6's figure draws (each task's first metric), each with its 95% interval (``ci_lo``,
+    ``ci_hi``): every model's score (``stats.with_score_ci``), except that a policy whose seeds were all
+    scored (``policy_means``) is one row, its mean over them ("lab-s + random (mean of 3 seeds)", ``seeds``
+    3) with both parts of its interval, in place of one bar per seed's student."""
+    names = final_names(finals)
+    averaged = set(zip(means["student"], means["policy"], means["task"], means["metric"]))
+    seed_row = [(names[m]["student"], names[m]["policy"], t, k) in averaged if m in names else False
+                for m, t, k in zip(tidy["model"], tidy["task"], tidy["metric"])]
+    kept = stats.with_score_ci(tidy[~pd.Series(seed_row, index=tidy.index, dtype=bool)])
+    mean_rows = means.assign(model=[f"{distilled_name(s, p)} (mean of {k} seeds)"
+                                    for s, p, k in zip(means["student"], means["policy"], means["seeds"])],
+                             value=means["mean"], stderr=means["se"])
+    columns = ["model", "task", "metric", "value", "stderr", "ci_lo", "ci_hi", "seeds"]
+    kept = kept.assign(seeds=pd.array([None] * len(kept), dtype="Int64"))
+    mean_rows = mean_rows.assign(seeds=mean_rows["seeds"].astype("Int64"))
+    rows = pd.concat([kept[columns], mean_rows[columns]], ignore_index=True)
+    main = tidy.groupby("task", sort=False)["metric"].first()
+    return rows[rows["metric"] == rows["task"].map(main)].reset_index(drop=True)
+
+
 def own_evaluation_check(stage: Stage, entries: pd.DataFrame, results: list[evaluate.EvalResult],
                          splits: Splits) -> pd.DataFrame:
     """Does lm-eval score the run's held-out problems as the package did? For each model and each task over
