@@ -213,6 +213,33 @@ def test_check_runnable_finds_missing_files_and_sizes_larger_than_the_data(tmp_p
         check_runnable(load_profile(fixed, {"teacher_selection.probe_size": 3}))
 
 
+def test_check_runnable_refuses_a_trace_file_that_answers_none_of_the_pool_problems(tmp_path):
+    """A ``file`` teacher's traces are matched by question text: a file of another split's (or another
+    dataset's) questions would leave its datasets empty, so it is refused before any work, with both texts."""
+    data = _gsm8k_dir(tmp_path / "data", 10)
+    other = [{"question": f"Ann has {i} pears.  How many?", "solution": f"#### {i}"} for i in range(3)]
+    (data / "gsm8k" / "other.jsonl").write_text("".join(json.dumps(r) + "\n" for r in other))
+    text = (MINIMAL.replace("teachers: [{name: t, backend: lab, style: prose}]",
+                            "teachers: [{name: t, backend: file, path: gsm8k/other.jsonl, field: solution}]")
+            + f"data: {{task: gsm8k, data_dir: {data}, pool_split: test, n_heldout: 4, n_probe: 4, n_pool: 2}}\n"
+            + "teacher_selection: {probe_size: 2}\n")
+    with pytest.raises(ParamsError) as err:
+        check_runnable(load_profile(write(tmp_path, text)))
+    message = str(err.value)
+    assert "key 'teachers.0.path': teacher 't': none of the 3 questions in" in message
+    assert "'ann has 0 pears. how many?'" in message and "'tom has" in message  # the file's and the data's
+    # one pool problem answered is enough (stage 1 reports the rest as missing); case and spacing aside
+    from syllabus.problems import problem_splits
+
+    answered = problem_splits(load_profile(write(tmp_path, text))).pool[0].text.upper().replace(" ", "  ")
+    rows = other + [{"question": answered, "solution": "#### 2"}]
+    (data / "gsm8k" / "other.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    check_runnable(load_profile(write(tmp_path, text)))
+    (data / "gsm8k" / "other.jsonl").write_text('{"question": "x", "solution": "#### 1"}\n{"question": \n')
+    with pytest.raises(ParamsError, match=r"key 'teachers.0.path': .*other.jsonl, line 2: not valid JSON"):
+        check_runnable(load_profile(write(tmp_path, text)))
+
+
 def test_check_runnable_refuses_a_policy_the_data_cannot_serve(tmp_path):
     folder = tmp_path / "data" / "math"
     folder.mkdir(parents=True)
