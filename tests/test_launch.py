@@ -45,6 +45,7 @@ def test_two_processes_take_the_same_steps_as_one(tmp_path, single_pass, shardin
     summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert summary["steps_done"] == summary["steps"] == alone.steps
     assert spread.summary["processes"] == summary["processes"] == 2 and "processes" not in alone.summary
+    assert not (tmp_path / "two" / "launch" / "tmp").exists()  # torchelastic's scratch folder, removed once done
 
 
 def test_sharded_processes_stay_in_step_when_one_has_nothing_to_do(tmp_path):
@@ -118,9 +119,12 @@ def test_an_unknown_sharding_is_an_error(tmp_path):
 def test_a_failed_launch_names_its_log(tmp_path):
     model, tokenizer, examples = _setup()
     cfg = Training(batch_size=4, max_seq_len=96)
-    with pytest.raises(launch.LaunchError, match="launch.log"):
+    with pytest.raises(launch.LaunchError, match="launch.log") as err:
         launch.sft(model, tokenizer, examples, steps=2, cfg=cfg, seed=0, out_dir=tmp_path / "bad", processes=2,
                    loss_on="nonsense")
+    # the processes' own logs are kept beside it, in the run's folder rather than the system's temporary one
+    scratch = tmp_path / "bad" / "launch" / "tmp"
+    assert str(scratch) in str(err.value) and list(scratch.glob("torchelastic_*"))
 
 
 def test_a_stage_distils_over_two_processes_when_the_profile_asks(tmp_path):

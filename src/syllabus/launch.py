@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,11 +62,15 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
                    str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                    "-m", "syllabus.launch", str(job)]
         log = out / "launch" / "launch.log"
+        scratch = out / "launch" / "tmp"  # torchelastic's per-launch log folders, here rather than in the system's /tmp
+        scratch.mkdir(exist_ok=True)
         with open(log, "w") as handle:
-            done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)})
         if done.returncode != 0:
             raise LaunchError(f"data-parallel SFT over {processes} processes failed (exit {done.returncode}); "
-                              f"see {log}")
+                              f"see {log} (and the processes' own logs under {scratch})")
+        shutil.rmtree(scratch, ignore_errors=True)
     return train.sft(model, tokenizer, examples, steps=steps, cfg=cfg, seed=seed, out_dir=out, resume=True, **kwargs)
 
 
