@@ -34,12 +34,11 @@ def check_runnable(prof: Profile) -> None:
         problems += [(key, "is 'vllm' but vLLM is not installed: pip install 'syllabus[vllm]' on a GPU machine, "
                            "or set it to hf") for key in vllm_users]
     data_dir = prof.data.resolved_data_dir()
-    trace_files = {}  # teachers.i -> the file teacher's spec, where its file exists
+    trace_files = {}  # teachers.i -> the file teacher, read: its file exists and parses
     for i, teacher in enumerate(prof.teachers):
         if teacher.backend == "file":
             try:
-                teachers.file_teacher_path(teacher, data_dir)
-                trace_files[i] = teacher
+                trace_files[i] = teachers.FileTeacher(teacher, data_dir)
             except teachers.TeacherError as exc:
                 problems.append((f"teachers.{i}.path", str(exc)))
     try:
@@ -59,7 +58,7 @@ def check_runnable(prof: Profile) -> None:
             problems.append(("teacher_selection.probe_size", f"{probe_size} probe problems are taken from a pool of "
                                                              f"{len(splits.pool)}; lower it to {len(splits.pool)}"))
         for i, teacher in trace_files.items():
-            problems += file_teacher_coverage(i, teacher, data_dir, splits.pool, d.task)
+            problems += file_teacher_coverage(i, teacher, splits.pool, d.task)
         needs = {"easy_to_hard": ("level", "problem levels"), "ioa": ("module", "problem modules (IOA's skills)")}
         for policy, (attribute, what) in needs.items():
             if splits.pool and policy in prof.dynamic.policies and not any(getattr(p, attribute) is not None for p in splits.pool):
@@ -72,19 +71,15 @@ def check_runnable(prof: Profile) -> None:
         raise ParamsError("\n".join(lines))
 
 
-def file_teacher_coverage(index: int, spec, data_dir, pool, task: str) -> list[tuple[str, str]]:
-    """A ``file`` teacher's traces are matched to problems by question text: its file must parse and hold a
-    trace for at least one pool problem, else every dataset it makes is empty. (Key, reason) pairs, as above."""
-    key = f"teachers.{index}.path"
-    try:
-        teacher = teachers.FileTeacher(spec, data_dir)
-    except teachers.TeacherError as exc:
-        return [(key, str(exc))]
+def file_teacher_coverage(index: int, teacher: teachers.FileTeacher, pool, task: str) -> list[tuple[str, str]]:
+    """A ``file`` teacher's traces are matched to problems by question text: its file must hold a trace for at
+    least one pool problem, else every dataset it makes is empty. (Key, reason) pairs, as above."""
     if not pool or any(teachers.normalise_question(p.text) in teacher.by_question for p in pool):
         return []
     file_question = next(iter(teacher.by_question), "")
-    return [(key, f"teacher '{spec.name}': none of the {len(teacher.by_question)} questions in {teacher.path} is one "
-                  f"of the {len(pool)} pool problems of the '{task}' data (questions are matched by their text, case "
-                  f"and whitespace aside; the file's first: {file_question[:60]!r}, a pool problem: "
-                  f"{teachers.normalise_question(pool[0].text)[:60]!r}); write the traces of this data's problems "
-                  "with their questions, or choose the split they solved with data.pool_split")]
+    return [(f"teachers.{index}.path",
+             f"teacher '{teacher.name}': none of the {len(teacher.by_question)} questions in {teacher.path} is one "
+             f"of the {len(pool)} pool problems of the '{task}' data (questions are matched by their text, case "
+             f"and whitespace aside; the file's first: {file_question[:60]!r}, a pool problem: "
+             f"{teachers.normalise_question(pool[0].text)[:60]!r}); write the traces of this data's problems "
+             "with their questions, or choose the split they solved with data.pool_split")]
