@@ -124,6 +124,14 @@ def noise_floor(tidy: pd.DataFrame, finals: pd.DataFrame, final_accuracy: pd.Dat
     return out[NOISE_FLOOR_COLUMNS]
 
 
+def final_rows(tidy: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``tidy`` that score a stage-5 final student, with its ``student`` and ``policy`` (index kept)."""
+    names = final_names(finals)
+    scored = tidy[tidy["model"].isin(names)]
+    return scored.assign(student=[names[m]["student"] for m in scored["model"]],
+                         policy=[names[m]["policy"] for m in scored["model"]])
+
+
 POLICY_MEANS_COLUMNS = ["student", "policy", "task", "metric", "seeds", "mean", "seed_sd", "problems_se", "se", "ci_lo",
                         "ci_hi"]
 
@@ -137,11 +145,9 @@ def policy_means(tidy: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
     not empty at 0; ``problems_se`` is the seeds' mean lm-eval standard error), which does not average out
     over seeds that answer the same problems; and the seeds' part, 1.96 x seed SD / sqrt(seeds). ``se``
     is sqrt(seed SD^2 / seeds + problems_se^2), for reference."""
-    names = final_names(finals)
     rows = []
-    scored = tidy[tidy["model"].isin(names)].assign(
-        student=lambda t: [names[m]["student"] for m in t["model"]], policy=lambda t: [names[m]["policy"] for m in t["model"]])
-    for (student, policy, task, metric), g in scored.groupby(["student", "policy", "task", "metric"], sort=True):
+    for (student, policy, task, metric), g in final_rows(tidy, finals).groupby(["student", "policy", "task", "metric"],
+                                                                             sort=True):
         if len(g) < 2:
             continue
         mean, sd = float(g["value"].mean()), float(g["value"].std(ddof=1))
@@ -163,11 +169,11 @@ def figure_rows(tidy: pd.DataFrame, means: pd.DataFrame, finals: pd.DataFrame) -
     ``ci_hi``): every model's score (``stats.with_score_ci``), except that a policy whose seeds were all
     scored (``policy_means``) is one row, its mean over them ("lab-s + random (mean of 3 seeds)", ``seeds``
     3) with both parts of its interval, in place of one bar per seed's student."""
-    names = final_names(finals)
     averaged = set(zip(means["student"], means["policy"], means["task"], means["metric"]))
-    seed_row = [(names[m]["student"], names[m]["policy"], t, k) in averaged if m in names else False
-                for m, t, k in zip(tidy["model"], tidy["task"], tidy["metric"])]
-    kept = stats.with_score_ci(tidy[~pd.Series(seed_row, index=tidy.index, dtype=bool)])
+    seeds = final_rows(tidy, finals)
+    seed_rows = seeds.index[[key in averaged for key in zip(seeds["student"], seeds["policy"], seeds["task"],
+                                                              seeds["metric"])]]
+    kept = stats.with_score_ci(tidy.drop(index=seed_rows))
     mean_rows = means.assign(model=[f"{distilled_name(s, p)} (mean of {k} seeds)"
                                     for s, p, k in zip(means["student"], means["policy"], means["seeds"])],
                              value=means["mean"], stderr=means["se"])
