@@ -448,6 +448,8 @@ def test_killed_runs_resume_and_never_leave_a_half_written_artifact(pipeline):
     for kill, (what, _ready, stage) in zip(pipeline["kills"], KILL_POINTS):
         assert kill["killed_in"] == stage, (what, kill["output"][-2000:])
         assert kill["unreadable"] == [], (what, kill["unreadable"])
+        # the killed stage's progress file was in the run folder (not in the system's /tmp), under a temporary name
+        assert any(name.startswith(f".progress-{stage}.") for name in kill["temp_names"]), kill["temp_names"]
     # each restart reused the stages the killed run had finished and re-ran the one it was killed in
     assert "02_trace_curation: up to date" in pipeline["kills"][2]["output"]
     assert pipeline["final_output"].count("up to date") == 4 and "05_dynamic_selection: running" in pipeline["final_output"]

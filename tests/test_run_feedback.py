@@ -23,7 +23,7 @@ import pytest
 
 from syllabus import cli, progress, report
 from syllabus.cli import main
-from syllabus.runs import STAGES, RunDir
+from syllabus.runs import STAGES, RunDir, is_temp_name
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOP = "stand-in loop"
@@ -97,7 +97,7 @@ def test_progress_goes_to_stderr_with_cells_and_loops_and_never_into_tables(stan
     # the quiet re-run: no progress at all, the same table bytes
     assert LOOP not in stand_in["quiet"].stderr and " cell " not in stand_in["quiet"].stderr
     assert {p: p.read_bytes() for p in stand_in["tables"]} == stand_in["tables"]
-    assert not any(stand_in["run_dir"].rglob("events.jsonl"))  # the progress file lives outside the run folder
+    assert not any(stand_in["run_dir"].rglob("events.jsonl"))  # the progress file is gone once the stage ends
 
 
 def wait_for(condition, timeout: float = 20.0) -> None:
@@ -107,11 +107,14 @@ def wait_for(condition, timeout: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-def test_progress_line_counts_cells_and_estimates_time_left():
+def test_progress_line_counts_cells_and_estimates_time_left(tmp_path):
     out = io.StringIO()
-    with progress.StageProgress("04_correlation", stream=out, interval=0.02, log_interval=60) as shown:
+    with progress.StageProgress("04_correlation", stream=out, interval=0.02, log_interval=60,
+                                folder=tmp_path) as shown:
         events = Path(os.environ[progress.ENV_VAR])  # what the kernel will inherit
         assert events.is_file()
+        # in the run folder under a temporary name: what a killed run leaves, the next run's prepare removes
+        assert events.parent.parent == tmp_path and is_temp_name(events.parent.name)
         shown.cell_started(3, 9)
         with progress.task("grid cells", 4) as cells:
             for _ in range(2):

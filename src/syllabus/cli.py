@@ -292,7 +292,7 @@ def run_stages(args: argparse.Namespace, prof, run: RunDir, stages: list[str], n
         inputs = key_inputs(run, stage, notebook, params, src_files)
         print(f"  {stage}: running ...", flush=True)
         try:
-            with StageProgress(stage, enabled=not args.quiet) as progress:
+            with StageProgress(stage, enabled=not args.quiet, folder=run.root) as progress:
                 execute_stage(run, stage, notebook, on_cell=progress.cell_started)
         except KeyboardInterrupt:
             print(f"syllabus: interrupted in {stage}; {previous_results(run, stage)}", file=sys.stderr)

@@ -133,12 +133,15 @@ class StageProgress:
 
     Sets ``$SYLLABUS_PROGRESS_FILE`` for the kernel, reads the loops' events from it in a thread and
     draws ``<stage>: cell i/n, elapsed | loop done/total, ~time left`` on ``stream``. Disabled, it
-    does nothing and the kernel gets no progress file.
+    does nothing and the kernel gets no progress file. The file lies in a folder with a temporary name
+    (``.progress-<stage>.XXXX.tmp``) inside ``folder`` (the run folder; default: the system's temporary
+    directory), removed on exit; one that a killed run left is removed by the next ``RunDir.prepare``.
     """
 
     def __init__(self, stage: str, enabled: bool = True, stream: IO[str] | None = None,
-                 interval: float = 0.5, log_interval: float = 10.0):
+                 interval: float = 0.5, log_interval: float = 10.0, folder: str | os.PathLike | None = None):
         self.stage, self.enabled = stage, enabled
+        self.parent = None if folder is None else Path(folder)
         self.stream = stream if stream is not None else sys.stderr
         self.live = bool(getattr(self.stream, "isatty", lambda: False)())
         self.interval, self.log_interval = interval, log_interval
@@ -163,7 +166,7 @@ class StageProgress:
     def __enter__(self) -> "StageProgress":
         if not self.enabled:
             return self
-        self._folder = Path(tempfile.mkdtemp(prefix="syllabus-progress-"))
+        self._folder = Path(tempfile.mkdtemp(prefix=f".progress-{self.stage}.", suffix=".tmp", dir=self.parent))
         self._path = self._folder / "events.jsonl"
         self._path.touch()
         self._saved_env = os.environ.get(ENV_VAR)
