@@ -289,6 +289,10 @@ def test_accuracy_bands_stay_within_zero_and_one():
     mean, lo, hi = plots._mean_band(curves.groupby("phase")["accuracy"], 16)
     assert (lo >= 0).all() and (hi <= 1).all()
     assert lo[0] == 0.0 and hi[1] == 1.0 and 0 < lo[2] < 0.5 < hi[2] < 1
+    # three seeds far apart on many problems: the seeds' part decides, with t at ~2 df, not 1.96
+    spread = pd.DataFrame({"phase": [1, 1, 1], "accuracy": [0.3, 0.5, 0.7]})
+    mean, lo, hi = plots._mean_band(spread.groupby("phase")["accuracy"], 100_000)
+    assert hi[1] - mean[1] == pytest.approx(4.30 * 0.2 / 3 ** 0.5, rel=0.01)
 
 
 def test_planted_skill_check_compares_seen_and_unseen_modules_and_ioa_diagnosis():

@@ -377,10 +377,10 @@ def test_every_seeds_final_student_is_named_by_its_seed_and_averaged_per_policy(
     assert row["seeds"] == 3 and row["mean"] == pytest.approx(0.40) and row["seed_sd"] == pytest.approx(0.10)
     # the problems' error does not average out over seeds that answer the same problems
     assert row["problems_se"] == pytest.approx(0.04) and row["se"] == pytest.approx((0.1 ** 2 / 3 + 0.04 ** 2) ** 0.5)
-    # the interval: Wilson on the 100 problems and the seeds' 1.96 SD / sqrt(3), in quadrature on each side
+    # the interval: Wilson on the 100 problems and the seeds' t(2) SD / sqrt(3), in quadrature on each side
     from syllabus.stats import wilson
     lo, hi = wilson(40, 100)
-    half = 1.959964 * 0.10 / 3 ** 0.5
+    half = 4.302653 * 0.10 / 3 ** 0.5
     assert row["ci_lo"] == pytest.approx(0.40 - ((0.40 - lo) ** 2 + half ** 2) ** 0.5, abs=1e-5)
     assert row["ci_hi"] == pytest.approx(0.40 + ((hi - 0.40) ** 2 + half ** 2) ** 0.5, abs=1e-5)
     at_zero = benchmark.policy_means(tidy.assign(value=0.0, stderr=0.0), finals).iloc[0]

@@ -158,15 +158,44 @@ def test_paired_gain_by_hand():
     d = np.array([1.0, 0.5, 0.0, -0.5])  # per-problem differences averaged over seeds
     assert g["se_problems"] == pytest.approx(d.std(ddof=1) / 2)
     assert g["gain_se"] == pytest.approx(g["se_problems"])
-    assert g["gain_lo"] == pytest.approx(0.25 - stats.Z95 * g["gain_se"])
+    # no seed spread: the problems' part alone, t with 4 - 1 = 3 df (3.18), not the normal 1.96
+    assert g["ci_df"] == pytest.approx(3.0)
+    assert g["gain_lo"] == pytest.approx(0.25 - 3.182446305284263 * g["gain_se"])
     with pytest.raises(ValueError, match="3 problems after but 4 before"):
         stats.paired_gain(before, np.ones((2, 3)))
 
 
+def test_interval_quantile_follows_the_welch_satterthwaite_df():
+    assert stats.t_quantile(float("inf")) == pytest.approx(stats.Z95) and stats.t_quantile(2) == pytest.approx(4.302653)
+    assert stats.t_quantile(0) == float("inf")
+    # one part: its own df; equal parts with 2 and inf df: (2v)^2 / (v^2 / 2) = 8
+    assert stats.welch_df([(0.01, 5), (0.0, 2)]) == pytest.approx(5) and stats.welch_df([(1, 2), (1, float("inf"))]) == 8
+    assert stats.welch_df([]) == float("inf") and stats.welch_df([(1.0, 0)]) == 0.0
+    # 3 seeds whose spread dominates the SE (400 problems): df near 2, the interval about twice the normal one
+    rng = np.random.default_rng(0)
+    b = (rng.random((1, 400)) < 0.5).astype(float)
+    a = np.vstack([np.where(rng.random(400) < shift, 1.0, b[0]) for shift in (0.0, 0.3, 0.6)])
+    d = stats.paired_difference(a, b)
+    assert 2 < d["ci_df"] < 3
+    half = (d["gain_hi"] - d["gain_lo"]) / 2
+    assert half == pytest.approx(stats.t_quantile(d["ci_df"]) * d["gain_se"]) and half > 1.9 * stats.Z95 * d["gain_se"]
+
+
+def power_holds(effect: float, se_problems: float, n_problems: float, seed_sd: float, seeds: int) -> bool:
+    """(t + 0.84) x SE <= |effect|, t at the Welch-Satterthwaite df as ``paired_difference`` computes it."""
+    seed_df = seeds - 1 if seeds > 1 else float("inf")
+    df = stats.welch_df([(se_problems ** 2, n_problems - 1), (seed_sd ** 2 / seeds, seed_df)])
+    return (stats.t_quantile(df) + 0.8416) * np.sqrt(se_problems ** 2 + seed_sd ** 2 / seeds) <= abs(effect)
+
+
 def test_needed_seeds_solves_the_power_equation():
-    z = stats.Z95 + 0.8416
     n = stats.needed_seeds(0.1, 0.02, 0.15)
-    assert z * np.sqrt(0.02 ** 2 + 0.15 ** 2 / n) <= 0.1 < z * np.sqrt(0.02 ** 2 + 0.15 ** 2 / (n - 1))
+    assert power_holds(0.1, 0.02, float("inf"), 0.15, n) and not power_holds(0.1, 0.02, float("inf"), 0.15, n - 1)
+    z = stats.Z95 + 0.8416  # the normal approximation asks for fewer seeds
+    assert z * np.sqrt(0.02 ** 2 + 0.15 ** 2 / (n - 1)) <= 0.1
+    with_problems = stats.needed_seeds(0.1, 0.02, 0.15, n_problems=50)
+    assert with_problems >= n and power_holds(0.1, 0.02, 50, 0.15, with_problems)
+    assert stats.needed_seeds(0.1, 0.02, 0.0) == 1  # no seed spread: one seed does
     assert stats.needed_seeds(-0.1, 0.02, 0.15) == n  # the sign does not matter
     assert stats.needed_seeds(0.05, 0.03, 0.1) == float("inf")  # the problems' part alone is too large
     assert np.isnan(stats.needed_seeds(0.0, 0.02, 0.15)) and np.isnan(stats.needed_seeds(0.1, 0.02, float("nan")))
@@ -175,11 +204,15 @@ def test_needed_seeds_solves_the_power_equation():
 def test_reliability_and_needed_problems():
     assert stats.reliability([0.1, 0.3, 0.5], [0.1, 0.1, 0.1]) == pytest.approx(1 - 0.01 / 0.04)
     assert stats.reliability([0.1, 0.1], [0.1, 0.1]) != stats.reliability([0.1, 0.1], [0.1, 0.1])  # NaN
-    # 80% power at 95%: n = ((1.96 + 0.84) * sd / effect)^2
-    assert stats.needed_problems(0.05, 0.5) == int(np.ceil(((stats.Z95 + 0.8416) * 0.5 / 0.05) ** 2))
-    # with the seed part of the SE kept: (1.96 + 0.84)^2 (sd^2 / n + seed_sd^2 / seeds) <= effect^2
-    z, n = stats.Z95 + 0.8416, stats.needed_problems(0.1, 0.5, seed_sd=0.05, n_seeds=3)
-    assert z * np.sqrt(0.25 / n + 0.0025 / 3) <= 0.1 < z * np.sqrt(0.25 / (n - 1) + 0.0025 / 3)
+    # 80% power at 95%: about ((1.96 + 0.84) * sd / effect)^2, a little more for t at n - 1 df
+    n = stats.needed_problems(0.05, 0.5)
+    assert power_holds(0.05, 0.5 / np.sqrt(n), n, 0.0, 1) and not power_holds(0.05, 0.5 / np.sqrt(n - 1), n - 1, 0.0, 1)
+    assert 0 < n - int(np.ceil(((stats.Z95 + 0.8416) * 0.5 / 0.05) ** 2)) <= 3
+    # with the seed part of the SE kept: (t + 0.84)^2 (sd^2 / n + seed_sd^2 / seeds) <= effect^2
+    n = stats.needed_problems(0.1, 0.5, seed_sd=0.05, n_seeds=10)
+    assert power_holds(0.1, 0.5 / np.sqrt(n), n, 0.05, 10) and not power_holds(0.1, 0.5 / np.sqrt(n - 1), n - 1, 0.05, 10)
+    # the seeds' part at its 2 df decides: (4.30 + 0.84) x 0.05 / sqrt(3) = 0.148 > 0.1, however many problems
+    assert stats.needed_problems(0.12, 0.5, seed_sd=0.05, n_seeds=3) == float("inf")
     assert stats.needed_problems(0.05, 0.5, seed_sd=0.2, n_seeds=1) == float("inf")
     assert np.isnan(stats.needed_problems(0.0, 0.5))
     # both, for a paired difference not shown; nothing for one that is

@@ -184,11 +184,15 @@ def dmc_leads(leads: pd.DataFrame, *, scope="scope", rival="rival", lead="lead")
 
 
 def _mean_band(g, n_problems: int | None) -> tuple[pd.Series, pd.Series, pd.Series]:
-    """Mean over seeds of grouped accuracies and its 95% band: mean +- 1.96 sqrt(p(1-p)/n + seed SD^2/seeds)
-    with ``n_problems``, kept within [0, 1] (an accuracy's range), else the seeds' min-max."""
+    """Mean over seeds of grouped accuracies and its 95% band: mean +- t sqrt(p(1-p)/n + seed SD^2/seeds)
+    with ``n_problems`` (t the Student quantile at the two parts' Welch-Satterthwaite df, as in
+    ``stats.paired_difference``), kept within [0, 1] (an accuracy's range), else the seeds' min-max."""
     mean, sd, count = g.mean(), g.std(ddof=1).fillna(0.0), g.count()
     if n_problems:
-        half = stats.Z95 * np.sqrt(mean * (1 - mean) / n_problems + sd ** 2 / count)
+        binomial, seeds = mean * (1 - mean) / n_problems, sd ** 2 / count
+        q = pd.Series([stats.t_quantile(stats.welch_df([(b, n_problems - 1), (s, c - 1)]))
+                       for b, s, c in zip(binomial, seeds, count)], index=mean.index)
+        half = q * np.sqrt(binomial + seeds)
         return mean, (mean - half).clip(lower=0.0), (mean + half).clip(upper=1.0)
     return mean, g.min(), g.max()
 

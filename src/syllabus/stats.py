@@ -284,6 +284,31 @@ def pooled_spearman_lead(strata: Sequence[Mapping[str, Any]], *, n_boot: int = 1
 Z95 = 1.959963984540054
 
 
+def t_quantile(df: float, p: float = 0.975) -> float:
+    """The Student t quantile at ``p`` with ``df`` degrees of freedom: 1.96 at 95% for an infinite df (a
+    spread known exactly, or a part that is 0), inf for df <= 0 (a spread estimated from one value)."""
+    if df != df or df == float("inf"):  # NaN or inf
+        return float(sps.norm.ppf(p))
+    if df <= 0:
+        return float("inf")
+    return float(sps.t.ppf(p, df))
+
+
+def welch_df(parts: Sequence[tuple[float, float]]) -> float:
+    """Welch-Satterthwaite degrees of freedom of a sum of variance estimates, given as (variance, its df)
+    pairs: (sum v)^2 / sum(v^2 / df). A part with zero variance adds nothing; an infinite df is a part
+    known exactly. With 3 seeds and 400 problems the seeds' part alone has 2 df and the problems' 399, so
+    the sum's df lies between 2 and ~400 by which part is larger: the interval widens (t up to 4.30
+    instead of 1.96) where the seed spread dominates."""
+    live = [(float(v), float(d)) for v, d in parts if v == v and v > 0]
+    if not live:
+        return float("inf")
+    if any(d <= 0 for _, d in live):
+        return 0.0
+    denominator = sum(v * v / d for v, d in live if d != float("inf"))
+    return float("inf") if denominator == 0 else float(sum(v for v, _ in live) ** 2 / denominator)
+
+
 def wilson(k: float, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval of a proportion ``k / n`` (95% by default); NaNs for n = 0."""
     if n <= 0:
@@ -318,7 +343,9 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
     Returns the difference, its standard error - the problem-sampling part (SD of the per-problem
     differences averaged over seeds, over sqrt(problems)) plus the seed part (SD of the per-seed
-    differences over sqrt(seeds)) - the seed SD, and a normal 95% interval.
+    differences over sqrt(seeds)) - the seed SD, and a 95% interval of +- t x SE, t the Student quantile at
+    the Welch-Satterthwaite df of the two parts (``ci_df``; ``welch_df``): with 3 seeds a seed spread
+    that dominates the SE gets t up to 4.30, not the normal 1.96.
     """
     a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
     if a.shape[1] != b.shape[1]:
@@ -331,9 +358,12 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     mean = float(per_seed.mean())
     seed_sd = float(per_seed.std(ddof=1)) if n_seeds > 1 else float("nan")
     se_problems = float(diff.mean(0).std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
-    se = float(np.sqrt(se_problems ** 2 + (seed_sd ** 2 / n_seeds if n_seeds > 1 else 0.0)))
-    return {"gain": mean, "gain_se": se, "gain_lo": mean - Z95 * se, "gain_hi": mean + Z95 * se,
-            "seed_sd": seed_sd, "se_problems": se_problems, "n_seeds": n_seeds, "n_problems": n}
+    seed_part = seed_sd ** 2 / n_seeds if n_seeds > 1 else 0.0
+    se = float(np.sqrt(se_problems ** 2 + seed_part))
+    df = welch_df([(se_problems ** 2, n - 1), (seed_part, n_seeds - 1)])
+    q = t_quantile(df)
+    return {"gain": mean, "gain_se": se, "gain_lo": mean - q * se, "gain_hi": mean + q * se,
+            "seed_sd": seed_sd, "se_problems": se_problems, "n_seeds": n_seeds, "n_problems": n, "ci_df": df}
 
 
 def paired_gain(before: np.ndarray, after: np.ndarray) -> dict[str, float]:
@@ -368,28 +398,58 @@ def needed_problems(effect: float, sd_diff: float, seed_sd: float = 0.0, n_seeds
                     power_z: float = 0.8416) -> float:
     """Problems a paired comparison needs to show ``effect`` at 95% (two-sided) with 80% power, given the
     SD of the per-problem differences (``sd_diff``) and, with ``seed_sd``, the seed part of its SE kept
-    (``n_seeds`` seeds): the smallest n with (1.96 + 0.84) x sqrt(sd_diff^2 / n + seed_sd^2 / n_seeds)
-    <= |effect|. ``inf`` when the seeds' part alone is too large; NaN when there is no difference."""
+    (``n_seeds`` seeds): the smallest n with (t + 0.84) x sqrt(sd_diff^2 / n + seed_sd^2 / n_seeds)
+    <= |effect|, t the quantile ``paired_difference`` would use at n (``welch_df``). ``inf`` when the
+    seeds' part alone is too large; NaN when there is no difference."""
     if not effect or not np.isfinite(effect) or not np.isfinite(sd_diff):
         return float("nan")
     seed_part = seed_sd ** 2 / n_seeds if np.isfinite(seed_sd) else 0.0
+    seed_df = n_seeds - 1 if n_seeds > 1 else float("inf")  # one seed: an SD known from elsewhere, taken as exact
+
+    def enough(n: int) -> bool:
+        se2 = sd_diff ** 2 / n + seed_part
+        q = t_quantile(welch_df([(sd_diff ** 2 / n, n - 1), (seed_part, seed_df)]))
+        return (q + power_z) ** 2 * se2 <= effect ** 2
+
     room = (abs(effect) / (Z95 + power_z)) ** 2 - seed_part
-    if room <= 0:
+    if room <= 0 or not enough(1 << 40):
         return float("inf")
-    return float(max(2, int(np.ceil(sd_diff ** 2 / room))))
+    return float(_smallest(enough, max(2, int(np.ceil(sd_diff ** 2 / room)))))
 
 
-def needed_seeds(effect: float, se_problems: float, seed_sd: float, power_z: float = 0.8416) -> float:
+def needed_seeds(effect: float, se_problems: float, seed_sd: float, power_z: float = 0.8416,
+                 n_problems: int | None = None) -> float:
     """Seeds a paired comparison (``paired_difference``) needs to show a difference of ``effect`` at 95%
-    (two-sided) with 80% power, its problems kept: the smallest n with (1.96 + 0.84) x sqrt(se_problems^2
-    + seed_sd^2 / n) <= |effect|. ``inf`` when the problems' part alone is too large (more problems are
-    needed too); NaN when there is no difference or no spread to go on."""
+    (two-sided) with 80% power, its problems kept: the smallest n with (t + 0.84) x sqrt(se_problems^2
+    + seed_sd^2 / n) <= |effect|, t the quantile ``paired_difference`` would use with n seeds and
+    ``n_problems`` problems (``welch_df``; None: the problems' part taken as exact). ``inf`` when the
+    problems' part alone is too large (more problems are needed too); NaN when there is no difference or
+    no spread to go on."""
     if not effect or not np.isfinite(effect) or not np.isfinite(se_problems) or not np.isfinite(seed_sd):
         return float("nan")
+    problems_df = float("inf") if n_problems is None else n_problems - 1
+
+    def enough(k: int) -> bool:
+        parts = [(se_problems ** 2, problems_df), (seed_sd ** 2 / k, k - 1)]
+        return (t_quantile(welch_df(parts)) + power_z) ** 2 * (se_problems ** 2 + seed_sd ** 2 / k) <= effect ** 2
+
     room = (abs(effect) / (Z95 + power_z)) ** 2 - se_problems ** 2
-    if room <= 0:
+    if room <= 0 or not enough(1 << 40):
         return float("inf")
-    return float(max(1, int(np.ceil(seed_sd ** 2 / room))))
+    return float(_smallest(enough, max(1, int(np.ceil(seed_sd ** 2 / room)))))
+
+
+def _smallest(enough: Callable[[int], bool], low: int) -> int:
+    """The smallest n >= ``low`` with ``enough(n)``, for ``enough`` false below some n and true from it on."""
+    if enough(low):
+        return low
+    high = low * 2
+    while not enough(high):
+        low, high = high, high * 2
+    while high - low > 1:  # enough(high), not enough(low)
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return high
 
 
 def shown(diff: Mapping[str, float]) -> bool:
@@ -404,7 +464,8 @@ def needed_sample(diff: Mapping[str, float]) -> dict[str, float]:
     if shown(diff):
         return {"seeds_needed": float("nan"), "problems_needed": float("nan")}
     sd_diff = diff["se_problems"] * np.sqrt(diff["n_problems"])
-    return {"seeds_needed": needed_seeds(diff["gain"], diff["se_problems"], diff["seed_sd"]),
+    return {"seeds_needed": needed_seeds(diff["gain"], diff["se_problems"], diff["seed_sd"],
+                                         n_problems=diff["n_problems"]),
             "problems_needed": needed_problems(diff["gain"], sd_diff, diff["seed_sd"], diff["n_seeds"])}
 
 

@@ -143,7 +143,8 @@ def policy_means(tidy: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
     Two parts of noise, added in quadrature on each side: the problems' part, the interval of the mean
     score on the ``n`` problems (``stats.score_interval``: Wilson for a share, so it stays in [0, 1] and is
     not empty at 0; ``problems_se`` is the seeds' mean lm-eval standard error), which does not average out
-    over seeds that answer the same problems; and the seeds' part, 1.96 x seed SD / sqrt(seeds). ``se``
+    over seeds that answer the same problems; and the seeds' part, t x seed SD / sqrt(seeds), t the Student
+    quantile at seeds - 1 df (4.30 for 3 seeds: ``stats.t_quantile``). ``se``
     is sqrt(seed SD^2 / seeds + problems_se^2), for reference."""
     rows = []
     for (student, policy, task, metric), g in final_rows(tidy, finals).groupby(["student", "policy", "task", "metric"],
@@ -154,7 +155,7 @@ def policy_means(tidy: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
         problems_se = float(np.sqrt(np.mean(np.square(g["stderr"].astype(float)))))
         n = g["n"].min() if "n" in g else None
         lo, hi = stats.score_interval({"value": mean, "stderr": problems_se, "n": n})
-        seed_half = stats.Z95 * sd / np.sqrt(len(g))
+        seed_half = stats.t_quantile(len(g) - 1) * sd / np.sqrt(len(g))
         lo, hi = mean - np.hypot(mean - lo, seed_half), mean + np.hypot(hi - mean, seed_half)
         if n is not None and not pd.isna(n) and g["value"].between(0, 1).all():  # a share of problems
             lo, hi = max(0.0, lo), min(1.0, hi)
