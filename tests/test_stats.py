@@ -179,6 +179,9 @@ def test_interval_quantile_follows_the_welch_satterthwaite_df():
     assert 2 < d["ci_df"] < 3
     half = (d["gain_hi"] - d["gain_lo"]) / 2
     assert half == pytest.approx(stats.t_quantile(d["ci_df"]) * d["gain_se"]) and half > 1.9 * stats.Z95 * d["gain_se"]
+    # a difference of 0/1 outcomes stays within [-1, 1] however wide its interval
+    wide = stats.paired_difference(np.array([[1.0] * 4, [0.0] * 4, [1.0] * 4]), np.zeros((1, 4)))
+    assert wide["gain_hi"] == 1.0 and -1.0 <= wide["gain_lo"] < 0
 
 
 def power_holds(effect: float, se_problems: float, n_problems: float, seed_sd: float, seeds: int) -> bool:

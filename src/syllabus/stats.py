@@ -345,7 +345,8 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     differences averaged over seeds, over sqrt(problems)) plus the seed part (SD of the per-seed
     differences over sqrt(seeds)) - the seed SD, and a 95% interval of +- t x SE, t the Student quantile at
     the Welch-Satterthwaite df of the two parts (``ci_df``; ``welch_df``): with 3 seeds a seed spread
-    that dominates the SE gets t up to 4.30, not the normal 1.96.
+    that dominates the SE gets t up to 4.30, not the normal 1.96. For values in [0, 1] the interval is
+    cut to [-1, 1], the range of their difference.
     """
     a, b = np.atleast_2d(np.asarray(a, dtype=float)), np.atleast_2d(np.asarray(b, dtype=float))
     if a.shape[1] != b.shape[1]:
@@ -362,7 +363,10 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     se = float(np.sqrt(se_problems ** 2 + seed_part))
     df = welch_df([(se_problems ** 2, n - 1), (seed_part, n_seeds - 1)])
     q = t_quantile(df)
-    return {"gain": mean, "gain_se": se, "gain_lo": mean - q * se, "gain_hi": mean + q * se,
+    lo, hi = mean - q * se, mean + q * se
+    if ((a >= 0) & (a <= 1)).all() and ((b >= 0) & (b <= 1)).all():  # outcomes or rates: a difference in [-1, 1]
+        lo, hi = max(lo, -1.0), min(hi, 1.0)
+    return {"gain": mean, "gain_se": se, "gain_lo": lo, "gain_hi": hi,
             "seed_sd": seed_sd, "se_problems": se_problems, "n_seeds": n_seeds, "n_problems": n, "ci_df": df}
 
 
