@@ -5,11 +5,12 @@ long loops (teacher generation, SFT steps, smoke tests, grid cells, policy x see
 models) with their count and an estimate of the time left.
 
 The notebooks run in a kernel, another process, so loops report through a file: ``syllabus run``
-names a fresh file outside the run folder in ``$SYLLABUS_PROGRESS_FILE``; ``task``/``track`` in the
-kernel append one JSON line per step; ``StageProgress`` in the command line reads the file and draws
-one line on stderr (redrawn in place on a terminal; a line every few seconds in a log). Without the
-variable (a notebook opened by hand, ``--quiet``) the loop helpers write nothing. Nothing here
-touches a result table, a manifest or the run folder.
+names a fresh file in ``$SYLLABUS_PROGRESS_FILE``, inside a temporarily named folder of the run folder
+(``.progress-<stage>.XXXX.tmp``, removed when the stage ends, or by the next run after a kill);
+``task``/``track`` in the kernel append one JSON line per step; ``StageProgress`` in the command line
+reads the file and draws one line on stderr (redrawn in place on a terminal; a line every few seconds
+in a log). Without the variable (a notebook opened by hand, ``--quiet``) the loop helpers write
+nothing. Nothing here touches a result table, a manifest or a stage's folder.
 """
 
 from __future__ import annotations
