@@ -411,9 +411,7 @@ def needed_problems(effect: float, sd_diff: float, seed_sd: float = 0.0, n_seeds
     seed_df = n_seeds - 1 if n_seeds > 1 else float("inf")  # one seed: an SD known from elsewhere, taken as exact
 
     def enough(n: int) -> bool:
-        se2 = sd_diff ** 2 / n + seed_part
-        q = t_quantile(welch_df([(sd_diff ** 2 / n, n - 1), (seed_part, seed_df)]))
-        return (q + power_z) ** 2 * se2 <= effect ** 2
+        return _powered(effect, [(sd_diff ** 2 / n, n - 1), (seed_part, seed_df)], power_z)
 
     room = (abs(effect) / (Z95 + power_z)) ** 2 - seed_part
     if room <= 0 or not enough(1 << 40):
@@ -434,13 +432,18 @@ def needed_seeds(effect: float, se_problems: float, seed_sd: float, power_z: flo
     problems_df = float("inf") if n_problems is None else n_problems - 1
 
     def enough(k: int) -> bool:
-        parts = [(se_problems ** 2, problems_df), (seed_sd ** 2 / k, k - 1)]
-        return (t_quantile(welch_df(parts)) + power_z) ** 2 * (se_problems ** 2 + seed_sd ** 2 / k) <= effect ** 2
+        return _powered(effect, [(se_problems ** 2, problems_df), (seed_sd ** 2 / k, k - 1)], power_z)
 
     room = (abs(effect) / (Z95 + power_z)) ** 2 - se_problems ** 2
     if room <= 0 or not enough(1 << 40):
         return float("inf")
     return float(_smallest(enough, max(1, int(np.ceil(seed_sd ** 2 / room)))))
+
+
+def _powered(effect: float, parts: Sequence[tuple[float, float]], power_z: float) -> bool:
+    """(t + power_z) x SE <= |effect|: SE^2 the sum of the parts' variances, t at their Welch-Satterthwaite df
+    (``parts`` as ``welch_df`` takes them), as ``paired_difference`` would compute both."""
+    return (t_quantile(welch_df(parts)) + power_z) ** 2 * sum(v for v, _ in parts) <= effect ** 2
 
 
 def _smallest(enough: Callable[[int], bool], low: int) -> int:
