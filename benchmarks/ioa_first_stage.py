@@ -1,7 +1,7 @@
 """Can any data pass IOA's first curriculum stage? One stage-5 phase from the start, several data choices.
 
     PYTHONPATH=src python benchmarks/ioa_first_stage.py --run-dir results/tiny [--profile tiny] \
-        [--seeds 0,1,2] [--variants ioa,ioa-new,...] [--out ioa_first_stage.csv]
+        [--seeds 0,1,2] [--variants ioa,ioa-new,ioa~own,...] [--out ioa_first_stage.csv]
 
 On the tiny profile IOA's first diagnosis makes {add} its first stage, and the mastery gate after the
 first phase fails in every seed (README, stage 5). This script asks whether that is IOA's data or the
@@ -19,7 +19,10 @@ P_S on its probe items, and applies IOA's gate to the stage's module:
 * ``gold-all``: the pool problems' reference solutions, the sentences of the student's own warm-up;
 * ``rehearsal``: half IOA's first teaching, half the ``+adapted`` set over every module (the other
   modules rehearsed; not in the paper);
-* ``ioa@1e-3``, ``ioa@3e-4``: IOA's first teaching at a lower peak learning rate (any variant takes ``@LR``).
+* ``ioa@1e-3``, ``ioa@3e-4``: IOA's first teaching at a lower peak learning rate (any variant takes ``@LR``);
+* a ``~own`` suffix (``ioa~own``, ``ioa-new@1e-3~own``): the phase is a fine-tune of its own, warm-up and cosine
+  decay to zero within it (``dynamic.ioa.own_schedule``, the paper's FineTune per stage), not phase 0's part of
+  the run's one schedule, so the gate reads a student trained at a decayed rate.
 
 Needs a run folder whose stages 01-02 are done (stage 5's inputs; the student comes from its cache).
 Nothing is written to the run folder but cached start evaluations.
@@ -71,7 +74,8 @@ def variant_pool(name: str, module: str, tr: dict, problems: dict, prof, splits,
         new = ds.module_problems(prof, splits, module, n_new, seed, f"lab-new-{module}", exclude)
         rows = ds.adapted_teacher_rows(new, spec, seed, "new")
         return select.Choice({"new": 1.0}, name), {**tr, "new": rows}, {**problems, **{p.id: p for p in new}}
-    raise SystemExit(f"unknown variant {name!r}; choose from {VARIANTS} (with @LR for another peak learning rate)")
+    raise SystemExit(f"unknown variant {name!r}; choose from {VARIANTS} (with @LR for another peak learning "
+                     f"rate, ~own for a schedule of the phase's own)")
 
 
 def main() -> None:
@@ -133,7 +137,8 @@ def main() -> None:
           f"{rows[0]['gate_target']:.2f}; start: held-out {rows[0]['heldout']:.3f}, {module} "
           f"{rows[0][f'heldout_{module}']:.2f}, probe {start_probe[module]:.2f}", flush=True)
     for variant in args.variants.split(","):
-        name, _, lr_text = variant.partition("@")
+        own = variant.endswith("~own")
+        name, _, lr_text = variant.removesuffix("~own").partition("@")
         lr = float(lr_text) if lr_text else t.learning_rate
         choice, pool, known = variant_pool(name, module, tr, inputs.problems, prof, splits, spec, adapted, exclude,
                                            args.new_problems)
@@ -146,7 +151,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as out_dir:
                 train.sft(current.model, current.tokenizer, examples, steps=None,
                           cfg=t.model_copy(update={"learning_rate": lr}), seed=stable_seed(seed, 0, bits=32, form="compact"),
-                          out_dir=out_dir, single_pass=True, schedule_span=ds.phase_span(0, d.phases))
+                          out_dir=out_dir, single_pass=True, schedule_span=None if own else ds.phase_span(0, d.phases))
             current.model.eval()
             held = generation.pass_rates(current, splits.heldout, k=1, prof=prof, seed=stage.seed)
             probe = generation.module_accuracy(current, inputs.ioa.items, prof=prof, seed=stage.seed)

@@ -165,6 +165,21 @@ def test_final_students_of_the_first_seed_or_of_every_seed_are_saved_for_stage_6
     assert saved(first) == ["xs-random-seed0"] and saved(every) == ["xs-random-seed0", "xs-random-seed1"]
 
 
+def test_ioa_phases_continue_the_runs_schedule_or_fine_tune_on_their_own(tmp_path):
+    # dynamic.ioa.own_schedule: the paper's FineTune per stage decays to ~0 within each phase; by default
+    # IOA's first phase ends mid-way through the run's one schedule, like every other policy's
+    small = {"dynamic.policies": ["ioa"], "dynamic.seeds": [0], "dynamic.steps_per_phase": 4}
+    last_rates = {}
+    for own in (False, True):
+        stage, _, _ = _policy_runs(tmp_path, 1, **small, **{"dynamic.ioa.own_schedule": own})
+        peak = stage.params.training.learning_rate
+        (first,) = [p for p in (stage.run.cache / "dynamic").rglob("phase0-*") if p.is_dir()]
+        log = pd.read_csv(first / "train_log.csv")
+        assert len(log) >= 3
+        last_rates[own] = float(log["lr"].iloc[-1]) / peak
+    assert last_rates[False] > 0.5 and last_rates[True] < 0.25, last_rates
+
+
 def test_policy_runs_with_two_workers_give_the_same_tables_as_one(tmp_path):
     stage1, probe, one = _policy_runs(tmp_path, 1)
     stage2, _, two = _policy_runs(tmp_path, 2)

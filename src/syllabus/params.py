@@ -303,6 +303,12 @@ class IOA(Strict):
     remedial_budget_share: float = Field(0.5, ge=0, le=1, description="remedial phases at most this share of the "
                                                                       "phases left")
     remedial_problems: int = Field(200, ge=1, description="new, simpler problems written per remedial round")
+    own_schedule: bool = Field(False, description="true: every IOA phase (a stage's first teaching or a remedial round) "
+                                                "is a fine-tune of its own, as the paper's FineTune per stage: a "
+                                                "fresh AdamW, warm-up and cosine decay to zero within the phase; "
+                                                "false: IOA continues the run's one optimizer and schedule like the "
+                                                "other policies (dynamic.carry_optimizer), so policies differ by "
+                                                "their data only")
     prerequisites_first: bool = Field(True, description="a target's deficient prerequisites join the targets and are "
                                                         "taught in earlier stages; false: prerequisites outside the "
                                                         "targets count as met")

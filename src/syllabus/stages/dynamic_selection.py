@@ -327,7 +327,8 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
     """One (policy, seed) run: before every phase the policy chooses, the phase trains on draws from its
     choice and the held-out accuracy (overall and per module) is recorded. With ``dynamic.carry_optimizer``
     the phases continue one AdamW state and one LR schedule (``train.sft``'s ``optimizer_state`` and
-    ``schedule_span``), so a phase is a re-selection point, not a restart."""
+    ``schedule_span``), so a phase is a re-selection point, not a restart; IOA's phases are fine-tunes of their
+    own instead with ``dynamic.ioa.own_schedule`` (the paper's FineTune per stage)."""
     prof = stage.params
     d = prof.dynamic
     datasets, problems, splits = inputs.datasets, inputs.problems, inputs.splits
@@ -397,7 +398,9 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
                                                    rng, training.max_seq_len)
         sft_seed = stable_seed(seed, phase, bits=32, form="compact")
         steps = d.steps_per_phase if phase_tokens is None else None
-        span = phase_span(phase, d.phases) if d.carry_optimizer else None
+        # IOA may fine-tune each phase on a schedule of its own (dynamic.ioa.own_schedule); the others continue one
+        carry = d.carry_optimizer and not (policy_name == "ioa" and d.ioa.own_schedule)
+        span = phase_span(phase, d.phases) if carry else None
         # The checkpoint folder is named by what the phase trains (start weights, the phases before it, whose
         # optimizer state it continues, examples, settings) and by nothing else, not the policy: a changed input
         # trains a new phase, a killed phase resumes, a finished one is read back, and two policies that have
@@ -414,7 +417,7 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
                                 processes=prof.parallel.sft_processes, sharding=prof.parallel.sft_sharding)
         atomic_write_json(out_dir / "phase.json", {"phase": phase, "seed": seed, "after": after})
         after = out_dir.name
-        if d.carry_optimizer:
+        if carry:
             optimizer_state, previous = result.optimizer_state, key
         current.model.eval()
         tokens += result.tokens_seen
