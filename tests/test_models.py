@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import warnings
 
 import pytest
 import torch
@@ -157,7 +158,10 @@ def test_lora_student_trains_only_adapters_and_saves_a_plain_model(tmp_path):
 
     spec = P.Student(name="l", source="lab", arch=ARCH, warmup_steps=0, lora=True)
     cfg = TRAINING.model_copy(update={"lora_targets": ["q_proj", "v_proj"]})
-    model, tok = models.load_student(spec, cache_dir=tmp_path, training=cfg, pretrain_texts=TEXTS, threads=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, tok = models.load_student(spec, cache_dir=tmp_path, training=cfg, pretrain_texts=TEXTS, threads=1)
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]  # peft's, silenced in add_lora
     assert 0 < models.count_parameters(model, trainable_only=True) < models.count_parameters(model) / 5
     out = models.save_model(model, tok, tmp_path / "merged", {"note": "test"})
     plain = AutoModelForCausalLM.from_pretrained(out)

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -365,9 +366,13 @@ def warmup_training(spec: P.Student, training: P.Training) -> P.Training:
 
 
 def add_lora(model, training: P.Training):
+    """The model with LoRA adapters on ``training.lora_targets`` (peft); only the adapters train."""
     config = LoraConfig(r=training.lora_r, lora_alpha=training.lora_alpha, lora_dropout=training.lora_dropout,
                         target_modules=list(training.lora_targets), task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        # peft 0.21 reads transformers' deprecated alias `is_gradient_checkpointing` itself; nothing to change here
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 # --------------------------------------------------------------------------- generation
