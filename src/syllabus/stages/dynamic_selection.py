@@ -354,6 +354,8 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
     exclude = {p.text for p in problems.values()} | ({p.text for p in inputs.ioa.items} if inputs.ioa else set())
     heldout_modules = pd.Series({p.id: p.module for p in splits.heldout})
     optimizer_state, previous, after = None, None, None
+    # IOA may fine-tune each phase on a schedule of its own (dynamic.ioa.own_schedule); the others continue one
+    carry = d.carry_optimizer and not (policy_name == "ioa" and d.ioa.own_schedule)
     for phase in track(range(d.phases), f"{policy_name} seed {seed} phases"):
         dmc_now: dict[str, float] = {}
         if policy_name == "dmc_dynamic" or (policy_name == "dmc_static" and phase == 0):
@@ -398,8 +400,6 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
                                                    rng, training.max_seq_len)
         sft_seed = stable_seed(seed, phase, bits=32, form="compact")
         steps = d.steps_per_phase if phase_tokens is None else None
-        # IOA may fine-tune each phase on a schedule of its own (dynamic.ioa.own_schedule); the others continue one
-        carry = d.carry_optimizer and not (policy_name == "ioa" and d.ioa.own_schedule)
         span = phase_span(phase, d.phases) if carry else None
         # The checkpoint folder is named by what the phase trains (start weights, the phases before it, whose
         # optimizer state it continues, examples, settings) and by nothing else, not the policy: a changed input
