@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import random
 import tempfile
 import time
 
@@ -40,7 +39,7 @@ import pandas as pd
 
 from syllabus import distillation, generation, select, stats, train
 from syllabus.problems import warmup_modules
-from syllabus.runs import hash_obj, open_stage, stable_seed
+from syllabus.runs import open_stage, stable_seed
 from syllabus.stages import dmc, dynamic_selection as ds, trace_curation
 from syllabus.students import StudentModel, load_student
 
@@ -99,8 +98,9 @@ def main() -> None:
     tr = dmc.slice_rows(inputs.datasets, prof, "training")
     adapted = ds.ioa_dataset(tr, selected)
     d, t = prof.dynamic, distillation.sft_training(student.spec, prof.training)
-    n_examples = d.steps_per_phase * t.batch_size * t.grad_accum
-    budget = n_examples * ds.mean_example_tokens(student, inputs.problems, tr, t.max_seq_len)
+    n_examples, budget = ds.phase_budget(prof, student, inputs.problems, tr)
+    if budget is None:
+        raise SystemExit("ioa_first_stage.py trains a phase to its token budget; run it with dynamic.budget: tokens")
     exclude = {p.text for p in inputs.problems.values()} | {p.text for p in inputs.ioa.items}
     held_modules = pd.Series({p.id: p.module for p in splits.heldout})
 
@@ -144,13 +144,13 @@ def main() -> None:
                                            args.new_problems)
         for seed in [int(s) for s in args.seeds.split(",")]:
             began = time.perf_counter()
-            rng = random.Random(hash_obj([prof.seed, seed, 0]))  # run_policy's draws for phase 0
+            rng = ds.phase_rng(prof, seed, 0)  # run_policy's draws for phase 0
             batch, examples = ds.draw_to_token_budget(student, known, choice, pool, budget, n_examples, rng,
                                                       t.max_seq_len)
             current = StudentModel(student.spec, copy.deepcopy(student.model), student.tokenizer)
             with tempfile.TemporaryDirectory() as out_dir:
                 train.sft(current.model, current.tokenizer, examples, steps=None,
-                          cfg=t.model_copy(update={"learning_rate": lr}), seed=stable_seed(seed, 0, bits=32, form="compact"),
+                          cfg=t.model_copy(update={"learning_rate": lr}), seed=ds.phase_sft_seed(seed, 0),
                           out_dir=out_dir, single_pass=True, schedule_span=None if own else ds.phase_span(0, d.phases))
             current.model.eval()
             held = generation.pass_rates(current, splits.heldout, k=1, prof=prof, seed=stage.seed)

@@ -312,6 +312,30 @@ class PolicyInputs:
         return self.ioa.teacher_scores if self.ioa is not None else {}
 
 
+def phase_budget(prof, student: StudentModel, problems: dict[str, Problem],
+                 datasets: dict[str, pd.DataFrame]) -> tuple[int, float | None]:
+    """A phase's examples (``steps_per_phase`` x batch x accumulation) and, with ``dynamic.budget: tokens``,
+    its training tokens (that many examples of the candidates' mean length; the same for every policy), else
+    None (the phase trains ``steps_per_phase`` steps)."""
+    training = distillation.sft_training(student.spec, prof.training)
+    n_examples = prof.dynamic.steps_per_phase * training.batch_size * training.grad_accum
+    if prof.dynamic.budget != "tokens":
+        return n_examples, None
+    return n_examples, n_examples * mean_example_tokens(student, problems, datasets, training.max_seq_len)
+
+
+def phase_rng(prof, seed: int, phase: int) -> random.Random:
+    """The draws of a phase. Common random numbers: they depend on (seed, phase), not on the policy, so two
+    policies that choose the same mixture train on the same examples and differ only by their choices.
+    (A Random seeded by the hash's text, not by stable_seed's number: the same draws as every earlier run.)"""
+    return random.Random(hash_obj([prof.seed, seed, phase]))
+
+
+def phase_sft_seed(seed: int, phase: int) -> int:
+    """A phase's SFT seed (its example order), the same for every policy."""
+    return stable_seed(seed, phase, bits=32, form="compact")
+
+
 def phase_span(phase: int, phases: int) -> tuple[float, float]:
     """The part of the run's one LR schedule that a phase covers."""
     return phase / phases, (phase + 1) / phases
@@ -347,10 +371,7 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
     run = PolicyRun(policy_name, seed)
     training = distillation.sft_training(student.spec, prof.training)
     tokens = 0
-    n_examples = d.steps_per_phase * training.batch_size * training.grad_accum
-    phase_tokens = None  # budget: steps
-    if d.budget == "tokens":  # the same for every policy: the candidates' mean example length
-        phase_tokens = n_examples * mean_example_tokens(current, problems, datasets, training.max_seq_len)
+    n_examples, phase_tokens = phase_budget(prof, current, problems, datasets)
     exclude = {p.text for p in problems.values()} | ({p.text for p in inputs.ioa.items} if inputs.ioa else set())
     heldout_modules = pd.Series({p.id: p.module for p in splits.heldout})
     optimizer_state, previous, after = None, None, None
@@ -388,17 +409,14 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
             if len(rows):
                 pool, known = {**datasets, REMEDIAL: rows}, {**problems, **new}
                 choice = dataclasses.replace(choice, weights={REMEDIAL: 1.0}, modules=None)
-        # Common random numbers: the draw depends on (seed, phase), not on the policy, so two policies
-        # that choose the same mixture train on the same examples and differ only by their choices.
-        # (a Random seeded by the hash's text, not by stable_seed's number: the same draws as every earlier run)
-        rng = random.Random(hash_obj([prof.seed, seed, phase]))
+        rng = phase_rng(prof, seed, phase)  # common random numbers: the same draws for every policy
         if phase_tokens is None:
             batch = draw_examples(choice, pool, n_examples, rng)
             examples = distillation.sft_examples(current, known, dmc.traces_of(batch))
         else:
             batch, examples = draw_to_token_budget(current, known, choice, pool, phase_tokens, n_examples,
                                                    rng, training.max_seq_len)
-        sft_seed = stable_seed(seed, phase, bits=32, form="compact")
+        sft_seed = phase_sft_seed(seed, phase)
         steps = d.steps_per_phase if phase_tokens is None else None
         span = phase_span(phase, d.phases) if carry else None
         # The checkpoint folder is named by what the phase trains (start weights, the phases before it, whose
