@@ -296,6 +296,27 @@ def test_module_curves_show_a_band_per_policy_and_the_legend_over_no_curve():
     assert "95% CI" in fig._suptitle.get_text()
 
 
+def test_chosen_trajectories_wrap_many_seeds_onto_rows_of_at_most_four_panels():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from syllabus import plots
+
+    seeds = range(8)  # the 8-seed stage-5 rerun (benchmarks/stage5_seeds.sh): one row of 8 was unreadable
+    scores = pd.DataFrame([{"seed": s, "phase": p, "dataset": d, "dmc": 0.1 * p + (0.2 if d == "a" else 0.0)}
+                           for s in seeds for p in range(3) for d in ("a", "b")])
+    choices = pd.DataFrame([{"seed": s, "phase": p, "chosen": "a"} for s in seeds for p in range(3)])
+    fig = plots.chosen_trajectories(scores, choices)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == [f"seed {s}" for s in seeds]
+    assert len({round(ax.get_position().y0, 3) for ax in panels}) == 2  # two rows of four
+    assert len({round(ax.get_position().x0, 3) for ax in panels}) == 4
+    assert fig.get_size_inches()[0] <= 4.6 * 4 + 1e-9
+    assert all(ax.get_ylabel() for ax in panels if ax.get_subplotspec().is_first_col())
+    three = plots.chosen_trajectories(scores[scores["seed"] < 3], choices[choices["seed"] < 3])
+    assert [ax.get_title() for ax in three.axes] == ["seed 0", "seed 1", "seed 2"]  # 3 seeds: one row, no spare
+
+
 def test_accuracy_bands_stay_within_zero_and_one():
     from syllabus import plots
 

@@ -248,8 +248,12 @@ def chosen_trajectories(scores: pd.DataFrame, choices: pd.DataFrame, *, x="phase
     """Stage 5: dmc_dynamic's DMC trajectories, one panel per seed: every candidate in grey, the dataset
     chosen at each phase marked in colour on its line (with its name), so a switch, or lock-in, shows."""
     seeds = sorted(scores[seed_col].unique())
-    fig, axes = plt.subplots(1, len(seeds), figsize=(4.6 * len(seeds), 4.2), squeeze=False, sharey=True)
-    for ax, seed in zip(axes[0], seeds):
+    ncols = min(4, len(seeds))  # more seeds wrap onto more rows, so that a panel keeps its width
+    nrows = -(-len(seeds) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows + 0.6), squeeze=False, sharey=True)
+    for ax in list(axes.flat)[len(seeds):]:
+        ax.axis("off")
+    for ax, seed in zip(axes.flat, seeds):
         g = scores[scores[seed_col] == seed]
         for name, line in g.groupby(hue):
             line = line.sort_values(x)
@@ -262,7 +266,8 @@ def chosen_trajectories(scores: pd.DataFrame, choices: pd.DataFrame, *, x="phase
         ax.set_xticks(sorted(g[x].unique()))
         ax.set_xlabel("phase (DMC measured before its training)")
         ax.set_title(f"seed {seed}", fontsize=9)
-    axes[0][0].set_ylabel("DMC on the current checkpoint")
+    for row in axes:
+        row[0].set_ylabel("DMC on the current checkpoint")
     axes[0][0].legend(fontsize=8)
     fig.suptitle("dmc_dynamic: every candidate's DMC (grey) and the dataset chosen per phase (red)", fontsize=10)
     fig.tight_layout()
