@@ -302,7 +302,7 @@ def test_chosen_trajectories_wrap_many_seeds_onto_rows_of_at_most_four_panels():
     matplotlib.use("Agg")
     from syllabus import plots
 
-    seeds = range(8)  # the 8-seed stage-5 rerun (benchmarks/stage5_seeds.sh): one row of 8 was unreadable
+    seeds = range(8)  # the 8-seed stage-5 rerun (benchmarks/more_seeds.sh 05): one row of 8 was unreadable
     scores = pd.DataFrame([{"seed": s, "phase": p, "dataset": d, "dmc": 0.1 * p + (0.2 if d == "a" else 0.0)}
                            for s in seeds for p in range(3) for d in ("a", "b")])
     choices = pd.DataFrame([{"seed": s, "phase": p, "chosen": "a"} for s in seeds for p in range(3)])
