@@ -5,7 +5,7 @@
 
 On the tiny profile IOA's first diagnosis makes {add} its first stage, and the mastery gate after the
 first phase fails in every seed (README, stage 5). This script asks whether that is IOA's data or the
-student: from stage 5's start (the profile's first student) it trains exactly one phase as
+student: from stage 5's start (its student, ``dynamic.student``) it trains exactly one phase as
 ``dynamic_selection.run_policy`` does (phase 0's part of the one LR schedule, the phase's token budget,
 the draws of seed s) on each of these choices, then measures the held-out accuracy per module and IOA's
 P_S on its probe items, and applies IOA's gate to the stage's module:
@@ -93,7 +93,7 @@ def main() -> None:
     datasets = trace_curation.datasets_from_table(stage.read_table("02_trace_curation", "candidates"))
     selected = stage.read_input_json("01_teacher_selection", "selected_teachers.json")["selected"][0]
     spec = next(t for t in prof.teachers if t.name == selected)
-    student = load_student(stage, prof.students[0], splits)
+    student = load_student(stage, ds.stage_student(prof), splits)
     inputs, teacher_scores = ds.policy_inputs(stage, splits, datasets, selected)
     tr = dmc.slice_rows(inputs.datasets, prof, "training")
     adapted = ds.ioa_dataset(tr, selected)

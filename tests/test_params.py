@@ -129,6 +129,18 @@ def test_overrides_dotted_and_by_name(tmp_path):
         parse_override("seed")
 
 
+def test_stage_5_trains_the_student_dynamic_student_names_else_the_first(tmp_path):
+    from syllabus.stages.dynamic_selection import stage_student
+
+    tiny = load_profile("tiny")
+    assert tiny.dynamic.student is None and stage_student(tiny).name == "lab-s"  # the reference's student
+    second = load_profile("tiny", dict([parse_override("dynamic.student=lab-m")]))
+    assert stage_student(second).name == "lab-m" and stage_student(second).arch.hidden_size == 96
+    with pytest.raises(ParamsError) as err:
+        load_profile("tiny", dict([parse_override("dynamic.student=lab-x")]))
+    assert "dynamic.student 'lab-x'" in str(err.value) and "['lab-s', 'lab-m']" in str(err.value)
+
+
 def test_resolved_dump_round_trips(tmp_path):
     import yaml
 

@@ -337,6 +337,8 @@ class DynamicSelection(Strict):
         "first", description="whose final students are saved for stage 6 to benchmark: the first seed's, or every "
                              "seed's (stage 6 then reports each policy's mean over its seeds, with their spread)")
     ioa: IOA = Field(default_factory=IOA)
+    student: str | None = Field(None, description="the student stage 5 trains, by its students[].name; None: the "
+                                                   "profile's first student")
 
     @field_validator("policies")
     @classmethod
@@ -441,6 +443,10 @@ class Profile(Strict):
         if unknown:
             raise ValueError(f"correlation.sft_tokens_by_student names {unknown}, which are not students of this "
                              f"profile ({[s.name for s in self.students]}); use a student's name or remove the key")
+        names = [s.name for s in self.students]
+        if self.dynamic.student is not None and self.dynamic.student not in names:
+            raise ValueError(f"dynamic.student '{self.dynamic.student}' is not a student of this profile ({names}); "
+                             "use one of those names, or remove the key to train the first student")
         for key, ref in self._local_model_refs():
             if not _local_path_exists(ref):
                 raise ValueError(

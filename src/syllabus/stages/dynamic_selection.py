@@ -63,6 +63,12 @@ class PolicyRun:
     final_outcomes: pd.Series | None = None  # held-out pass (0/1) per problem after the last phase
 
 
+def stage_student(prof):
+    """The student stage 5 trains (``params.Student``): ``dynamic.student`` by name, else the profile's first."""
+    name = prof.dynamic.student
+    return next(s for s in prof.students if s.name == name) if name is not None else prof.students[0]
+
+
 def prerequisites(modules) -> dict[str, list[str]]:
     """IOA's module graph: the lab task's own graph for lab modules; for GSM8K's ``steps-<k>`` modules
     an estimated chain (k steps require k-1); no prerequisites for any other module (e.g. MATH subjects)."""
