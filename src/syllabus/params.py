@@ -439,11 +439,11 @@ class Profile(Strict):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"duplicate {kind} names {dupes}")
-        unknown = sorted(set(self.correlation.sft_tokens_by_student) - {s.name for s in self.students})
+        names = [s.name for s in self.students]
+        unknown = sorted(set(self.correlation.sft_tokens_by_student) - set(names))
         if unknown:
             raise ValueError(f"correlation.sft_tokens_by_student names {unknown}, which are not students of this "
-                             f"profile ({[s.name for s in self.students]}); use a student's name or remove the key")
-        names = [s.name for s in self.students]
+                             f"profile ({names}); use a student's name or remove the key")
         if self.dynamic.student is not None and self.dynamic.student not in names:
             raise ValueError(f"dynamic.student '{self.dynamic.student}' is not a student of this profile ({names}); "
                              "use one of those names, or remove the key to train the first student")
