@@ -19,6 +19,11 @@ P_S on its probe items, and applies IOA's gate to the stage's module:
 * ``gold-all``: the pool problems' reference solutions, the sentences of the student's own warm-up;
 * ``rehearsal``: half IOA's first teaching, half the ``+adapted`` set over every module (the other
   modules rehearsed; not in the paper);
+* ``remedial``: IOA's remediation as stage 5 writes it (new, simpler problems of the module and its
+  prerequisites, ``--new-problems`` of them), in the profile's ``dynamic.ioa.remedial_form`` or the one named
+  after ``=`` (``remedial=one-step``, ``remedial=small-operands``, ``remedial=one-step-small``, ``remedial=as-data``);
+* ``A>B`` (with ``--phases``): A in the first phase, B in every later one (``ioa-new>remedial``: a first
+  teaching, then remedial rounds);
 * ``ioa@1e-3``, ``ioa@3e-4``: IOA's first teaching at a lower peak learning rate (any variant takes ``@LR``);
 * a ``~own`` suffix (``ioa~own``, ``ioa-new@1e-3~own``): the phase is a fine-tune of its own, warm-up and cosine
   decay to zero within it (``dynamic.ioa.own_schedule``, the paper's FineTune per stage), not phase 0's part of
@@ -47,10 +52,22 @@ VARIANTS = ["ioa", "ioa-new", "teacher", "adapted-all", "teacher-all", "gold-all
             "ioa@3e-4"]
 
 
+REMEDIAL_FORMS = ["one-step-small", "one-step", "small-operands", "as-data"]
+
+
 def variant_pool(name: str, module: str, tr: dict, problems: dict, prof, splits, spec, adapted: str, exclude: set,
-                 n_new: int) -> tuple[select.Choice, dict, dict]:
+                 n_new: int, prerequisites: dict) -> tuple[select.Choice, dict, dict]:
     """The choice, the datasets and the problems one variant trains on."""
     plain = f"teacher={spec.name}"
+    if name.split("=")[0] == "remedial":  # IOA's remediation as stage 5 writes it, n_new problems
+        form = name.partition("=")[2] or prof.dynamic.ioa.remedial_form
+        if form not in REMEDIAL_FORMS:
+            raise SystemExit(f"unknown remedial form {form!r}; choose from {REMEDIAL_FORMS}")
+        ioa = prof.dynamic.ioa.model_copy(update={"remedial_problems": n_new, "remedial_form": form})
+        written = prof.model_copy(update={"dynamic": prof.dynamic.model_copy(update={"ioa": ioa})})
+        targets = sorted({module, *prerequisites.get(module, ())}, key=lambda k: (k != module, k))
+        rows, new = ds.remedial_data(written, targets, spec.name, ["ioa-first-stage", *targets], exclude, tr[adapted])
+        return select.Choice({ds.REMEDIAL: 1.0}, name), {**tr, ds.REMEDIAL: rows}, {**problems, **new}
     if name == "ioa":
         return select.Choice({adapted: 1.0}, name, modules=(module,)), tr, problems
     if name == "teacher":
@@ -85,6 +102,11 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--module", default=None, help="the stage's module (default: IOA's first stage, if one module)")
     ap.add_argument("--new-problems", type=int, default=4000, help="new problems written for ioa-new")
+    ap.add_argument("--phases", type=int, default=1,
+                    help="train this many phases in a row on the same choice, each drawn as run_policy draws that "
+                         "phase (fresh draws; the one optimizer and schedule carried on, or each phase a schedule "
+                         "of its own with ~own), and measure after each: how much of stage 5's budget on the "
+                         "stage's module alone would pass the gate")
     ap.add_argument("--out", default="ioa_first_stage.csv")
     args = ap.parse_args()
 
@@ -117,13 +139,16 @@ def main() -> None:
     seen = set(warmup_modules(prof, student.spec))
     start = generation.pass_rates(student, splits.heldout, k=1, prof=prof, seed=stage.seed, cache_dir=stage.run.cache)
 
-    def summary(name, lr, seed, batch, held, probe, seconds):
+    if not 1 <= args.phases <= d.phases:
+        raise SystemExit(f"--phases must be between 1 and the profile's dynamic.phases ({d.phases}), got {args.phases}")
+
+    def summary(name, lr, seed, phases, batch, held, probe, seconds):
         by_module = held.groupby(held_modules.reindex(held.index)).mean()
         gate = select.mastery_gate(probe.to_dict(), teacher_scores, inputs.ioa.item_counts, [module],
                                    tau_mastery=ioa.tau_mastery, ceiling=ceiling, confidence=ioa.gate_confidence,
                                    bound=ioa.gate_bound)
         others = [m for m in by_module.index if m != module]
-        return {"variant": name, "lr": lr, "seed": seed, "examples": len(batch),
+        return {"variant": name, "lr": lr, "seed": seed, "phases": phases, "examples": len(batch),
                 "problems": int(batch["problem_id"].nunique()),
                 "passes": round(len(batch) / max(1, len(batch.drop_duplicates(["problem_id", "text"]))), 1),
                 "heldout": float(held.mean()), f"heldout_{module}": float(by_module[module]),
@@ -132,7 +157,7 @@ def main() -> None:
                 f"probe_{module}": float(probe[module]), "gate_target": gate["modules"][module]["target"],
                 "gate_bound": gate["modules"][module]["bound"], "gate_passed": gate["passed"], "seconds": seconds}
 
-    rows = [summary("start", None, None, pd.DataFrame({"problem_id": [], "text": []}), start, start_probe, 0.0)]
+    rows = [summary("start", None, None, 0, pd.DataFrame({"problem_id": [], "text": []}), start, start_probe, 0.0)]
     print(f"student {student.name}, first stage {{{module}}}, phase budget {budget:,.0f} tokens; gate target "
           f"{rows[0]['gate_target']:.2f}; start: held-out {rows[0]['heldout']:.3f}, {module} "
           f"{rows[0][f'heldout_{module}']:.2f}, probe {start_probe[module]:.2f}", flush=True)
@@ -140,31 +165,38 @@ def main() -> None:
         own = variant.endswith("~own")
         name, _, lr_text = variant.removesuffix("~own").partition("@")
         lr = float(lr_text) if lr_text else t.learning_rate
-        choice, pool, known = variant_pool(name, module, tr, inputs.problems, prof, splits, spec, adapted, exclude,
-                                           args.new_problems)
+        parts = [variant_pool(part, module, tr, inputs.problems, prof, splits, spec, adapted, exclude,
+                              args.new_problems, inputs.prerequisites) for part in name.split(">")]
         for seed in [int(s) for s in args.seeds.split(",")]:
-            began = time.perf_counter()
-            rng = ds.phase_rng(prof, seed, 0)  # run_policy's draws for phase 0
-            batch, examples = ds.draw_to_token_budget(student, known, choice, pool, budget, n_examples, rng,
-                                                      t.max_seq_len)
             current = StudentModel(student.spec, copy.deepcopy(student.model), student.tokenizer)
-            with tempfile.TemporaryDirectory() as out_dir:
-                train.sft(current.model, current.tokenizer, examples, steps=None,
-                          cfg=t.model_copy(update={"learning_rate": lr}), seed=ds.phase_sft_seed(seed, 0),
-                          out_dir=out_dir, single_pass=True, schedule_span=None if own else ds.phase_span(0, d.phases))
-            current.model.eval()
-            held = generation.pass_rates(current, splits.heldout, k=1, prof=prof, seed=stage.seed)
-            probe = generation.module_accuracy(current, inputs.ioa.items, prof=prof, seed=stage.seed)
-            rows.append(summary(variant, lr, seed, batch, held, probe, time.perf_counter() - began))
-            r = rows[-1]
-            print(f"{variant:<14} seed {seed}: held-out {r['heldout']:.3f}, {module} {r[f'heldout_{module}']:.2f} "
-                  f"(probe {r[f'probe_{module}']:.2f}, gate {'passed' if r['gate_passed'] else 'failed'}), other seen "
-                  f"{r['heldout_other_seen']:.2f}, unseen {r['heldout_unseen']:.2f}; {r['problems']} problems x "
-                  f"{r['passes']} passes, {r['seconds']:.0f} s", flush=True)
+            optimizer_state = None
+            for phase in range(args.phases):
+                began = time.perf_counter()
+                choice, pool, known = parts[min(phase, len(parts) - 1)]  # "a>b": a in phase 1, b after it
+                rng = ds.phase_rng(prof, seed, phase)  # run_policy's draws for this phase
+                batch, examples = ds.draw_to_token_budget(student, known, choice, pool, budget, n_examples, rng,
+                                                          t.max_seq_len)
+                with tempfile.TemporaryDirectory() as out_dir:
+                    result = train.sft(current.model, current.tokenizer, examples, steps=None,
+                                       cfg=t.model_copy(update={"learning_rate": lr}),
+                                       seed=ds.phase_sft_seed(seed, phase), out_dir=out_dir, single_pass=True,
+                                       optimizer_state=None if own else optimizer_state,
+                                       schedule_span=None if own else ds.phase_span(phase, d.phases))
+                optimizer_state = result.optimizer_state
+                current.model.eval()
+                held = generation.pass_rates(current, splits.heldout, k=1, prof=prof, seed=stage.seed)
+                probe = generation.module_accuracy(current, inputs.ioa.items, prof=prof, seed=stage.seed)
+                rows.append(summary(variant, lr, seed, phase + 1, batch, held, probe, time.perf_counter() - began))
+                r = rows[-1]
+                print(f"{variant:<14} seed {seed} phase {phase + 1}: held-out {r['heldout']:.3f}, {module} "
+                      f"{r[f'heldout_{module}']:.2f} (probe {r[f'probe_{module}']:.2f}, gate "
+                      f"{'passed' if r['gate_passed'] else 'failed'}), other seen {r['heldout_other_seen']:.2f}, "
+                      f"unseen {r['heldout_unseen']:.2f}; {r['problems']} problems x {r['passes']} passes, "
+                      f"{r['seconds']:.0f} s", flush=True)
     table = pd.DataFrame(rows)
     table.to_csv(args.out, index=False)
     runs = table[table["variant"] != "start"]
-    agg = runs.groupby("variant", sort=False).agg(
+    agg = runs.groupby(["variant", "phases"], sort=False).agg(
         seeds=("seed", "size"), passes=("passes", "mean"), heldout=("heldout", "mean"),
         module=(f"heldout_{module}", "mean"), module_max=(f"heldout_{module}", "max"),
         other_seen=("heldout_other_seen", "mean"), unseen=("heldout_unseen", "mean"),

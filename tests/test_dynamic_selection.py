@@ -110,6 +110,7 @@ RUN_OVERRIDES = {
     "dynamic.phases": 2, "dynamic.steps_per_phase": 1, "dynamic.seeds": [0, 1],
     "dynamic.policies": ["dmc_dynamic", "random", "ioa"], "dynamic.datasets": ["teacher=*"],
     "dynamic.ioa.items_per_module": 3, "dynamic.ioa.remedial_problems": 12, "dynamic.ioa.remedial_budget_share": 1.0,
+    "dynamic.ioa.stage_problems": 12,
 }
 
 
@@ -198,7 +199,11 @@ def test_policy_runs_with_two_workers_give_the_same_tables_as_one(tmp_path):
     choices = one["choices"]
     assert set(choices.loc[choices["policy"] != "ioa", "chosen"]) <= {"teacher=equations", "teacher=equations+adapted",
                                                                        "teacher=prose"}
-    # a student at 0 fails the gate: IOA remediates on problems it had not seen
+    # IOA's first stage is taught on problems written for it, a student at 0 fails the gate, and IOA remediates
+    # on other problems it had not seen
+    first = choices[(choices["policy"] == "ioa") & (choices["phase"] == 0)]
+    assert (first["chosen"] == dynamic_selection.STAGE_NEW).all() and (first["new_problems"] > 0).all()
+    assert first["reason"].str.contains("stage 1 first teaching").all()
     ioa = choices[(choices["policy"] == "ioa") & (choices["phase"] == 1)]
     assert ioa["reason"].str.contains("remedial round 1").all() and (ioa["new_problems"] > 0).all()
     assert (ioa["chosen"] == dynamic_selection.REMEDIAL).all()
@@ -257,6 +262,48 @@ def test_remedial_data_is_new_simpler_verified_and_adapted():
     pd.testing.assert_frame_equal(rows, again)  # seeded: a replayed run draws the same round
     other, _ = remedial([0, 2, "rate"])
     assert set(other["text"]) != set(rows["text"])  # another round, other problems
+
+
+@pytest.mark.parametrize("form, one_step, small", [("one-step", True, False), ("small-operands", False, True),
+                                                   ("as-data", False, False)])
+def test_remedial_forms_simplify_the_steps_or_the_operands(form, one_step, small):
+    from syllabus.params import load_profile
+
+    prof = load_profile("ci", {"dynamic.ioa.remedial_problems": 60, "dynamic.ioa.remedial_form": form})
+    _, new = dynamic_selection.remedial_data(prof, ("add", "subtract"), "equations", [0], set(), pd.DataFrame())
+    levels = {p.level for p in new.values()}
+    operands = max(s["a"] for p in new.values() for s in p.metadata["steps"])
+    L = prof.data.lab
+    assert (levels == {1}) == one_step and levels <= set(range(1, L.max_steps + 1))
+    assert (operands <= max(4, L.max_operand // 2)) == small and operands <= L.max_operand
+    assert {p.module for p in new.values()} <= {"add", "subtract"}
+
+
+def test_stage_data_is_new_verified_adapted_and_as_hard_as_the_data():
+    from syllabus.params import load_profile
+    from syllabus.verify import verify
+
+    prof = load_profile("ci", {"dynamic.ioa.stage_problems": 31})
+    splits = problem_splits(prof)
+    exclude = {p.text for p in [*splits.pool, *splits.probe, *splits.heldout]}
+
+    def stage(key, modules=("add", "rate")):
+        return dynamic_selection.stage_data(prof, splits, modules, "equations", key, exclude)
+
+    rows, new = stage([0, 0, "add", "rate"])
+    assert len(new) == 31 and set(rows["dataset"]) == {dynamic_selection.STAGE_NEW}
+    assert sorted(p.module for p in new.values()).count("add") == 16  # split evenly, the first module the extra one
+    assert {p.module for p in new.values()} == {"add", "rate"} and not exclude & {p.text for p in new.values()}
+    L = prof.data.lab
+    assert {p.level for p in new.values()} <= set(range(L.min_steps, L.max_steps + 1))  # the data's settings
+    assert len({p.level for p in new.values()}) > 1  # not only the one-step problems of remediation
+    assert all(verify(new[pid], text) and text.startswith("Step 1") for pid, text in zip(rows["problem_id"], rows["text"]))
+    again, _ = stage([0, 0, "add", "rate"])
+    pd.testing.assert_frame_equal(rows, again)  # seeded: a replayed run writes the same stage
+    assert set(stage([1, 0, "add", "rate"])[0]["text"]) != set(rows["text"])  # another seed, other problems
+    assert dynamic_selection.stage_data(prof, splits, ("add",), "no-such-teacher", [0], exclude) is None
+    pool = load_profile("ci", {"dynamic.ioa.first_teaching": "pool"})
+    assert dynamic_selection.stage_data(pool, splits, ("add",), "equations", [0], exclude) is None
 
 
 def test_lock_in_table_follows_the_dataset_trained_on_in_the_phase_before():

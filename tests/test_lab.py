@@ -179,3 +179,12 @@ def test_main_modules_fix_the_last_step_and_keep_the_earlier_steps_of_the_data()
     assert lab.generate_problems(5, seed=1) == lab.generate_problems(5, seed=1, main_modules=None)
     with pytest.raises(ValueError, match="main_modules must be a non-empty subset"):
         lab.generate_problems(5, seed=1, modules=["add"], main_modules=["divide"])
+
+
+def test_generate_problems_up_to_returns_every_distinct_problem_when_the_space_is_small():
+    settings = dict(modules=["divide"], min_steps=1, max_steps=1, max_operand=4, max_value=20)
+    with pytest.raises(RuntimeError, match="distinct lab problems"):
+        lab.generate_problems(5000, 0, **settings)
+    found = lab.generate_problems(5000, 0, up_to=True, **settings)
+    assert 0 < len(found) < 5000 and len({p.text for p in found}) == len(found)
+    assert found[:10] == lab.generate_problems(10, 0, **settings)  # the same draws, stopped later

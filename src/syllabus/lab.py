@@ -211,14 +211,15 @@ def gold_sentence(step: dict, result: int | None = None) -> str:
 def generate_problems(n: int, seed: int, *, modules: Iterable[str] | None = None, min_steps: int = 1,
                       max_steps: int = 3, max_operand: int = 20, max_value: int | None = None,
                       id_prefix: str = "lab", exclude: Iterable[str] = (),
-                      main_modules: Iterable[str] | None = None) -> list[Problem]:
+                      main_modules: Iterable[str] | None = None, up_to: bool = False) -> list[Problem]:
     """``n`` distinct lab problems (by text, and none of ``exclude``), the same for the same seed anywhere.
 
     A problem's main module (its last step, ``Problem.module``) is drawn from ``main_modules`` (default:
     ``modules``); its earlier steps from the main module's prerequisites and itself, within ``modules``.
     So ``main_modules=[k]`` gives module k's problems as they occur among ``modules``' (IOA's probe items).
     Operands are at most ``max_operand``; every value along the way at most ``max_value`` (default
-    ``max_operand * MAX_VALUE_FACTOR``).
+    ``max_operand * MAX_VALUE_FACTOR``). When the settings allow fewer than ``n`` distinct problems this raises,
+    or with ``up_to`` returns the ones found (2,000 draws in a row without a new one end the search).
     """
     modules = list(MODULES if modules is None else modules)
     _check_modules(modules)
@@ -248,6 +249,8 @@ def generate_problems(n: int, seed: int, *, modules: Iterable[str] | None = None
         if problem.text in seen:
             misses += 1
             if misses > 2000:  # 2000 draws in a row without a new problem: the space is (nearly) used up
+                if up_to:
+                    return out
                 raise RuntimeError(f"only {len(out)} distinct lab problems found for n={n}; widen the settings "
                                    "(more modules, steps or a larger max_operand)")
             continue

@@ -302,7 +302,20 @@ class IOA(Strict):
     min_progress: float = Field(0.05, ge=0, description="gain in the gate score that counts as progress")
     remedial_budget_share: float = Field(0.5, ge=0, le=1, description="remedial phases at most this share of the "
                                                                       "phases left")
-    remedial_problems: int = Field(200, ge=1, description="new, simpler problems written per remedial round")
+    first_teaching: Literal["new", "pool"] = Field(
+        "new", description="new: a stage is first taught on stage_problems new problems of its modules at the "
+                           "data's difficulty, written by the selected teacher's pen, verified and adapted (IOA's "
+                           "Adapter synthesises each stage's data; lab task with a lab teacher, elsewhere the "
+                           "pool); pool: the selected teacher's +adapted candidate set, filtered to the stage's "
+                           "modules (the data every other policy chooses from)")
+    stage_problems: int = Field(8000, ge=1, description="new problems written for a stage's first teaching "
+                                                       "(first_teaching: new), split evenly over its modules")
+    remedial_problems: int = Field(8000, ge=1, description="new problems written per remedial round")
+    remedial_form: Literal["one-step-small", "one-step", "small-operands", "as-data"] = Field(
+        "one-step-small", description="how a lab remedial round's new problems are simpler than the data's: one "
+                                      "step with operands up to half the data's, one step with the data's operands, "
+                                      "the data's steps with operands up to half, or not simpler (as-data: the "
+                                      "data's steps and operands)")
     own_schedule: bool = Field(False, description="true: every IOA phase (a stage's first teaching or a remedial round) "
                                                 "is a fine-tune of its own, as the paper's FineTune per stage: a "
                                                 "fresh AdamW, warm-up and cosine decay to zero within the phase; "

@@ -194,6 +194,41 @@ def ioa_probe(stage: Stage, splits: Splits, teacher: str) -> IOAProbe:
 
 
 REMEDIAL = "ioa:remedial"
+STAGE_NEW = "ioa:new"
+
+
+def lab_teacher(prof, teacher: str):
+    """The selected teacher's spec when it is a lab teacher on the lab task (its pen can write new problems'
+    traces), else None."""
+    spec = next((t for t in prof.teachers if t.name == teacher), None)
+    return spec if prof.data.task == "lab" and spec is not None and spec.backend == "lab" else None
+
+
+def stage_data(prof, splits: Splits, modules, teacher: str, key: list, exclude: set[str]
+               ) -> tuple[pd.DataFrame, dict[str, Problem]] | None:
+    """IOA's first teaching of a stage on data written for it (``dynamic.ioa.first_teaching: new``): rows of a
+    dataset named ``ioa:new``, or None where it cannot be written (not the lab task or not a lab teacher; the
+    stage is then taught from the pool).
+
+    ``dynamic.ioa.stage_problems`` new problems split evenly over the stage's modules, each drawn with the
+    data's settings (its difficulty, the module as the last step, as ``module_problems``), none sharing a text
+    with ``exclude``; the teacher's pen writes them, the verifier keeps the correct ones and IOA's Adapter
+    rewrites them. The paper's Adapter synthesises each stage's data; about one pass over each problem per
+    phase, where the pool's few problems of one module are seen ~20 times (benchmarks/README.md).
+    """
+    spec = lab_teacher(prof, teacher)
+    if prof.dynamic.ioa.first_teaching != "new" or spec is None:
+        return None
+    modules = sorted(modules)
+    seed = stable_seed(prof.seed, "ioa-stage", *key, bits=32, form="compact")
+    n, k = prof.dynamic.ioa.stage_problems, len(modules)
+    new: list[Problem] = []
+    for i, module in enumerate(modules):
+        count = n // k + (i < n % k)
+        if count:
+            new += module_problems(prof, splits, module, count, stable_seed(seed, module, bits=32, form="compact"),
+                                   f"lab-stage-{hash_obj(key)[:8]}-{module}", exclude | {p.text for p in new})
+    return adapted_teacher_rows(new, spec, seed, STAGE_NEW), {p.id: p for p in new}
 
 
 def remedial_data(prof, modules, teacher: str, key: list, exclude: set[str], first_teaching: pd.DataFrame
@@ -201,23 +236,25 @@ def remedial_data(prof, modules, teacher: str, key: list, exclude: set[str], fir
     """IOA's remediation, unlike first teaching: rows of a dataset named ``ioa:remedial``.
 
     Lab (the selected teacher a lab teacher): ``dynamic.ioa.remedial_problems`` new problems of the weak
-    modules and their prerequisites, simpler than the pool's (one step, operands up to half the data's),
-    none sharing a text with ``exclude``; the teacher's pen writes them (its style and error rate), the
+    modules and their prerequisites, simpler than the pool's as ``dynamic.ioa.remedial_form`` says (one step
+    and operands up to half the data's; one step; operands up to half; or, ``as-data``, not simpler), none
+    sharing a text with ``exclude``; the teacher's pen writes them (its style and error rate), the
     verifier keeps the correct ones and IOA's Adapter rewrites them. Other tasks: the weak modules'
     rows of the first-teaching dataset at their lowest level (the easier problems).
     """
-    spec = next((t for t in prof.teachers if t.name == teacher), None)
-    if prof.data.task == "lab" and spec is not None and spec.backend == "lab":
-        L = prof.data.lab
+    spec = lab_teacher(prof, teacher)
+    if spec is not None:
+        L, form = prof.data.lab, prof.dynamic.ioa.remedial_form
         seed = stable_seed(prof.seed, "remedial", *key, bits=32, form="compact")
         prefix = f"lab-remedial-{hash_obj(key)[:8]}"
-        settings = dict(min_steps=1, max_steps=1, max_value=L.max_value, id_prefix=prefix, exclude=exclude,
-                        modules=[m for m in modules if m in lab.MODULES])
-        try:
-            new = lab.generate_problems(prof.dynamic.ioa.remedial_problems, seed, max_operand=max(4, L.max_operand // 2),
-                                        **settings)
-        except RuntimeError:  # too few small problems: keep the data's operands
-            new = lab.generate_problems(prof.dynamic.ioa.remedial_problems, seed, max_operand=L.max_operand, **settings)
+        steps = (L.min_steps, L.max_steps) if form in ("small-operands", "as-data") else (1, 1)
+        operand = L.max_operand if form in ("one-step", "as-data") else max(4, L.max_operand // 2)
+        settings = dict(min_steps=steps[0], max_steps=steps[1], max_value=L.max_value, id_prefix=prefix,
+                        exclude=exclude, modules=[m for m in modules if m in lab.MODULES])
+        # small settings allow few distinct problems (one-step divide with operands up to 5: a few hundred): then
+        # every one of them, drawn from more than once
+        new = lab.generate_problems(prof.dynamic.ioa.remedial_problems, seed, max_operand=operand, up_to=True,
+                                    **settings)
         return adapted_teacher_rows(new, spec, seed, REMEDIAL), {p.id: p for p in new}
     rows = first_teaching[first_teaching["module"].isin(list(modules))]
     if rows["level"].notna().any():
@@ -415,6 +452,13 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
             if len(rows):
                 pool, known = {**datasets, REMEDIAL: rows}, {**problems, **new}
                 choice = dataclasses.replace(choice, weights={REMEDIAL: 1.0}, modules=None)
+        elif policy_name == "ioa" and choice.stage is not None and choice.modules:  # a stage's first teaching
+            made = stage_data(prof, splits, choice.modules, inputs.selected_teacher, [seed, phase, *choice.modules],
+                              exclude)
+            if made is not None and len(made[0]):
+                rows, new = made
+                pool, known = {**datasets, STAGE_NEW: rows}, {**problems, **new}
+                choice = dataclasses.replace(choice, weights={STAGE_NEW: 1.0})
         rng = phase_rng(prof, seed, phase)  # common random numbers: the same draws for every policy
         if phase_tokens is None:
             batch = draw_examples(choice, pool, n_examples, rng)
