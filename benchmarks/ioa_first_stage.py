@@ -10,9 +10,11 @@ student: from stage 5's start (its student, ``dynamic.student``) it trains exact
 the draws of seed s) on each of these choices, then measures the held-out accuracy per module and IOA's
 P_S on its probe items, and applies IOA's gate to the stage's module:
 
-* ``ioa``: IOA's first teaching, the selected teacher's ``+adapted`` set filtered to the module;
+* ``ioa``: IOA's first teaching with ``dynamic.ioa.first_teaching: pool``, the selected teacher's ``+adapted``
+  set filtered to the module;
 * ``ioa-new``: the same on new problems of the module (the selected teacher's pen, verified, adapted;
-  IOA's Adapter synthesises its data, so this is the paper's choice; about one pass instead of ~20);
+  IOA's Adapter synthesises its data, so this is the paper's choice and stage 5's default,
+  ``first_teaching: new``; about one pass instead of ~20);
 * ``teacher``: the selected teacher's traces (not adapted) filtered to the module;
 * ``adapted-all``, ``teacher-all``: the same two sets over every module (``teacher-all`` is what the DMC
   policies chose for phase 1);
