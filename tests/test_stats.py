@@ -223,8 +223,28 @@ def test_reliability_and_needed_problems():
     b = np.array([[float(i < 10 + s) for i in range(40)] for s in range(3)])
     need = stats.needed_sample(stats.paired_difference(a, b))
     assert need["seeds_needed"] > 3 and need["problems_needed"] == float("inf")  # seeds, not problems, are short
+    assert need["joint_seeds_needed"] >= 3 and need["joint_problems_needed"] == np.ceil(40 * need["joint_seeds_needed"] / 3)
     assert all(np.isnan(v) for v in stats.needed_sample(stats.paired_difference(a + 0 * b + 1, b * 0)).values())
     assert stats.binomial_se(0.5, 100) == pytest.approx(0.05)
+
+
+def test_needed_jointly_grows_seeds_and_problems_together_where_neither_alone_would_do():
+    def power_holds(effect, se_problems, seed_sd, k, n, k0=3, n0=200):
+        se2 = se_problems ** 2 * n0 / n + seed_sd ** 2 / k
+        df = stats.welch_df([(se_problems ** 2 * n0 / n, n - 1), (seed_sd ** 2 / k, k - 1)])
+        return (stats.t_quantile(df) + 0.8416) ** 2 * se2 <= effect ** 2
+
+    # a lead of 0.057 with a problems' SE of 0.03 and a seed SD of 0.03, 3 seeds and 200 problems: more
+    # seeds alone leave the problems' SE too large, more problems alone leave the seeds' part at 2 df too large
+    effect, se, sd = 0.057, 0.03, 0.03
+    assert stats.needed_seeds(effect, se, sd, n_problems=200) == float("inf")
+    assert stats.needed_problems(effect, se * np.sqrt(200), sd, 3) == float("inf")
+    k, n = stats.needed_jointly(effect, se, sd, 3, 200)
+    assert n == np.ceil(200 * k / 3) and power_holds(effect, se, sd, int(k), int(n))
+    assert not power_holds(effect, se, sd, int(k) - 1, int(np.ceil(200 * (k - 1) / 3)))  # the smallest
+    assert stats.needed_jointly(0.5, 0.01, 0.01, 3, 200) == (3.0, 200.0)  # already enough: the present sizes
+    assert all(np.isnan(v) for v in stats.needed_jointly(0.0, se, sd, 3, 200))
+    assert all(np.isnan(v) for v in stats.needed_jointly(effect, se, float("nan"), 1, 200))
 
 
 def test_with_score_ci():

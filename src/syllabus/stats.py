@@ -440,6 +440,29 @@ def needed_seeds(effect: float, se_problems: float, seed_sd: float, power_z: flo
     return float(_smallest(enough, max(1, int(np.ceil(seed_sd ** 2 / room)))))
 
 
+def needed_jointly(effect: float, se_problems: float, seed_sd: float, n_seeds: int, n_problems: int,
+                   power_z: float = 0.8416) -> tuple[float, float]:
+    """Seeds and problems grown together, in proportion to the present ``n_seeds`` and ``n_problems``, that
+    would show a paired difference of ``effect`` at 95% (two-sided) with 80% power: the smallest k >= 2 seeds,
+    with n = ceil(n_problems x k / n_seeds) problems, for which (t + 0.84) x sqrt(se_problems^2 x n_problems
+    / n + seed_sd^2 / k) <= |effect| (t as ``paired_difference`` would use it). Finite where each alone
+    (``needed_seeds``, ``needed_problems``) is ``inf``; (NaN, NaN) when there is no difference or no spread."""
+    nan = (float("nan"), float("nan"))
+    if (not effect or not np.isfinite(effect) or not np.isfinite(se_problems) or not np.isfinite(seed_sd)
+            or n_seeds < 1 or n_problems < 1):
+        return nan
+
+    def problems(k: int) -> int:
+        return int(np.ceil(n_problems * k / n_seeds))
+
+    def enough(k: int) -> bool:
+        n = problems(k)
+        return _powered(effect, [(se_problems ** 2 * n_problems / n, n - 1), (seed_sd ** 2 / k, k - 1)], power_z)
+
+    k = _smallest(enough, max(2, n_seeds))
+    return float(k), float(problems(k))
+
+
 def _powered(effect: float, parts: Sequence[tuple[float, float]], power_z: float) -> bool:
     """(t + power_z) x SE <= |effect|: SE^2 the sum of the parts' variances, t at their Welch-Satterthwaite df
     (``parts`` as ``welch_df`` takes them), as ``paired_difference`` would compute both."""
@@ -464,16 +487,23 @@ def shown(diff: Mapping[str, float]) -> bool:
     return bool(diff["gain_lo"] > 0 or diff["gain_hi"] < 0)
 
 
+NEEDED_SAMPLE_KEYS = ("seeds_needed", "problems_needed", "joint_seeds_needed", "joint_problems_needed")
+
+
 def needed_sample(diff: Mapping[str, float]) -> dict[str, float]:
     """For a paired difference (``paired_difference``'s dict) whose 95% interval spans 0: the seeds (the
-    problems kept) and the problems (the seeds kept) that would show a difference as large as the one
-    measured, at 95% with 80% power (``needed_seeds``, ``needed_problems``). NaN where it is shown."""
+    problems kept), the problems (the seeds kept), and the seeds and problems grown together (``joint_...``)
+    that would show a difference as large as the one measured, at 95% with 80% power (``needed_seeds``,
+    ``needed_problems``, ``needed_jointly``). NaN where it is shown."""
     if shown(diff):
-        return {"seeds_needed": float("nan"), "problems_needed": float("nan")}
+        return dict.fromkeys(NEEDED_SAMPLE_KEYS, float("nan"))
     sd_diff = diff["se_problems"] * np.sqrt(diff["n_problems"])
+    joint = needed_jointly(diff["gain"], diff["se_problems"], diff["seed_sd"], int(diff["n_seeds"]),
+                           int(diff["n_problems"]))
     return {"seeds_needed": needed_seeds(diff["gain"], diff["se_problems"], diff["seed_sd"],
                                          n_problems=diff["n_problems"]),
-            "problems_needed": needed_problems(diff["gain"], sd_diff, diff["seed_sd"], diff["n_seeds"])}
+            "problems_needed": needed_problems(diff["gain"], sd_diff, diff["seed_sd"], diff["n_seeds"]),
+            "joint_seeds_needed": joint[0], "joint_problems_needed": joint[1]}
 
 
 # --------------------------------------------------------------------------- fit on part, report on the rest

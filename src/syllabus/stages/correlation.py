@@ -31,7 +31,7 @@ from .trace_curation import matching_datasets
 
 CONTROL_NONE, CONTROL_GOLD = "control:none", "control:gold"
 CONTROLS = (CONTROL_NONE, CONTROL_GOLD)
-NEEDED_SAMPLE_COLUMNS = ("seeds_needed", "problems_needed")  # stats.needed_sample's, in the cells table only
+NEEDED_SAMPLE_COLUMNS = stats.NEEDED_SAMPLE_KEYS  # stats.needed_sample's, in the cells table only
 MIXED_FAMILY = "mixed"
 VARIANT_SUFFIXES = ("+adapted", "+unverified")
 
@@ -142,7 +142,8 @@ def _cell_jobs(stage: Stage, student: StudentModel, datasets: dict[str, pd.DataF
 def cell_gains(outcomes: pd.DataFrame) -> pd.DataFrame:
     """Per (student, dataset): the paired gain over seeds with its SE, 95% CI and seed SD
     (``stats.paired_gain``), the family, whether the cell is a control, and for a gain whose interval spans
-    0 the seeds or the problems that would show it (``stats.needed_sample``; NaN where it is shown)."""
+    0 the seeds, the problems, or both grown together that would show it (``stats.needed_sample``; NaN where
+    it is shown)."""
     rows = []
     for (student, name), g in outcomes.groupby(["student", "dataset"], sort=True):
         wide = g.pivot(index="seed", columns="problem_id", values="correct_after").sort_index()
@@ -185,8 +186,8 @@ def planted_style_check(outcomes: pd.DataFrame, prof) -> pd.DataFrame:
     A teacher's dataset is ``teacher=NAME``, or ``teacher=NAME+unverified`` when the grid has only that. Two
     unverified sets are compared only at equal error rates: they keep the wrong traces, so a different
     error rate would be a difference of quality, not of style (verified sets keep correct traces only).
-    Where the interval spans 0, the seeds and the problems that would show a difference that large
-    (``stats.needed_sample``)."""
+    Where the interval spans 0, the seeds, the problems, or both grown together that would show a difference
+    that large (``stats.needed_sample``)."""
 
     rows = []
     teachers = {t.name: t for t in prof.teachers if t.backend == "lab"}

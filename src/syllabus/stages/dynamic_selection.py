@@ -625,7 +625,8 @@ def compare_policies(outcomes: pd.DataFrame, start: pd.Series, references=("rand
     95% CI (``stats.paired_difference``); ``shown`` says whether the interval excludes 0. Where it does
     not, ``..._seeds_needed`` and ``..._problems_needed`` are the seeds (the problems kept) and the
     problems (the seeds kept) that would show a difference as large as the one measured (95%, 80% power;
-    ``stats.needed_sample``; inf: that alone would not do)."""
+    ``stats.needed_sample``; inf: that alone would not do), ``..._joint_seeds_needed`` and
+    ``..._joint_problems_needed`` the two grown together."""
     wide = {p: g.pivot(index="seed", columns="problem_id", values="correct").sort_index()[list(start.index)]
             for p, g in outcomes.groupby("policy", sort=False)}
     rows = []

@@ -108,15 +108,15 @@ def leaderboard(stage: Stage, student: StudentModel, runs: dict[str, generation.
     return board.reset_index(drop=True)
 
 
-LEAD_COLUMNS = ["selected", "rival", "lead", "lead_lo", "lead_hi", "seed_sd", "shown", "seeds_needed",
-                "problems_needed"]
+LEAD_COLUMNS = ["selected", "rival", "lead", "lead_lo", "lead_hi", "seed_sd", "shown", *stats.NEEDED_SAMPLE_KEYS]
 
 
 def leads(smoke: SmokeTests, selected: str) -> pd.DataFrame:
     """Is the selected teacher's gain shown above each rival's? The paired difference of the student's
     outcomes after the two smoke tests (problem by problem, seed by seed; ``stats.paired_difference``)
-    with its 95% interval; where it spans 0, the seeds (the problems kept) and the problems (the seeds
-    kept) that would show a lead that large (``stats.needed_sample``; inf: that alone would not do). A
+    with its 95% interval; where it spans 0, the seeds (the problems kept), the problems (the seeds
+    kept), and the seeds and problems grown together (``joint_...``) that would show a lead that large
+    (``stats.needed_sample``; inf: that alone would not do). A
     rival with one row (no verified trace) is compared with every seed."""
     mine = smoke.afters[selected]
     rows = []
