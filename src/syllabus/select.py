@@ -52,7 +52,7 @@ class Choice:
     modules: tuple[str, ...] | None = None  # train only on items of these modules
     levels: tuple[int, ...] | None = None  # train only on items of these levels
     stage: int | None = None  # ioa: index of the curriculum stage
-    remedial: tuple[str, ...] | None = None  # ioa: train on new, simpler problems of these modules (made by the caller)
+    remedial: tuple[str, ...] | None = None  # ioa: train on new problems of these modules (made by the caller)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -386,9 +386,8 @@ class IOAPolicy(Policy):
     taught in the stages before it. Before each later phase the stage
     meets the mastery gate (``mastery_gate``: a Wilson bound on P_S against min(tau_mastery x P_T, the
     attainable ceiling)). Passed: a new diagnosis (modules mastered or flagged are not targeted again)
-    and its first stage. Failed: a remedial round - new,
-    simpler problems on the weak modules and their prerequisites (``Choice.remedial``; the caller
-    makes them) - unless the remediation budget (``remedial_budget_share`` of the phases left), the
+    and its first stage. Failed: a remedial round - new problems on the weak modules and their
+    prerequisites, simpler ones by default (``Choice.remedial``; the caller makes them) - unless the remediation budget (``remedial_budget_share`` of the phases left), the
     plateau rule (``plateau_rounds`` rounds in a row without ``min_progress`` in the gate score) or
     ``max_remedial_rounds`` says stop: then the stage's weak modules are flagged "not mastered" and the
     curriculum moves on (a new diagnosis). With no target left, it trains on every
@@ -505,7 +504,7 @@ class IOAPolicy(Policy):
             targets = sorted(set(weak) | {p for k in weak for p in state.prerequisites.get(k, ())},
                              key=lambda k: (k not in weak, k))
             return Choice(self._weights(state), f"phase {phase}: {label} not mastered (weak {weak}, gate score "
-                          f"{gate['score']:.2f}): remedial round {plan['rounds']} on new simpler problems of "
+                          f"{gate['score']:.2f}): remedial round {plan['rounds']} on new problems of "
                           f"{targets}", modules=tuple(targets), stage=plan["current"], remedial=tuple(targets))
         plan["not_mastered"] += [k for k in weak if k not in plan["not_mastered"]]
         plan["log"].append({**entry, "outcome": f"not mastered ({stop})"})

@@ -9,8 +9,8 @@ phases continue one AdamW state and one LR schedule: a phase is a re-selection p
 Before each phase the policy sees a ``select.SelectionState`` measured on the current checkpoint: the
 DMC of the candidate datasets (``dynamic.datasets``; recomputed, for the DMC policies), the student's
 per-module accuracy on IOA's probe items (P_S) and the teacher's on the same items (P_T). The phase's
-examples are drawn from the chosen mixture; IOA's remedial rounds draw new, simpler problems
-(``remedial_data``).
+examples are drawn from the chosen mixture; IOA's stages draw new problems written for them
+(``stage_data``) and its remedial rounds other new ones, simpler by default (``remedial_data``).
 
 Every piece is cached by content (pass rates and scores by model fingerprint, each phase's SFT as a
 resumable checkpoint that holds the optimizer state the next phase continues), so an interrupted run
@@ -446,7 +446,7 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
                                       module_items=inputs.ioa.item_counts if inputs.ioa else {})
         choice = policy.choose(phase, state)
         pool, known = datasets, problems
-        if choice.remedial:  # IOA's remediation: new, simpler problems of the weak modules
+        if choice.remedial:  # IOA's remediation: new problems of the weak modules (dynamic.ioa.remedial_form)
             rows, new = remedial_data(prof, choice.remedial, inputs.selected_teacher, [seed, phase, *choice.remedial],
                                       exclude, datasets[first_teaching])
             if len(rows):
