@@ -21,8 +21,8 @@ P_S on its probe items, and applies IOA's gate to the stage's module:
 * ``gold-all``: the pool problems' reference solutions, the sentences of the student's own warm-up;
 * ``rehearsal``: half IOA's first teaching, half the ``+adapted`` set over every module (the other
   modules rehearsed; not in the paper);
-* ``remedial``: IOA's remediation as stage 5 writes it (new, simpler problems of the module and its
-  prerequisites, ``--new-problems`` of them), in the profile's ``dynamic.ioa.remedial_form`` or the one named
+* ``remedial``: IOA's remediation as stage 5 writes it (new problems of the module and its prerequisites,
+  ``--new-problems`` of them, the same for every seed), in the profile's ``dynamic.ioa.remedial_form`` or the one named
   after ``=`` (``remedial=one-step``, ``remedial=small-operands``, ``remedial=one-step-small``, ``remedial=as-data``);
 * ``A>B`` (with ``--phases``): A in the first phase, B in every later one (``ioa-new>remedial``: a first
   teaching, then remedial rounds);
