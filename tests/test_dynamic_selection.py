@@ -407,3 +407,24 @@ def test_planted_skill_check_compares_seen_and_unseen_modules_and_ioa_diagnosis(
     assert no_ioa["ioa_deficient"].isna().all() and "IOA" not in dynamic_selection.planted_skill_summary(no_ioa)
     other = load_profile("ci", {"data.task": "gsm8k"})
     assert dynamic_selection.planted_skill_check(other, spec, start, heldout, plan).empty
+
+
+def test_ioa_writes_each_phases_problems_new_to_the_run(tmp_path, monkeypatch):
+    # every set IOA writes (a stage's first teaching, a remedial round) leaves out the texts it wrote before
+    calls = []
+    for name in ("stage_data", "remedial_data"):
+        real = getattr(dynamic_selection, name)
+
+        def spy(*args, _real=real, _at=5 if name == "stage_data" else 4, **kwargs):
+            made = _real(*args, **kwargs)
+            exclude = args[_at]  # stage_data(prof, splits, modules, teacher, key, exclude), remedial_data(prof, ...)
+            calls.append((set(exclude), {p.text for p in made[1].values()} if made else set()))
+            return made
+
+        monkeypatch.setattr(dynamic_selection, name, spy)
+    _policy_runs(tmp_path, 1, **{"dynamic.policies": ["ioa"], "dynamic.seeds": [0], "dynamic.phases": 3,
+                                 "dynamic.ioa.remedial_form": "as-data"})
+    assert len(calls) >= 2 and all(texts for _, texts in calls)
+    for i, (exclude, _) in enumerate(calls):
+        earlier = set().union(*(texts for _, texts in calls[:i]))
+        assert earlier <= exclude

@@ -418,6 +418,7 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
     exclude = {p.text for p in problems.values()} | ({p.text for p in inputs.ioa.items} if inputs.ioa else set())
     heldout_modules = pd.Series({p.id: p.module for p in splits.heldout})
     optimizer_state, previous, after = None, None, None
+    written: set[str] = set()  # the problems IOA has written in this run: each new set is new to the run
     # IOA may fine-tune each phase on a schedule of its own (dynamic.ioa.own_schedule); the others continue one
     carry = d.carry_optimizer and not (policy_name == "ioa" and d.ioa.own_schedule)
     for phase in track(range(d.phases), f"{policy_name} seed {seed} phases"):
@@ -448,15 +449,17 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
         pool, known = datasets, problems
         if choice.remedial:  # IOA's remediation: new problems of the weak modules (dynamic.ioa.remedial_form)
             rows, new = remedial_data(prof, choice.remedial, inputs.selected_teacher, [seed, phase, *choice.remedial],
-                                      exclude, datasets[first_teaching])
+                                      exclude | written, datasets[first_teaching])
+            written |= {p.text for p in new.values()}
             if len(rows):
                 pool, known = {**datasets, REMEDIAL: rows}, {**problems, **new}
                 choice = dataclasses.replace(choice, weights={REMEDIAL: 1.0}, modules=None)
         elif policy_name == "ioa" and choice.stage is not None and choice.modules:  # a stage's first teaching
             made = stage_data(prof, splits, choice.modules, inputs.selected_teacher, [seed, phase, *choice.modules],
-                              exclude)
+                              exclude | written)
             if made is not None and len(made[0]):
                 rows, new = made
+                written |= {p.text for p in new.values()}
                 pool, known = {**datasets, STAGE_NEW: rows}, {**problems, **new}
                 choice = dataclasses.replace(choice, weights={STAGE_NEW: 1.0})
         rng = phase_rng(prof, seed, phase)  # common random numbers: the same draws for every policy
