@@ -387,8 +387,9 @@ class IOAPolicy(Policy):
     meets the mastery gate (``mastery_gate``: a Wilson bound on P_S against min(tau_mastery x P_T, the
     attainable ceiling)). Passed: a new diagnosis (modules mastered or flagged are not targeted again)
     and its first stage. Failed: a remedial round - new problems on the weak modules and their
-    prerequisites, simpler ones by default (``Choice.remedial``; the caller makes them) - unless the remediation budget (``remedial_budget_share`` of the phases left), the
-    plateau rule (``plateau_rounds`` rounds in a row without ``min_progress`` in the gate score) or
+    prerequisites, simpler ones by default (``Choice.remedial``; the caller makes them) - unless the
+    remediation budget (``remedial_budget_share`` of the phases left), the plateau rule
+    (``plateau_rounds`` rounds in a row without ``min_progress`` in the gate score) or
     ``max_remedial_rounds`` says stop: then the stage's weak modules are flagged "not mastered" and the
     curriculum moves on (a new diagnosis). With no target left, it trains on every
     module (consolidation). ``mastery_ceiling`` None: the attainable ceiling is the best P_S the
