@@ -3,6 +3,7 @@ import os
 
 import pandas as pd
 import pytest
+import torch
 
 from syllabus import runs
 from syllabus.runs import RunDir, RunError, atomic_path, normalise_stage, open_stage
@@ -46,6 +47,8 @@ def test_stage_writes_tables_figures_manifest(tmp_path):
     for key in ("git", "packages", "params", "seed", "inputs", "outputs", "started", "finished"):
         assert key in on_disk
     assert on_disk["packages"]["torch"].startswith("2.")
+    # numerics depend on the CPU's vector kernels: the manifest says which ran
+    assert on_disk["cpu"]["torch_capability"] == str(torch.backends.cpu.get_cpu_capability()) and on_disk["cpu"]["model"]
     assert pd.read_parquet(folder / "tables/demo.parquet").equals(df)
 
 

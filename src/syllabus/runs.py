@@ -653,6 +653,7 @@ class Stage:
             "packages": package_versions(),
             "python": sys.version.split()[0],
             "platform": platform.platform(),
+            "cpu": cpu_description(),
             "threads": self.params.threads,
             "inputs": dict(sorted(self.inputs.items())),
             "outputs": dict(sorted(self.outputs.items())),
@@ -664,6 +665,20 @@ class Stage:
         }
         atomic_write_json(self.dir / "manifest.json", manifest)
         return manifest
+
+
+def cpu_description() -> dict[str, str]:
+    """The CPU model and the vector kernels torch dispatches to (e.g. AVX512).
+
+    Seeded reruns are byte-identical on the same CPU kind; on another, float rounding in training
+    differs and every number moves by about a seed's spread (README, "Reproducibility")."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"model": model, "torch_capability": str(torch.backends.cpu.get_cpu_capability())}
 
 
 def _peak_rss_mb() -> float:
