@@ -97,6 +97,14 @@ def test_module_gaps():
     assert gaps["odd"]["gap"] == 0.0  # the teacher cannot do it either
 
 
+def test_thresholds_hold_at_their_value_despite_float_rounding():
+    # 14 of 20 items against a perfect teacher: the gap is 1.0 - 0.7 = 0.30000000000000004, exactly tau_gap
+    gaps = select.module_gaps({"add": 0.7, "rate": 0.65}, {"add": 1.0, "rate": 1.0}, tau_gap=0.3)
+    assert not gaps["add"]["deficient"] and gaps["rate"]["deficient"]
+    # P_S 0.9 and 0.6 are exactly max_range = 0.3 apart: one group
+    assert select.split_by_score(["add", "rate"], {"add": 0.9, "rate": 0.6}, max_range=0.3) == [["rate", "add"]]
+
+
 def test_topological_layers():
     graph = {"multiply": ["add"], "divide": ["multiply"], "percent": ["multiply", "divide"], "rate": ["divide"]}
     assert select.topological_layers(["add", "multiply", "divide", "percent", "rate"], graph) == [

@@ -22,6 +22,11 @@ import numpy as np
 from . import stats
 from .lab import ancestors
 
+# IOA's thresholds compare scores that are fractions of a few items: 1.0 - 0.7 is 0.30000000000000004 in
+# floating point, so a module exactly at a threshold would land on either side by rounding. Every
+# comparison of a score with a threshold allows this much.
+SCORE_TOLERANCE = 1e-9
+
 
 @dataclass(frozen=True)
 class SelectionState:
@@ -230,7 +235,7 @@ def module_gaps(student: Mapping[str, float], teacher: Mapping[str, float], tau_
     for k in sorted(teacher):
         ps, pt = float(student[k]), float(teacher[k])
         gap = (pt - ps) / pt if pt > 0 else 0.0
-        out[k] = {"student": ps, "teacher": pt, "gap": gap, "deficient": gap > tau_gap}
+        out[k] = {"student": ps, "teacher": pt, "gap": gap, "deficient": gap > tau_gap + SCORE_TOLERANCE}
     return out
 
 
@@ -269,14 +274,14 @@ def _mean(scores: Mapping[str, float], modules: Sequence[str]) -> float:
 
 def zpd_ok(current: Sequence[str], nxt: Sequence[str], student: Mapping[str, float], tau_zpd: float) -> bool:
     """Literal Eq. 8: mean P_S(next) - mean P_S(current) <= tau_zpd * mean P_S(current)."""
-    return _mean(student, nxt) - _mean(student, current) <= tau_zpd * _mean(student, current) + 1e-12
+    return _mean(student, nxt) - _mean(student, current) <= tau_zpd * _mean(student, current) + SCORE_TOLERANCE
 
 
 def split_by_score(stage: Sequence[str], student: Mapping[str, float], max_range: float = 0.3) -> list[list[str]]:
     """Sort a stage's modules by P_S and cut groups whose P_S range is at most ``max_range`` (IOA code)."""
     groups: list[list[str]] = []
     for k in sorted(stage, key=lambda m: (student[m], m)):
-        if groups and student[k] - student[groups[-1][0]] <= max_range:
+        if groups and student[k] - student[groups[-1][0]] <= max_range + SCORE_TOLERANCE:
             groups[-1].append(k)
         else:
             groups.append([k])
@@ -367,7 +372,7 @@ def mastery_gate(student: Mapping[str, float], teacher: Mapping[str, float], ite
         n = int(items.get(k, 0))
         target = min(tau_mastery * float(teacher[k]), ceiling)
         b = wilson_bound(float(student[k]) * n, n, confidence, bound) if n > 0 else float(student[k])
-        ok = target <= 0 or b >= target - 1e-12
+        ok = target <= 0 or b >= target - SCORE_TOLERANCE
         rows[k] = {"p_s": float(student[k]), "n": n, "target": target, "bound": b, "mastered": ok}
         passed &= ok
         score = min(score, float(student[k]) / target if target > 0 else 1.0)
@@ -488,7 +493,7 @@ class IOAPolicy(Policy):
             plan["log"].append({**entry, "outcome": "mastered"})
             return self._advance(phase, state, f"{label} mastered (gate score {gate['score']:.2f})")
         weak = [k for k, g in gate["modules"].items() if not g["mastered"]]
-        improved = plan["best"] is None or gate["score"] >= plan["best"] + self.min_progress
+        improved = plan["best"] is None or gate["score"] >= plan["best"] + self.min_progress - SCORE_TOLERANCE
         plan["stalled"] = 0 if improved else plan["stalled"] + 1
         plan["best"] = gate["score"] if plan["best"] is None else max(plan["best"], gate["score"])
         stop = None
@@ -496,7 +501,7 @@ class IOAPolicy(Policy):
             stop = f"{self.max_remedial_rounds} remedial rounds used"
         elif plan["stalled"] >= self.plateau_rounds and plan["rounds"] > 0:
             stop = f"plateau: no progress >= {self.min_progress} in {plan['stalled']} round(s)"
-        elif plan["rounds"] + 1 > self.remedial_budget_share * plan["phases_at_start"]:
+        elif plan["rounds"] + 1 > self.remedial_budget_share * plan["phases_at_start"] + SCORE_TOLERANCE:
             stop = (f"remediation budget: {plan['rounds']} remedial round(s) used, at most "
                     f"{self.remedial_budget_share} x the {plan['phases_at_start']} phase(s) left when the stage began")
         if stop is None:
