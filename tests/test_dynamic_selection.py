@@ -109,7 +109,7 @@ RUN_OVERRIDES = {
     "student_generation.max_new_tokens": 24, "dmc.capability_samples": 1,
     "dynamic.phases": 2, "dynamic.steps_per_phase": 1, "dynamic.seeds": [0, 1],
     "dynamic.policies": ["dmc_dynamic", "random", "ioa"], "dynamic.datasets": ["teacher=*"],
-    "dynamic.ioa.items_per_module": 3, "dynamic.ioa.remedial_problems": 12,
+    "dynamic.ioa.items_per_module": 3, "dynamic.ioa.remedial_problems": 12, "dynamic.ioa.remedial_budget_share": 1.0,
     "dynamic.ioa.stage_problems": 12,
 }
 

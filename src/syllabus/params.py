@@ -300,8 +300,8 @@ class IOA(Strict):
                                                                         "P_S the student showed on a non-deficient module")
     plateau_rounds: int = Field(2, ge=1, description="remedial rounds in a row without min_progress before moving on")
     min_progress: float = Field(0.05, ge=0, description="gain in the gate score that counts as progress")
-    remedial_budget_share: float = Field(0.5, ge=0, le=1, description="a stage's remedial rounds at most this share "
-                                                                      "of the phases left when it began")
+    remedial_budget_share: float = Field(0.5, ge=0, le=1, description="remedial phases at most this share of the "
+                                                                      "phases left")
     first_teaching: Literal["new", "pool"] = Field(
         "new", description="new: a stage is first taught on stage_problems new problems of its modules at the "
                            "data's difficulty, written by the selected teacher's pen, verified and adapted (IOA's "

@@ -393,8 +393,7 @@ class IOAPolicy(Policy):
     attainable ceiling)). Passed: a new diagnosis (modules mastered or flagged are not targeted again)
     and its first stage. Failed: a remedial round - new problems on the weak modules and their
     prerequisites, simpler ones by default (``Choice.remedial``; the caller makes them) - unless the
-    remediation budget (a stage's remedial rounds at most ``remedial_budget_share`` x the phases left
-    when the stage began, its first teaching included), the plateau rule
+    remediation budget (``remedial_budget_share`` of the phases left), the plateau rule
     (``plateau_rounds`` rounds in a row without ``min_progress`` in the gate score) or
     ``max_remedial_rounds`` says stop: then the stage's weak modules are flagged "not mastered" and the
     curriculum moves on (a new diagnosis). With no target left, it trains on every
@@ -461,10 +460,9 @@ class IOAPolicy(Policy):
         diagnosis = self._identify(phase, state)
         if self.plan is None:
             self.plan = {"ceiling": self._ceiling(diagnosis["gaps"]), "not_mastered": [], "mastered": [],
-                         "log": []}
+                         "remedial_phases": 0, "log": []}
         plan = self.plan
-        plan.update(diagnosis=diagnosis, stages=diagnosis["stages"], current=0, rounds=0, best=None, stalled=0,
-                    phases_at_start=max(0, state.n_phases - phase))
+        plan.update(diagnosis=diagnosis, stages=diagnosis["stages"], current=0, rounds=0, best=None, stalled=0)
         if not diagnosis["stages"]:
             plan["current"] = None
             left = "" if not plan["not_mastered"] else f" (flagged not mastered: {plan['not_mastered']})"
@@ -496,16 +494,18 @@ class IOAPolicy(Policy):
         improved = plan["best"] is None or gate["score"] >= plan["best"] + self.min_progress - SCORE_TOLERANCE
         plan["stalled"] = 0 if improved else plan["stalled"] + 1
         plan["best"] = gate["score"] if plan["best"] is None else max(plan["best"], gate["score"])
+        left = max(0, state.n_phases - phase)
         stop = None
         if plan["rounds"] >= self.max_remedial_rounds:
             stop = f"{self.max_remedial_rounds} remedial rounds used"
         elif plan["stalled"] >= self.plateau_rounds and plan["rounds"] > 0:
             stop = f"plateau: no progress >= {self.min_progress} in {plan['stalled']} round(s)"
-        elif plan["rounds"] + 1 > self.remedial_budget_share * plan["phases_at_start"] + SCORE_TOLERANCE:
-            stop = (f"remediation budget: {plan['rounds']} remedial round(s) used, at most "
-                    f"{self.remedial_budget_share} x the {plan['phases_at_start']} phase(s) left when the stage began")
+        elif plan["remedial_phases"] + 1 > self.remedial_budget_share * left + SCORE_TOLERANCE:
+            stop = (f"remediation budget: {plan['remedial_phases']} remedial phase(s) used, at most "
+                    f"{self.remedial_budget_share} x {left} phase(s) left")
         if stop is None:
             plan["rounds"] += 1
+            plan["remedial_phases"] += 1
             plan["log"].append({**entry, "outcome": f"remedial round {plan['rounds']}"})
             targets = sorted(set(weak) | {p for k in weak for p in state.prerequisites.get(k, ())},
                              key=lambda k: (k not in weak, k))
