@@ -21,7 +21,7 @@ from . import distillation, executor, generation
 from .students import StudentModel
 from .devices import resolve_device
 from .records import Problem
-from .runs import RunDir, Stage, atomic_path
+from .runs import RunDir, Stage, atomic_path, hash_obj, package_versions
 
 
 def job(stage: Stage, student: StudentModel, examples: list[tuple[str, str]], *, steps: int,
@@ -38,12 +38,21 @@ def fill(stage: Stage, jobs: list[dict]) -> None:
         executor.for_profile(stage.params, stage.run.cache / "jobs").map(run_cell, jobs)
 
 
+# The packages whose classes a pickled student names: a pickle made under other versions of them may not load
+# (transformers 5.25 -> 5.23 failed inside the ``kernels`` package while unpickling).
+PICKLING_PACKAGES = ("torch", "transformers", "peft")
+
+
 def student_file(stage: Stage, student: StudentModel) -> Path:
-    """The student (model on the CPU, tokenizer, spec) pickled once per weights for the workers."""
-    # The pickle names StudentModel's module (syllabus.students; syllabus.workflow before #17) and so does the
-    # file name: a run folder of the earlier layout never hands workers a pickle they cannot load.
+    """The student (model on the CPU, tokenizer, spec) pickled once per weights for the workers.
+
+    The file name holds the student's weights fingerprint, the module that defines ``StudentModel`` and a
+    key of the ``PICKLING_PACKAGES`` versions, so a run folder made under another layout or other package
+    versions never hands workers a pickle they cannot load: the student is pickled again beside it."""
     module = StudentModel.__module__.rsplit(".", 1)[-1]
-    path = stage.run.cache / "executor" / f"student-{student.name}-{student.fingerprint()[:16]}-{module}.pt"
+    versions = hash_obj(package_versions(PICKLING_PACKAGES))[:8]
+    path = (stage.run.cache / "executor"
+            / f"student-{student.name}-{student.fingerprint()[:16]}-{module}-pkg{versions}.pt")
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         on_cpu = StudentModel(student.spec, copy.deepcopy(student.model).to("cpu"), student.tokenizer)
