@@ -428,3 +428,25 @@ def test_ioa_writes_each_phases_problems_new_to_the_run(tmp_path, monkeypatch):
     for i, (exclude, _) in enumerate(calls):
         earlier = set().union(*(texts for _, texts in calls[:i]))
         assert earlier <= exclude
+
+
+def test_ioa_lab_probe_gives_every_level_an_equal_share_of_each_modules_items():
+    # the data draw 1 and 2 steps equally often; an unstratified draw of 20 had left rate at 5 one-step
+    # items and 15 two-step ones, and subtract the other way round
+    from collections import Counter
+
+    from syllabus.params import load_profile
+
+    assert dynamic_selection.level_counts(20, 1, 2) == {1: 10, 2: 10}
+    assert dynamic_selection.level_counts(7, 1, 3) == {1: 3, 2: 2, 3: 2}
+    assert dynamic_selection.level_counts(1, 1, 3) == {1: 1}
+    prof = load_profile("tiny")
+    splits = problem_splits(prof)
+    items = dynamic_selection.ioa_items(prof, splits)
+    mix = Counter((p.module, p.level) for p in items)
+    modules = dynamic_selection.pool_modules(splits)
+    assert mix == Counter({(m, level): 10 for m in modules for level in (1, 2)})
+    assert len({p.id for p in items}) == len({p.text for p in items}) == 20 * len(modules)
+    seen = {p.text for split in (splits.pool, splits.probe, splits.heldout) for p in split}
+    assert not seen & {p.text for p in items}
+    assert items == dynamic_selection.ioa_items(prof, splits)  # the same draw every time

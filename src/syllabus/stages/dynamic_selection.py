@@ -145,18 +145,30 @@ def ioa_items(prof, splits: Splits) -> list[Problem]:
     """``dynamic.ioa.items_per_module`` items per module. Lab: drawn fresh with the data's settings, the
     module as the problem's main (last) step and earlier steps from its prerequisites, as in the pool (so
     P_S(k) measures module k as the data ask it), none sharing a text with the pool, probe or held-out
-    problems. Other tasks: the probe problems (whatever each module has; fewer than asked is reported by
-    ``ioa_probe``)."""
+    problems; stratified by level (``level_counts``: the data draw every number of steps equally often,
+    so each level gets an equal share of a module's items instead of a share left to chance). Other tasks:
+    the probe problems (whatever each module has; fewer than asked is reported by ``ioa_probe``)."""
     if prof.data.task != "lab":
         return [p for p in splits.probe if p.module is not None]
     taken = {p.text for split in (splits.pool, splits.probe, splits.heldout) for p in split}
+    L = prof.data.lab
     items: list[Problem] = []
     for m in pool_modules(splits):
-        drawn = module_problems(prof, splits, m, prof.dynamic.ioa.items_per_module,
-                                stable_seed(prof.seed, "ioa", m, bits=32, form="compact"), f"lab-ioa-{m}", taken)
-        taken.update(p.text for p in drawn)
-        items += drawn
+        for level, n in level_counts(prof.dynamic.ioa.items_per_module, L.min_steps, L.max_steps).items():
+            drawn = module_problems(prof, splits, m, n, stable_seed(prof.seed, "ioa", m, level, bits=32, form="compact"),
+                                    f"lab-ioa-{m}-level{level}", taken, steps=level)
+            taken.update(p.text for p in drawn)
+            items += drawn
     return items
+
+
+def level_counts(n: int, min_steps: int, max_steps: int) -> dict[int, int]:
+    """``n`` items split as evenly as possible over the levels (numbers of steps) ``min_steps..max_steps``,
+    the remainder to the lower levels; levels that get none are left out."""
+    levels = list(range(min_steps, max_steps + 1))
+    share, extra = divmod(n, len(levels))
+    counts = {level: share + (i < extra) for i, level in enumerate(levels)}
+    return {level: c for level, c in counts.items() if c}
 
 
 def pool_modules(splits: Splits) -> list[str]:
@@ -165,12 +177,14 @@ def pool_modules(splits: Splits) -> list[str]:
 
 
 def module_problems(prof, splits: Splits, module: str, n: int, seed: int, id_prefix: str,
-                    exclude: set[str]) -> list[Problem]:
+                    exclude: set[str], steps: int | None = None) -> list[Problem]:
     """``n`` new lab problems of ``module`` drawn with the data's settings, the module as the last step and
-    earlier steps from its prerequisites among the pool's modules, as in the pool; none of ``exclude``."""
+    earlier steps from its prerequisites among the pool's modules, as in the pool; none of ``exclude``.
+    ``steps`` fixes the number of steps (the level); None draws it as the data do."""
     L = prof.data.lab
+    lo, hi = (L.min_steps, L.max_steps) if steps is None else (steps, steps)
     return lab.generate_problems(n, seed, modules=pool_modules(splits), main_modules=[module],
-                                 min_steps=L.min_steps, max_steps=L.max_steps, max_operand=L.max_operand,
+                                 min_steps=lo, max_steps=hi, max_operand=L.max_operand,
                                  max_value=L.max_value, id_prefix=id_prefix, exclude=exclude)
 
 
