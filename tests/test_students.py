@@ -39,7 +39,9 @@ def test_workers_get_a_student_pickled_under_the_present_package_versions(tmp_pa
     stage = SimpleNamespace(run=RunDir(tmp_path / "run"))
     present = sft_cells.student_file(stage, student)
     assert present.is_file() and sft_cells.worker_student(str(present), "cpu", 1).fingerprint() == student.fingerprint()
+    written = present.stat().st_mtime_ns
     assert sft_cells.student_file(stage, student) == present  # same versions: the same file, not written again
+    assert present.stat().st_mtime_ns == written
 
     real = sft_cells.package_versions
     monkeypatch.setattr(sft_cells, "package_versions",

@@ -152,11 +152,12 @@ def ioa_items(prof, splits: Splits) -> list[Problem]:
         return [p for p in splits.probe if p.module is not None]
     taken = {p.text for split in (splits.pool, splits.probe, splits.heldout) for p in split}
     L = prof.data.lab
+    per_level = level_counts(prof.dynamic.ioa.items_per_module, L.min_steps, L.max_steps)
     items: list[Problem] = []
     for m in pool_modules(splits):
-        for level, n in level_counts(prof.dynamic.ioa.items_per_module, L.min_steps, L.max_steps).items():
-            drawn = module_problems(prof, splits, m, n, stable_seed(prof.seed, "ioa", m, level, bits=32, form="compact"),
-                                    f"lab-ioa-{m}-level{level}", taken, steps=level)
+        for level, n in per_level.items():
+            seed = stable_seed(prof.seed, "ioa", m, level, bits=32, form="compact")
+            drawn = module_problems(prof, splits, m, n, seed, f"lab-ioa-{m}-level{level}", taken, steps=level)
             taken.update(p.text for p in drawn)
             items += drawn
     return items
