@@ -212,18 +212,38 @@ class StatelessStops:
                                  for s in self.stops) for row in input_ids])
 
 
-def test_stop_check_skips_finished_rows_without_changing_any_output(trained, monkeypatch):
+@pytest.mark.parametrize("kw", [{}, dict(temperature=1.0, num_samples=2, seed=3),
+                                dict(temperature=0.7, top_p=0.9, num_samples=3, seed=5)], ids=["greedy", "t1", "t07-top-p"])
+def test_decoder_writes_what_transformers_generate_writes(trained, monkeypatch, kw):
+    """The decoder drops finished rows from the batch and checks stop strings row by row; every
+    completion equals transformers' ``generate`` with the stop check that decodes every row at every step."""
     model, tok = trained
     prompts = [question_prompt(q) for q in ["Tom has 3 apples. Tom buys 4 more. How many apples does Tom have now?",
                                             "Ana has 12 apples.", "Lee has 7 apples. Lee buys 20 more. How many?",
-                                            "Bo has 5 apples. Bo buys 1 more. How many apples does Bo have now?"]]
-    sampled = dict(temperature=1.0, num_samples=2, seed=3)
-    for stop, kw in [((" apples",), {}), (("####",), {}), (("\nQuestion:",), {}), (("\nQuestion:", "."), sampled)]:
-        now = models.generate(model, tok, prompts, max_new_tokens=24, batch_size=4, stop=stop, **kw)
+                                            "Bo has 5 apples. Bo buys 1 more. How many apples does Bo have now?", "Cy"]]
+    for stop in [(" apples",), ("####",), ("\nQuestion:",), ("\nQuestion:", "."), ()]:
+        now = models.generate(model, tok, prompts, max_new_tokens=24, batch_size=6, stop=stop, **kw)
         with monkeypatch.context() as m:
+            m.setattr(models, "transformers_only_settings", lambda model: ["forced"])
             m.setattr(models, "_StopOnStrings", lambda t, s, n, eos=None: StatelessStops(t, s, n))
-            before = models.generate(model, tok, prompts, max_new_tokens=24, batch_size=4, stop=stop, **kw)
+            before = models.generate(model, tok, prompts, max_new_tokens=24, batch_size=6, stop=stop, **kw)
         assert now == before
+    lengths = {g.n_tokens for gens in now for g in gens}
+    assert len(lengths) > 1  # rows ended at different steps, so some left the batch early
+
+
+def test_a_models_own_generation_settings_go_through_transformers(trained):
+    model, tok = trained
+    prompt = question_prompt("Tom has 3 apples. Tom buys 4 more. How many apples does Tom have now?")
+    assert models.transformers_only_settings(model) == []
+    plain = models.generate(model, tok, [prompt], max_new_tokens=24)
+    model.generation_config.repetition_penalty = 5.0
+    try:
+        assert models.transformers_only_settings(model) == ["repetition_penalty"]
+        penalised = models.generate(model, tok, [prompt], max_new_tokens=24)
+    finally:
+        model.generation_config.repetition_penalty = 1.0
+    assert penalised != plain  # the model's setting applied, as transformers' generate does
 
 
 def test_generate_sampling_is_seeded(trained):

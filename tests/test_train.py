@@ -212,3 +212,32 @@ def test_grouped_target_only_step_has_the_one_padded_batch_gradient():
         train.target_loss(model, train.collate([items[i] for i in g], tok.pad_token_id), n_target).backward()
     for ref, p in zip(reference, model.parameters()):
         torch.testing.assert_close(p.grad, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_target_loss_drops_the_mask_only_where_padding_is_on_the_right():
+    """Right padding: the causal mask alone keeps real tokens off the padding, so the loss and gradient
+    are those of the masked pass. Left padding would let real tokens see pads: there the mask stays."""
+    model, tok = fresh()
+    items = train.tokenize_examples(tok, [(p, t * (1 + i % 3)) for i, (p, t) in enumerate(EXAMPLES[:6])], 64, "target")
+    n_target = sum(sum(label != -100 for label in lab[1:]) for _, lab in items)
+
+    def masked(batch):
+        shifted = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+        keep = shifted != -100
+        hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+        logits = model.get_output_embeddings()(hidden[keep])
+        return torch.nn.functional.cross_entropy(logits, shifted[keep], reduction="sum") / n_target
+
+    right = train.collate(items, tok.pad_token_id)
+    width = right["input_ids"].shape[1]
+    left = {key: torch.stack([torch.roll(row, width - int(m.sum())) for row, m in zip(value, right["attention_mask"])])
+            for key, value in right.items()}
+    assert not bool(left["attention_mask"][:, 0].all())
+    for batch in (right, left):
+        model.zero_grad(set_to_none=True)
+        train.target_loss(model, batch, n_target).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        masked(batch).backward()
+        for got, want in zip(grads, [p.grad for p in model.parameters()]):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)

@@ -34,7 +34,7 @@ from tokenizers import Regex, Tokenizer, decoders, models as tokenizer_models, p
 from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM,
                           PreTrainedTokenizerFast, StoppingCriteriaList)
 
-from . import params as P, train
+from . import decoding, params as P, train
 from .devices import model_device, resolve_device, rng_devices
 from .errors import SyllabusError
 from .progress import Task
@@ -391,33 +391,54 @@ def _stop_enders(tokenizer, last_chars: str) -> torch.BoolTensor:
                         dtype=torch.bool)
 
 
+class _StopStrings:
+    """Whether a row's new tokens end in a stop string. Decodes the tail only when the newest token writes
+    a stop string's last character (``_stop_enders``): no other token can complete one."""
+
+    def __init__(self, tokenizer, stops: Sequence[str]):
+        self.tokenizer, self.stops = tokenizer, [s for s in stops if s]
+        self.tail = max((len(s) for s in self.stops), default=0) + 2
+        self.enders = _stop_enders(tokenizer, "".join(sorted({s[-1] for s in self.stops}))).tolist() if self.stops else []
+
+    def __call__(self, new_ids: Sequence[int]) -> bool:
+        if not self.stops or not new_ids or not 0 <= new_ids[-1] < len(self.enders) or not self.enders[new_ids[-1]]:
+            return False
+        text = self.tokenizer.decode(list(new_ids[-self.tail:]), skip_special_tokens=True)
+        return any(s in text for s in self.stops)
+
+
 class _StopOnStrings:
-    """Stops each row once its new tokens contain a stop string. Decodes only the tail of rows still
-    running whose newest token writes a stop string's last character (``_stop_enders``): a row that
-    stopped, or wrote ``eos_id``, is never decoded again, and no other row can have just completed one."""
+    """The stop-string check as a stopping criterion of transformers' ``generate`` (models whose own
+    generation settings ``decoding.decode`` does not apply): a row that stopped, or wrote ``eos_id``,
+    is never checked again."""
 
     def __init__(self, tokenizer, stops: Sequence[str], prompt_len: int, eos_id: int | None = None):
-        self.tokenizer, self.stops, self.prompt_len, self.eos_id = tokenizer, [s for s in stops if s], prompt_len, eos_id
-        self.tail = max((len(s) for s in self.stops), default=0) + 2
-        self.enders = _stop_enders(tokenizer, "".join(sorted({s[-1] for s in self.stops}))) if self.stops else None
+        self.check, self.prompt_len, self.eos_id = _StopStrings(tokenizer, stops), prompt_len, eos_id
         self.done: torch.BoolTensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
         if self.done is None or self.done.shape[0] != input_ids.shape[0]:
             self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        if not self.stops:
-            return self.done.clone()
         last = input_ids[:, -1]
         ended = self.done | (last == self.eos_id) if self.eos_id is not None else self.done
-        enders = self.enders.to(last.device)
-        candidates = ~ended & enders[last.clamp(0, len(enders) - 1)] & (last < len(enders))
-        rows = candidates.nonzero()[:, 0].tolist()
-        if rows:
-            tails = input_ids[rows, self.prompt_len:][:, -self.tail:].tolist()
-            for row, tail in zip(rows, tails):
-                text = self.tokenizer.decode(tail, skip_special_tokens=True)
-                self.done[row] = any(s in text for s in self.stops)
+        for row in (~ended).nonzero()[:, 0].tolist():
+            self.done[row] = self.check(input_ids[row, self.prompt_len:][-self.check.tail:].tolist())
         return self.done.clone()
+
+
+# Generation settings a model's own ``generation_config`` may carry that ``decoding.decode`` does not apply
+# (beyond the token ids and what ``generate`` always sets itself); a model with any of them is run through
+# transformers' ``generate``, which applies them.
+_DECODER_SETTINGS = {"bos_token_id", "eos_token_id", "pad_token_id", "transformers_version", "_from_model_config",
+                     "use_cache", "output_attentions", "output_hidden_states", "return_dict_in_generate",
+                     "do_sample", "temperature", "top_p", "top_k", "max_length", "max_new_tokens"}
+
+
+def transformers_only_settings(model) -> list[str]:
+    """The settings of ``model.generation_config`` that only transformers' ``generate`` applies
+    (e.g. a hub model's ``repetition_penalty``); empty for the lab students and converted GGUF models."""
+    config = getattr(model, "generation_config", None)
+    return sorted(set(config.to_diff_dict()) - _DECODER_SETTINGS) if config is not None else []
 
 
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
@@ -444,6 +465,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
     results: list[list[Generation]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
+    through_transformers = bool(transformers_only_settings(model))
+    stop_check = _StopStrings(tokenizer, stop)
     batches = Task("generation", -(-len(order) // per_batch), "batches")
     for b, start in enumerate(range(0, len(order), per_batch)):
         rows = order[start:start + per_batch]
@@ -455,11 +478,18 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
             input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
             mask[r, width - len(ids):] = 1
         device = model_device(model)
+        input_ids, mask = input_ids.to(device), mask.to(device)
         with torch.random.fork_rng(devices=rng_devices(device)), torch.inference_mode():
             torch.manual_seed(stable_seed(seed, b, bits=32, form="repr"))
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                                 stopping_criteria=StoppingCriteriaList([_StopOnStrings(tokenizer, stop, width, eos_id)]))
-        new_tokens = out[:, width:].tolist()
+            if through_transformers:
+                out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
+                                     stopping_criteria=StoppingCriteriaList([_StopOnStrings(tokenizer, stop, width, eos_id)]))
+                new_tokens = out[:, width:].tolist()
+            else:
+                new_tokens = decoding.decode(model, input_ids.repeat_interleave(returns, dim=0),
+                                             mask.repeat_interleave(returns, dim=0), max_new_tokens=max_new_tokens,
+                                             temperature=temperature if sampling else 0.0, top_p=top_p,
+                                             eos_id=eos_id, ended=stop_check)
         for k, ids in enumerate(new_tokens):
             gen = _finish(tokenizer, ids, stop, max_new_tokens, {eos_id, pad_id})
             results[rows[k // returns]].extend([gen] * (1 if sampling else num_samples))
