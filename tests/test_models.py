@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from syllabus import models, params as P, train
+from syllabus import decoding, models, params as P, train
 from syllabus.prompts import build_prompt, question_prompt, target_text
 
 torch.set_num_threads(1)
@@ -212,24 +212,66 @@ class StatelessStops:
                                  for s in self.stops) for row in input_ids])
 
 
-@pytest.mark.parametrize("kw", [{}, dict(temperature=1.0, num_samples=2, seed=3),
-                                dict(temperature=0.7, top_p=0.9, num_samples=3, seed=5)], ids=["greedy", "t1", "t07-top-p"])
+MANY_QUESTIONS = [f"{name} has {a} apples. {name} buys {b} more. How many apples does {name} have now?"[:cut]
+                  for name, a, b, cut in zip(["Tom", "Ana", "Lee", "Bo", "Cy", "Di"] * 5, range(1, 31), range(30, 0, -1),
+                                             [200, 60, 25, 200, 40, 12] * 5)]
+
+
+@pytest.mark.parametrize("kw", [dict(batch_size=30), dict(temperature=1.0, num_samples=3, batch_size=30, seed=3),
+                                dict(temperature=0.7, top_p=0.9, num_samples=2, batch_size=40, seed=5)],
+                         ids=["greedy", "t1", "t07-top-p"])
 def test_decoder_writes_what_transformers_generate_writes(trained, monkeypatch, kw):
-    """The decoder drops finished rows from the batch and checks stop strings row by row; every
-    completion equals transformers' ``generate`` with the stop check that decodes every row at every step."""
+    """The decoder drops finished rows from batches above ``MIN_ROWS`` rows (one thread, as this module
+    runs) and checks stop strings row by row; every completion equals transformers' ``generate`` with the
+    stop check that decodes every row at every step."""
     model, tok = trained
-    prompts = [question_prompt(q) for q in ["Tom has 3 apples. Tom buys 4 more. How many apples does Tom have now?",
-                                            "Ana has 12 apples.", "Lee has 7 apples. Lee buys 20 more. How many?",
-                                            "Bo has 5 apples. Bo buys 1 more. How many apples does Bo have now?", "Cy"]]
-    for stop in [(" apples",), ("####",), ("\nQuestion:",), ("\nQuestion:", "."), ()]:
-        now = models.generate(model, tok, prompts, max_new_tokens=24, batch_size=6, stop=stop, **kw)
+    prompts = [question_prompt(q) for q in MANY_QUESTIONS]
+    for stop in [(" apples",), ("####",), ("\nQuestion:", "."), ()]:
+        now = models.generate(model, tok, prompts, max_new_tokens=24, stop=stop, **kw)
         with monkeypatch.context() as m:
             m.setattr(models, "transformers_only_settings", lambda model: ["forced"])
             m.setattr(models, "_StopOnStrings", lambda t, s, n, eos=None: StatelessStops(t, s, n))
-            before = models.generate(model, tok, prompts, max_new_tokens=24, batch_size=6, stop=stop, **kw)
+            before = models.generate(model, tok, prompts, max_new_tokens=24, stop=stop, **kw)
         assert now == before
-    lengths = {g.n_tokens for gens in now for g in gens}
-    assert len(lengths) > 1  # rows ended at different steps, so some left the batch early
+        lengths = [g.n_tokens for gens in now for g in gens]
+        # rows ended at different steps in batches of more than MIN_ROWS rows, so some left the batch early
+        assert len(lengths) > decoding.MIN_ROWS and len(set(lengths)) > 1
+
+
+def test_decoder_logits_equal_generates_bit_for_bit(trained):
+    """Every logit a running row gets is the one ``generate`` computes for it (same positions, mask and
+    head call, and the batch never below ``MIN_ROWS`` rows), while finished rows leave the batch."""
+    model, tok = trained
+    rows = len(MANY_QUESTIONS)
+    for layer in {m.weight.shape: m for m in model.modules() if isinstance(m, torch.nn.Linear)}.values():
+        x = torch.randn(rows, 1, layer.in_features)
+        with torch.inference_mode():
+            full = layer(x)
+            if not all(torch.equal(layer(x[:n]), full[:n]) for n in range(decoding.MIN_ROWS, rows)):
+                pytest.skip("on this machine a matrix product's rows depend on the batch size above MIN_ROWS rows")
+    encoded = [models.encode_prompt(tok, question_prompt(q)) for q in MANY_QUESTIONS]
+    width = max(map(len, encoded))
+    ids = torch.full((len(encoded), width), tok.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for r, e in enumerate(encoded):
+        ids[r, width - len(e):], mask[r, width - len(e):] = torch.tensor(e), 1
+    steps: list[torch.Tensor] = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, out: steps.append(out[:, -1].clone()))
+    try:
+        with torch.inference_mode():
+            hf = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=24, do_sample=False,
+                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[:, width:].tolist()
+            hf_steps, steps[:] = list(steps), []
+            ours = decoding.decode(model, ids, mask, max_new_tokens=24, eos_id=tok.eos_token_id)
+    finally:
+        hook.remove()
+    ends = [row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row) for row in hf]
+    assert ours == [row[:end] for row, end in zip(hf, ends)]
+    assert min(s.shape[0] for s in steps) < len(encoded)  # finished rows left the batch
+    assert min(s.shape[0] for s in steps) >= decoding.MIN_ROWS
+    for t, step in enumerate(steps):
+        ours_t = {bytes(row.numpy().tobytes()) for row in step}
+        assert all(bytes(hf_steps[t][r].numpy().tobytes()) in ours_t for r, end in enumerate(ends) if t < end), t
 
 
 def test_a_models_own_generation_settings_go_through_transformers(trained):
