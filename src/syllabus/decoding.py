@@ -82,7 +82,6 @@ def decode(model, input_ids: torch.LongTensor, attention_mask: torch.LongTensor,
     new: list[list[int]] = [[] for _ in range(rows)]
     members = list(range(rows))  # the row of each position of the forward pass
     live = [True] * rows
-    index = torch.arange(rows, device=input_ids.device)
     outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, return_dict=True, **extra)
     for step in range(max_new_tokens):
         logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32)
@@ -93,7 +92,7 @@ def decode(model, input_ids: torch.LongTensor, attention_mask: torch.LongTensor,
                 logits = warp(None, logits)
             probs = torch.softmax(logits, dim=-1)
             q = torch.empty((rows, probs.shape[-1]), dtype=probs.dtype, device=probs.device).exponential_(1)
-            next_tokens = (probs / (q if len(members) == rows else q[index])).argmax(dim=-1)
+            next_tokens = (probs / (q if len(members) == rows else q[members])).argmax(dim=-1)
         else:
             next_tokens = torch.argmax(logits, dim=-1)
         for row, token in zip(members, next_tokens.tolist()):
@@ -109,7 +108,7 @@ def decode(model, input_ids: torch.LongTensor, attention_mask: torch.LongTensor,
         if len(running) < len(members):
             kept = torch.tensor(running, device=input_ids.device)
             cache.batch_select_indices(kept)
-            next_tokens, index = next_tokens[kept], index[kept]
+            next_tokens = next_tokens[kept]
             attention_mask = attention_mask[kept] if attention_mask is not None else None
             positions = positions[kept] if positions is not None else None
             members = [members[j] for j in running]

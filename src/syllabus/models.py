@@ -398,7 +398,8 @@ class _StopStrings:
     def __init__(self, tokenizer, stops: Sequence[str]):
         self.tokenizer, self.stops = tokenizer, [s for s in stops if s]
         self.tail = max((len(s) for s in self.stops), default=0) + 2
-        self.enders = _stop_enders(tokenizer, "".join(sorted({s[-1] for s in self.stops}))).tolist() if self.stops else []
+        self.ender_mask = _stop_enders(tokenizer, "".join(sorted({s[-1] for s in self.stops}))) if self.stops else None
+        self.enders = self.ender_mask.tolist() if self.stops else []
 
     def __call__(self, new_ids: Sequence[int]) -> bool:
         if not self.stops or not new_ids or not 0 <= new_ids[-1] < len(self.enders) or not self.enders[new_ids[-1]]:
@@ -419,9 +420,14 @@ class _StopOnStrings:
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
         if self.done is None or self.done.shape[0] != input_ids.shape[0]:
             self.done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if not self.check.stops:
+            return self.done.clone()
         last = input_ids[:, -1]
         ended = self.done | (last == self.eos_id) if self.eos_id is not None else self.done
-        for row in (~ended).nonzero()[:, 0].tolist():
+        # only a row whose newest token can end a stop string is decoded (``_StopStrings``)
+        enders = self.check.ender_mask.to(last.device)
+        candidates = ~ended & (last < len(enders)) & enders[last.clamp(0, len(enders) - 1)]
+        for row in candidates.nonzero()[:, 0].tolist():
             self.done[row] = self.check(input_ids[row, self.prompt_len:][-self.check.tail:].tolist())
         return self.done.clone()
 
