@@ -190,6 +190,42 @@ def test_generate_batched_matches_one_at_a_time_and_keeps_input_order(trained):
     assert all(not g[0].truncated for g in batched)
 
 
+def test_generation_batches_without_a_budget_are_batch_size_prompts_longest_first():
+    lengths = [5, 9, 9, 2, 7, 3, 8]
+    assert models.generation_batches(lengths, 3, new_tokens=10) == [[1, 2, 6], [4, 0, 5], [3]]
+
+
+@pytest.mark.parametrize("copies", [1, 4])
+def test_generation_batches_keep_each_batch_within_the_token_budget(copies):
+    rng = random.Random(0)
+    lengths = [rng.randint(3, 400) for _ in range(200)]
+    budget, new_tokens = 6000, 64
+    batches = models.generation_batches(lengths, 32, new_tokens=new_tokens, copies=copies, token_budget=budget)
+    flat = [i for b in batches for i in b]
+    assert flat == sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))  # every prompt once, longest first
+    for b in batches:
+        cache = len(b) * copies * (max(lengths[i] for i in b) + new_tokens)
+        assert len(b) <= 32 and (cache <= budget or len(b) == 1)
+    assert len(batches[-1]) > len(batches[0])  # short prompts run in more rows than long ones
+    # a prompt longer than the budget alone still runs, by itself
+    assert models.generation_batches([900, 10], 8, new_tokens=64, token_budget=500) == [[0], [1]]
+
+
+def test_generate_under_a_token_budget_writes_the_same_greedy_text(trained):
+    model, tok = trained
+    prompts = [question_prompt(q) for q in ["Tom has 3 apples. Tom buys 4 more. How many apples does Tom have now?",
+                                            "Ana has 12 apples.", "Lee has 7 apples. Lee buys 20 more. How many?",
+                                            "Bo has 5 apples. Bo eats 2. How many apples does Bo have left?"]]
+    rows = models.generation_batches([len(models.encode_prompt(tok, p)) for p in prompts], 4, new_tokens=24,
+                                     token_budget=100)
+    assert 1 < len(rows) < len(prompts)  # the budget splits the four prompts, and not one by one
+    plain = models.generate(model, tok, prompts, max_new_tokens=24, batch_size=4)
+    budgeted = models.generate(model, tok, prompts, max_new_tokens=24, batch_size=4, token_budget=100)
+    assert budgeted == plain
+    with pytest.raises(ValueError, match="token_budget"):
+        models.generate(model, tok, prompts, max_new_tokens=24, token_budget=0)
+
+
 def test_generate_cuts_stop_strings_and_flags_truncation(trained):
     model, tok = trained
     prompt = question_prompt("Tom has 3 apples. Tom buys 4 more. How many apples does Tom have now?")

@@ -84,9 +84,13 @@ def test_the_hf_backend_never_imports_vllm_and_keeps_its_cache_keys(tmp_path, mo
     prof = load_profile("ci", {"student_generation.max_new_tokens": 8})
     generation.pass_rates(student, PROBLEMS, k=1, prof=prof, seed=0, cache_dir=tmp_path)
     assert "vllm" not in sys.modules
-    assert "backend" not in generation.generation_settings(prof)  # the hf backend adds nothing to the cache keys
-    vl = load_profile("ci", {"student_generation.backend": "vllm"})
+    keys = generation.generation_settings(prof)
+    assert "backend" not in keys and "token_budget" not in keys  # the hf backend adds nothing to the cache keys
+    budgeted = load_profile("ci", {"student_generation.token_budget": 4096})
+    assert generation.generation_settings(budgeted)["token_budget"] == 4096  # a budget can change the samples
+    vl = load_profile("ci", {"student_generation.backend": "vllm", "student_generation.token_budget": 4096})
     assert generation.generation_settings(vl)["backend"] == "vllm"
+    assert "token_budget" not in generation.generation_settings(vl)  # vLLM schedules its own batches
 
 
 def test_vllm_missing_is_a_clear_error_naming_the_setting(tmp_path, monkeypatch):

@@ -35,7 +35,8 @@ def student_samples(student: StudentModel, problems: list[Problem], *, k: int, p
                                      temperature=temperature, top_p=top_p, num_samples=k, seed=seed,
                                      stop=models.STOP)
     return models.generate(student.model, student.tokenizer, prompts, max_new_tokens=g.max_new_tokens,
-                           temperature=temperature, top_p=top_p, num_samples=k, batch_size=g.batch_size, seed=seed)
+                           temperature=temperature, top_p=top_p, num_samples=k, batch_size=g.batch_size, seed=seed,
+                           token_budget=g.token_budget)
 
 
 def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: Profile, seed: int,
@@ -59,8 +60,11 @@ def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: 
 
 
 def generation_settings(prof: Profile) -> dict[str, Any]:
-    """What decides the student's samples, for cache keys (the ``hf`` backend keeps its earlier keys)."""
+    """What decides the student's samples, for cache keys (the ``hf`` backend without a token budget keeps
+    its earlier keys; vLLM ignores the budget)."""
     settings = prof.student_generation.model_dump(mode="json")
+    if settings["token_budget"] is None or settings["backend"] == "vllm":
+        del settings["token_budget"]
     if settings["backend"] == "hf":
         del settings["backend"]
     return settings

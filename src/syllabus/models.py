@@ -447,35 +447,58 @@ def transformers_only_settings(model) -> list[str]:
     return sorted(set(config.to_diff_dict()) - _DECODER_SETTINGS) if config is not None else []
 
 
+def generation_batches(lengths: Sequence[int], per_batch: int, *, new_tokens: int, copies: int = 1,
+                       token_budget: int | None = None) -> list[list[int]]:
+    """Positions of prompts of these token ``lengths`` in generation order (longest first, ties by
+    position), cut into batches of at most ``per_batch`` prompts. With ``token_budget``, a batch also holds
+    at most that many tokens at its end: rows (``copies`` per prompt) x (its longest prompt + ``new_tokens``),
+    the size of its KV cache, so batches of short prompts take more rows than batches of long ones; a
+    prompt over the budget alone runs by itself. Without it the batches are ``per_batch`` prompts each."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches, start = [], 0
+    while start < len(order):
+        rows = per_batch
+        if token_budget is not None:  # the first prompt is the batch's longest
+            rows = min(rows, max(1, token_budget // ((lengths[order[start]] + new_tokens) * copies)))
+        batches.append(order[start:start + rows])
+        start += rows
+    return batches
+
+
 def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, num_samples: int = 1, batch_size: int = 8, seed: int = 0,
-             stop: Sequence[str] = STOP) -> list[list[Generation]]:
+             stop: Sequence[str] = STOP, token_budget: int | None = None) -> list[list[Generation]]:
     """``num_samples`` completions per prompt, in input order.
 
-    Batched with left padding over length-sorted prompts; greedy when ``temperature == 0`` (then the
-    samples are copies), otherwise seeded sampling. Text is cut at the first stop string; a
-    completion is ``truncated`` when it used all ``max_new_tokens`` without EOS or a stop string.
+    Batched with left padding over length-sorted prompts (``generation_batches``: ``batch_size`` rows,
+    samples included, and with ``token_budget`` at most that many prompt and new tokens per batch); greedy
+    when ``temperature == 0`` (then the samples are copies), otherwise seeded sampling (a batch's draws
+    depend on its rows, so a budget that changes the batches changes the samples). Text is cut at the first
+    stop string; a completion is ``truncated`` when it used all ``max_new_tokens`` without EOS or a stop string.
     """
     if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError("generate: num_samples, batch_size and max_new_tokens must be >= 1")
+    if token_budget is not None and token_budget < 1:
+        raise ValueError(f"generate: token_budget must be >= 1 or None, got {token_budget}")
     sampling = temperature > 0
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
     per_batch = max(1, batch_size // num_samples) if sampling else batch_size
     returns = num_samples if sampling else 1
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=returns,
-                              pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=tokenizer.bos_token_id,
-                              **({"temperature": temperature, "top_p": top_p, "top_k": 0} if sampling else {}))
+    planned = generation_batches([len(ids) for ids in encoded], per_batch, new_tokens=max_new_tokens,
+                                 copies=returns, token_budget=token_budget)
     results: list[list[Generation]] = [[] for _ in prompts]
     was_training = model.training
     model.eval()
     through_transformers = bool(transformers_only_settings(model))
+    if through_transformers:
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=returns,
+                                  pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=tokenizer.bos_token_id,
+                                  **({"temperature": temperature, "top_p": top_p, "top_k": 0} if sampling else {}))
     stop_check = _StopStrings(tokenizer, stop)
-    batches = Task("generation", -(-len(order) // per_batch), "batches")
-    for b, start in enumerate(range(0, len(order), per_batch)):
-        rows = order[start:start + per_batch]
+    batches = Task("generation", len(planned), "batches")
+    for b, rows in enumerate(planned):
         width = max(len(encoded[i]) for i in rows)
         input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -142,6 +142,10 @@ class StudentGeneration(Strict):
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(160, ge=1)
     batch_size: int = Field(32, ge=1)
+    token_budget: int | None = Field(
+        None, ge=1, description="hf backend: at most this many prompt and new tokens per batch (rows x (longest "
+                                "prompt + max_new_tokens), its KV cache), so long prompts run in fewer rows; "
+                                "None: batch_size rows whatever their length (vLLM schedules its own batches)")
     backend: Literal["hf", "vllm"] = Field(
         "hf", description="hf: transformers generate on the profile's device; vllm: vLLM on the student's "
                           "(LoRA-merged) weights, GPU machines, the optional extra syllabus[vllm]")
