@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -80,3 +83,21 @@ def test_a_headless_papermill_run_moves_the_explorer_without_stalling(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert all(c.get("execution_count") for c in out.cells)
+
+
+OUTPUT_CAPTURING = re.compile(r"\b(interactive|interact|interact_manual|Output)\s*\(|\.capture\s*\(|@\s*interact")
+
+
+def test_no_stage_notebook_or_module_draws_into_an_output_widget():
+    """The stall above is not particular to one cell: any ``Output`` widget (``interact``, ``interactive`` and
+    ``Output.capture`` draw into one) in a stage notebook can hang ``syllabus run`` and CI for ever. Draw into
+    an ``HTML`` widget from observers instead, as ``syllabus.explorers`` does."""
+    root = Path(__file__).resolve().parents[1]
+    sources = {p: "\n".join("".join(c["source"]) for c in json.loads(p.read_text())["cells"] if c["cell_type"] == "code")
+               for p in sorted((root / "notebooks").glob("*.ipynb"))}
+    sources.update({p: p.read_text() for p in sorted((root / "src" / "syllabus").rglob("*.py"))})
+    assert len(sources) > 6
+    offenders = {str(p.relative_to(root)): m.group(0) for p, text in sources.items() if (m := OUTPUT_CAPTURING.search(text))}
+    assert not offenders, f"Output-capturing widgets (see syllabus.explorers): {offenders}"
+    assert OUTPUT_CAPTURING.search("w = widgets.interactive(f, x=1)") and OUTPUT_CAPTURING.search("out = Output()")
+    assert not OUTPUT_CAPTURING.search("widgets.HTML(value=table)")
