@@ -4,7 +4,7 @@
         [--seeds 0,1,2] [--variants ioa,ioa-new,ioa~own,...] [--out ioa_first_stage.csv]
 
 On the tiny profile IOA's first diagnosis makes {add} its first stage, and the mastery gate after the
-first phase fails in every seed (README, stage 5). This script asks whether that is IOA's data or the
+first phase fails in every seed (docs/findings.md, stage 5). This script asks whether that is IOA's data or the
 student: from stage 5's start (its student, ``dynamic.student``) it trains exactly one phase as
 ``dynamic_selection.run_policy`` does (phase 0's part of the one LR schedule, the phase's token budget,
 the draws of seed s) on each of these choices, then measures the held-out accuracy per module and IOA's

@@ -4,7 +4,7 @@
         --grid seed1234=RUN1/04_correlation/tables/grid_with_predictors.csv:lab-s \
         --grid seed99=RUN2/04_correlation/tables/grid_with_predictors.csv:lab-m,lab-s [--out pooled.csv]
 
-One grid has 20 datasets per student: too few to show a lead of ~0.05 in Spearman (README, "A wider lab
+One grid has 20 datasets per student: too few to show a lead of ~0.05 in Spearman (docs/findings.md, "A wider lab
 grid"). Pooling the (grid, student) strata that the DMC rule was *not* chosen on weighs every dataset
 equally and resamples each grid's dataset families once for all its students (they trained on the same
 datasets), so the interval is honest about the grids' own dependence (``stats.pooled_spearman_lead``).

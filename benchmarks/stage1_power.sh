@@ -1,7 +1,7 @@
 #!/bin/bash
 # Stage 1 at the sample size its table asked for: does prose teach lab-s more than equations?
 # The tiny reference run's leaderboard shows prose's smoke-test lead over equations (+0.057 [-0.027, 0.141],
-# 3 seeds, 200 probe problems) but not as shown, and estimates (README, "Reference run", stage 1) that about
+# 3 seeds, 200 probe problems) but not as shown, and estimates (docs/findings.md, "Reference run", stage 1) that about
 # 10 seeds and 630 probe problems together would show a lead that size at 80% power. This runs stage 1 alone
 # with those sizes, from an empty run folder, on the two teachers compared; every other setting is the
 # profile's. A larger probe split draws the lab's problems anew, so the student and the problems are a new

@@ -671,7 +671,7 @@ def cpu_description() -> dict[str, str]:
     """The CPU model and the vector kernels torch dispatches to (e.g. AVX512).
 
     Seeded reruns are byte-identical on the same CPU kind; on another, float rounding in training
-    differs and every number moves by about a seed's spread (README, "The same run on a second CPU kind")."""
+    differs and every number moves by about a seed's spread (docs/findings.md, "The same run on a second CPU kind")."""
     model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
