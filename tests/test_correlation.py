@@ -251,3 +251,25 @@ def test_grid_cells_train_each_student_on_its_own_token_budget():
     # twice the tokens, about twice the steps, for every cell of m
     for name in steps["s"]:
         assert steps["m"][name] == pytest.approx(2 * steps["s"][name], abs=1)
+
+
+def test_predictor_figure_fits_a_line_within_each_student_and_draws_the_zero_gain_line():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from syllabus import plots
+
+    # within each student the gain rises with the predictor; pooled, it falls (the students sit at different levels)
+    grid = pd.DataFrame([{"student": s, "dmc": x + offset, "gain": 0.1 * x - 2 * offset, "gain_lo": 0.1 * x - 2 * offset - 0.05,
+                          "gain_hi": 0.1 * x - 2 * offset + 0.05} for s, offset in [("a", 0.0), ("b", 1.0)] for x in (0.0, 0.5, 1.0)])
+    fig = plots.scatter_with_fit(grid, ["dmc"])
+    ax = fig.axes[0]
+    fits = [line for line in ax.lines if len(line.get_xdata()) == 20]
+    assert len(fits) == 2
+    for line in fits:  # each student's own slope, in its colour
+        xs, ys = line.get_xdata(), line.get_ydata()
+        assert (ys[-1] - ys[0]) / (xs[-1] - xs[0]) == pytest.approx(0.1)
+    assert fits[0].get_color() != fits[1].get_color()
+    zero = [line for line in ax.lines if list(line.get_ydata()) == [0, 0]]
+    assert len(zero) == 1 and zero[0].get_linestyle() == "--"
+    assert "within each student" in fig._suptitle.get_text()

@@ -341,6 +341,25 @@ def test_module_curves_show_a_band_per_policy_and_the_legend_over_no_curve():
     spare = [ax for ax in fig.axes if not ax.get_title()]
     assert spare and spare[0].get_legend() is not None and not spare[0].lines
     assert "95% CI" in fig._suptitle.get_text()
+    for ax, module in zip(panels, counts):  # each panel's baseline: that module's mean accuracy before training
+        start = [line for line in ax.lines if line.get_label() == "start (phase 0)"]
+        assert len(start) == 1 and start[0].get_ydata()[0] == pytest.approx(0.01)  # seeds 0-2 at phase 0: 0, 0.01, 0.02
+    assert "start (phase 0)" in [t.get_text() for t in spare[0].get_legend().get_texts()]
+
+
+def test_learning_curves_draw_the_start_as_a_baseline_and_none_without_a_phase_0():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from syllabus import plots
+
+    rows = [{"policy": pol, "seed": seed, "phase": phase, "accuracy": 0.5 + 0.1 * phase * (pol == "dmc") - 0.01 * seed}
+            for pol in ("dmc", "random") for seed in (0, 1) for phase in range(3)]
+    fig = plots.learning_curves(pd.DataFrame(rows), n_problems=400)
+    start = [line for line in fig.axes[0].lines if line.get_label() == "start (phase 0)"]
+    assert len(start) == 1 and start[0].get_ydata()[0] == pytest.approx(0.495)
+    later = pd.DataFrame([r for r in rows if r["phase"] > 0])
+    assert not [line for line in plots.learning_curves(later).axes[0].lines if line.get_label() == "start (phase 0)"]
 
 
 def test_chosen_trajectories_wrap_many_seeds_onto_rows_of_at_most_four_panels():

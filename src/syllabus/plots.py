@@ -130,25 +130,34 @@ def cell_gains(cells: pd.DataFrame, *, student="student", dataset="dataset", y="
 
 def scatter_with_fit(grid: pd.DataFrame, predictors: list[str], *, target="gain", hue="student"):
     """Stage 4: each predictor against the measured gain (with its 95% interval when the table has
-    ``gain_lo``/``gain_hi``), and a least-squares line."""
+    ``gain_lo``/``gain_hi``), a zero line for the gain, and a least-squares line within each student (in
+    its colour), since the study's correlations are within each student: a pooled line would mostly
+    show the students' different levels."""
     cols = min(3, len(predictors))
     rows = int(np.ceil(len(predictors) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    order = list(dict.fromkeys(grid[hue]))
+    colors = dict(zip(order, sns.color_palette(PALETTE, len(order))))
     for ax, pred in zip(axes.flat, predictors):
+        if target == "gain":
+            ax.axhline(0, color="grey", lw=0.8, ls="--", zorder=0)
         if {"gain_lo", "gain_hi"} <= set(grid.columns) and target == "gain":
             ax.errorbar(grid[pred], grid[target], yerr=[grid[target] - grid["gain_lo"], grid["gain_hi"] - grid[target]],
                         fmt="none", ecolor="#bbbbbb", elinewidth=0.8, zorder=1)
-        sns.scatterplot(data=grid, x=pred, y=target, hue=hue, ax=ax, s=40, legend=ax is axes.flat[0], zorder=2)
-        ok = grid[[pred, target]].dropna()
-        if len(ok) >= 2 and ok[pred].nunique() > 1:
-            slope, intercept = np.polyfit(ok[pred], ok[target], 1)
-            xs = np.linspace(ok[pred].min(), ok[pred].max(), 20)
-            ax.plot(xs, slope * xs + intercept, color="black", lw=1)
+        sns.scatterplot(data=grid, x=pred, y=target, hue=hue, hue_order=order, palette=colors, ax=ax, s=40,
+                        legend=ax is axes.flat[0], zorder=2)
+        for name in order:
+            ok = grid.loc[grid[hue] == name, [pred, target]].dropna()
+            if len(ok) >= 2 and ok[pred].nunique() > 1:
+                slope, intercept = np.polyfit(ok[pred], ok[target], 1)
+                xs = np.linspace(ok[pred].min(), ok[pred].max(), 20)
+                ax.plot(xs, slope * xs + intercept, color=colors[name], lw=1)
         ax.set_xlabel(pred)
         ax.set_ylabel("gain (after - before)" if ax in axes[:, 0] else "")
     for ax in list(axes.flat)[len(predictors):]:
         ax.set_visible(False)
-    fig.suptitle("Which predictor tracks the distillation gain? (held-out accuracy gain, 95% CI)")
+    fig.suptitle("Which predictor tracks the distillation gain? (held-out accuracy gain, 95% CI; "
+                 "least-squares lines within each student)")
     fig.tight_layout(rect=(0, 0, 1, 0.97))  # keep the title above the first row's labels
     return fig
 
@@ -197,6 +206,13 @@ def _mean_band(g, n_problems: int | None) -> tuple[pd.Series, pd.Series, pd.Seri
     return mean, g.min(), g.max()
 
 
+def _start_level(curves: pd.DataFrame, x: str, y: str) -> float | None:
+    """The mean accuracy at phase 0, before any training (the same student for every policy), or None when
+    the curves have no phase 0: the baseline each curve ends above or below."""
+    start = curves.loc[curves[x] == 0, y]
+    return float(start.mean()) if len(start) else None
+
+
 def _dodge(order: list, width: float) -> dict:
     """Sideways offsets, from -width to +width, one per name: equal curves stay visible."""
     return dict(zip(order, np.linspace(-width, width, len(order)) if len(order) > 1 else [0.0]))
@@ -212,6 +228,9 @@ def learning_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="polic
     offsets = _dodge(order, 0.08)
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
     colors = dict(zip(order, sns.color_palette(PALETTE, len(order))))
+    start = _start_level(curves, x, y)
+    if start is not None:
+        ax.axhline(start, color="grey", lw=0.8, ls="--", zorder=0, label="start (phase 0)")
     for name in order:
         mean, lo, hi = _mean_band(curves[curves[hue] == name].groupby(x)[y], n_problems)
         xs = mean.index.to_numpy(float) + offsets[name]
@@ -288,6 +307,9 @@ def module_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy"
     offsets = _dodge(order, 0.1)
     for ax, module in zip(axes.flat, modules):
         g = curves[curves[col] == module]
+        start = _start_level(g, x, y)
+        if start is not None:
+            ax.axhline(start, color="grey", lw=0.8, ls="--", zorder=0, label="start (phase 0)")
         for name in order:
             m, lo, hi = _mean_band(g[g[hue] == name].groupby(x)[y], (n_problems or {}).get(module))
             xs = m.index.to_numpy(float) + offsets[name]
@@ -303,7 +325,7 @@ def module_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy"
     if spare:  # the legend in an empty panel, over no curve
         spare[0].legend(handles, labels, loc="center", fontsize=8, title=hue)
     else:
-        fig.legend(handles, labels, loc="lower center", ncol=len(order), fontsize=8)
+        fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8)
     band = ", band: 95% CI (binomial + seeds)" if n_problems else ""
     fig.suptitle(f"Held-out accuracy per module after each phase (mean over seeds{band}; policies dodged)",
                  fontsize=10)
