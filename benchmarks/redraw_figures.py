@@ -1,0 +1,65 @@
+"""Redraw a reference folder's stage-4 and stage-5 figures from its own tables, after a change to `syllabus.plots`.
+
+The folders under `results/reference/` keep tables and figures but no caches, so a plotting change cannot be
+rerun into them; this script draws what the notebooks would draw from the same tables (stage 4's
+predictors against the gain from `04_grid_with_predictors.csv`; stage 5's learning and per-module curves
+from `05_learning_curves.csv` and `05_module_curves.csv`, with the profile's held-out split for the bands).
+On a folder whose tables a whole run reproduces, the figures come out byte-identical to that run's.
+
+    PYTHONPATH=src python benchmarks/redraw_figures.py --profile tiny results/reference/tiny results/reference/tiny-second-cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from syllabus import params, plots, problems  # noqa: E402
+from syllabus.stages import correlation  # noqa: E402
+
+
+def save(fig, path: Path) -> None:
+    """As `runs.Stage.save_figure` writes the PNG (the reference folders keep PNGs only)."""
+    matplotlib.rcParams["svg.hashsalt"] = "syllabus"
+    fig.savefig(path, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+
+
+def redraw(folder: Path, heldout_total: int, module_counts: dict[str, int]) -> list[str]:
+    drawn = []
+    plots.set_theme()
+    grid = folder / "04_grid_with_predictors.csv"
+    if grid.is_file():
+        joined = pd.read_csv(grid)
+        save(plots.scatter_with_fit(joined, [p for p in correlation.PREDICTORS if p in joined]),
+             folder / "04_predictors_vs_gain.png")
+        drawn.append("04_predictors_vs_gain.png")
+    curves = folder / "05_learning_curves.csv"
+    if curves.is_file() and (folder / "05_learning_curves.png").is_file():
+        save(plots.learning_curves(pd.read_csv(curves), n_problems=heldout_total), folder / "05_learning_curves.png")
+        drawn.append("05_learning_curves.png")
+    modules = folder / "05_module_curves.csv"
+    if modules.is_file() and (folder / "05_module_curves.png").is_file():
+        save(plots.module_curves(pd.read_csv(modules), n_problems=module_counts), folder / "05_module_curves.png")
+        drawn.append("05_module_curves.png")
+    return drawn
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", required=True, help="the profile the folders' runs used (its held-out split)")
+    ap.add_argument("folders", nargs="+", type=Path)
+    args = ap.parse_args()
+    splits = problems.problem_splits(params.load_profile(args.profile))
+    for folder in args.folders:
+        print(folder, redraw(folder, len(splits.heldout), splits.module_counts("heldout")))
+
+
+if __name__ == "__main__":
+    main()
