@@ -20,14 +20,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from syllabus import params, plots, problems  # noqa: E402
+from syllabus import params, plots, problems, runs  # noqa: E402
 from syllabus.stages import correlation  # noqa: E402
 
 
 def save(fig, path: Path) -> None:
-    """As `runs.Stage.save_figure` writes the PNG (the reference folders keep PNGs only)."""
-    matplotlib.rcParams["svg.hashsalt"] = "syllabus"
-    fig.savefig(path, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    """The PNG `runs.Stage.save_figure` writes (the reference folders keep PNGs only)."""
+    runs.atomic_write_bytes(path, runs.figure_bytes(fig, "png"))
     plt.close(fig)
 
 

@@ -201,6 +201,16 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return Path(path)
 
 
+def figure_bytes(fig, ext: str) -> bytes:
+    """A matplotlib figure as the stages save it (``png`` or ``svg``): 120 dpi, cropped, without the date or
+    software stamps and with stable SVG ids, so that a seeded rerun writes the same bytes."""
+    matplotlib.rcParams["svg.hashsalt"] = "syllabus"
+    buf = io.BytesIO()
+    meta = {"Software": None} if ext == "png" else {"Date": None}
+    fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight", metadata=meta)
+    return buf.getvalue()
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
@@ -624,13 +634,8 @@ class Stage:
 
     def save_figure(self, fig, name: str) -> None:
         """Save a matplotlib figure as PNG and SVG under figures/ (the notebook shows it inline)."""
-        matplotlib.rcParams["svg.hashsalt"] = "syllabus"  # stable SVG ids: byte-identical reruns
         for ext in ("png", "svg"):
-            target = self.path(f"figures/{name}.{ext}")
-            buf = io.BytesIO()
-            meta = {"Software": None} if ext == "png" else {"Date": None}
-            fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight", metadata=meta)
-            atomic_write_bytes(target, buf.getvalue())
+            target = atomic_write_bytes(self.path(f"figures/{name}.{ext}"), figure_bytes(fig, ext))
             self.outputs[f"figures/{name}.{ext}"] = hash_file(target)
 
     def record_output(self, relative: str) -> None:
