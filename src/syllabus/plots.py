@@ -25,6 +25,11 @@ def set_theme() -> None:
 set_theme()
 
 
+def _colors(names: list) -> dict:
+    """One colour of the palette per name, in order: the same name keeps its colour across a figure's panels."""
+    return dict(zip(names, sns.color_palette(PALETTE, len(names))))
+
+
 def _annotate(ax, xs, ys, labels, step: float = 10.0, tries: int = 8) -> None:
     """Label each point beside it; a label that would overprint one placed before it moves down (then up)
     a line at a time until it is clear."""
@@ -137,7 +142,7 @@ def scatter_with_fit(grid: pd.DataFrame, predictors: list[str], *, target="gain"
     rows = int(np.ceil(len(predictors) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     order = list(dict.fromkeys(grid[hue]))
-    colors = dict(zip(order, sns.color_palette(PALETTE, len(order))))
+    colors = _colors(order)
     for ax, pred in zip(axes.flat, predictors):
         if target == "gain":
             ax.axhline(0, color="grey", lw=0.8, ls="--", zorder=0)
@@ -227,7 +232,7 @@ def learning_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="polic
     order = list(dict.fromkeys(curves[hue]))
     offsets = _dodge(order, 0.08)
     fig, ax = plt.subplots(figsize=(7.5, 4.4))
-    colors = dict(zip(order, sns.color_palette(PALETTE, len(order))))
+    colors = _colors(order)
     start = _start_level(curves, x, y)
     if start is not None:
         ax.axhline(start, color="grey", lw=0.8, ls="--", zorder=0, label="start (phase 0)")
@@ -303,7 +308,7 @@ def module_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy"
     nrows = -(-len(modules) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols, 2.8 * nrows), squeeze=False, sharey=True)
     order = list(dict.fromkeys(curves[hue]))
-    colors = dict(zip(order, sns.color_palette(PALETTE, len(order))))
+    colors = _colors(order)
     offsets = _dodge(order, 0.1)
     for ax, module in zip(axes.flat, modules):
         g = curves[curves[col] == module]
