@@ -1,10 +1,13 @@
-"""Redraw a reference folder's stage-4 and stage-5 figures from its own tables, after a change to `syllabus.plots`.
+"""Redraw a reference folder's figures of stages 3-6 from its own tables, after a change to `syllabus.plots`.
 
 The folders under `results/reference/` keep tables and figures but no caches, so a plotting change cannot be
-rerun into them; this script draws what the notebooks would draw from the same tables (stage 4's
+rerun into them; this script draws what the notebooks would draw from the same tables (stage 3's factors from
+`03_dmc.csv` with their intervals from `03_dmc_intervals.csv`, only where the folder has that table; stage 4's
 predictors against the gain from `04_grid_with_predictors.csv`; stage 5's learning and per-module curves
-from `05_learning_curves.csv` and `05_module_curves.csv`, with the profile's held-out split for the bands).
-On a folder whose tables a whole run reproduces, the figures come out byte-identical to that run's.
+from `05_learning_curves.csv` and `05_module_curves.csv`, with the profile's held-out split for the bands;
+stage 6's bars from `06_results.csv` and, where present, `05_final_models.csv`). A figure is redrawn only where
+the folder already has it. On a folder whose tables a whole run reproduces, the figures come out
+byte-identical to that run's.
 
     PYTHONPATH=src python benchmarks/redraw_figures.py --profile tiny results/reference/tiny results/reference/tiny-second-cpu
 """
@@ -21,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from syllabus import params, plots, problems, runs  # noqa: E402
-from syllabus.stages import correlation  # noqa: E402
+from syllabus.stages import benchmark, correlation  # noqa: E402
 
 
 def save(fig, path: Path) -> None:
@@ -33,6 +36,10 @@ def save(fig, path: Path) -> None:
 def redraw(folder: Path, heldout_total: int, module_counts: dict[str, int]) -> list[str]:
     drawn = []
     plots.set_theme()
+    if (folder / "03_dmc_intervals.csv").is_file() and (folder / "03_dmc_factors.png").is_file():
+        save(plots.dmc_factors(pd.read_csv(folder / "03_dmc.csv"), pd.read_csv(folder / "03_dmc_intervals.csv")),
+             folder / "03_dmc_factors.png")
+        drawn.append("03_dmc_factors.png")
     grid = folder / "04_grid_with_predictors.csv"
     if grid.is_file():
         joined = pd.read_csv(grid)
@@ -47,6 +54,14 @@ def redraw(folder: Path, heldout_total: int, module_counts: dict[str, int]) -> l
     if modules.is_file() and (folder / "05_module_curves.png").is_file():
         save(plots.module_curves(pd.read_csv(modules), n_problems=module_counts), folder / "05_module_curves.png")
         drawn.append("05_module_curves.png")
+    results = folder / "06_results.csv"
+    if results.is_file() and (folder / "06_results.png").is_file():
+        tidy = pd.read_csv(results)
+        finals = (pd.read_csv(folder / "05_final_models.csv") if (folder / "05_final_models.csv").is_file()
+                  else pd.DataFrame(columns=["student", "policy", "seed"]))  # one seed per policy: a bar per model
+        means = benchmark.policy_means(tidy, finals)
+        save(plots.benchmark_bars(benchmark.figure_rows(tidy, means, finals)), folder / "06_results.png")
+        drawn.append("06_results.png")
     return drawn
 
 

@@ -221,3 +221,26 @@ def test_parameter_ranges_span_the_items_relative_difficulties_and_start_at_the_
     assert set(ranges) == {k for rule in dmc_factors.RULES for k in dmc_factors.rule_params(rule)}
     with pytest.raises(ValueError, match="rel_difficulty"):
         dmc_factors.parameter_ranges(pd.DataFrame({"x": [1.0]}))
+
+
+def test_factor_intervals_bracket_the_dataset_means_and_are_drawn_as_whiskers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from syllabus import plots
+    from syllabus.stages import dmc
+
+    rng = np.random.default_rng(0)
+    rows = [(ds, f"p{i}", bool(rng.random() < 0.8), float(rng.random()), float(rng.uniform(0.5, 3)))
+            for ds in ("a", "b") for i in range(12) for _ in range(3)]
+    out = pd.concat([dmc_factors.item_table(items(rows), nll_ref=1.0).assign(student=s) for s in ("s1", "s2")])
+    table = dmc_factors.dataset_table(out, by=["student", "dataset"])
+    bounds = dmc.factor_intervals(out, n_boot=300)
+    assert len(bounds) == 2 * 2 * 4 and set(bounds["factor"]) == {"quality", "capability", "rel_difficulty", "dmc"}
+    joined = bounds.merge(table.melt(id_vars=["student", "dataset"], var_name="factor", value_name="mean"))
+    assert (joined["lo"] <= joined["mean"] + 1e-12).all() and (joined["mean"] <= joined["hi"] + 1e-12).all()
+    assert (joined.loc[joined["factor"] == "dmc", "hi"] > joined.loc[joined["factor"] == "dmc", "lo"]).all()
+    fig = plots.dmc_factors(table, bounds)
+    drawn = {round(float(x), 9) for ax in fig.axes for line in ax.lines for x in line.get_xdata()}
+    assert {round(float(v), 9) for v in bounds[["lo", "hi"]].to_numpy().ravel()} <= drawn
+    assert not [line for ax in plots.dmc_factors(table).axes for line in ax.lines]  # no intervals, no whiskers

@@ -30,3 +30,15 @@ def test_redraw_writes_each_figure_whose_table_and_figure_the_folder_has(tmp_pat
     for name in drawn:
         height, width, _ = mpimg.imread(tmp_path / name).shape
         assert height > 300 and width > 600
+
+
+def test_redraw_adds_the_stage_3_whiskers_and_the_stage_6_baseline_from_the_folders_tables(tmp_path):
+    for name in ("03_dmc.csv", "03_dmc_intervals.csv", "03_dmc_factors.png", "06_results.csv", "06_results.png",
+                 "05_final_models.csv"):
+        shutil.copy(REFERENCE / name, tmp_path / name)
+    assert load_script().redraw(tmp_path, 400, {}) == ["03_dmc_factors.png", "06_results.png"]
+    (tmp_path / "03_dmc_intervals.csv").unlink()  # a folder without the intervals keeps its stage-3 figure as it is
+    before = (tmp_path / "03_dmc_factors.png").read_bytes()
+    (tmp_path / "05_final_models.csv").unlink()  # without stage 5's list every model is its own bar
+    assert load_script().redraw(tmp_path, 400, {}) == ["06_results.png"]
+    assert (tmp_path / "03_dmc_factors.png").read_bytes() == before

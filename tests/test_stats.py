@@ -132,6 +132,21 @@ def test_cluster_bootstrap_widens_the_interval_of_duplicated_rows():
     assert clusters["pearson_hi"] - clusters["pearson_lo"] > 1.5 * (rows["pearson_hi"] - rows["pearson_lo"])
 
 
+def test_clustered_mean_interval_counts_a_cluster_once():
+    # 8 problems, each with 6 identical traces: the interval must be as wide as for the 8 problems alone
+    rng = np.random.default_rng(5)
+    per_problem = rng.normal(size=8)
+    values, clusters = np.repeat(per_problem, 6), np.repeat(np.arange(8), 6)
+    lo, hi = stats.clustered_mean_interval(values, clusters, n_boot=2000, seed=1)
+    lo8, hi8 = stats.clustered_mean_interval(per_problem, np.arange(8), n_boot=2000, seed=1)
+    assert lo < values.mean() < hi
+    assert (lo, hi) == pytest.approx((lo8, hi8))  # the same draws of problems, the same means
+    row_lo, row_hi = stats.clustered_mean_interval(values, np.arange(48), n_boot=2000, seed=1)
+    assert hi - lo > 2 * (row_hi - row_lo)  # rows taken as independent: far too narrow
+    assert stats.clustered_mean_interval([1.0, 1.0, np.nan], ["a", "b", "c"]) == (1.0, 1.0)
+    assert all(np.isnan(stats.clustered_mean_interval([np.nan], ["a"])))
+
+
 def test_spearman_lead_is_paired_and_takes_the_rival_in_its_better_direction():
     rng = np.random.default_rng(0)
     y = np.arange(30, dtype=float)
@@ -279,6 +294,28 @@ def test_benchmark_bars_whiskers_are_the_wilson_intervals():
     ends = sorted({round(float(x), 3) for line in ax.lines for x in np.atleast_1d(line.get_xdata())})
     assert min(ends) >= 0 and max(ends) <= 1  # caps inside [0, 1]
     assert 0.471 in ends and 0.324 in ends and 0.676 in ends  # Wilson ends: 1/8 and 0/8 (upper), 8/8 (lower)
+
+
+def test_benchmark_bars_draw_each_students_undistilled_score_across_its_distilled_models():
+    import matplotlib
+    from matplotlib.collections import LineCollection
+
+    matplotlib.use("Agg")
+    from syllabus import plots
+
+    models = ["s (undistilled)", "s + random", "s + dmc", "t (undistilled)", "teacher"]
+    tidy = pd.DataFrame({"model": models, "task": "t1", "value": [0.4, 0.3, 0.6, 0.5, 0.9], "stderr": 0.05,
+                         "n": 100})
+    ax = plots.benchmark_bars(tidy).axes[0]
+    lines = [c for c in ax.collections if isinstance(c, LineCollection) and c.get_label().endswith("undistilled")]
+    assert [c.get_label() for c in lines] == ["s undistilled"]  # t has no distilled model: no line
+    (segment,) = lines[0].get_segments()
+    order = [t.get_text() for t in ax.get_yticklabels()]  # the rows' order on the y axis
+    rows = sorted(order.index(m) for m in models[:3])
+    assert segment[0][0] == segment[1][0] == 0.4  # at s's undistilled score ...
+    assert (segment[0][1], segment[1][1]) == pytest.approx((rows[0] - 0.45, rows[-1] + 0.45))  # ... over s's rows
+    labels = ax.get_legend_handles_labels()[1]
+    assert "s undistilled" in labels and "t1" in labels
 
 
 def test_pooled_spearman_lead_shows_a_small_lead_that_no_single_stratum_shows():

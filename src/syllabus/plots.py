@@ -89,22 +89,36 @@ def distributions(items: pd.DataFrame, *, value: str, by: str = "dataset", xlabe
     return fig
 
 
-def dmc_factors(table: pd.DataFrame, *, dataset="dataset", student="student",
+def dmc_factors(table: pd.DataFrame, intervals: pd.DataFrame | None = None, *, dataset="dataset", student="student",
                 factors=("quality", "capability", "rel_difficulty", "dmc"), log_factors=("rel_difficulty", "dmc")):
-    """Stage 3: DMC and its factors per candidate dataset and student (``log_factors`` on a log axis)."""
+    """Stage 3: DMC and its factors per candidate dataset and student (``log_factors`` on a log axis), with
+    whiskers from ``intervals`` (``stages.dmc.factor_intervals``: student, dataset, factor, lo, hi) when given."""
     long = table.melt(id_vars=[dataset, student], value_vars=list(factors), var_name="factor", value_name="value")
+    datasets, students = sorted(table[dataset].unique()), sorted(table[student].unique())
     g = sns.catplot(data=long, x="value", y=dataset, hue=student, col="factor", kind="bar", sharex=False,
-                    height=max(3, 0.3 * table[dataset].nunique() + 1.2), aspect=0.8)
+                    order=datasets, hue_order=students, errorbar=None,
+                    height=max(3, 0.3 * len(datasets) + 1.2), aspect=0.8)
     g.set_titles("{col_name}")
-    g.set_axis_labels("mean over items", "")
+    g.set_axis_labels("mean over items" + ("; whiskers: 95% CI" if intervals is not None else ""), "")
+    bounds = (intervals.set_index(["factor", student, dataset])[["lo", "hi"]]
+              if intervals is not None and len(intervals) else None)
     for ax, name in zip(g.axes.flat, factors):
+        if bounds is not None:  # one container of bars per student, its bars in dataset order
+            for who, bars in zip(students, ax.containers):
+                for ds, bar in zip(datasets, bars.patches):
+                    if (name, who, ds) not in bounds.index:
+                        continue
+                    lo, hi = bounds.loc[(name, who, ds)]
+                    y = bar.get_y() + bar.get_height() / 2
+                    ax.plot([lo, hi], [y, y], color="0.15", linewidth=0.9, solid_capstyle="butt")
         if name in log_factors and (table[name] > 0).any():  # DMC spans orders of magnitude between datasets
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=6))
             ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())  # no overprinted minor labels
             ax.set_title(f"{name} (log scale)")
-    g.figure.suptitle("DMC and its factors per candidate dataset", y=1.03)
+    g.figure.suptitle("DMC and its factors per candidate dataset"
+                      + (" (whiskers: problems resampled)" if bounds is not None else ""), y=1.03)
     return g.figure
 
 
@@ -362,6 +376,26 @@ def benchmark_bars(tidy: pd.DataFrame, *, value="value", model="model", task="ta
                   + (";\na policy's mean over seeds adds their spread)" if means else ")"))
     ax.set_ylabel("")
     ax.set_xlim(0, max(0.05, float(np.nanmax((wide + above).to_numpy())) * 1.25))
-    ax.legend(title="task", fontsize=8)
+    _undistilled_lines(ax, wide)
+    ax.legend(title="task", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not on them
     ax.set_title("lm-evaluation-harness results")
     return fig
+
+
+def _undistilled_lines(ax, wide: pd.DataFrame, suffix: str = " (undistilled)") -> None:
+    """The baseline of a student's distilled models: a dashed line at its undistilled score (per task, in a
+    darker shade of the task's colour, visible over its bars) across the rows of that student ("S
+    (undistilled)" and every "S + policy")."""
+    colors = [tuple(0.55 * np.asarray(c)) for c in sns.color_palette(PALETTE, wide.shape[1])]
+    names = list(wide.index)
+    for student in [m.removesuffix(suffix) for m in names if m.endswith(suffix)]:
+        rows = [i for i, m in enumerate(names) if m == student + suffix or m.startswith(student + " + ")]
+        if len(rows) < 2:  # no distilled model of this student to compare with
+            continue
+        for color, task in zip(colors, wide.columns):
+            base = wide.loc[student + suffix, task]
+            if pd.isna(base):
+                continue
+            label = f"{student} undistilled" + (f" ({task})" if wide.shape[1] > 1 else "")
+            ax.vlines(base, min(rows) - 0.45, max(rows) + 0.45, colors=[color], linestyles="dashed", linewidth=1.0,
+                      label=label, zorder=3)

@@ -100,6 +100,27 @@ def percentile_interval(boot: np.ndarray, n_boot: int, confidence: float) -> tup
     return float(lo), float(hi), note
 
 
+def clustered_mean_interval(values: Sequence[float], clusters: Sequence[Any], *, n_boot: int = 1000, seed: int = 0,
+                            confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` whose rows come in clusters (the traces of one
+    problem): whole clusters are drawn with replacement, so rows that share a cluster are not counted as
+    independent evidence. NaN values are left out; NaNs when none is left."""
+    v = np.asarray(values, dtype=float)
+    keep = np.isfinite(v)
+    if not keep.any():
+        return (float("nan"), float("nan"))
+    codes = pd.factorize(pd.Series(np.asarray(clusters, dtype=object)[keep]))[0]
+    sums = np.bincount(codes, weights=v[keep])
+    counts = np.bincount(codes).astype(float)
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(0, len(sums), size=(n_boot, len(sums)))
+    offsets = drawn + len(sums) * np.arange(n_boot)[:, None]  # times each cluster is drawn, per resample
+    weights = np.bincount(offsets.ravel(), minlength=n_boot * len(sums)).reshape(n_boot, len(sums))
+    boot = (weights @ sums) / (weights @ counts)
+    lo, hi, _ = percentile_interval(boot, n_boot, confidence)
+    return lo, hi
+
+
 def correlate(x: Sequence[float], y: Sequence[float], *, n_boot: int = 1000, n_perm: int = 1000, seed: int = 0,
               confidence: float = 0.95, methods: Sequence[str] = METHODS,
               groups: Sequence[Any] | None = None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import distillation, dmc_factors, generation
+from .. import distillation, dmc_factors, generation, stats
 from ..progress import track
 from ..records import Problem, Trace
 from ..runs import Stage, cached_json, hash_obj
@@ -184,3 +184,20 @@ def note_scoring(stage: Stage, counts: Mapping[str, int]) -> None:
 def dataset_scores(items: pd.DataFrame) -> pd.DataFrame:
     """Per (student, dataset): counts, factor means and DMC."""
     return dmc_factors.dataset_table(items, by=["student", "dataset"])
+
+
+FIGURE_FACTORS = {"quality": "quality", "capability": "capability", "rel_difficulty": "rel_difficulty",
+                  "dmc": "compat"}  # the dataset table's column -> the item column it is the mean of
+
+
+def factor_intervals(items: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """The 95% interval of each factor's mean (and DMC's, the mean compat) per (student, dataset), by a
+    bootstrap that draws whole problems (a problem's traces share its capability and prompt), for the
+    figure's whiskers: one row per (student, dataset, factor) with ``lo`` and ``hi``."""
+    rows = []
+    for (student, dataset), g in items.groupby(["student", "dataset"], sort=True):
+        for factor, column in FIGURE_FACTORS.items():
+            lo, hi = stats.clustered_mean_interval(g[column].to_numpy(), g["problem_id"].to_numpy(),
+                                                   n_boot=n_boot, seed=seed)
+            rows.append({"student": student, "dataset": dataset, "factor": factor, "lo": lo, "hi": hi})
+    return pd.DataFrame(rows)
