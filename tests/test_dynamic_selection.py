@@ -153,6 +153,9 @@ def test_policies_that_choose_alike_share_their_phases(tmp_path):
                                                     "dynamic.phases": 1, "dynamic.seeds": [0]})
     outcomes = tables["outcomes"].pivot(index="problem_id", columns="policy", values="correct")
     assert (outcomes["dmc_dynamic"] == outcomes["dmc_static"]).all()
+    traj, margins = tables["dmc_trajectories"], dynamic_selection.choice_margins(tables["choices"])
+    assert ((traj["dmc_lo"] <= traj["dmc"] + 1e-12) & (traj["dmc"] <= traj["dmc_hi"] + 1e-12)).all()
+    assert len(margins) == 1 and margins.loc[0, "dmc_margin"] >= 0  # the pick leads the runner-up
     (folder,) = [p for p in (stage.run.cache / "dynamic").rglob("phase0-*") if p.is_dir()]
     assert json.loads((folder / "phase.json").read_text()) == {"phase": 0, "seed": 0, "after": None}
 
@@ -323,6 +326,31 @@ def test_lock_in_table_follows_the_dataset_trained_on_in_the_phase_before():
         "chosen_next": "b"}]
 
 
+def test_dmc_margin_is_the_picks_paired_lead_over_the_runner_up_and_choice_margins_says_if_it_is_shown():
+    from syllabus import select
+
+    problems = [f"p{i}" for i in range(30)]
+    base = {p: 0.1 + 0.8 * (i % 10) / 10 for i, p in enumerate(problems)}  # what the problem shares across datasets
+    items = pd.DataFrame([{"dataset": ds, "problem_id": p, "compat": base[p] + lead + 0.002 * (k - 0.5)}
+                          for ds, lead in (("a", 0.03), ("b", 0.0), ("c", -0.2)) for p in problems for k in (0, 1)])
+    dmc_now = items.groupby("dataset")["compat"].mean().to_dict()
+    pick = dynamic_selection.dmc_margin(items, select.Choice({"a": 1.0, "b": 0.0}, "best"), dmc_now)
+    assert pick["runner_up"] == "b" and pick["dmc_margin"] == pytest.approx(0.03)
+    assert 0 < pick["dmc_margin_lo"] < 0.03 < pick["dmc_margin_hi"]
+    close = dynamic_selection.dmc_margin(items.assign(compat=items["compat"] + (items["dataset"] == "b") * 0.03
+                                                      + ((items["dataset"] == "b") & (items.index % 4 == 0)) * 0.2
+                                                      - ((items["dataset"] == "b") & (items.index % 4 == 2)) * 0.2),
+                                         select.Choice({"a": 1.0}, "best"), dmc_now)
+    assert close["dmc_margin_lo"] < 0 < close["dmc_margin_hi"]  # a noisy tie: not shown
+    assert dynamic_selection.dmc_margin(items, select.Choice({"a": 0.5, "b": 0.5}, "mix"), dmc_now) == {}
+    choices = pd.DataFrame([{"policy": "dmc_dynamic", "seed": 0, "phase": 0, "chosen": "a", **pick},
+                            {"policy": "dmc_dynamic", "seed": 0, "phase": 1, "chosen": "a", **close},
+                            {"policy": "random", "seed": 0, "phase": 0, "chosen": "b"}])
+    margins = dynamic_selection.choice_margins(choices)
+    assert margins["shown"].tolist() == [True, False] and margins["runner_up"].tolist() == ["b", "b"]
+    assert dynamic_selection.choice_margins(choices.drop(columns=["dmc_margin"])).empty
+
+
 def test_module_curves_show_a_band_per_policy_and_the_legend_over_no_curve():
     import matplotlib
 
@@ -381,6 +409,23 @@ def test_chosen_trajectories_wrap_many_seeds_onto_rows_of_at_most_four_panels():
     assert all(ax.get_ylabel() for ax in panels if ax.get_subplotspec().is_first_col())
     three = plots.chosen_trajectories(scores[scores["seed"] < 3], choices[choices["seed"] < 3])
     assert [ax.get_title() for ax in three.axes] == ["seed 0", "seed 1", "seed 2"]  # 3 seeds: one row, no spare
+
+
+def test_chosen_trajectories_draw_a_pick_whose_lead_is_not_shown_hollow():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from syllabus import plots
+
+    scores = pd.DataFrame([{"seed": 0, "phase": p, "dataset": d, "dmc": 0.5 + (0.01 if d == "a" else 0.0),
+                            "dmc_lo": 0.45, "dmc_hi": 0.56} for p in range(3) for d in ("a", "b")])
+    choices = pd.DataFrame([{"seed": 0, "phase": p, "chosen": "a", "dmc_margin_lo": lo, "dmc_margin_hi": 0.02}
+                            for p, lo in ((0, -0.01), (1, 0.001), (2, float("nan")))])
+    ax = plots.chosen_trajectories(scores, choices).axes[0]
+    (hollow,) = [line for line in ax.lines if line.get_label().startswith("chosen, lead")]
+    assert list(hollow.get_xdata()) == [0] and hollow.get_markerfacecolor() == "white"  # phase 1 shown, 2 unknown
+    whiskers = [c for c in ax.collections if len(c.get_segments()) == 3]
+    assert whiskers and sorted(round(s[0][1], 2) for s in whiskers[0].get_segments()) == [0.45] * 3
 
 
 def test_accuracy_bands_stay_within_zero_and_one():

@@ -147,6 +147,25 @@ def test_clustered_mean_interval_counts_a_cluster_once():
     assert all(np.isnan(stats.clustered_mean_interval([np.nan], ["a"])))
 
 
+def test_paired_clustered_difference_cancels_what_the_problems_share():
+    # two datasets' traces of the same 40 problems: a problem effect far larger than a constant lead of 0.02
+    rng = np.random.default_rng(2)
+    problem = rng.normal(scale=1.0, size=40)
+    clusters = np.repeat(np.arange(40), 3)
+    a = np.repeat(problem, 3) + 0.02 + rng.normal(scale=0.01, size=120)
+    b = np.repeat(problem, 3) + rng.normal(scale=0.01, size=120)
+    paired = stats.paired_clustered_mean_difference(a, clusters, b, clusters, n_boot=1000, seed=0)
+    assert paired["diff"] == pytest.approx(a.mean() - b.mean())
+    assert 0 < paired["lo"] < 0.02 < paired["hi"] < 0.04  # the lead is shown ...
+    lo_a, hi_a = stats.clustered_mean_interval(a, clusters, seed=0)
+    lo_b, hi_b = stats.clustered_mean_interval(b, clusters, seed=0)
+    assert lo_a < hi_b and lo_b < hi_a  # ... though each mean's own interval overlaps the other's
+    # a problem only one dataset has counts for that dataset alone
+    one = stats.paired_clustered_mean_difference([1.0, 3.0], ["p", "q"], [1.0], ["p"], n_boot=200)
+    assert one["diff"] == 1.0 and one["lo"] >= 0.0 and one["hi"] <= 2.0
+    assert np.isnan(stats.paired_clustered_mean_difference([np.nan], ["p"], [1.0], ["p"])["diff"])
+
+
 def test_spearman_lead_is_paired_and_takes_the_rival_in_its_better_direction():
     rng = np.random.default_rng(0)
     y = np.arange(30, dtype=float)

@@ -284,7 +284,12 @@ def trajectories(scores: pd.DataFrame, *, x="phase", y="dmc", hue="dataset", col
 def chosen_trajectories(scores: pd.DataFrame, choices: pd.DataFrame, *, x="phase", y="dmc", hue="dataset",
                         seed_col="seed"):
     """Stage 5: dmc_dynamic's DMC trajectories, one panel per seed: every candidate in grey, the dataset
-    chosen at each phase marked in colour on its line (with its name), so a switch, or lock-in, shows."""
+    chosen at each phase marked in colour on its line (with its name), so a switch, or lock-in, shows.
+    Where ``scores`` has ``{y}_lo``/``{y}_hi`` (95% intervals), the chosen points carry whiskers; where
+    ``choices`` has the paired margin over the runner-up (``dmc_margin_lo``/``_hi``), a pick whose lead is not
+    shown (the interval spans 0) is drawn hollow."""
+    bounded = {f"{y}_lo", f"{y}_hi"} <= set(scores.columns)
+    margins = {"dmc_margin_lo", "dmc_margin_hi"} <= set(choices.columns) and choices["dmc_margin_lo"].notna().any()
     seeds = sorted(scores[seed_col].unique())
     ncols = min(4, len(seeds))  # more seeds wrap onto more rows, so that a panel keeps its width
     nrows = -(-len(seeds) // ncols)
@@ -299,6 +304,15 @@ def chosen_trajectories(scores: pd.DataFrame, choices: pd.DataFrame, *, x="phase
         picks = choices[choices[seed_col] == seed]
         chosen = g.merge(picks[[x, "chosen"]], on=x).query(f"{hue} == chosen")
         ax.plot(chosen[x], chosen[y], color="tab:red", marker="o", linewidth=1, linestyle="--", zorder=2, label="chosen")
+        if bounded:
+            ax.errorbar(chosen[x], chosen[y], yerr=[chosen[y] - chosen[f"{y}_lo"], chosen[f"{y}_hi"] - chosen[y]],
+                        fmt="none", color="tab:red", capsize=2, linewidth=0.9, zorder=2)
+        if margins:
+            lead = picks.set_index(x)
+            lo, hi = lead["dmc_margin_lo"].reindex(chosen[x]), lead["dmc_margin_hi"].reindex(chosen[x])
+            tie = chosen[(lo.notna() & (lo <= 0) & (hi >= 0)).to_numpy()]  # the paired interval spans 0
+            ax.plot(tie[x], tie[y], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="tab:red",
+                    zorder=3, label="chosen, lead over the runner-up not shown")
         for _, row in chosen.iterrows():
             ax.annotate(row[hue], (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xticks(sorted(g[x].unique()))
@@ -306,9 +320,12 @@ def chosen_trajectories(scores: pd.DataFrame, choices: pd.DataFrame, *, x="phase
         ax.set_title(f"seed {seed}", fontsize=9)
     for row in axes:
         row[0].set_ylabel("DMC on the current checkpoint")
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle("dmc_dynamic: every candidate's DMC (grey) and the dataset chosen per phase (red)", fontsize=10)
+    fig.suptitle("dmc_dynamic: every candidate's DMC (grey) and the dataset chosen per phase (red)"
+                 + ("; whiskers: its 95% CI, problems resampled" if bounded else ""), fontsize=10)
     fig.tight_layout()
+    # the key below the panels, where it covers no line
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=2, fontsize=8, frameon=False)
     return fig
 
 

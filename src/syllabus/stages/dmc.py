@@ -190,13 +190,15 @@ FIGURE_FACTORS = {"quality": "quality", "capability": "capability", "rel_difficu
                   "dmc": "compat"}  # the dataset table's column -> the item column it is the mean of
 
 
-def factor_intervals(items: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def factor_intervals(items: pd.DataFrame, factors: Mapping[str, str] = FIGURE_FACTORS, *, n_boot: int = 1000,
+                     seed: int = 0) -> pd.DataFrame:
     """The 95% interval of each factor's mean (and DMC's, the mean compat) per (student, dataset), by a
     bootstrap that draws whole problems (a problem's traces share its capability and prompt), for the
-    figure's whiskers: one row per (student, dataset, factor) with ``lo`` and ``hi``."""
+    figures' whiskers: one row per (student, dataset, factor) with ``lo`` and ``hi``. ``factors`` maps a
+    dataset-table column to the item column it is the mean of."""
     rows = []
     for (student, dataset), g in items.groupby(["student", "dataset"], sort=True):
-        for factor, column in FIGURE_FACTORS.items():
+        for factor, column in factors.items():
             lo, hi = stats.clustered_mean_interval(g[column].to_numpy(), g["problem_id"].to_numpy(),
                                                    n_boot=n_boot, seed=seed)
             rows.append({"student": student, "dataset": dataset, "factor": factor, "lo": lo, "hi": hi})

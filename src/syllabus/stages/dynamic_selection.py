@@ -27,7 +27,7 @@ import random
 import warnings
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -438,9 +438,13 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
     carry = d.carry_optimizer and not (policy_name == "ioa" and d.ioa.own_schedule)
     for phase in track(range(d.phases), f"{policy_name} seed {seed} phases"):
         dmc_now: dict[str, float] = {}
+        items = None
         if policy_name == "dmc_dynamic" or (policy_name == "dmc_static" and phase == 0):
             items = dmc.score_student(stage, current, scored, problems, splits.probe, seed=stage.seed)
             table = dmc.dataset_scores(items).assign(policy=policy_name, seed=seed, phase=phase)
+            bounds = dmc.factor_intervals(items, {"dmc": "compat"}).set_index(["student", "dataset"])
+            table["dmc_lo"] = [bounds.at[key, "lo"] for key in zip(table["student"], table["dataset"])]
+            table["dmc_hi"] = [bounds.at[key, "hi"] for key in zip(table["student"], table["dataset"])]
             # lock-in, made visible: DMC in sample, on a sample of the training slice (what phases train on)
             inside = dmc.dataset_scores(dmc.score_student(
                 stage, current, scored, problems, splits.probe, seed=stage.seed, part="training_sample"))
@@ -461,6 +465,7 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
                                       prerequisites=inputs.prerequisites, levels=levels,
                                       module_items=inputs.ioa.item_counts if inputs.ioa else {})
         choice = policy.choose(phase, state)
+        margin = dmc_margin(items, choice, dmc_now) if items is not None else {}
         pool, known = datasets, problems
         if choice.remedial:  # IOA's remediation: new problems of the weak modules (dynamic.ioa.remedial_form)
             rows, new = remedial_data(prof, choice.remedial, inputs.selected_teacher, [seed, phase, *choice.remedial],
@@ -522,7 +527,7 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
                             "modules": list(choice.modules) if choice.modules else None,
                             "levels": list(choice.levels) if choice.levels else None,
                             "drawn": dict(sorted(mix.items())), "n_examples": len(batch),
-                            "new_problems": int((~batch["problem_id"].isin(list(problems))).sum())})
+                            "new_problems": int((~batch["problem_id"].isin(list(problems))).sum()), **margin})
         if policy_name == "ioa":
             run.ioa_plan += ioa_plan_rows(policy, state, phase, seed)
     if d.final_seeds == "all" or seed == d.seeds[0]:
@@ -615,6 +620,33 @@ def lock_in_table(trajectories: pd.DataFrame, choices: pd.DataFrame, policy: str
                      "dmc_out_of_sample_after": now.at[trained, "dmc"],
                      "chosen_next": chosen.get((seed, phase))})
     return pd.DataFrame(rows)
+
+
+def dmc_margin(items: pd.DataFrame, choice: select.Choice, dmc_now: Mapping[str, float]) -> dict[str, Any]:
+    """How far a DMC policy's single pick led the runner-up (the best candidate not picked) in the DMC just
+    measured, with a paired 95% interval: whole problems resampled for both datasets at once
+    (``stats.paired_clustered_mean_difference``), since the candidates' traces answer the same problems and a
+    problem's capability factor is shared. Empty for a mixture or a single candidate."""
+    picked = [name for name, w in choice.weights.items() if w > 0]
+    others = {name: v for name, v in dmc_now.items() if name not in picked}
+    if len(picked) != 1 or picked[0] not in dmc_now or not others:
+        return {}
+    runner = max(sorted(others), key=others.get)
+    a, b = items[items["dataset"] == picked[0]], items[items["dataset"] == runner]
+    lead = stats.paired_clustered_mean_difference(a["compat"], a["problem_id"], b["compat"], b["problem_id"])
+    return {"runner_up": runner, "dmc_margin": lead["diff"], "dmc_margin_lo": lead["lo"], "dmc_margin_hi": lead["hi"]}
+
+
+def choice_margins(choices: pd.DataFrame, policy: str = "dmc_dynamic") -> pd.DataFrame:
+    """Per (seed, phase) of a DMC policy: its pick, the runner-up, the DMC margin between them with its paired
+    95% interval, and ``shown`` where that interval excludes 0 (else the pick was within the noise of DMC's
+    estimate). Empty when the choices carry no margins."""
+    if "dmc_margin" not in choices.columns:
+        return pd.DataFrame()
+    rows = choices[(choices["policy"] == policy) & choices["dmc_margin"].notna()]
+    out = rows[["seed", "phase", "chosen", "runner_up", "dmc_margin", "dmc_margin_lo", "dmc_margin_hi"]].copy()
+    out["shown"] = (out["dmc_margin_lo"] > 0) | (out["dmc_margin_hi"] < 0)
+    return out.reset_index(drop=True)
 
 
 def run_tables(runs: list[PolicyRun]) -> dict[str, pd.DataFrame]:
