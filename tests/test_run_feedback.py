@@ -319,3 +319,20 @@ def test_summary_adds_each_policys_seed_mean_when_every_seeds_student_was_scored
                  ).to_parquet(tables / "policy_means.parquet")
     lines = "\n".join(report._benchmark(RunDir(tmp_path)))
     assert "| s | random | syllabus_lab | exact_match | 2 | 0.400 | [0.18, 0.62] | 0.141 |" in lines
+
+
+def test_summary_says_how_clear_dmc_dynamics_picks_were(tmp_path):
+    import pandas as pd
+
+    from syllabus.runs import RunDir
+
+    tables = tmp_path / "05_dynamic_selection" / "tables"
+    tables.mkdir(parents=True)
+    pd.DataFrame([{"policy": "dmc_dynamic", "final_accuracy": 0.7, "gain": 0.1, "gain_lo": 0.05, "gain_hi": 0.15,
+                   "seeds": 3}]).to_parquet(tables / "final_accuracy.parquet")
+    assert "runner-up" not in "\n".join(report._dynamic(RunDir(tmp_path)))  # no margins table: no line
+    pd.DataFrame({"seed": [0, 0], "phase": [0, 1], "chosen": ["b", "b"], "runner_up": ["a", "a"],
+                  "dmc_margin": [0.004, 0.02], "dmc_margin_lo": [-0.001, 0.01], "dmc_margin_hi": [0.01, 0.03],
+                  "shown": [False, True]}).to_parquet(tables / "dmc_choice_margins.parquet")
+    lines = "\n".join(report._dynamic(RunDir(tmp_path)))
+    assert "picked b; its DMC lead over the runner-up was +0.004 to +0.020" in lines and "in 1 of 2" in lines

@@ -146,8 +146,16 @@ def _dynamic(run: RunDir) -> list[str]:
     head = (f"Final held-out accuracy per policy ({n} problems; before training {_num(start)}); gains and differences "
             "are paired on the same problems and seeds, with 95% intervals; an interval that contains 0 shows no "
             "difference.")
-    return [head, ""] + _table(["policy", "final accuracy", "gain over start", "vs random", "vs dmc_static", "seeds"],
-                               rows)
+    lines = [head, ""] + _table(["policy", "final accuracy", "gain over start", "vs random", "vs dmc_static", "seeds"],
+                                rows)
+    margins = _read(run, "05_dynamic_selection", "dmc_choice_margins")
+    if margins is not None and len(margins):
+        picks = ", ".join(sorted(margins["chosen"].unique()))
+        lines += ["", f"`dmc_dynamic` picked {picks}; its DMC lead over the runner-up was "
+                      f"{margins['dmc_margin'].min():+.3f} to {margins['dmc_margin'].max():+.3f}, shown (paired 95% "
+                      f"interval excluding 0, problems resampled) in {int(margins['shown'].sum())} of {len(margins)} "
+                      "(seed, phase) choices."]
+    return lines
 
 
 def _benchmark(run: RunDir) -> list[str]:
