@@ -100,6 +100,13 @@ def percentile_interval(boot: np.ndarray, n_boot: int, confidence: float) -> tup
     return float(lo), float(hi), note
 
 
+def cluster_draw_counts(n_clusters: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """How many times each of ``n_clusters`` clusters is drawn in each of ``n_boot`` resamples with replacement:
+    an (n_boot, n_clusters) array, so a statistic of cluster sums is a matrix product, not a loop."""
+    drawn = rng.integers(0, n_clusters, size=(n_boot, n_clusters)) + n_clusters * np.arange(n_boot)[:, None]
+    return np.bincount(drawn.ravel(), minlength=n_boot * n_clusters).reshape(n_boot, n_clusters)
+
+
 def clustered_mean_interval(values: Sequence[float], clusters: Sequence[Any], *, n_boot: int = 1000, seed: int = 0,
                             confidence: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` whose rows come in clusters (the traces of one
@@ -112,10 +119,7 @@ def clustered_mean_interval(values: Sequence[float], clusters: Sequence[Any], *,
     codes = pd.factorize(pd.Series(np.asarray(clusters, dtype=object)[keep]))[0]
     sums = np.bincount(codes, weights=v[keep])
     counts = np.bincount(codes).astype(float)
-    rng = np.random.default_rng(seed)
-    drawn = rng.integers(0, len(sums), size=(n_boot, len(sums)))
-    offsets = drawn + len(sums) * np.arange(n_boot)[:, None]  # times each cluster is drawn, per resample
-    weights = np.bincount(offsets.ravel(), minlength=n_boot * len(sums)).reshape(n_boot, len(sums))
+    weights = cluster_draw_counts(len(sums), n_boot, np.random.default_rng(seed))
     boot = (weights @ sums) / (weights @ counts)
     lo, hi, _ = percentile_interval(boot, n_boot, confidence)
     return lo, hi
@@ -138,9 +142,7 @@ def paired_clustered_mean_difference(a: Sequence[float], a_clusters: Sequence[An
     sums = np.stack([np.bincount(codes[:len(ca)], weights=va[ka], minlength=n),
                      np.bincount(codes[len(ca):], weights=vb[kb], minlength=n)])
     counts = np.stack([np.bincount(codes[:len(ca)], minlength=n), np.bincount(codes[len(ca):], minlength=n)])
-    rng = np.random.default_rng(seed)
-    drawn = rng.integers(0, n, size=(n_boot, n)) + n * np.arange(n_boot)[:, None]
-    weights = np.bincount(drawn.ravel(), minlength=n_boot * n).reshape(n_boot, n)
+    weights = cluster_draw_counts(n, n_boot, np.random.default_rng(seed))
     with np.errstate(divide="ignore", invalid="ignore"):
         means = (weights @ sums.T) / (weights @ counts.T)  # (n_boot, 2)
     lo, hi, _ = percentile_interval(means[:, 0] - means[:, 1], n_boot, confidence)

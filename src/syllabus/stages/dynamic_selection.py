@@ -442,9 +442,9 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
         if policy_name == "dmc_dynamic" or (policy_name == "dmc_static" and phase == 0):
             items = dmc.score_student(stage, current, scored, problems, splits.probe, seed=stage.seed)
             table = dmc.dataset_scores(items).assign(policy=policy_name, seed=seed, phase=phase)
-            bounds = dmc.factor_intervals(items, {"dmc": "compat"}).set_index(["student", "dataset"])
-            table["dmc_lo"] = [bounds.at[key, "lo"] for key in zip(table["student"], table["dataset"])]
-            table["dmc_hi"] = [bounds.at[key, "hi"] for key in zip(table["student"], table["dataset"])]
+            bounds = dmc.factor_intervals(items, {"dmc": "compat"}).drop(columns="factor")
+            table = table.merge(bounds.rename(columns={"lo": "dmc_lo", "hi": "dmc_hi"}), on=["student", "dataset"],
+                                how="left")
             # lock-in, made visible: DMC in sample, on a sample of the training slice (what phases train on)
             inside = dmc.dataset_scores(dmc.score_student(
                 stage, current, scored, problems, splits.probe, seed=stage.seed, part="training_sample"))
