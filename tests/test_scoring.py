@@ -57,6 +57,21 @@ def test_rank_is_one_for_the_top_token_and_clipped(model, tok):
     assert ((scores["rank"] >= 1) & (scores["rank"] <= scoring.RANK_CLIP)).all()
 
 
+def test_fast_token_stats_equal_the_reference_formulas():
+    """The batched paths' one-pass statistics match the textbook ones, ties in rank and a -inf logit included."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn((64, 500), generator=gen) * 4
+    logits[3, 7] = float("-inf")  # a masked token: the one-pass entropy is NaN there, so the row falls back
+    logits[5, :] = 1.0  # all tied: rank 1, entropy log(500)
+    labels = torch.randint(0, 500, (64,), generator=gen)
+    for fast, ref in zip(scoring._fast_token_stats(logits, labels), scoring._token_stats(logits, labels)):
+        assert torch.isfinite(fast).all()
+        torch.testing.assert_close(fast, ref, atol=1e-5, rtol=0)
+    assert scoring._fast_token_stats(logits, labels)[2][5].item() == 1.0
+
+
 def test_padding_cannot_change_a_score(model, tok):
     short = (SENTENCES[0][:20], " 3 * 12 = 36")
     long = (SENTENCES[5] * 3, " " + SENTENCES[4] * 3)
