@@ -365,3 +365,10 @@ def test_pooled_spearman_lead_shows_a_small_lead_that_no_single_stratum_shows():
     assert flat["strata"] == 1 and "g0/s0" in flat["note"]
     with pytest.raises(ValueError, match="stratum 0"):
         stats.pooled_spearman_lead([{**strata[0], "groups": ["a"]}])
+
+
+def test_excludes_zero_is_elementwise_and_false_for_a_missing_bound():
+    lo = pd.Series([0.1, -0.2, -0.3, np.nan, 0.0])
+    hi = pd.Series([0.4, 0.1, -0.1, np.nan, 0.2])
+    assert stats.excludes_zero(lo, hi).tolist() == [True, False, True, False, False]
+    assert stats.shown({"gain_lo": -0.5, "gain_hi": -0.1}) and not stats.shown({"gain_lo": -0.5, "gain_hi": 0.0})

@@ -310,7 +310,7 @@ def chosen_trajectories(scores: pd.DataFrame, choices: pd.DataFrame, *, x="phase
         if margins:
             lead = picks.set_index(x)
             lo, hi = lead["dmc_margin_lo"].reindex(chosen[x]), lead["dmc_margin_hi"].reindex(chosen[x])
-            tie = chosen[(lo.notna() & (lo <= 0) & (hi >= 0)).to_numpy()]  # the paired interval spans 0
+            tie = chosen[(lo.notna() & ~stats.excludes_zero(lo, hi)).to_numpy()]  # the paired interval spans 0
             ax.plot(tie[x], tie[y], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="tab:red",
                     zorder=3, label="chosen, lead over the runner-up not shown")
         for _, row in chosen.iterrows():

@@ -531,9 +531,14 @@ def _smallest(enough: Callable[[int], bool], low: int) -> int:
     return high
 
 
+def excludes_zero(lo, hi):
+    """Whether an interval [lo, hi] excludes 0, elementwise for arrays and Series (NaN bounds: False)."""
+    return (lo > 0) | (hi < 0)
+
+
 def shown(diff: Mapping[str, float]) -> bool:
     """Whether a paired difference's (or gain's) 95% interval excludes 0."""
-    return bool(diff["gain_lo"] > 0 or diff["gain_hi"] < 0)
+    return bool(excludes_zero(diff["gain_lo"], diff["gain_hi"]))
 
 
 NEEDED_SAMPLE_KEYS = ("seeds_needed", "problems_needed", "joint_seeds_needed", "joint_problems_needed")

@@ -645,7 +645,7 @@ def choice_margins(choices: pd.DataFrame, policy: str = "dmc_dynamic") -> pd.Dat
         return pd.DataFrame()
     rows = choices[(choices["policy"] == policy) & choices["dmc_margin"].notna()]
     out = rows[["seed", "phase", "chosen", "runner_up", "dmc_margin", "dmc_margin_lo", "dmc_margin_hi"]].copy()
-    out["shown"] = (out["dmc_margin_lo"] > 0) | (out["dmc_margin_hi"] < 0)
+    out["shown"] = stats.excludes_zero(out["dmc_margin_lo"], out["dmc_margin_hi"])
     return out.reset_index(drop=True)
 
 
