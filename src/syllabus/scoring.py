@@ -12,7 +12,9 @@ For each pair the student reads the prompt and is scored on the target tokens on
 
 ``score_pairs`` is the fast path: pairs are sorted by length, right-padded into batches with attention
 masks and run under ``torch.inference_mode``; the LM head is applied to the target positions only,
-in chunks, so a large vocabulary never materialises a (batch x length x vocab) tensor. Pairs that
+in chunks small enough to stay in cache (``HEAD_CHUNK_ELEMENTS``), so a large vocabulary never
+materialises a (batch x length x vocab) tensor and the statistics of a chunk (one exponential,
+``_fast_token_stats``) read it from cache. Pairs that
 share a prompt (the traces of one problem; in the IFD pass every target shares the start token)
 share one forward pass over it: the prompt runs once, its KV cache is repeated for each of its
 targets, and the targets run on top of it (``share_prompts=True``, the default).
