@@ -72,6 +72,15 @@ def test_fast_token_stats_equal_the_reference_formulas():
     assert scoring._fast_token_stats(logits, labels)[2][5].item() == 1.0
 
 
+def test_head_chunks_fit_a_cpu_cache_and_are_larger_on_a_gpu():
+    """On a CPU a chunk of logits is 8 MiB, so the statistics read it from cache; a GPU takes 64 MiB chunks."""
+    import torch
+
+    assert scoring._head_chunk_rows(49152, torch.device("cpu")) == (1 << 21) // 49152 == 42
+    assert scoring._head_chunk_rows(49152, torch.device("cuda")) == (1 << 24) // 49152 == 341
+    assert scoring._head_chunk_rows(10**9, torch.device("cpu")) == 1
+
+
 def test_padding_cannot_change_a_score(model, tok):
     short = (SENTENCES[0][:20], " 3 * 12 = 36")
     long = (SENTENCES[5] * 3, " " + SENTENCES[4] * 3)
