@@ -230,9 +230,21 @@ def _batches(lengths: list[int], batch_size: int, max_batch_tokens: int | None) 
 
 
 def _head_chunk_rows(vocab: int, device: torch.device) -> int:
-    """Positions whose logits are computed at once (all of them when the model returns full logits, vocab 0)."""
+    """Positions whose logits go through the head and the statistics at once (``vocab`` 0: the model's own
+    forward already gave full logits, and chunks only bound the rows of each statistics call)."""
     elements = HEAD_CHUNK_ELEMENTS if device.type == "cpu" else ACCELERATOR_HEAD_CHUNK_ELEMENTS
     return max(1, elements // max(vocab, 1))
+
+
+def _head_plan(model, ids: list[int], entropy: bool) -> tuple[bool, Callable, int, Callable]:
+    """What both batched paths need to turn the decoder's output into statistics: ``fast`` (decoder + head
+    reproduce the model's logits on ``ids``, so the head runs on target positions only), the head (the
+    identity when not fast: the output is then the logits), positions per head chunk, and the statistics
+    (NLL alone for the IFD pass)."""
+    fast = _head_reproduces_logits(model, ids)
+    head = _head(model) if fast else (lambda x: x)
+    vocab = model.get_output_embeddings().weight.shape[0] if fast else 0
+    return fast, head, _head_chunk_rows(vocab, _device(model)), (_fast_token_stats if entropy else _nll_only)
 
 
 def _nll_only(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -246,12 +258,8 @@ def _score_sequences(model, seqs: list[Encoded], batch_size: int, max_batch_toke
                      progress: bool = False, entropy: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean target NLL, entropy and clipped rank (NaN when not asked for) of each (context, target)
     sequence, batched and length-sorted."""
-    device = _device(model)
-    fast = _head_reproduces_logits(model, seqs[0][0] + seqs[0][1])
-    head, decoder = _head(model), model.get_decoder()
-    vocab = model.get_output_embeddings().weight.shape[0] if fast else 0
-    chunk = _head_chunk_rows(vocab, device)
-    stats = _fast_token_stats if entropy else _nll_only
+    device, decoder = _device(model), model.get_decoder()
+    fast, head, chunk, stats = _head_plan(model, seqs[0][0] + seqs[0][1], entropy)
     nll_sum, ent_sum, rank_sum = np.zeros(len(seqs)), np.zeros(len(seqs)), np.zeros(len(seqs))
     batches = _batches([len(c) + len(t) for c, t in seqs], batch_size, max_batch_tokens)
     if progress:
@@ -404,11 +412,7 @@ def _score_shared(model, seqs: list[Encoded], batch_size: int, max_batch_tokens:
                   progress: bool = False, entropy: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """As ``_score_sequences``, each distinct context run once for all its targets (``_window_outputs``)."""
     device = _device(model)
-    fast = _head_reproduces_logits(model, seqs[0][0] + seqs[0][1])
-    head = _head(model) if fast else (lambda x: x)
-    vocab = model.get_output_embeddings().weight.shape[0] if fast else 0
-    chunk = _head_chunk_rows(vocab, device)
-    stats = _fast_token_stats if entropy else _nll_only
+    fast, head, chunk, stats = _head_plan(model, seqs[0][0] + seqs[0][1], entropy)
     nll_sum, ent_sum, rank_sum = np.zeros(len(seqs)), np.zeros(len(seqs)), np.zeros(len(seqs))
     windows = _prompt_windows(seqs, batch_size, max_batch_tokens)
     if progress:
