@@ -514,3 +514,24 @@ def test_ioa_lab_probe_gives_every_level_an_equal_share_of_each_modules_items():
     seen = {p.text for split in (splits.pool, splits.probe, splits.heldout) for p in split}
     assert not seen & {p.text for p in items}
     assert items == dynamic_selection.ioa_items(prof, splits)  # the same draw every time
+
+
+def test_chosen_trajectories_name_a_choice_where_it_starts_or_switches_inside_the_panel():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from syllabus import plots
+
+    scores = pd.DataFrame([{"seed": 0, "phase": p, "dataset": d, "dmc": 0.3 + 0.1 * p + (0.05 if d == "a" else 0.0)}
+                           for p in range(4) for d in ("a", "b")])
+    picks = ["a", "a", "b", "a"]  # a lock-in for two phases, a switch, and a switch back at the last phase
+    choices = pd.DataFrame([{"seed": 0, "phase": p, "chosen": c} for p, c in enumerate(picks)])
+    fig = plots.chosen_trajectories(scores, choices)
+    ax = fig.axes[0]
+    names = sorted((t.xy[0], t.get_text()) for t in ax.texts)
+    assert names == [(0, "a"), (2, "b"), (3, "a")]
+    fig.canvas.draw()
+    panel = ax.get_window_extent()
+    for text in ax.texts:  # no name runs past the panel's edges
+        box = text.get_window_extent()
+        assert panel.x0 <= box.x0 and box.x1 <= panel.x1, text.get_text()

@@ -284,7 +284,8 @@ def trajectories(scores: pd.DataFrame, *, x="phase", y="dmc", hue="dataset", col
 def chosen_trajectories(scores: pd.DataFrame, choices: pd.DataFrame, *, x="phase", y="dmc", hue="dataset",
                         seed_col="seed"):
     """Stage 5: dmc_dynamic's DMC trajectories, one panel per seed: every candidate in grey, the dataset
-    chosen at each phase marked in colour on its line (with its name), so a switch, or lock-in, shows.
+    chosen at each phase marked in colour on its line, named where the choice starts or switches, so a switch,
+    or lock-in, shows.
     Where ``scores`` has ``{y}_lo``/``{y}_hi`` (95% intervals), the chosen points carry whiskers; where
     ``choices`` has the paired margin over the runner-up (``dmc_margin_lo``/``_hi``), a pick whose lead is not
     shown (the interval spans 0) is drawn hollow."""
@@ -313,8 +314,7 @@ def chosen_trajectories(scores: pd.DataFrame, choices: pd.DataFrame, *, x="phase
             tie = chosen[(lo.notna() & ~stats.excludes_zero(lo, hi)).to_numpy()]  # the paired interval spans 0
             ax.plot(tie[x], tie[y], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="tab:red",
                     zorder=3, label="chosen, lead over the runner-up not shown")
-        for _, row in chosen.iterrows():
-            ax.annotate(row[hue], (row[x], row[y]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        _name_switches(ax, chosen.sort_values(x), x=x, y=y, hue=hue)
         ax.set_xticks(sorted(g[x].unique()))
         ax.set_xlabel("phase (DMC measured before its training)")
         ax.set_title(f"seed {seed}", fontsize=9)
@@ -327,6 +327,18 @@ def chosen_trajectories(scores: pd.DataFrame, choices: pd.DataFrame, *, x="phase
     fig.legend(*axes[0][0].get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
                ncol=2, fontsize=8, frameon=False)
     return fig
+
+
+def _name_switches(ax, chosen: pd.DataFrame, *, x: str, y: str, hue: str) -> None:
+    """Name the chosen dataset where the choice starts or switches (a lock-in is named once); a name at the
+    last phase is written to the left of its point, so it stays inside the panel."""
+    last_x, previous = chosen[x].max(), None
+    for _, row in chosen.iterrows():
+        if row[hue] != previous:
+            left = row[x] == last_x and previous is not None
+            ax.annotate(row[hue], (row[x], row[y]), textcoords="offset points", xytext=(-4 if left else 4, 4),
+                        ha="right" if left else "left", fontsize=7)
+        previous = row[hue]
 
 
 def module_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy", col="module",
