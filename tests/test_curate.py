@@ -12,13 +12,14 @@ import pytest
 from syllabus import curate as C
 from syllabus import overlap as O
 from syllabus.adapter import adapt_text, render_step, rule_steps
-from syllabus.verify import final_answer
+from syllabus.verify import final_answer, verify
 from syllabus.params import Curation
 from syllabus.records import Problem, Trace
 
 
 def check_hashes(problem: Problem, response: str) -> bool:
-    """A small real numeric checker: the last ``#### N`` equals the gold number."""
+    """A small numeric checker (the last ``#### N`` equals the gold number) for the single-step tests, so that
+    they show which traces a step keeps given a verdict; the end-to-end funnel test uses the real verifier."""
     found = re.findall(r"####\s*(-?[\d,]*\.?\d+)", response)
     return bool(found) and float(found[-1].replace(",", "")) == float(problem.answer)
 
@@ -424,10 +425,10 @@ def test_run_funnel_end_to_end_on_a_hand_made_pool():
          tr("fine", "4 * 3 = 12 and 12 + 3 = 15\n#### 15", "b", 0), tr("fine", "4 + 3 = 7\n#### 7", "b", 1)]
     cfg = Curation(max_trace_tokens=80, keep_per_problem=4, adapter=True)
     rates = {"p1": 0.25, "easy": 1.0, "dirty": 0.0, "fine": 0.5}
-    out = C.run_funnel(problems, t, cfg, verify=check_hashes, eval_sets={"gsm8k": EVAL}, pass_rates=rates)
+    out = C.run_funnel(problems, t, cfg, verify=verify, eval_sets={"gsm8k": EVAL}, pass_rates=rates)
     assert sorted(C.trace_id(x) for x in out.traces) == ["fine|b|0", "p1|a|0", "p1|b|0"]
     assert [p.id for p in out.problems] == ["p1", "fine"]
-    assert all(check_hashes(next(p for p in problems if p.id == x.problem_id), x.text) for x in out.adapted)
+    assert all(verify(next(p for p in problems if p.id == x.problem_id), x.text) for x in out.adapted)
     assert len(out.adapted) == 3 and all(x.text.startswith("Step 1: ") for x in out.adapted)
     reasons = out.funnel.dropped().set_index("item")["reason"].to_dict()
     assert reasons["p1|b|1"] == "truncated" and reasons["fine|b|1"] == "wrong answer"

@@ -15,7 +15,7 @@ from syllabus import evaluate
 from syllabus.eval_tasks import EvalTaskError, code_eval, load_gsm8k, pass_at_k
 from syllabus.records import Problem
 
-torch = pytest.importorskip("torch")
+import torch
 
 WORDS = ["7"] + [str(d) for d in range(10) if d != 7] + [
     "Question", "Answer", ":", "####", ".", ",", "?", "the", "is", "he", "she", "has", "apples", "def", "return",
@@ -212,6 +212,8 @@ def test_task_index_reads_lm_evals_own_tasks_only_when_asked():
     own = evaluate.task_manager(meta, ["syllabus_lab"])
     assert own is evaluate.task_manager(dict(meta), ["syllabus_gsm8k", "syllabus_lab"])  # built once
     assert set(own.all_tasks) == set(evaluate.SYLLABUS_TASKS)
+    full = evaluate.task_manager(meta, ["syllabus_lab", "gsm8k"])  # one of lm-eval's own: its whole index (~12 s)
+    assert full is not own and {"gsm8k", "hendrycks_math", *evaluate.SYLLABUS_TASKS} <= set(full.all_tasks)
 
 
 @pytest.mark.slow

@@ -39,7 +39,8 @@ def test_rank_table_is_each_students_ranking_and_ignores_other_rules_parameters(
 
 
 def test_explorer_redraws_its_table_when_a_control_moves_and_has_no_output_widget():
-    widgets = pytest.importorskip("ipywidgets")
+    import ipywidgets as widgets
+
     items = factor_items()
     box = explorers.dmc_ranking_explorer(items, "window", {"center": 1.0, "width": 1.0})
     rule, *controls, table = box.children
@@ -59,9 +60,7 @@ def test_a_headless_papermill_run_moves_the_explorer_without_stalling(tmp_path):
     the cell's reply, and can miss the reply for good (nbclient #312): of cells that moved an ``interactive``
     widget, one stalled in most runs of this notebook (with no execution timeout, a stall lasts for ever).
     The explorer's HTML table sends nothing back, so every cell returns."""
-    nbformat = pytest.importorskip("nbformat")
-    pytest.importorskip("papermill")
-    pytest.importorskip("ipywidgets")
+    import nbformat
     items_path = tmp_path / "items.parquet"
     factor_items().to_parquet(items_path)
     nb = nbformat.v4.new_notebook()

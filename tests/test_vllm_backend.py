@@ -102,7 +102,7 @@ def test_vllm_missing_is_a_clear_error_naming_the_setting(tmp_path, monkeypatch)
         generation.student_samples(student, PROBLEMS, k=1, prof=prof, seed=0, cache_dir=tmp_path)
 
 
-def test_stage6_runs_lm_eval_with_its_vllm_model_type(tmp_path, monkeypatch, standin):
+def test_stage6_hands_lm_eval_its_vllm_model_type_and_model_args(tmp_path, monkeypatch, standin):
     import lm_eval
 
     student = lab_student(tmp_path, lora=False)
