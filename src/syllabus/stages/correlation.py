@@ -329,7 +329,7 @@ def family_split(table: pd.DataFrame, fit_fraction: float, seed: int) -> tuple[p
 def protocol_split(table: pd.DataFrame, prof, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The two parts of ``rule_protocol``, of the cells that have a DMC (a dataset without a scoring-slice item
     has none to compare): ``correlation.fit_split: family`` splits the single-teacher families
-    (``family_split``); ``student`` fits on the first student and reports on the others."""
+    (``family_split``); ``student`` fits on the first student by name (sorted) and reports on the others."""
     c = prof.correlation
     table = table[table["dmc"].notna()]
     if c.fit_split == "student":
