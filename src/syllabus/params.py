@@ -210,7 +210,7 @@ class Curation(Strict):
 
 
 class DMC(Strict):
-    variant: str = Field("window", description="a rule of syllabus.dmc.RULES")
+    variant: str = Field("window", description="a rule of syllabus.dmc_factors.RULES")
     params: dict[str, float] = Field(default_factory=dict,
                                      description="the rule's keyword parameters (unset ones keep the rule's defaults)")
     reference: Literal["per_prompt", "sampled_median"] = Field(
