@@ -237,11 +237,6 @@ def find_local_file(relative: str, data_dir: str | os.PathLike | None = None) ->
     return None, tried
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The first local place that is set and exists (``data_dir``, ``$SYLLABUS_DATA_DIR``, ``../shared/data``)."""
-    return next((folder for _, folder in local_data_dirs(data_dir) if folder is not None and folder.is_dir()), None)
-
-
 def load_problems(source: str, split: str = "test", *, data_dir: str | os.PathLike | None = None,
                   hub_id: str | None = None, limit: int | None = None, lab_task: LabTask | None = None,
                   lab_sizes: dict[str, int] | None = None, seed: int = 0) -> ProblemSet:

@@ -33,7 +33,6 @@ from .records import Trace
 Rule = Callable[..., np.ndarray]
 RULES: dict[str, Rule] = {}
 FACTORS = ("quality", "capability", "rel_difficulty")
-REFERENCES = ("per_prompt", "sampled_median")
 
 
 def register(name: str) -> Callable[[Rule], Rule]:

@@ -265,22 +265,6 @@ def learning_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="polic
     return fig
 
 
-def trajectories(scores: pd.DataFrame, *, x="phase", y="dmc", hue="dataset", col=None):
-    """Stage 5: DMC of each candidate dataset at each phase (recomputed on the current checkpoint);
-    the legend sits outside the axes, ordered by the last phase's DMC, highest first."""
-    last = scores[scores[x] == scores[x].max()].sort_values(y, ascending=False)[hue].tolist()
-    order = last + sorted(set(scores[hue]) - set(last))
-    fig, ax = plt.subplots(figsize=(10, 4.8))
-    sns.lineplot(data=scores, x=x, y=y, hue=hue, hue_order=order, marker="o", errorbar=None, ax=ax)
-    ax.set_xticks(sorted(scores[x].unique()))
-    ax.set_xlabel("phase (DMC measured before the phase's training)")
-    ax.set_ylabel("DMC on the current checkpoint")
-    ax.set_title("DMC trajectories during dmc_dynamic training")
-    ax.legend(fontsize=7, ncol=1 + len(order) // 18, bbox_to_anchor=(1.01, 1), loc="upper left", title=hue)
-    fig.tight_layout()
-    return fig
-
-
 def chosen_trajectories(scores: pd.DataFrame, choices: pd.DataFrame, *, x="phase", y="dmc", hue="dataset",
                         seed_col="seed"):
     """Stage 5: dmc_dynamic's DMC trajectories, one panel per seed: every candidate in grey, the dataset

@@ -16,7 +16,6 @@ from typing import Any, Literal
 import pandas as pd
 
 Task = Literal["lab", "gsm8k", "math", "humaneval"]
-TASKS: tuple[str, ...] = ("lab", "gsm8k", "math", "humaneval")
 
 
 @dataclass(frozen=True)

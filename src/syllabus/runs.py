@@ -603,11 +603,6 @@ class Stage:
         """The run's pool / probe / held-out problems, as stage 1 saved them (its ``problems`` table)."""
         return Splits.from_table(self.read_table("01_teacher_selection", "problems"))
 
-    def record_input(self, label: str, path_or_hash: str | os.PathLike) -> None:
-        """Record an external input (a data file, a model) by hash."""
-        path = Path(path_or_hash)
-        self.inputs[label] = hash_path(path) if path.exists() else str(path_or_hash)
-
     # ------------------------------------------------------------ outputs
     def path(self, relative: str) -> Path:
         p = self.dir / relative

@@ -239,15 +239,6 @@ def module_gaps(student: Mapping[str, float], teacher: Mapping[str, float], tau_
     return out
 
 
-def mastery_ratio(student: Mapping[str, float], teacher: Mapping[str, float], modules: Sequence[str]) -> float:
-    """min_k P_S(k) / P_T(k) over the modules (a module the teacher cannot do counts as mastered)."""
-    missing = [k for k in modules if k not in student or k not in teacher]
-    if missing:
-        raise ValueError(f"ioa: no student or teacher score for modules {missing}; probe them on this checkpoint")
-    ratios = [float(student[k]) / float(teacher[k]) if float(teacher[k]) > 0 else 1.0 for k in modules]
-    return min(ratios) if ratios else 1.0
-
-
 # --------------------------------------------------------------------------- IOA: Organizer
 def topological_layers(modules: Sequence[str], prerequisites: Mapping[str, Sequence[str]]) -> list[list[str]]:
     """Kahn layering of ``modules`` (Eq. 7): a module comes after every one of ``modules`` it depends on,
