@@ -96,8 +96,8 @@ def dmc_factors(table: pd.DataFrame, intervals: pd.DataFrame | None = None, *, d
     long = table.melt(id_vars=[dataset, student], value_vars=list(factors), var_name="factor", value_name="value")
     datasets, students = sorted(table[dataset].unique()), sorted(table[student].unique())
     g = sns.catplot(data=long, x="value", y=dataset, hue=student, col="factor", kind="bar", sharex=False,
-                    order=datasets, hue_order=students, errorbar=None,
-                    height=max(3, 0.3 * len(datasets) + 1.2), aspect=0.8)
+                    order=datasets, hue_order=students, errorbar=None, col_wrap=2,  # 2 x 2: stays readable
+                    height=max(3, 0.3 * len(datasets) + 1.2), aspect=0.8)    # at a notebook's width
     g.set_titles("{col_name}")
     g.set_axis_labels("mean over items" + ("; whiskers: 95% CI" if intervals is not None else ""), "")
     bounds = (intervals.set_index(["factor", student, dataset])[["lo", "hi"]]
