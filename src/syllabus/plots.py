@@ -75,17 +75,20 @@ def funnel(counts: pd.DataFrame, *, step="step", count="kept", hue="teacher"):
 
 
 def distributions(items: pd.DataFrame, *, value: str, by: str = "dataset", xlabel: str, discrete=False):
-    """Stage 2: a distribution (length, level, pass rate) per candidate dataset."""
+    """Stage 2: a distribution (length, level, pass rate) per candidate dataset: boxes of ``value``, or, with
+    ``discrete``, one bar of items per dataset stacked by ``value`` (ordered values in a sequential palette,
+    the key beside the axes)."""
     n = items[by].nunique()
     fig, ax = plt.subplots(figsize=(7, max(3, 0.35 * n + 1.5)))
     if discrete:
-        table = items.groupby([by, value]).size().rename("count").reset_index()
-        sns.barplot(data=table, x=value, y="count", hue=by, ax=ax)
-        ax.set_ylabel("items (count)")
+        table = items.groupby([by, value]).size().unstack(value, fill_value=0).sort_index(ascending=False)
+        table.plot.barh(stacked=True, ax=ax, width=0.75, color=sns.color_palette("crest", table.shape[1]))
+        ax.set_xlabel("items (count)")
+        ax.legend(title=xlabel, bbox_to_anchor=(1.01, 1), loc="upper left", fontsize=8, title_fontsize=9)
     else:
         sns.boxplot(data=items, x=value, y=by, ax=ax, fliersize=2, orient="h")
-        ax.set_ylabel("")
-    ax.set_xlabel(xlabel)
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel("")
     return fig
 
 
