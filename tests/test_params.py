@@ -109,8 +109,15 @@ def test_unknown_profile_lists_available():
 
 
 def test_missing_data_dir(tmp_path):
-    with pytest.raises(ParamsError, match=r"data.data_dir.*is not a directory"):
+    with pytest.raises(ParamsError, match=r"data.data_dir.*is not a directory") as err:
         load_profile(write(tmp_path, MINIMAL + "data: {data_dir: nowhere}\n"))
+    assert "(got {" not in str(err.value)  # the message, not a dump of the whole profile
+
+
+def test_a_long_bad_value_is_shortened_in_the_error(tmp_path):
+    with pytest.raises(ParamsError, match=r"dynamic.phases.*\(got '9{100,}\.\.\.\)") as err:
+        load_profile(write(tmp_path, MINIMAL + "dynamic: {phases: '" + "9" * 200 + "x'}\n"))
+    assert len(str(err.value)) < 400
 
 
 def test_teacher_backend_needs_its_field(tmp_path):

@@ -583,8 +583,9 @@ def _format_validation_error(path: Path, exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (typo?); see the defaults in params/tiny.yaml or syllabus.params"
-        elif "input" in err and err["type"] not in ("missing",):
-            msg += f" (got {err['input']!r})"
+        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+            got = repr(err["input"])  # a whole section (a rule across keys failed) would bury the message
+            msg += f" (got {got if len(got) <= 120 else got[:117] + '...'})"
         lines.append(f"  - key '{key}': {msg}")
     return "\n".join(lines)
 
