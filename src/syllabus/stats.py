@@ -6,8 +6,8 @@ exact when the pairings can be enumerated). Degenerate inputs (fewer than 3 comp
 constant variable) give NaN and a ``note`` saying why, never an exception. ``predictor_table``
 runs it for several predictors against one target with the same resamples. ``fit_dmc_params``
 grid-searches a DMC rule's parameters (whatever the rule takes, values from ``correlation.fit_grid``)
-on a fitting part of the grid and ``holdout_correlation`` reports DMC's correlation on the rest
-(docs/method.md, stage 4).
+on a fitting part of the grid, within each student; stage 4 then reports the chosen rule on the rest
+(``stages.correlation.held_out_part``; docs/method.md, stage 4).
 """
 
 from __future__ import annotations
@@ -637,17 +637,3 @@ def fit_dmc_params(fit_grid: pd.DataFrame, items: pd.DataFrame, *, target: str =
         return {**base, "params": chosen, "spearman": float(best["spearman"]), "note": ""}
     return {**base, "params": dict(defaults), "spearman": np.nan,
             "note": "correlation undefined at every grid point; rule defaults kept"}
-
-
-def holdout_correlation(holdout_grid: pd.DataFrame, items: pd.DataFrame, params: Mapping[str, float], *,
-                        target: str = "gain", keys: Sequence[str] = ("dataset", "student"),
-                        variant: str = "window", n_boot: int = 1000, n_perm: int = 1000,
-                        seed: int = 0, group_col: str | None = None) -> dict[str, Any]:
-    """``correlate`` of DMC (rule ``variant`` at ``params``) with ``target`` on the held-out part
-    (bootstrap resampling ``group_col`` whole when given, e.g. dataset families)."""
-    chosen = dmc_factors.check_params(variant, params, where=f"parameters of rule '{variant}'")
-    x = dmc_for_grid(holdout_grid, items, keys, variant, chosen)
-    groups = holdout_grid[group_col].to_numpy() if group_col and group_col in holdout_grid else None
-    result = correlate(x, holdout_grid[target].to_numpy(float), n_boot=n_boot, n_perm=n_perm, seed=seed,
-                       groups=groups)
-    return {"variant": variant, "params": chosen, "n_holdout": len(holdout_grid), **result}
