@@ -168,6 +168,23 @@ def test_lora_student_trains_only_adapters_and_saves_a_plain_model(tmp_path):
     assert not hasattr(plain, "peft_config") and models.read_model_info(out) == {"note": "test"}
 
 
+def test_save_model_replaces_a_model_only_once_the_new_one_is_complete(tmp_path):
+    tok = models.lab_tokenizer(TEXTS)
+    first, second = models.build_lab_model(ARCH, tok, 0), models.build_lab_model(ARCH, tok, 1)
+    out = models.save_model(first, tok, tmp_path / "m", {"which": "first"})
+
+    class FailingTokenizer:
+        def save_pretrained(self, folder):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        models.save_model(second, FailingTokenizer(), out, {"which": "second"})
+    assert models.read_model_info(out) == {"which": "first"}  # the old model is intact, no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    models.save_model(second, tok, out, {"which": "second"})
+    assert models.read_model_info(out) == {"which": "second"} and sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
 # --------------------------------------------------------------------------- generation
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

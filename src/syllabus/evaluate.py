@@ -1,9 +1,9 @@
 """Stage 6: benchmark a model with lm-evaluation-harness, offline, and tidy the results.
 
-``run_lm_eval`` calls ``lm_eval.simple_evaluate(model="hf", ...)`` once per model, on all its tasks
-that are not complete yet (the model is loaded once), on the task YAMLs shipped in
+``run_lm_eval`` calls ``lm_eval.simple_evaluate(model="hf", ...)`` (or ``model="vllm"``) once per model, on all
+its tasks that are not complete yet (the model is loaded once), on the task YAMLs shipped in
 ``syllabus/tasks`` (``syllabus_gsm8k``, ``syllabus_math500``, ``syllabus_humaneval``,
-``syllabus_lab``) or on lm-eval's own ``gsm8k`` / ``minerva_math500`` pointed at the local data
+``syllabus_lab``, ``syllabus_heldout``) or on lm-eval's own ``gsm8k`` / ``minerva_math500`` pointed at the local data
 files. lm-eval's own task index (thousands of YAMLs, seconds to build) is read only when one of its
 tasks is asked for, and each task index is built once per process. Per task it keeps lm-eval's own
 files (results JSON, samples JSONL, as the command line writes them, each holding that task only)

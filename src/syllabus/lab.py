@@ -3,7 +3,8 @@
 A problem is a short story about one holder's count of objects, changed step by step; each step
 exercises one knowledge module (add, subtract, ...). The last step's module is the problem's
 module, the number of steps its level. Everything is small and regular (a few names, objects and
-templates, integer operands up to ``max_operand``, integer answers) so that tiny students trained
+templates, integer operands up to ``max_operand`` - a percent step's rate is one of ``PERCENTS`` -,
+integer answers) so that tiny students trained
 from scratch on a CPU learn it within minutes.
 
 ``metadata["steps"]`` keeps each computation in structured form, so trace writers can render the
@@ -34,7 +35,7 @@ SLOPPY_MIN_ERROR_RATE = 0.4  # the sloppy teacher slips at least this often, wha
 NAMES = ("Ava", "Ben", "Cara", "Dan", "Eli", "Fay", "Gus", "Hana", "Ivan", "Jade")
 OBJECTS = ("apples", "books", "coins", "pens", "cards", "shells", "stamps", "marbles", "cookies", "stickers")
 PERCENTS = (10, 20, 25, 30, 40, 50, 60, 70, 75, 80, 90)
-MAX_VALUE_FACTOR = 10  # by default, intermediate values stay below max_operand * MAX_VALUE_FACTOR
+MAX_VALUE_FACTOR = 10  # by default, intermediate values stay at or below max_operand * MAX_VALUE_FACTOR
 
 # One sentence per step (2-3 wordings per module); {h} holder, {o} object, {a} {b} operands, {p} new holder.
 STEP_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -217,7 +218,7 @@ def generate_problems(n: int, seed: int, *, modules: Iterable[str] | None = None
     A problem's main module (its last step, ``Problem.module``) is drawn from ``main_modules`` (default:
     ``modules``); its earlier steps from the main module's prerequisites and itself, within ``modules``.
     So ``main_modules=[k]`` gives module k's problems as they occur among ``modules``' (IOA's probe items).
-    Operands are at most ``max_operand``; every value along the way at most ``max_value`` (default
+    Operands are at most ``max_operand`` (a percent step's rate is one of ``PERCENTS``); every value along the way at most ``max_value`` (default
     ``max_operand * MAX_VALUE_FACTOR``). When the settings allow fewer than ``n`` distinct problems this raises,
     or with ``up_to`` returns the ones found (2,000 draws in a row without a new one end the search).
     """

@@ -127,21 +127,30 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
 def save_model(model, tokenizer, out_dir: str | os.PathLike, info: dict[str, Any] | None = None) -> Path:
     """Save a plain model directory that ``from_pretrained`` and lm-eval's ``hf`` model can load.
 
-    LoRA adapters are merged into a copy first; an existing ``out_dir`` is replaced atomically.
+    LoRA adapters are merged into a copy first. The new model is written to a temporary folder beside
+    ``out_dir``, and an existing ``out_dir`` is replaced only once it is complete: a save that fails leaves
+    the old model in place.
     """
     out_dir = Path(out_dir)
     if hasattr(model, "merge_and_unload"):
         model = copy.deepcopy(model).merge_and_unload()
     _strip_quantizer(model)
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old.tmp")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        shutil.rmtree(old, ignore_errors=True)
-    with atomic_dir(out_dir) as tmp:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / INFO_FILE, info or {})
+        publish_mode(tmp)
+        old = out_dir.with_name(f".{out_dir.name}.old.tmp")
+        if out_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -339,7 +339,7 @@ class DynamicSelection(Strict):
     steps_per_phase: int = Field(20, ge=1)
     budget: Literal["tokens", "steps"] = Field(
         "tokens", description="equal compute per phase: 'tokens' trains every policy on the same number of "
-                              "tokens (steps_per_phase x batch examples of the candidates' mean length, one pass, "
+                              "tokens (steps_per_phase x batch x grad_accum examples of the candidates' mean length, one pass, "
                               "within one example); 'steps' on the same number of optimizer steps and examples")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     mixture: Literal["best", "softmax"] = "best"
@@ -639,7 +639,8 @@ def load_profile(profile: str | os.PathLike, overrides: dict[str, Any] | None = 
     """Read, override and validate a profile; raise ParamsError naming file, key and reason."""
     path = resolve_profile_path(profile)
     raw = apply_overrides(read_yaml(path), overrides)
-    # Relative paths in a profile are relative to the profile file's folder.
+    # A relative data.data_dir is relative to the profile file's folder (a teacher's trace path is read from the
+    # data folder; model paths from the working directory, then the project root).
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("data_dir"), str):
         data["data_dir"] = str((path.parent / os.path.expandvars(data["data_dir"])).resolve())

@@ -2,7 +2,7 @@
 
 Layout of one run (``results/<run>/``)::
 
-    run.json                 the run's identity: profile name, params hash, schema version
+    run.json                 the run's identity: profile name and params schema version
     params.yaml              the resolved profile every stage of the run read
     cache/                   content-addressed caches shared by stages (generations, scores, checkpoints)
     <stage>/                 one folder per stage notebook

@@ -323,7 +323,7 @@ def severity(gaps: Mapping[str, Mapping[str, Any]], prerequisites: Mapping[str, 
 def top_targets(gaps: Mapping[str, Mapping[str, Any]], severities: Mapping[str, float], share: float,
                 exclude: Sequence[str] = ()) -> list[str]:
     """IOA's Eq. 5: the top m = ceil(share x |deficient|) deficient modules by severity (ties by name),
-    leaving out ``exclude`` (modules already flagged "not mastered")."""
+    leaving out ``exclude`` (the modules already mastered or flagged "not mastered")."""
     deficient = [k for k, g in gaps.items() if g["deficient"] and k not in set(exclude)]
     if not deficient:
         return []
@@ -381,7 +381,8 @@ class IOAPolicy(Policy):
     deficient prerequisites (direct or not, ``deficient_prerequisites``) join the targets, so that they are
     taught in the stages before it. Before each later phase the stage
     meets the mastery gate (``mastery_gate``: a Wilson bound on P_S against min(tau_mastery x P_T, the
-    attainable ceiling)). Passed: a new diagnosis (modules mastered or flagged are not targeted again)
+    attainable ceiling)). Passed: a new diagnosis (modules mastered or flagged are not targeted again, though with
+    ``prerequisites_first`` a mastered module deficient again comes back as a new target's prerequisite)
     and its first stage. Failed: a remedial round - new problems on the weak modules and their
     prerequisites, simpler ones by default (``Choice.remedial``; the caller makes them) - unless the
     remediation budget (``remedial_budget_share`` of the phases left), the plateau rule

@@ -492,7 +492,7 @@ def needed_seeds(effect: float, se_problems: float, seed_sd: float, power_z: flo
 def needed_jointly(effect: float, se_problems: float, seed_sd: float, n_seeds: int, n_problems: int,
                    power_z: float = 0.8416) -> tuple[float, float]:
     """Seeds and problems grown together, in proportion to the present ``n_seeds`` and ``n_problems``, that
-    would show a paired difference of ``effect`` at 95% (two-sided) with 80% power: the smallest k >= 2 seeds,
+    would show a paired difference of ``effect`` at 95% (two-sided) with 80% power: the smallest k >= max(2, n_seeds),
     with n = ceil(n_problems x k / n_seeds) problems, for which (t + 0.84) x sqrt(se_problems^2 x n_problems
     / n + seed_sd^2 / k) <= |effect| (t as ``paired_difference`` would use it). Finite where each alone
     (``needed_seeds``, ``needed_problems``) is ``inf``; (NaN, NaN) when there is no difference or no spread."""
@@ -616,7 +616,8 @@ def fit_dmc_params(fit_grid: pd.DataFrame, items: pd.DataFrame, *, target: str =
     defaults; a parameter the rule does not take is an error). Returns ``variant``, ``params`` (the
     chosen values, defaults filled in), ``spearman`` (on the fitting part, optimistic by
     construction), ``n_fit``, ``note`` and ``search`` (every grid point). Ties go to the earlier grid
-    point; when the correlation is undefined at every point the rule's defaults are returned with a note.
+    point; when the correlation is undefined at every point the first value of each grid list (the rule's
+    defaults for parameters not in the grid) is returned with a note.
     """
     defaults = (dmc_factors.check_params(variant, {k: v[0] for k, v in (param_grid or {}).items()},
                                          where=f"fit grid of rule '{variant}'")

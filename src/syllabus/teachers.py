@@ -63,7 +63,8 @@ class Teacher:
 
 # --------------------------------------------------------------------------- lab
 class LabTeacher(Teacher):
-    """Rule-based traces for lab problems in one style, wrong with probability ``error_rate``."""
+    """Rule-based traces for lab problems in one style, wrong with probability ``error_rate`` (for ``sloppy`` at
+    least ``lab.SLOPPY_MIN_ERROR_RATE``)."""
 
     def __init__(self, spec: P.Teacher, student_tokenizer=None):
         self.name, self.style, self.error_rate = spec.name, spec.style, spec.error_rate
@@ -377,8 +378,8 @@ def generate_traces(teacher: Teacher, problems: Sequence[Problem], n_samples: in
                     progress: bool = True, chunk_size: int = 16) -> GenerationResult:
     """Traces for every (problem, sample), generating only what the cache does not hold.
 
-    Cache: ``cache_dir/generations/<hash of teacher settings>/shard-NNNNN.jsonl``, one new shard per
-    call, appended and flushed per chunk of ``chunk_size`` problems.
+    Cache: ``cache_dir/generations/<hash of teacher settings>/shard-<time ns>-<pid>.jsonl``, one new shard per
+    call that generates anything, appended and flushed per chunk of ``chunk_size`` problems.
     """
     folder = Path(cache_dir) / "generations" / hash_obj(teacher.settings())[:16]
     cached = read_cache(folder)

@@ -6,10 +6,11 @@
   Step ``s`` always sees the same examples, so the order needs no saved state.
 * AdamW, linear warm-up (``warmup_ratio``) then cosine decay to zero or a constant rate
   (``lr_schedule``), gradient clipping at 1.0, gradient accumulation.
-* Padding without waste, same gradient: each step's examples are sorted by length and run in the
+* Padding without waste, same gradient: each micro-batch's examples are sorted by length and run in the
   groups that pad to the fewest tokens (``padding_groups``); the loss is summed over the step's
-  target tokens, so the groups' gradients add up to the one-batch gradient. The LM head runs on the
-  target positions only (``target_loss``), not on prompt and padding positions.
+  target tokens, so the groups' gradients add up to the one-batch gradient. On a model with a plain LM
+  head (not sharded) the head runs on the target positions only (``target_loss``), not on prompt and
+  padding positions.
 * One run in several calls (stage 5's phases): ``optimizer_state`` continues AdamW from where the
   previous call left it (``TrainResult.optimizer_state``) and ``schedule_span=(a, b)`` maps this
   call's steps onto the fraction [a, b] of one warm-up + decay schedule, so phases are re-selection
@@ -188,7 +189,8 @@ def lr_factor(step: int, steps: int, warmup_ratio: float, schedule: str) -> floa
 def span_lr_factor(step: int, steps: int, span: tuple[float, float], warmup_ratio: float, schedule: str) -> float:
     """The learning-rate factor of step ``step`` of ``steps`` when this call covers the fraction ``span``
     of one schedule: linear warm-up over the first ``warmup_ratio`` of the whole schedule, then cosine
-    decay to zero at its end (or constant); a step's rate is taken at the schedule point where it ends."""
+    decay to zero at its end (or constant); during warm-up a step's rate is taken at the schedule point where it
+    ends, afterwards where it starts."""
     a, b = span
     x = a + (b - a) * (step + 1) / steps  # schedule position reached by this step
     x_start = a + (b - a) * step / steps

@@ -183,8 +183,8 @@ def planted_style_check(outcomes: pd.DataFrame, prof) -> pd.DataFrame:
     familiar teacher's curated dataset (``lab.FAMILIAR_STYLE`` of its warm-up style) minus the gain
     from every other teacher's, paired problem by problem and seed by seed, with a 95% CI.
 
-    A teacher's dataset is ``teacher=NAME``, or ``teacher=NAME+unverified`` when the grid has only that. Two
-    unverified sets are compared only at equal error rates: they keep the wrong traces, so a different
+    A teacher's dataset is ``teacher=NAME``, or ``teacher=NAME+unverified`` when the grid has only that. A pair
+    that includes an unverified set is compared only at equal error rates: they keep the wrong traces, so a different
     error rate would be a difference of quality, not of style (verified sets keep correct traces only).
     Where the interval spans 0, the seeds, the problems, or both grown together that would show a difference
     that large (``stats.needed_sample``)."""

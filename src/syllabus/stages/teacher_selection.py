@@ -150,7 +150,7 @@ def smoke_tag(student: StudentModel, teacher: str, seed: int) -> str:
 
 def smoke_jobs(stage: Stage, student: StudentModel, runs: dict[str, generation.TeacherRun],
                by_id: dict[str, Problem], eval_problems: list[Problem]) -> list[dict]:
-    """One ``sft_cells`` job per (teacher with verified traces, seed), as ``leaderboard``'s loop runs them."""
+    """One ``sft_cells`` job per (teacher with verified traces, seed), as ``smoke_tests``' loop runs them."""
     jobs = []
     for name, run in runs.items():
         if any(t.correct for t in run.traces):

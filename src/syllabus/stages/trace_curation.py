@@ -2,7 +2,8 @@
 keeps what is worth distilling, and the survivors are cut into named candidate datasets.
 
 Besides the curated datasets (per teacher, style, level, pass-rate band, adapted or not), each
-teacher also gets an ``+unverified`` dataset of the same size with the correctness filter left out,
+teacher also gets an ``+unverified`` dataset: its traces of the same problems, format-checked and thinned to the
+same diversity budget per problem, with the correctness filter (and deduplication) left out,
 so that stages 3-4 see what verification is worth.
 """
 
