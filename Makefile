@@ -29,6 +29,10 @@ endif
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONHASHSEED ?= 0
 
+# pyproject's requires-python, said before a venv of the wrong Python is made
+export PYTHON_CHECK = import sys; v = sys.version_info; sys.exit(None if v >= (3, 11) else \
+  f"syllabus needs Python >= 3.11, but {sys.argv[1]} is {v.major}.{v.minor}: install python3.11, or run make PYTHON=/path/to/python3.11")
+
 .PHONY: setup run test lab clean-venv help
 
 help:
@@ -39,7 +43,7 @@ help:
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || { $(PYTHON) -c "$$PYTHON_CHECK" "$(PYTHON)" && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
 	$(BIN)/python -m pip install -q $(TORCH_INDEX) torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION) -e '.[dev]'
