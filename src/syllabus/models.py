@@ -107,18 +107,25 @@ def count_parameters(model, trainable_only: bool = False) -> int:
 
 # --------------------------------------------------------------------------- saving and loading dirs
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target``; it becomes ``target`` only if the block succeeds."""
+def atomic_dir(target: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target``; it becomes ``target`` only if the block succeeds. An
+    existing ``target`` is kept (someone else finished first; theirs is as good as ours), or with ``replace``
+    swapped out for the new folder once that is complete (a failed block leaves it as it was)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        if target.exists():  # someone else finished first; theirs is as good as ours
+        if target.exists() and not replace:
             shutil.rmtree(tmp)
         else:
             publish_mode(tmp)
+            old = target.with_name(f".{target.name}.old.tmp")
+            if target.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
             os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -127,30 +134,17 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
 def save_model(model, tokenizer, out_dir: str | os.PathLike, info: dict[str, Any] | None = None) -> Path:
     """Save a plain model directory that ``from_pretrained`` and lm-eval's ``hf`` model can load.
 
-    LoRA adapters are merged into a copy first. The new model is written to a temporary folder beside
-    ``out_dir``, and an existing ``out_dir`` is replaced only once it is complete: a save that fails leaves
-    the old model in place.
+    LoRA adapters are merged into a copy first. An existing ``out_dir`` is replaced only once the new model is
+    written (``atomic_dir(replace=True)``): a save that fails leaves the old model in place.
     """
     out_dir = Path(out_dir)
     if hasattr(model, "merge_and_unload"):
         model = copy.deepcopy(model).merge_and_unload()
     _strip_quantizer(model)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, replace=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / INFO_FILE, info or {})
-        publish_mode(tmp)
-        old = out_dir.with_name(f".{out_dir.name}.old.tmp")
-        if out_dir.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
