@@ -8,9 +8,7 @@
 # (Stage 1 cannot be rerun this way: the sizes its table asks for change the probe split; see stage1_power.sh.)
 # Usage: benchmarks/more_seeds.sh 04|05 RUN_DIR [OUT_DIR] [SEEDS]   e.g. benchmarks/more_seeds.sh 05 results/tiny
 set -euo pipefail
-# the project's environment (make setup) when the caller has not activated one
-VENV_BIN="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin"
-if ! command -v syllabus >/dev/null && [ -x "$VENV_BIN/syllabus" ]; then export PATH="$VENV_BIN:$PATH"; fi
+source "$(dirname "$0")/use_venv.sh"
 USAGE="usage: more_seeds.sh 04|05 RUN_DIR [OUT_DIR] [SEEDS]"
 STAGE=${1:?$USAGE}
 SRC=${2:?$USAGE; RUN_DIR: a run folder whose stages before STAGE are done}

@@ -8,9 +8,7 @@
 # draw, not the reference's: a replication with more power, not an extension. About 10 minutes on 2 cores.
 # Usage: benchmarks/stage1_power.sh [OUT_DIR] [SEEDS] [N_PROBE]
 set -euo pipefail
-# the project's environment (make setup) when the caller has not activated one
-VENV_BIN="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin"
-if ! command -v syllabus >/dev/null && [ -x "$VENV_BIN/syllabus" ]; then export PATH="$VENV_BIN:$PATH"; fi
+source "$(dirname "$0")/use_venv.sh"
 OUT=${1:-/tmp/stage1-power}
 SEEDS=${2:-[0,1,2,3,4,5,6,7,8,9]}
 N_PROBE=${3:-630}

@@ -6,9 +6,7 @@
 # 3 phases x 100 steps' worth of tokens,
 # policies all / random / ioa, seeds 0 and 1. About 10 minutes on 2 cores. Usage: benchmarks/stage5_dip.sh [DIR]
 set -euo pipefail
-# the project's environment (make setup) when the caller has not activated one
-VENV_BIN="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin"
-if ! command -v syllabus >/dev/null && [ -x "$VENV_BIN/syllabus" ]; then export PATH="$VENV_BIN:$PATH"; fi
+source "$(dirname "$0")/use_venv.sh"
 DIR=${1:-/tmp/stage5-dip}
 ARGS=(-p "students.lab-xs.arch={hidden_size: 64, num_layers: 2, num_heads: 4, intermediate_size: 256}"
       -p students.lab-xs.warmup_steps=1500 -p "students.lab-xs.warmup_modules=[add,subtract,multiply,divide]"

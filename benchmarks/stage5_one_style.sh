@@ -7,9 +7,7 @@
 # paired on the same held-out problems and seeds (`stats.paired_difference`). About 80 s per style on 2 cores.
 # Usage: benchmarks/stage5_one_style.sh RUN_DIR [OUT_PREFIX] [STYLES...]   e.g. ... results/tiny /tmp/one-style equations selfcheck
 set -euo pipefail
-# the project's environment (make setup) when the caller has not activated one
-VENV_BIN="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin"
-if ! command -v syllabus >/dev/null && [ -x "$VENV_BIN/syllabus" ]; then export PATH="$VENV_BIN:$PATH"; fi
+source "$(dirname "$0")/use_venv.sh"
 SRC=${1:?usage: stage5_one_style.sh RUN_DIR [OUT_PREFIX] [STYLES...]; RUN_DIR: a run folder with stage 05 done}
 PREFIX=${2:-/tmp/stage5-one-style}
 if [ $# -gt 2 ]; then STYLES=("${@:3}"); else STYLES=(equations selfcheck); fi
