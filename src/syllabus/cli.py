@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", default="all", help="comma-separated stages, e.g. 01,03 or dmc (default: all)")
     run.add_argument("--run-dir", default=None, help="run folder (default: results/<profile name>)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a profile value, dotted keys (repeatable), e.g. -p dmc.params.r0=8 or -p dynamic.seeds=[0,1]")
+                     help="override a profile value, dotted keys (repeatable), "
+                          "e.g. -p dmc.params.r0=8 or -p dynamic.seeds=[0,1]")
     run.add_argument("--force", action="store_true", help="re-run stages even when they are up to date")
     run.add_argument("--quiet", action="store_true",
                      help="no progress line on stderr (cells, loops, time left); the stage lines stay")

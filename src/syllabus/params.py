@@ -339,7 +339,8 @@ class DynamicSelection(Strict):
     steps_per_phase: int = Field(20, ge=1)
     budget: Literal["tokens", "steps"] = Field(
         "tokens", description="equal compute per phase: 'tokens' trains every policy on the same number of "
-                              "tokens (steps_per_phase x batch x grad_accum examples of the candidates' mean length, one pass, "
+                              "tokens (steps_per_phase x batch x grad_accum examples of the candidates' mean "
+                              "length, one pass, "
                               "within one example); 'steps' on the same number of optimizer steps and examples")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     mixture: Literal["best", "softmax"] = "best"

@@ -243,7 +243,8 @@ def _dodge(order: list, width: float) -> dict:
 def learning_curves(curves: pd.DataFrame, *, x="phase", y="accuracy", hue="policy", n_problems: int | None = None):
     """Stage 5: held-out accuracy after each phase per policy: the mean over seeds and, with
     ``n_problems``, a 95% band from the binomial SE of that mean and the seed spread
-    (mean +- t sqrt(p(1-p)/n + seed SD^2/seeds), t at the Welch-Satterthwaite df as in ``_mean_band``); without it, the seeds' min-max. Every phase is the
+    (mean +- t sqrt(p(1-p)/n + seed SD^2/seeds), t at the Welch-Satterthwaite df as in ``_mean_band``);
+    without it, the seeds' min-max. Every phase is the
     same compute for every policy (the ``tokens`` column has the counts). Policies are dodged sideways
     a little so that equal curves stay visible."""
     order = list(dict.fromkeys(curves[hue]))

@@ -137,7 +137,8 @@ def score_student(stage: Stage, student: StudentModel, datasets: dict[str, pd.Da
                   part: str = "scoring") -> pd.DataFrame:
     """Item table (every factor and the item compatibility) of every candidate dataset's ``part`` slice
     ('scoring', out of sample: DMC; 'training': the whole training slice; 'training_sample': a sample of it the
-    size of the scoring slice, in sample, what stage 5 records to show lock-in) for one student. Datasets with an empty slice have no rows."""
+    size of the scoring slice, in sample, what stage 5 records to show lock-in) for one student. Datasets with
+    an empty slice have no rows."""
     prof = stage.params
     seed = stage.seed if seed is None else seed
     fingerprint = student.fingerprint()

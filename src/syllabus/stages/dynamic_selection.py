@@ -2,7 +2,8 @@
 
 Each (policy, seed) run starts from the same student and gets the same compute per phase: with
 ``budget: tokens`` (default) one pass over examples drawn until they hold the phase's token budget
-(``steps_per_phase`` x batch x ``training.grad_accum`` examples of the candidates' mean length), so every policy trains on the
+(``steps_per_phase`` x batch x ``training.grad_accum`` examples of the candidates' mean length), so every
+policy trains on the
 same number of tokens within one example; with ``budget: steps`` ``steps_per_phase`` optimizer steps
 on ``steps_per_phase`` x batch examples, whatever their length. With ``carry_optimizer`` (default) the
 phases continue one AdamW state and one LR schedule: a phase is a re-selection point, not a restart.
@@ -57,8 +58,9 @@ class PolicyRun:
     dmc: list[pd.DataFrame] = field(default_factory=list)
     module_curve: list[dict[str, Any]] = field(default_factory=list)
     ioa_plan: list[dict[str, Any]] = field(default_factory=list)
-    # the final student of a first-seed run (every seed's with ``final_seeds: all``), saved for stage 6 (``save_final``: model_dir, weights); a run
-    # holds no model, so a stage keeps one student in memory per process, not one per run
+    # the final student of a first-seed run (every seed's with ``final_seeds: all``), saved for stage 6
+    # (``save_final``: model_dir, weights); a run holds no model, so a stage keeps one student in memory per
+    # process, not one per run
     final_model: dict[str, str] | None = None
     final_outcomes: pd.Series | None = None  # held-out pass (0/1) per problem after the last phase
 
@@ -563,7 +565,8 @@ def _worker_stage(job: dict) -> SimpleNamespace:
 
 def policy_job(job: dict) -> tuple[PolicyRun, dict]:
     """A worker's (policy, seed) run, with every phase's checkpoint, pass rates and scores in the run's
-    caches (and its final student saved, for the first seed or, with ``final_seeds: all``, every seed); returned whole with the scoring counts it noted."""
+    caches (and its final student saved, for the first seed or, with ``final_seeds: all``, every seed); returned
+    whole with the scoring counts it noted."""
     prof = job["params"]
     student = sft_cells.worker_student(job["student_file"], prof.device, prof.threads)
     stage = _worker_stage(job)
