@@ -59,6 +59,26 @@ def test_workers_write_to_their_log_not_the_terminal_and_errors_still_reach_the_
         executor.LocalExecutor(2, log_dir=tmp_path / "jobs").map(chatty_job, [1, 99])
 
 
+def visible_devices(_: int) -> str:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+
+
+def test_gpu_ids_follow_the_parents_cuda_visible_devices(monkeypatch):
+    """With CUDA_VISIBLE_DEVICES=3,5 this process's GPUs 0 and 1 are physical 3 and 5: a worker must be
+    given "3" or "5", not "0" or "1" (which would put both workers on physical GPU 0 and 1 outside the list)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5")
+    assert executor.visible_gpu_ids(2) == ["3", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "GPU-aa,GPU-bb,GPU-cc")
+    assert executor.visible_gpu_ids(2) == ["GPU-aa", "GPU-bb"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert executor.visible_gpu_ids(2) == ["0", "1"]
+
+
+def test_each_worker_is_pinned_to_one_of_the_given_gpus():
+    seen = executor.LocalExecutor(2, ["3", "5"]).map(visible_devices, list(range(8)))
+    assert seen and set(seen) <= {"3", "5"}
+
+
 def test_map_keeps_input_order_and_uses_other_processes_with_two_workers():
     one = executor.LocalExecutor(1).map(square_and_pid, list(range(6)))
     two = executor.LocalExecutor(2).map(square_and_pid, list(range(6)))

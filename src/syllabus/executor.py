@@ -50,7 +50,7 @@ def _start_worker(slots, log_dir: str | None) -> None:
 class LocalExecutor:
     """Runs jobs in this process (1 worker) or in spawned worker processes (see the module docstring)."""
 
-    def __init__(self, workers: int = 1, gpus: Sequence[int] | None = None, log_dir: str | os.PathLike | None = None):
+    def __init__(self, workers: int = 1, gpus: Sequence[str] | None = None, log_dir: str | os.PathLike | None = None):
         if workers < 1:
             raise ValueError(f"executor: workers must be >= 1, got {workers}")
         self.workers, self.gpus = workers, list(gpus or [])
@@ -108,7 +108,17 @@ def for_profile(prof, folder: str | os.PathLike | None = None):
         return SlurmExecutor(folder, workers=par.workers, partition=par.slurm_partition,
                              timeout_min=par.slurm_timeout_min, gpus_per_job=par.slurm_gpus_per_job,
                              cpus_per_job=prof.threads)
-    gpus: list[int] = []
+    gpus: list[str] = []
     if par.workers > 1 and resolve_device(prof.device).type == "cuda":
-        gpus = list(range(torch.cuda.device_count()))
+        gpus = visible_gpu_ids(torch.cuda.device_count())
     return LocalExecutor(par.workers, gpus, log_dir=folder)
+
+
+def visible_gpu_ids(count: int) -> list[str]:
+    """What a worker's ``CUDA_VISIBLE_DEVICES`` must say to reach this process's GPUs 0..count-1: the entries
+    of this process's own ``CUDA_VISIBLE_DEVICES`` when it sets one (physical indices, UUIDs or MIG ids; with
+    ``CUDA_VISIBLE_DEVICES=2,3`` this process's GPU 0 is physical GPU 2), else ``0..count-1``."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(i) for i in range(count)]
+    return [entry.strip() for entry in listed.split(",") if entry.strip()][:count]

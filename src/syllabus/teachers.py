@@ -202,7 +202,6 @@ class OpenAITeacher(Teacher):
         self.max_rps, self.max_retries, self.backoff_s, self.timeout_s = max_rps, max_retries, backoff_s, timeout_s
         self._last_request = 0.0
         self._lock = threading.Lock()
-        self.n_requests = 0
 
     def __repr__(self) -> str:
         return f"OpenAITeacher(name={self.name!r}, model={self.model!r}, base_url={self.base_url!r})"
@@ -226,7 +225,6 @@ class OpenAITeacher(Teacher):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             self._wait_for_rate_limit()
-            self.n_requests += 1
             try:
                 resp = requests.post(url, headers=headers, json=payload, timeout=self.timeout_s)
             except requests.RequestException as exc:
