@@ -54,12 +54,13 @@ def lab_student(tmp_path, lora: bool) -> students.StudentModel:
 @pytest.mark.parametrize("lora", [False, True])
 def test_vllm_student_samples_are_the_hf_samples_when_greedy(tmp_path, standin, lora):
     student = lab_student(tmp_path, lora)
-    hf = load_profile("ci", {"student_generation.max_new_tokens": 24})
-    vl = load_profile("ci", {"student_generation.max_new_tokens": 24, "student_generation.backend": "vllm"})
+    hf = load_profile("ci", {"student_generation.max_new_tokens": 96})
+    vl = load_profile("ci", {"student_generation.max_new_tokens": 96, "student_generation.backend": "vllm"})
     want = generation.student_samples(student, PROBLEMS, k=1, prof=hf, seed=0)
     got = generation.student_samples(student, PROBLEMS, k=1, prof=vl, seed=0, cache_dir=tmp_path / "cache")
-    assert [[g.text for g in gens] for gens in got] == [[g.text for g in gens] for gens in want]
+    assert got == want  # text, n_tokens (vLLM keeps the EOS or stop-string tokens in token_ids) and truncated
     assert any(g[0].text.strip() for g in want)
+    assert not lora or all(not g[0].truncated for g in want)  # the LoRA student ends with EOS: counts compared
     (served,) = standin.LLM.loaded
     assert served.startswith(str(tmp_path / "cache" / "vllm_models"))
     assert not list((tmp_path / "cache" / "vllm_models").glob("*/adapter_config.json"))  # LoRA merged: a plain model
@@ -144,3 +145,25 @@ def test_greedy_pass_rates_are_shared_across_seeds_and_sampled_ones_are_not(tmp_
     generation.pass_rates(student, PROBLEMS, k=2, prof=prof, seed=0, cache_dir=tmp_path)
     generation.pass_rates(student, PROBLEMS, k=2, prof=prof, seed=1, cache_dir=tmp_path)
     assert calls == [1, 2, 2]  # sampled: each seed draws its own samples
+
+
+class CharTokenizer:
+    """One token per character."""
+
+    def __len__(self):
+        return 256
+
+    def encode(self, text, add_special_tokens=True):
+        return [ord(c) for c in text]
+
+
+def test_n_tokens_counts_as_the_hf_path_does_though_vllm_keeps_the_tokens_it_stopped_on():
+    from types import SimpleNamespace as C
+
+    tok = CharTokenizer()
+    eos = C(text="abc", token_ids=[1, 2, 3, 0], finish_reason="stop", stop_reason=None)  # EOS kept in token_ids
+    stop_string = C(text="ab", token_ids=[1, 2, 3, 4], finish_reason="stop", stop_reason="\nQuestion:")
+    length = C(text="abcd", token_ids=[1, 2, 3, 4], finish_reason="length", stop_reason=None)
+    assert [vllm_backend.n_tokens(c, tok) for c in (eos, stop_string, length)] == [3, 2, 4]
+    gens = vllm_backend.to_generations([C(outputs=[eos])], 2, tok)
+    assert gens == [[models.Generation("abc", 3, False)] * 2]

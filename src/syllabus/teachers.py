@@ -299,7 +299,7 @@ class VLLMTeacher(Teacher):
                                               top_p=self.sampling.top_p, max_tokens=self.sampling.max_new_tokens,
                                               seed=seed, stop=STOP_STRINGS)
         prompts = [build_prompt(p.text, self.tokenizer, self.use_chat) for p in problems]
-        gens = vllm_backend.to_generations(llm.generate(prompts, params), n_samples)
+        gens = vllm_backend.to_generations(llm.generate(prompts, params), n_samples, self.tokenizer)
         return [self._trace(p, g.text.strip(), k, truncated=g.truncated, n_tokens=g.n_tokens)
                 for p, samples in zip(problems, gens) for k, g in enumerate(samples)]
 

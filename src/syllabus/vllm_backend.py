@@ -19,7 +19,7 @@ import torch
 from . import models
 from .errors import SyllabusError
 from .runs import sha256_bytes, stable_seed
-from .tokens import encode_prompt
+from .tokens import count_tokens, encode_prompt
 
 _ENGINE: dict[str, Any] = {}  # {"key": (model, dtype, memory share), "llm": vllm.LLM} - the one engine held
 STUDENT_GPU_SHARE = 0.4  # vLLM's share of the GPU when serving a student: the student itself stays on the GPU
@@ -76,11 +76,20 @@ def sampling_params(vllm, *, n: int, temperature: float, top_p: float, max_token
                                stop=list(stop))
 
 
-def to_generations(results, num_samples: int) -> list[list]:
+def n_tokens(completion, tokenizer) -> int:
+    """A completion's length as ``models.generate`` counts it: the tokens of the text kept when a stop string
+    ended it, else its tokens without the EOS (or stop token) it stopped on, which vLLM keeps in ``token_ids``."""
+    if isinstance(getattr(completion, "stop_reason", None), str):
+        return count_tokens(tokenizer, completion.text)
+    ids = list(completion.token_ids)
+    return len(ids) - 1 if completion.finish_reason == "stop" and ids else len(ids)
+
+
+def to_generations(results, num_samples: int, tokenizer) -> list[list]:
     """``models.Generation`` lists from vLLM's request outputs (a greedy output copied ``num_samples`` times)."""
     out = []
     for result in results:
-        gens = [models.Generation(c.text, len(c.token_ids), c.finish_reason == "length") for c in result.outputs]
+        gens = [models.Generation(c.text, n_tokens(c, tokenizer), c.finish_reason == "length") for c in result.outputs]
         out.append(gens * num_samples if len(gens) == 1 and num_samples > 1 else gens)
     return out
 
@@ -97,7 +106,7 @@ def generate(model_dir: str | os.PathLike, tokenizer, prompts: Sequence[str], *,
     requests = [{"prompt_token_ids": encode_prompt(tokenizer, p)} for p in prompts]
     params = [sampling_params(vllm, n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
                               seed=stable_seed(seed, prompt, bits=32, form="repr") % (2 ** 31), stop=stop) for prompt in prompts]
-    return to_generations(llm.generate(requests, params, use_tqdm=False), num_samples)
+    return to_generations(llm.generate(requests, params, use_tqdm=False), num_samples, tokenizer)
 
 
 def student_weights_dir(model, tokenizer, fingerprint: str, root: str | os.PathLike) -> Path:
