@@ -33,6 +33,7 @@ def fresh_engine():
 def standin(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", vllm_standin.module())
     vllm_standin.LLM.loaded.clear()
+    vllm_standin.LLM.made.clear()
     return vllm_standin
 
 
@@ -79,6 +80,15 @@ def test_vllm_student_samples_k_per_problem_and_a_new_checkpoint_gets_a_new_engi
     assert len(set(standin.LLM.loaded)) == 2
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_vllm_serves_the_student_in_its_own_dtype(tmp_path, standin, dtype):
+    student = lab_student(tmp_path, lora=True)
+    student.model.to(models.DTYPES[dtype])
+    prof = load_profile("ci", {"student_generation.max_new_tokens": 4, "student_generation.backend": "vllm"})
+    generation.student_samples(student, PROBLEMS[:2], k=1, prof=prof, seed=0, cache_dir=tmp_path)
+    assert [m["dtype"] for m in standin.LLM.made] == [dtype]  # vLLM's "auto" would run float32 in float16
+
+
 def test_the_hf_backend_never_imports_vllm_and_keeps_its_cache_keys(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "vllm", raising=False)
     student = lab_student(tmp_path, lora=False)
@@ -91,6 +101,7 @@ def test_the_hf_backend_never_imports_vllm_and_keeps_its_cache_keys(tmp_path, mo
     assert generation.generation_settings(budgeted)["token_budget"] == 4096  # a budget can change the samples
     vl = load_profile("ci", {"student_generation.backend": "vllm", "student_generation.token_budget": 4096})
     assert generation.generation_settings(vl)["backend"] == "vllm"
+    assert generation.generation_settings(vl)["vllm_dtype"] == "student"  # samples of the "auto" dtype are not reused
     assert "token_budget" not in generation.generation_settings(vl)  # vLLM schedules its own batches
 
 

@@ -23,6 +23,7 @@ class SamplingParams:
 
 class LLM:
     loaded: list[str] = []  # every model directory an engine was made for
+    made: list[dict] = []  # the keyword arguments of every engine made
 
     def __init__(self, model, dtype="auto", seed=0, **kwargs):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -30,6 +31,7 @@ class LLM:
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.model = AutoModelForCausalLM.from_pretrained(model).eval()
         LLM.loaded.append(str(model))
+        LLM.made.append({"model": str(model), "dtype": dtype, "seed": seed, **kwargs})
 
     def get_tokenizer(self):
         return self.tokenizer

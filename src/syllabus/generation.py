@@ -33,7 +33,7 @@ def student_samples(student: StudentModel, problems: list[Problem], *, k: int, p
         weights = vllm_backend.student_weights_dir(student.model, student.tokenizer, student.fingerprint(), root)
         return vllm_backend.generate(weights, student.tokenizer, prompts, max_new_tokens=g.max_new_tokens,
                                      temperature=temperature, top_p=top_p, num_samples=k, seed=seed,
-                                     stop=models.STOP)
+                                     stop=models.STOP, dtype=vllm_backend.dtype_name(student.model))
     return models.generate(student.model, student.tokenizer, prompts, max_new_tokens=g.max_new_tokens,
                            temperature=temperature, top_p=top_p, num_samples=k, batch_size=g.batch_size, seed=seed,
                            token_budget=g.token_budget)
@@ -61,12 +61,15 @@ def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: 
 
 def generation_settings(prof: Profile) -> dict[str, Any]:
     """What decides the student's samples, for cache keys (the ``hf`` backend without a token budget keeps
-    its earlier keys; vLLM ignores the budget)."""
+    its earlier keys; vLLM ignores the budget; ``vllm_dtype``: vLLM runs the student in its own dtype, where
+    its ``auto`` had run a float32 student in float16)."""
     settings = prof.student_generation.model_dump(mode="json")
     if settings["token_budget"] is None or settings["backend"] == "vllm":
         del settings["token_budget"]
     if settings["backend"] == "hf":
         del settings["backend"]
+    else:
+        settings["vllm_dtype"] = "student"
     return settings
 
 

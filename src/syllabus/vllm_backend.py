@@ -109,6 +109,13 @@ def generate(model_dir: str | os.PathLike, tokenizer, prompts: Sequence[str], *,
     return to_generations(llm.generate(requests, params, use_tqdm=False), num_samples, tokenizer)
 
 
+def dtype_name(model) -> str:
+    """The dtype of a model's weights by name, for vLLM's ``dtype`` (its ``auto`` runs a float32 model in
+    float16, where the hf path runs it as it is)."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return str(dtype).removeprefix("torch.")
+
+
 def student_weights_dir(model, tokenizer, fingerprint: str, root: str | os.PathLike) -> Path:
     """A plain model directory of the student's current weights (LoRA merged), made once per fingerprint
     under ``root/vllm_models/``: what vLLM loads."""
