@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import gc
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,6 +36,7 @@ def standin(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", vllm_standin.module())
     vllm_standin.LLM.loaded.clear()
     vllm_standin.LLM.made.clear()
+    vllm_standin.LLM.alive.clear()
     return vllm_standin
 
 
@@ -62,11 +65,33 @@ def test_vllm_student_samples_are_the_hf_samples_when_greedy(tmp_path, standin, 
     assert got == want  # text, n_tokens (vLLM keeps the EOS or stop-string tokens in token_ids) and truncated
     assert any(g[0].text.strip() for g in want)
     assert not lora or all(not g[0].truncated for g in want)  # the LoRA student ends with EOS: counts compared
-    (served,) = standin.LLM.loaded
-    assert served.startswith(str(tmp_path / "cache" / "vllm_models"))
-    assert not list((tmp_path / "cache" / "vllm_models").glob("*/adapter_config.json"))  # LoRA merged: a plain model
+    (served,) = standin.LLM.made
+    assert served["model"].startswith(str(tmp_path / "cache" / "vllm_models"))
+    assert "config.json" in served["files"] and "adapter_config.json" not in served["files"]  # LoRA merged
     again = generation.student_samples(student, PROBLEMS, k=1, prof=vl, seed=0, cache_dir=tmp_path / "cache")
-    assert again == got and len(standin.LLM.loaded) == 1  # same weights: the engine is reused
+    assert again == got and len(standin.LLM.loaded) == 2  # one engine per call, the same samples
+
+
+def test_the_student_engine_and_its_weights_folder_last_one_call(tmp_path, standin, monkeypatch):
+    student = lab_student(tmp_path, lora=True)
+    prof = load_profile("ci", {"student_generation.max_new_tokens": 4, "student_generation.backend": "vllm"})
+    events = []
+    monkeypatch.setattr(vllm_backend, "free_gpu_memory", lambda: events.append("free") or gc.collect())
+    real_init = standin.LLM.__init__
+    monkeypatch.setattr(standin.LLM, "__init__", lambda self, *a, **kw: events.append("build") or real_init(self, *a, **kw))
+    generation.student_samples(student, PROBLEMS[:2], k=1, prof=prof, seed=0, cache_dir=tmp_path)
+    assert events == ["free", "build", "free"]  # freed before vLLM measures the GPU, and released after the call
+    assert vllm_backend._ENGINE == {} and not standin.LLM.alive  # nothing holds the GPU while the student trains
+    assert not Path(standin.LLM.made[0]["model"]).exists()  # no copy of the weights left behind
+    assert list((tmp_path / "vllm_models").iterdir()) == []
+
+    def broken(self, *a, **kw):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(standin.LLM, "generate", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        generation.student_samples(student, PROBLEMS[:2], k=1, prof=prof, seed=0, cache_dir=tmp_path)
+    assert vllm_backend._ENGINE == {} and list((tmp_path / "vllm_models").iterdir()) == []  # a failed call too
 
 
 def test_vllm_student_samples_k_per_problem_and_a_new_checkpoint_gets_a_new_engine(tmp_path, standin):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.machinery
 import types
+import weakref
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -23,7 +25,8 @@ class SamplingParams:
 
 class LLM:
     loaded: list[str] = []  # every model directory an engine was made for
-    made: list[dict] = []  # the keyword arguments of every engine made
+    made: list[dict] = []  # the keyword arguments of every engine made (and the files of its model directory)
+    alive: "weakref.WeakSet[LLM]" = weakref.WeakSet()  # the engines not yet garbage-collected
 
     def __init__(self, model, dtype="auto", seed=0, **kwargs):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -31,7 +34,9 @@ class LLM:
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.model = AutoModelForCausalLM.from_pretrained(model).eval()
         LLM.loaded.append(str(model))
-        LLM.made.append({"model": str(model), "dtype": dtype, "seed": seed, **kwargs})
+        LLM.made.append({"model": str(model), "dtype": dtype, "seed": seed, **kwargs,
+                         "files": sorted(p.name for p in Path(model).iterdir()) if Path(model).is_dir() else None})
+        LLM.alive.add(self)
 
     def get_tokenizer(self):
         return self.tokenizer

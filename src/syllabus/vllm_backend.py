@@ -1,18 +1,23 @@
 """vLLM, the optional extra for generation on GPU machines (``pip install 'syllabus[vllm]'``).
 
 One import point with the error that names the extra, one engine held at a time (a new model frees
-the previous one's GPU memory), and vLLM's outputs as ``models.Generation`` lists, the shape the
-``hf`` path returns. Teachers (``backend: vllm``) and the student's own samples
-(``student_generation.backend: vllm``) both go through here; a student is served from a plain model
-directory of its current weights, LoRA adapters merged (``student_weights_dir``).
+the previous one's GPU memory, and the process's freed GPU memory is handed back before an engine is
+made), and vLLM's outputs as ``models.Generation`` lists, the shape the ``hf`` path returns. Teachers
+(``backend: vllm``) and the student's own samples (``student_generation.backend: vllm``) both go
+through here; a student is served from a plain model directory of its current weights, LoRA adapters
+merged (``student_weights``), for one ``generate`` call: its engine is released and the directory
+deleted when the call ends (the samples' results are cached by the callers, by weights).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -50,6 +55,7 @@ def engine(model: str, *, dtype: str = "auto", what: str = "vllm generation", fa
         return _ENGINE["llm"]
     vllm = import_vllm(what, fallback)
     release()
+    free_gpu_memory()  # what else the process let go of (an engine lm-eval made, a model) before vLLM measures the GPU
     extra = {} if gpu_memory_utilization is None else {"gpu_memory_utilization": gpu_memory_utilization}
     llm = vllm.LLM(model=str(model), dtype=dtype, seed=0, **extra)
     _ENGINE.update(key=key, llm=llm)
@@ -62,9 +68,15 @@ def release() -> None:
     _ENGINE.pop("key", None)
     if llm is not None:
         del llm
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_gpu_memory()
+
+
+def free_gpu_memory() -> None:
+    """Collect what is no longer referenced (a vLLM engine sits in reference cycles, so dropping the last
+    name does not free it) and hand the CUDA allocator's cached blocks back to the GPU."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def sampling_params(vllm, *, n: int, temperature: float, top_p: float, max_tokens: int, seed: int,
@@ -99,14 +111,19 @@ def generate(model_dir: str | os.PathLike, tokenizer, prompts: Sequence[str], *,
              dtype: str = "auto") -> list[list]:
     """``models.generate`` through vLLM on the model in ``model_dir``: the same prompt tokens (the
     tokenizer's own start token, as ``tokens.encode_prompt``), one seed per prompt (so a prompt's
-    samples do not depend on what else is in the batch; the engine is made once per model directory)."""
-    llm = engine(str(model_dir), dtype=dtype, what="student_generation.backend 'vllm'",
-                 fallback="set student_generation.backend: hf", gpu_memory_utilization=STUDENT_GPU_SHARE)
-    vllm = import_vllm("student_generation.backend 'vllm'", "set student_generation.backend: hf")
-    requests = [{"prompt_token_ids": encode_prompt(tokenizer, p)} for p in prompts]
-    params = [sampling_params(vllm, n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
-                              seed=stable_seed(seed, prompt, bits=32, form="repr") % (2 ** 31), stop=stop) for prompt in prompts]
-    return to_generations(llm.generate(requests, params, use_tqdm=False), num_samples, tokenizer)
+    samples do not depend on what else is in the batch). The engine is made for this call and released
+    when it ends, so it holds no GPU memory while the student trains (its weights then change anyway)."""
+    try:
+        llm = engine(str(model_dir), dtype=dtype, what="student_generation.backend 'vllm'",
+                     fallback="set student_generation.backend: hf", gpu_memory_utilization=STUDENT_GPU_SHARE)
+        vllm = import_vllm("student_generation.backend 'vllm'", "set student_generation.backend: hf")
+        requests = [{"prompt_token_ids": encode_prompt(tokenizer, p)} for p in prompts]
+        params = [sampling_params(vllm, n=num_samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                  seed=stable_seed(seed, prompt, bits=32, form="repr") % (2 ** 31), stop=stop)
+                  for prompt in prompts]
+        return to_generations(llm.generate(requests, params, use_tqdm=False), num_samples, tokenizer)
+    finally:
+        release()
 
 
 def dtype_name(model) -> str:
@@ -116,10 +133,19 @@ def dtype_name(model) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def student_weights_dir(model, tokenizer, fingerprint: str, root: str | os.PathLike) -> Path:
-    """A plain model directory of the student's current weights (LoRA merged), made once per fingerprint
-    under ``root/vllm_models/``: what vLLM loads."""
-    target = Path(root) / "vllm_models" / sha256_bytes(fingerprint.encode())[:20]
-    if not (target / models.INFO_FILE).is_file():
-        models.save_model(model, tokenizer, target, info={"made_from": "student weights, for vllm", "fingerprint": fingerprint})
-    return target
+@contextlib.contextmanager
+def student_weights(model, tokenizer, fingerprint: str, root: str | os.PathLike) -> Iterator[Path]:
+    """A plain model directory of the student's current weights (LoRA merged), what vLLM loads, for the
+    ``with`` block: under ``root/vllm_models/``, named by the weights' fingerprint and made afresh for this
+    block only (another process serving the same weights has its own), deleted when the block ends."""
+    parent = Path(root) / "vllm_models"
+    parent.mkdir(parents=True, exist_ok=True)
+    target = Path(tempfile.mkdtemp(prefix=f"{sha256_bytes(fingerprint.encode())[:20]}-", dir=parent))
+    try:
+        models.save_model(model, tokenizer, target, info={"made_from": "student weights, for vllm",
+                                                          "fingerprint": fingerprint})
+        yield target
+    finally:
+        if _ENGINE.get("key", ("",))[0] == str(target):
+            release()
+        shutil.rmtree(target, ignore_errors=True)
