@@ -160,6 +160,7 @@ def test_stage6_hands_lm_eval_its_vllm_model_type_and_model_args(tmp_path, monke
                              apply_chat_template=False, output_dir=tmp_path / "out", seed=3, lab_file=lab_file,
                              dtype="bfloat16", backend="vllm")
     assert seen["model"] == "vllm"
+    assert seen["batch_size"] == "auto"  # lm-eval's vllm model: every request in one generate call, not chunks of 2
     assert seen["model_args"] == {"pretrained": str(model_dir.resolve()), "dtype": "bfloat16", "seed": 3}
     monkeypatch.setitem(sys.modules, "vllm", None)
     monkeypatch.setattr(evaluate.importlib.util, "find_spec", lambda name, *a: None)
@@ -203,3 +204,35 @@ def test_n_tokens_counts_as_the_hf_path_does_though_vllm_keeps_the_tokens_it_sto
     assert [vllm_backend.n_tokens(c, tok) for c in (eos, stop_string, length)] == [3, 2, 4]
     gens = vllm_backend.to_generations([C(outputs=[eos])], 2, tok)
     assert gens == [[models.Generation("abc", 3, False)] * 2]
+
+
+def test_stage6_frees_the_gpu_before_and_after_each_lm_eval_vllm_run(tmp_path, monkeypatch, standin):
+    import lm_eval
+
+    student = lab_student(tmp_path, lora=False)
+    model_dir = models.save_model(student.model, student.tokenizer, tmp_path / "model")
+    lab_file = evaluate.write_problems_jsonl(PROBLEMS, tmp_path / "heldout.jsonl")
+    vllm_backend.engine(str(model_dir))  # an engine of ours still held (a teacher's or a student's)
+    held_during = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_simple_evaluate(**kwargs):  # lm-eval makes its own engine, which ends in a reference cycle
+        held_during.append(len(standin.LLM.alive))
+        llm = standin.LLM(kwargs["model_args"]["pretrained"])
+        llm.cycle = llm
+        del llm
+        raise Stop
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", fake_simple_evaluate)
+    gc.disable()  # only an explicit collection frees a cycle
+    try:
+        with pytest.raises(Stop):
+            evaluate.run_lm_eval(model_dir, ["syllabus_lab"], data_dir=None, limit=2, max_gen_toks=8, batch_size=2,
+                                 apply_chat_template=False, output_dir=tmp_path / "out", seed=3, lab_file=lab_file,
+                                 backend="vllm")
+        assert held_during == [0]  # our engine was released before lm-eval's was made
+        assert not standin.LLM.alive  # lm-eval's engine was collected when its run ended
+    finally:
+        gc.enable()

@@ -72,8 +72,8 @@ def release() -> None:
 
 
 def free_gpu_memory() -> None:
-    """Collect what is no longer referenced (a vLLM engine sits in reference cycles, so dropping the last
-    name does not free it) and hand the CUDA allocator's cached blocks back to the GPU."""
+    """Collect what is no longer referenced (an object in a reference cycle outlives its last name until the
+    next collection) and hand the CUDA allocator's cached blocks back to the GPU."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
