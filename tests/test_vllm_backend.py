@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import vllm_standin
-from syllabus import evaluate, generation, lab, models, params as P, students, vllm_backend
+from syllabus import evaluate, generation, lab, models, params as P, students, teachers, vllm_backend
 from syllabus.params import load_profile
 
 torch.set_num_threads(1)
@@ -236,3 +236,24 @@ def test_stage6_frees_the_gpu_before_and_after_each_lm_eval_vllm_run(tmp_path, m
         assert not standin.LLM.alive  # lm-eval's engine was collected when its run ended
     finally:
         gc.enable()
+
+
+def vllm_teacher_spec(tmp_path, **sampling) -> P.Teacher:
+    """A vllm teacher served from a saved lab model (the stand-in loads it with transformers)."""
+    student = lab_student(tmp_path, lora=False)
+    model_dir = models.save_model(student.model, student.tokenizer, tmp_path / "teacher")
+    return P.Teacher(name="t", backend="vllm", model=str(model_dir),
+                     sampling=P.Sampling(**{"max_new_tokens": 8, **sampling}))
+
+
+def test_a_vllm_teacher_makes_its_engine_only_to_generate_and_lets_it_go_after(tmp_path, standin):
+    spec = vllm_teacher_spec(tmp_path)
+    teacher = teachers.make_teacher(spec)
+    assert standin.LLM.made == [] and teacher.settings()["backend"] == "vllm"  # the tokenizer alone, no engine
+    res = teachers.generate_traces(teacher, PROBLEMS, 2, cache_dir=tmp_path / "cache", seed=0, progress=False)
+    assert res.n_generated == 2 * len(PROBLEMS) and len(standin.LLM.made) == 1
+    teacher.close()
+    assert not standin.LLM.alive  # its GPU memory goes before a student trains or another teacher generates
+    again = teachers.make_teacher(spec)
+    res = teachers.generate_traces(again, PROBLEMS, 2, cache_dir=tmp_path / "cache", seed=0, progress=False)
+    assert res.n_generated == 0 and len(standin.LLM.made) == 1  # every trace cached: the model is never loaded

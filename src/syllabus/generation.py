@@ -110,7 +110,10 @@ def teacher_traces(stage: Stage, problems: list[Problem], n_samples: int,
             continue
         teacher = teachers.make_teacher(spec, data_dir=prof.data.resolved_data_dir(), cache_dir=stage.run.cache,
                                         device=prof.device)
-        res = teachers.generate_traces(teacher, problems, n_samples, cache_dir=stage.run.cache, seed=prof.seed)
+        try:
+            res = teachers.generate_traces(teacher, problems, n_samples, cache_dir=stage.run.cache, seed=prof.seed)
+        finally:
+            teacher.close()  # a vLLM teacher's engine goes before the next teacher's, and before the student trains
         checked = [t.replace(correct=bool(verify(by_id[t.problem_id], t.text))) for t in res.traces]
         runs[spec.name] = TeacherRun(spec.name, checked, res.n_generated)
     return runs

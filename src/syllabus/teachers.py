@@ -22,6 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import requests
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer
 
 from . import lab, models, params as P, vllm_backend
 from .devices import resolve_device
@@ -55,6 +56,9 @@ class Teacher:
 
     def generate(self, problems: Sequence[Problem], n_samples: int, seed: int) -> list[Trace]:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Let go of what generation holds (a vLLM engine's GPU memory); the teacher can still generate after."""
 
     def _trace(self, problem: Problem, text: str, sample: int, **extra: Any) -> Trace:
         return Trace(problem_id=problem.id, teacher=self.name, text=text, sample=sample,
@@ -276,7 +280,10 @@ class OpenAITeacher(Teacher):
 
 # --------------------------------------------------------------------------- vllm (optional extra)
 class VLLMTeacher(Teacher):
-    """A model served in-process by vLLM (GPU machines). Installed with ``pip install 'syllabus[vllm]'``."""
+    """A model served in-process by vLLM (GPU machines). Installed with ``pip install 'syllabus[vllm]'``.
+
+    The tokenizer (for ``settings()`` and the prompts) comes from transformers, as vLLM's own does; the engine
+    is made on the first ``generate``, so a teacher whose traces are all cached never loads the model."""
 
     def __init__(self, spec: P.Teacher):
         what, fallback = f"vllm teacher '{spec.name}'", "use backend: hf"
@@ -285,8 +292,11 @@ class VLLMTeacher(Teacher):
         except vllm_backend.VLLMMissing as exc:
             raise TeacherError(str(exc)) from None
         self.name, self.model_name, self.sampling = spec.name, spec.model, spec.sampling
-        self.tokenizer = vllm_backend.engine(spec.model, what=what, fallback=fallback).get_tokenizer()
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.model)
         self.use_chat = bool(getattr(self.tokenizer, "chat_template", None))
+
+    def _engine(self):
+        return vllm_backend.engine(self.model_name, what=f"vllm teacher '{self.name}'", fallback="use backend: hf")
 
     def settings(self):
         return {"backend": "vllm", "model": self.model_name, "sampling": self.sampling.model_dump(),
@@ -294,7 +304,7 @@ class VLLMTeacher(Teacher):
                 "stop": list(STOP_STRINGS), "version": 1}
 
     def generate(self, problems, n_samples, seed):
-        llm = vllm_backend.engine(self.model_name, what=f"vllm teacher '{self.name}'", fallback="use backend: hf")
+        llm = self._engine()
         params = vllm_backend.sampling_params(self._vllm, n=n_samples, temperature=self.sampling.temperature,
                                               top_p=self.sampling.top_p, max_tokens=self.sampling.max_new_tokens,
                                               seed=seed, stop=STOP_STRINGS)
@@ -302,6 +312,9 @@ class VLLMTeacher(Teacher):
         gens = vllm_backend.to_generations(llm.generate(prompts, params), n_samples, self.tokenizer)
         return [self._trace(p, g.text.strip(), k, truncated=g.truncated, n_tokens=g.n_tokens)
                 for p, samples in zip(problems, gens) for k, g in enumerate(samples)]
+
+    def close(self) -> None:
+        vllm_backend.release()
 
 
 def file_teacher_path(spec: P.Teacher, data_dir=None) -> Path:
