@@ -37,6 +37,7 @@ def standin(monkeypatch):
     vllm_standin.LLM.loaded.clear()
     vllm_standin.LLM.made.clear()
     vllm_standin.LLM.alive.clear()
+    vllm_standin.LLM.calls.clear()
     return vllm_standin
 
 
@@ -78,7 +79,8 @@ def test_the_student_engine_and_its_weights_folder_last_one_call(tmp_path, stand
     events = []
     monkeypatch.setattr(vllm_backend, "free_gpu_memory", lambda: events.append("free") or gc.collect())
     real_init = standin.LLM.__init__
-    monkeypatch.setattr(standin.LLM, "__init__", lambda self, *a, **kw: events.append("build") or real_init(self, *a, **kw))
+    monkeypatch.setattr(standin.LLM, "__init__",
+                        lambda self, *a, **kw: events.append("build") or real_init(self, *a, **kw))
     generation.student_samples(student, PROBLEMS[:2], k=1, prof=prof, seed=0, cache_dir=tmp_path)
     assert events == ["free", "build", "free"]  # freed before vLLM measures the GPU, and released after the call
     assert vllm_backend._ENGINE == {} and not standin.LLM.alive  # nothing holds the GPU while the student trains
@@ -257,3 +259,23 @@ def test_a_vllm_teacher_makes_its_engine_only_to_generate_and_lets_it_go_after(t
     again = teachers.make_teacher(spec)
     res = teachers.generate_traces(again, PROBLEMS, 2, cache_dir=tmp_path / "cache", seed=0, progress=False)
     assert res.n_generated == 0 and len(standin.LLM.made) == 1  # every trace cached: the model is never loaded
+
+
+def test_a_vllm_teacher_sends_token_ids_with_a_seed_per_problem_in_large_chunks(tmp_path, standin):
+    from syllabus.prompts import build_prompt
+    from syllabus.runs import stable_seed
+    from syllabus.tokens import encode_prompt
+
+    spec = vllm_teacher_spec(tmp_path, temperature=0.8)
+    teacher = teachers.make_teacher(spec)
+    problems = lab.generate_problems(20, seed=9, modules=["add"], min_steps=1, max_steps=1, max_operand=9,
+                                     max_value=20, id_prefix="c")
+    res = teachers.generate_traces(teacher, problems, 2, cache_dir=tmp_path / "cache", seed=4, progress=False)
+    assert res.n_generated == 40
+    (call,) = standin.LLM.calls  # 20 problems, one generate call (16 per call before)
+    tok = teacher.tokenizer
+    assert [prompt for prompt, _ in call] == [
+        {"prompt_token_ids": encode_prompt(tok, build_prompt(p.text, tok, teacher.use_chat))}
+        for p in problems]  # token ids: vLLM adds no start token on top of what the chat template wrote
+    assert [params.seed for _, params in call] == [stable_seed(4, p.id) % 2**31 for p in problems]
+    assert teacher.settings()["version"] == 2  # traces of version 1 (one seed for all, text prompts) are not reused

@@ -27,6 +27,7 @@ class LLM:
     loaded: list[str] = []  # every model directory an engine was made for
     made: list[dict] = []  # the keyword arguments of every engine made (and the files of its model directory)
     alive: "weakref.WeakSet[LLM]" = weakref.WeakSet()  # the engines not yet garbage-collected
+    calls: list[list] = []  # every generate call's (prompt, sampling params) pairs
 
     def __init__(self, model, dtype="auto", seed=0, **kwargs):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -43,6 +44,7 @@ class LLM:
 
     def generate(self, prompts, params, use_tqdm=True):
         params = params if isinstance(params, list) else [params] * len(prompts)
+        LLM.calls.append(list(zip(prompts, params)))
         return [SimpleNamespace(outputs=[self._one(p, sp, k) for k in range(sp.n)]) for p, sp in zip(prompts, params)]
 
     def _one(self, prompt, sp: SamplingParams, k: int):

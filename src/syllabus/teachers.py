@@ -31,7 +31,7 @@ from .progress import task
 from .prompts import STOP_STRINGS, build_prompt
 from .records import Problem, Trace
 from .runs import hash_obj, hash_path, sha256_bytes, stable_seed
-from .tokens import count_tokens
+from .tokens import count_tokens, encode_prompt
 
 SYSTEM_PROMPT = ("Solve the problem step by step. Finish with a last line of the form '#### <answer>', "
                  "where <answer> is the final answer only.")
@@ -50,6 +50,7 @@ class Teacher:
 
     name: str
     max_samples: int | None = None  # a file holds one trace per problem
+    chunk_size: int = 16  # problems per generate call in generate_traces (its cache is flushed after each)
 
     def settings(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -283,7 +284,12 @@ class VLLMTeacher(Teacher):
     """A model served in-process by vLLM (GPU machines). Installed with ``pip install 'syllabus[vllm]'``.
 
     The tokenizer (for ``settings()`` and the prompts) comes from transformers, as vLLM's own does; the engine
-    is made on the first ``generate``, so a teacher whose traces are all cached never loads the model."""
+    is made on the first ``generate``, so a teacher whose traces are all cached never loads the model.
+    Prompts go to vLLM as token ids (``tokens.encode_prompt``: a chat template that writes the BOS token
+    gets no second one, which vLLM adds to a text prompt), with a seed per problem (``stable_seed(seed,
+    problem id)``; vLLM gives sample k the seed + k), and 128 problems per call keep its batch full."""
+
+    chunk_size = 128
 
     def __init__(self, spec: P.Teacher):
         what, fallback = f"vllm teacher '{spec.name}'", "use backend: hf"
@@ -299,17 +305,20 @@ class VLLMTeacher(Teacher):
         return vllm_backend.engine(self.model_name, what=f"vllm teacher '{self.name}'", fallback="use backend: hf")
 
     def settings(self):
+        # version 2: token-id prompts and a seed per problem (version 1: text prompts, one seed for all)
         return {"backend": "vllm", "model": self.model_name, "sampling": self.sampling.model_dump(),
                 "use_chat_template": self.use_chat, "chat_template": models.chat_template_info(self.tokenizer),
-                "stop": list(STOP_STRINGS), "version": 1}
+                "stop": list(STOP_STRINGS), "version": 2}
 
     def generate(self, problems, n_samples, seed):
         llm = self._engine()
-        params = vllm_backend.sampling_params(self._vllm, n=n_samples, temperature=self.sampling.temperature,
-                                              top_p=self.sampling.top_p, max_tokens=self.sampling.max_new_tokens,
-                                              seed=seed, stop=STOP_STRINGS)
+        params = [vllm_backend.sampling_params(self._vllm, n=n_samples, temperature=self.sampling.temperature,
+                                               top_p=self.sampling.top_p, max_tokens=self.sampling.max_new_tokens,
+                                               seed=stable_seed(seed, p.id) % 2**31, stop=STOP_STRINGS)
+                  for p in problems]
         prompts = [build_prompt(p.text, self.tokenizer, self.use_chat) for p in problems]
-        gens = vllm_backend.to_generations(llm.generate(prompts, params), n_samples, self.tokenizer)
+        prompts = [{"prompt_token_ids": encode_prompt(self.tokenizer, prompt)} for prompt in prompts]
+        gens = vllm_backend.to_generations(llm.generate(prompts, params, use_tqdm=False), n_samples, self.tokenizer)
         return [self._trace(p, g.text.strip(), k, truncated=g.truncated, n_tokens=g.n_tokens)
                 for p, samples in zip(problems, gens) for k, g in enumerate(samples)]
 
@@ -388,12 +397,14 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 
 
 def generate_traces(teacher: Teacher, problems: Sequence[Problem], n_samples: int, *, cache_dir, seed: int = 0,
-                    progress: bool = True, chunk_size: int = 16) -> GenerationResult:
+                    progress: bool = True, chunk_size: int | None = None) -> GenerationResult:
     """Traces for every (problem, sample), generating only what the cache does not hold.
 
     Cache: ``cache_dir/generations/<hash of teacher settings>/shard-<time ns>-<pid>.jsonl``, one new shard per
-    call that generates anything, appended and flushed per chunk of ``chunk_size`` problems.
+    call that generates anything, appended and flushed per chunk of ``chunk_size`` problems (by default the
+    teacher's: 16, a vllm teacher 128).
     """
+    chunk_size = chunk_size or teacher.chunk_size
     folder = Path(cache_dir) / "generations" / hash_obj(teacher.settings())[:16]
     cached = read_cache(folder)
     n_wanted = min(n_samples, teacher.max_samples or n_samples)
