@@ -279,3 +279,16 @@ def test_a_vllm_teacher_sends_token_ids_with_a_seed_per_problem_in_large_chunks(
         for p in problems]  # token ids: vLLM adds no start token on top of what the chat template wrote
     assert [params.seed for _, params in call] == [stable_seed(4, p.id) % 2**31 for p in problems]
     assert teacher.settings()["version"] == 2  # traces of version 1 (one seed for all, text prompts) are not reused
+
+
+def test_a_vllm_teachers_engine_spreads_over_its_gpus_with_a_bounded_context(tmp_path, standin):
+    spec = vllm_teacher_spec(tmp_path)
+    problems = PROBLEMS[:2]
+    teachers.generate_traces(teachers.make_teacher(spec), problems, 1, cache_dir=tmp_path / "a", progress=False)
+    big = spec.model_copy(update={"tensor_parallel_size": 2, "max_model_len": 96})
+    teacher = teachers.make_teacher(big)
+    teachers.generate_traces(teacher, problems, 1, cache_dir=tmp_path / "b", progress=False)
+    plain, split = standin.LLM.made
+    assert "tensor_parallel_size" not in plain and "max_model_len" not in plain  # vLLM's own defaults
+    assert (split["tensor_parallel_size"], split["max_model_len"]) == (2, 96)
+    assert teacher.settings()["max_model_len"] == 96  # a bound can cut a trace short: part of the cache key

@@ -26,7 +26,7 @@ from .errors import SyllabusError
 from .runs import sha256_bytes, stable_seed
 from .tokens import count_tokens, encode_prompt
 
-_ENGINE: dict[str, Any] = {}  # {"key": (model, dtype, memory share), "llm": vllm.LLM} - the one engine held
+_ENGINE: dict[str, Any] = {}  # {"key": (model, dtype, settings...), "llm": vllm.LLM} - the one engine held
 STUDENT_GPU_SHARE = 0.4  # vLLM's share of the GPU when serving a student: the student itself stays on the GPU
 
 
@@ -45,18 +45,23 @@ def import_vllm(what: str, fallback: str):
 
 
 def engine(model: str, *, dtype: str = "auto", what: str = "vllm generation", fallback: str = "use the hf backend",
-           gpu_memory_utilization: float | None = None):
+           gpu_memory_utilization: float | None = None, tensor_parallel_size: int = 1,
+           max_model_len: int | None = None):
     """A ``vllm.LLM`` for ``model`` (a model directory or hub id); the previous engine is released first.
 
     ``gpu_memory_utilization`` (vLLM's share of the GPU; None: vLLM's default, 0.9) must leave room for
-    what else the process holds on the GPU (a student being trained)."""
-    key = (str(model), dtype, gpu_memory_utilization)
+    what else the process holds on the GPU (a student being trained); ``tensor_parallel_size`` GPUs share
+    the model; ``max_model_len`` bounds prompt + completion (None: the model's own context length), and
+    with it the KV cache one sequence may need. Settings left at their defaults are not passed to vLLM."""
+    key = (str(model), dtype, gpu_memory_utilization, tensor_parallel_size, max_model_len)
     if _ENGINE.get("key") == key:
         return _ENGINE["llm"]
     vllm = import_vllm(what, fallback)
     release()
     free_gpu_memory()  # what else the process let go of (an engine lm-eval made, a model) before vLLM measures the GPU
-    extra = {} if gpu_memory_utilization is None else {"gpu_memory_utilization": gpu_memory_utilization}
+    extra = {name: value for name, value, default in (("gpu_memory_utilization", gpu_memory_utilization, None),
+                                                      ("tensor_parallel_size", tensor_parallel_size, 1),
+                                                      ("max_model_len", max_model_len, None)) if value != default}
     llm = vllm.LLM(model=str(model), dtype=dtype, seed=0, **extra)
     _ENGINE.update(key=key, llm=llm)
     return llm
