@@ -387,7 +387,7 @@ class Benchmark(Strict):
                                          "syllabus_gsm8k / math500 / humaneval: the benchmark files")
     limit: int | None = Field(50, ge=1)
     max_gen_toks: int = Field(256, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="hf backend; vllm takes 'auto' (every request at once)")
     apply_chat_template: bool = False
     backend: Literal["hf", "vllm"] = Field("hf", description="lm-eval's model type: hf (transformers) or vllm "
                                                              "(GPU machines, the optional extra syllabus[vllm])")
