@@ -276,3 +276,16 @@ def test_check_runnable_refuses_a_policy_the_data_cannot_serve(tmp_path):
 def test_shipped_profiles_are_runnable():
     for name in ("ci", "tiny"):
         check_runnable(load_profile(name))
+
+
+def test_vllm_teacher_engine_settings_default_to_vllms_and_belong_to_the_vllm_backend(tmp_path):
+    qwq = next(t for t in load_profile("paper").teachers if t.backend == "vllm")
+    assert (qwq.tensor_parallel_size, qwq.max_model_len) == (2, 16384)  # QwQ-32B over two GPUs, a bounded context
+    assert qwq.max_model_len > qwq.sampling.max_new_tokens
+    for name in ("tiny", "ci", "smol"):
+        assert all((t.tensor_parallel_size, t.max_model_len) == (1, None) for t in load_profile(name).teachers)
+    with pytest.raises(ParamsError, match=r"tensor_parallel_size and max_model_len are settings of the vllm backend"):
+        load_profile(write(tmp_path, MINIMAL.replace("style: prose", "style: prose, tensor_parallel_size: 2")))
+    vllm = MINIMAL.replace("backend: lab, style: prose", "backend: vllm, model: some/model, max_model_len: 256")
+    with pytest.raises(ParamsError, match=r"max_model_len 256 leaves no room for the prompt.*max_new_tokens 256"):
+        load_profile(write(tmp_path, vllm))

@@ -1,13 +1,17 @@
 """A stand-in for the ``vllm`` package on machines without it (no GPU): the few names syllabus uses
 (``LLM(model, dtype, seed)``, ``LLM.generate`` over token-id prompts with one ``SamplingParams`` per
 prompt or for all, ``LLM.get_tokenizer``), backed by a real transformers model loaded from the same
-directory vLLM would load. Greedy outputs are transformers' greedy outputs; stop strings end a
-completion and are left out of its text, as vLLM does."""
+directory vLLM would load. Greedy outputs are transformers' greedy outputs. Completions end as vLLM's do:
+``token_ids`` keeps the EOS token a completion stopped on, and a stop string ends a completion at the token
+that completes it (kept in ``token_ids``, ``stop_reason`` the string) and is left out of its text
+(vLLM's ``IncrementalDetokenizer`` and ``check_stop``)."""
 
 from __future__ import annotations
 
 import importlib.machinery
 import types
+import weakref
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -21,6 +25,9 @@ class SamplingParams:
 
 class LLM:
     loaded: list[str] = []  # every model directory an engine was made for
+    made: list[dict] = []  # the keyword arguments of every engine made (and the files of its model directory)
+    alive: "weakref.WeakSet[LLM]" = weakref.WeakSet()  # the engines not yet garbage-collected
+    calls: list[list] = []  # every generate call's (prompt, sampling params) pairs
 
     def __init__(self, model, dtype="auto", seed=0, **kwargs):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -28,12 +35,16 @@ class LLM:
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.model = AutoModelForCausalLM.from_pretrained(model).eval()
         LLM.loaded.append(str(model))
+        LLM.made.append({"model": str(model), "dtype": dtype, "seed": seed, **kwargs,
+                         "files": sorted(p.name for p in Path(model).iterdir()) if Path(model).is_dir() else None})
+        LLM.alive.add(self)
 
     def get_tokenizer(self):
         return self.tokenizer
 
     def generate(self, prompts, params, use_tqdm=True):
         params = params if isinstance(params, list) else [params] * len(prompts)
+        LLM.calls.append(list(zip(prompts, params)))
         return [SimpleNamespace(outputs=[self._one(p, sp, k) for k in range(sp.n)]) for p, sp in zip(prompts, params)]
 
     def _one(self, prompt, sp: SamplingParams, k: int):
@@ -47,16 +58,18 @@ class LLM:
                                       **({"temperature": sp.temperature, "top_p": sp.top_p, "top_k": 0} if sampling else {}))
         new = out[0, len(ids):].tolist()
         eos = self.tokenizer.eos_token_id
-        if eos in new:
-            new, reason = new[:new.index(eos)], "stop"
-        else:
-            reason = "length" if len(new) >= sp.max_tokens else "stop"
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        cuts = [text.find(s) for s in sp.stop if s in text]
-        if cuts:
-            text, reason = text[:min(cuts)], "stop"
-            new = self.tokenizer.encode(text, add_special_tokens=False)
-        return SimpleNamespace(text=text, token_ids=new, finish_reason=reason)
+        stopped = eos in new
+        body = new[:new.index(eos)] if stopped else new
+        for j in range(1, len(body) + 1):  # vLLM checks the stop strings after every token
+            text = self.tokenizer.decode(body[:j], skip_special_tokens=True)
+            hits = [s for s in sp.stop if s in text]
+            if hits:
+                first = min(hits, key=text.find)
+                return SimpleNamespace(text=text[:text.find(first)], token_ids=body[:j], finish_reason="stop",
+                                       stop_reason=first)
+        reason = "stop" if stopped or len(new) < sp.max_tokens else "length"
+        return SimpleNamespace(text=self.tokenizer.decode(body, skip_special_tokens=True),
+                               token_ids=body + [eos] if stopped else body, finish_reason=reason, stop_reason=None)
 
 
 def module() -> types.ModuleType:

@@ -42,6 +42,7 @@ from lm_eval.tasks._yaml_loader import load_yaml
 from lm_eval.utils import sanitize_model_name
 from transformers import AutoTokenizer
 
+from . import vllm_backend
 from .errors import SyllabusError
 from .eval_tasks import ALLOW_CODE_EVAL_ENV
 from .records import Problem
@@ -250,7 +251,7 @@ def run_lm_eval(
     data_dir: str | os.PathLike | None,
     limit: int | None,
     max_gen_toks: int,
-    batch_size: int,
+    batch_size: int | str,
     apply_chat_template: bool,
     device: str = "cpu",
     output_dir: str | os.PathLike,
@@ -266,8 +267,12 @@ def run_lm_eval(
     through lm-eval's ``backend`` model type (``hf``, or ``vllm`` on GPU machines).
 
     Completed tasks (provenance with the same key) are read back instead of re-run; the others run
-    together, the model loaded once.
+    together, the model loaded once. With ``vllm``, ``batch_size`` is ``"auto"``: lm-eval's vllm model
+    hands vLLM every request at once (a number would cut them into chunks of that many, one ``generate``
+    call each), and vLLM schedules its own batches.
     """
+    if backend == "vllm":
+        batch_size = "auto"
     model_dir = Path(model_dir).expanduser().resolve()
     if not (model_dir / "config.json").is_file():
         raise EvaluateError(f"model directory '{model_dir}' has no config.json; save the model with save_pretrained first")
@@ -340,15 +345,22 @@ def _run_tasks(model_dir, pending, output_dir, metadata, tokenizer, *, limit, ma
     own results and samples files, and last its provenance, into ``output_dir/<task>/``."""
     unsafe = any(is_unsafe(task) for task in pending)
     tracker = EvaluationTracker()
-    with code_eval_allowed(unsafe):
-        results = lm_eval.simple_evaluate(
-            model=backend, model_args=lm_eval_model_args(backend, model_dir, dtype, seed),
-            tasks=[spec for spec, _, _ in pending.values()], task_manager=task_manager(metadata, list(pending)),
-            device=device, limit=limit, batch_size=batch_size, gen_kwargs={"max_gen_toks": max_gen_toks},
-            apply_chat_template=apply_chat_template, log_samples=True, evaluation_tracker=tracker,
-            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-            confirm_run_unsafe_code=unsafe,
-        )
+    if backend == "vllm":  # lm-eval's engine takes 90% of the GPU: nothing of ours may hold a share then
+        vllm_backend.release()
+        vllm_backend.free_gpu_memory()
+    try:
+        with code_eval_allowed(unsafe):
+            results = lm_eval.simple_evaluate(
+                model=backend, model_args=lm_eval_model_args(backend, model_dir, dtype, seed),
+                tasks=[spec for spec, _, _ in pending.values()], task_manager=task_manager(metadata, list(pending)),
+                device=device, limit=limit, batch_size=batch_size, gen_kwargs={"max_gen_toks": max_gen_toks},
+                apply_chat_template=apply_chat_template, log_samples=True, evaluation_tracker=tracker,
+                random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                confirm_run_unsafe_code=unsafe,
+            )
+    finally:
+        if backend == "vllm":  # the engine lm-eval made for this model goes now, before the next model's is made
+            vllm_backend.free_gpu_memory()
     samples = results.pop("samples")
     for task, (_, inputs, key) in pending.items():
         names = _task_names(task)

@@ -22,18 +22,18 @@ def student_samples(student: StudentModel, problems: list[Problem], *, k: int, p
                     cache_dir: Path | None = None, temperature: float | None = None, top_p: float | None = None):
     """k solutions per problem written by the student (greedy when k == 1, else at ``temperature`` /
     ``top_p``, by default ``student_generation``'s), by transformers on the student's device
-    (``student_generation.backend: hf``) or by vLLM on its current weights, LoRA merged, saved once per
-    checkpoint under ``cache_dir`` (``vllm``)."""
+    (``student_generation.backend: hf``) or by vLLM on its current weights, LoRA merged, saved under
+    ``cache_dir/vllm_models`` for this call and deleted after it with its engine (``vllm``)."""
     g = prof.student_generation
     prompts = [student.prompt(p) for p in problems]
     temperature = 0.0 if k == 1 else (g.temperature if temperature is None else temperature)
     top_p = g.top_p if top_p is None else top_p
     if g.backend == "vllm":
         root = Path(cache_dir) if cache_dir is not None else Path(tempfile.gettempdir()) / "syllabus"
-        weights = vllm_backend.student_weights_dir(student.model, student.tokenizer, student.fingerprint(), root)
-        return vllm_backend.generate(weights, student.tokenizer, prompts, max_new_tokens=g.max_new_tokens,
-                                     temperature=temperature, top_p=top_p, num_samples=k, seed=seed,
-                                     stop=models.STOP)
+        with vllm_backend.student_weights(student.model, student.tokenizer, student.fingerprint(), root) as weights:
+            return vllm_backend.generate(weights, student.tokenizer, prompts, max_new_tokens=g.max_new_tokens,
+                                         temperature=temperature, top_p=top_p, num_samples=k, seed=seed,
+                                         stop=models.STOP, dtype=vllm_backend.dtype_name(student.model))
     return models.generate(student.model, student.tokenizer, prompts, max_new_tokens=g.max_new_tokens,
                            temperature=temperature, top_p=top_p, num_samples=k, batch_size=g.batch_size, seed=seed,
                            token_budget=g.token_budget)
@@ -61,12 +61,15 @@ def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: 
 
 def generation_settings(prof: Profile) -> dict[str, Any]:
     """What decides the student's samples, for cache keys (the ``hf`` backend without a token budget keeps
-    its earlier keys; vLLM ignores the budget)."""
+    its earlier keys; vLLM ignores the budget; ``vllm_dtype``: vLLM runs the student in its own dtype, where
+    its ``auto`` had run a float32 student in float16)."""
     settings = prof.student_generation.model_dump(mode="json")
     if settings["token_budget"] is None or settings["backend"] == "vllm":
         del settings["token_budget"]
     if settings["backend"] == "hf":
         del settings["backend"]
+    else:
+        settings["vllm_dtype"] = "student"
     return settings
 
 
@@ -107,7 +110,10 @@ def teacher_traces(stage: Stage, problems: list[Problem], n_samples: int,
             continue
         teacher = teachers.make_teacher(spec, data_dir=prof.data.resolved_data_dir(), cache_dir=stage.run.cache,
                                         device=prof.device)
-        res = teachers.generate_traces(teacher, problems, n_samples, cache_dir=stage.run.cache, seed=prof.seed)
+        try:
+            res = teachers.generate_traces(teacher, problems, n_samples, cache_dir=stage.run.cache, seed=prof.seed)
+        finally:
+            teacher.close()  # a vLLM teacher's engine goes before the next teacher's, and before the student trains
         checked = [t.replace(correct=bool(verify(by_id[t.problem_id], t.text))) for t in res.traces]
         runs[spec.name] = TeacherRun(spec.name, checked, res.n_generated)
     return runs

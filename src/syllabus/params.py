@@ -160,12 +160,22 @@ class Teacher(Strict):
     path: str | None = Field(None, description="file backend: JSONL path (relative to data_dir if not absolute)")
     field: str | None = Field(None, description="file backend: which solution field to read")
     sampling: Sampling = Field(default_factory=Sampling)
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm backend: GPUs the engine splits the model over "
+                                                           "(a 32B teacher in bf16 does not fit one 80 GB GPU)")
+    max_model_len: int | None = Field(None, ge=2, description="vllm backend: longest prompt + completion the engine "
+                                                             "serves (None: the model's own context length)")
 
     @model_validator(mode="after")
     def _check(self) -> "Teacher":
         need = {"lab": "style", "hf": "model", "file": "path", "openai": "model", "vllm": "model"}[self.backend]
         if getattr(self, need) in (None, ""):
             raise ValueError(f"teacher '{self.name}': backend '{self.backend}' needs '{need}'")
+        if self.backend != "vllm" and (self.tensor_parallel_size != 1 or self.max_model_len is not None):
+            raise ValueError(f"teacher '{self.name}': tensor_parallel_size and max_model_len are settings of the "
+                             f"vllm backend, not of '{self.backend}'; remove them")
+        if self.max_model_len is not None and self.max_model_len <= self.sampling.max_new_tokens:
+            raise ValueError(f"teacher '{self.name}': max_model_len {self.max_model_len} leaves no room for the prompt "
+                             f"beside sampling.max_new_tokens {self.sampling.max_new_tokens}; raise it")
         return self
 
 
@@ -377,7 +387,7 @@ class Benchmark(Strict):
                                          "syllabus_gsm8k / math500 / humaneval: the benchmark files")
     limit: int | None = Field(50, ge=1)
     max_gen_toks: int = Field(256, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="hf backend; vllm takes 'auto' (every request at once)")
     apply_chat_template: bool = False
     backend: Literal["hf", "vllm"] = Field("hf", description="lm-eval's model type: hf (transformers) or vllm "
                                                              "(GPU machines, the optional extra syllabus[vllm])")

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Sequence
 
 import requests
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer
 
 from . import lab, models, params as P, vllm_backend
 from .devices import resolve_device
@@ -30,7 +31,7 @@ from .progress import task
 from .prompts import STOP_STRINGS, build_prompt
 from .records import Problem, Trace
 from .runs import hash_obj, hash_path, sha256_bytes, stable_seed
-from .tokens import count_tokens
+from .tokens import count_tokens, encode_prompt
 
 SYSTEM_PROMPT = ("Solve the problem step by step. Finish with a last line of the form '#### <answer>', "
                  "where <answer> is the final answer only.")
@@ -49,12 +50,16 @@ class Teacher:
 
     name: str
     max_samples: int | None = None  # a file holds one trace per problem
+    chunk_size: int = 16  # problems per generate call in generate_traces (its cache is flushed after each)
 
     def settings(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def generate(self, problems: Sequence[Problem], n_samples: int, seed: int) -> list[Trace]:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Let go of what generation holds (a vLLM engine's GPU memory); the teacher can still generate after."""
 
     def _trace(self, problem: Problem, text: str, sample: int, **extra: Any) -> Trace:
         return Trace(problem_id=problem.id, teacher=self.name, text=text, sample=sample,
@@ -274,7 +279,15 @@ class OpenAITeacher(Teacher):
 
 # --------------------------------------------------------------------------- vllm (optional extra)
 class VLLMTeacher(Teacher):
-    """A model served in-process by vLLM (GPU machines). Installed with ``pip install 'syllabus[vllm]'``."""
+    """A model served in-process by vLLM (GPU machines). Installed with ``pip install 'syllabus[vllm]'``.
+
+    The tokenizer (for ``settings()`` and the prompts) comes from transformers, as vLLM's own does; the engine
+    is made on the first ``generate``, so a teacher whose traces are all cached never loads the model.
+    Prompts go to vLLM as token ids (``tokens.encode_prompt``: a chat template that writes the BOS token
+    gets no second one, which vLLM adds to a text prompt), with a seed per problem (``stable_seed(seed,
+    problem id)``; vLLM gives sample k the seed + k), and 128 problems per call keep its batch full."""
+
+    chunk_size = 128
 
     def __init__(self, spec: P.Teacher):
         what, fallback = f"vllm teacher '{spec.name}'", "use backend: hf"
@@ -283,23 +296,35 @@ class VLLMTeacher(Teacher):
         except vllm_backend.VLLMMissing as exc:
             raise TeacherError(str(exc)) from None
         self.name, self.model_name, self.sampling = spec.name, spec.model, spec.sampling
-        self.tokenizer = vllm_backend.engine(spec.model, what=what, fallback=fallback).get_tokenizer()
+        self.tensor_parallel_size, self.max_model_len = spec.tensor_parallel_size, spec.max_model_len
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.model)
         self.use_chat = bool(getattr(self.tokenizer, "chat_template", None))
 
+    def _engine(self):
+        return vllm_backend.engine(self.model_name, what=f"vllm teacher '{self.name}'", fallback="use backend: hf",
+                                   tensor_parallel_size=self.tensor_parallel_size, max_model_len=self.max_model_len)
+
     def settings(self):
+        # version 2: token-id prompts and a seed per problem (version 1: text prompts, one seed for all).
+        # max_model_len can cut a completion short; the GPUs the model is split over decide nothing
         return {"backend": "vllm", "model": self.model_name, "sampling": self.sampling.model_dump(),
                 "use_chat_template": self.use_chat, "chat_template": models.chat_template_info(self.tokenizer),
-                "stop": list(STOP_STRINGS), "version": 1}
+                "stop": list(STOP_STRINGS), "max_model_len": self.max_model_len, "version": 2}
 
     def generate(self, problems, n_samples, seed):
-        llm = vllm_backend.engine(self.model_name, what=f"vllm teacher '{self.name}'", fallback="use backend: hf")
-        params = vllm_backend.sampling_params(self._vllm, n=n_samples, temperature=self.sampling.temperature,
-                                              top_p=self.sampling.top_p, max_tokens=self.sampling.max_new_tokens,
-                                              seed=seed, stop=STOP_STRINGS)
+        llm = self._engine()
+        params = [vllm_backend.sampling_params(self._vllm, n=n_samples, temperature=self.sampling.temperature,
+                                               top_p=self.sampling.top_p, max_tokens=self.sampling.max_new_tokens,
+                                               seed=stable_seed(seed, p.id) % 2**31, stop=STOP_STRINGS)
+                  for p in problems]
         prompts = [build_prompt(p.text, self.tokenizer, self.use_chat) for p in problems]
-        gens = vllm_backend.to_generations(llm.generate(prompts, params), n_samples)
+        prompts = [{"prompt_token_ids": encode_prompt(self.tokenizer, prompt)} for prompt in prompts]
+        gens = vllm_backend.to_generations(llm.generate(prompts, params, use_tqdm=False), n_samples, self.tokenizer)
         return [self._trace(p, g.text.strip(), k, truncated=g.truncated, n_tokens=g.n_tokens)
                 for p, samples in zip(problems, gens) for k, g in enumerate(samples)]
+
+    def close(self) -> None:
+        vllm_backend.release()
 
 
 def file_teacher_path(spec: P.Teacher, data_dir=None) -> Path:
@@ -373,12 +398,14 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 
 
 def generate_traces(teacher: Teacher, problems: Sequence[Problem], n_samples: int, *, cache_dir, seed: int = 0,
-                    progress: bool = True, chunk_size: int = 16) -> GenerationResult:
+                    progress: bool = True, chunk_size: int | None = None) -> GenerationResult:
     """Traces for every (problem, sample), generating only what the cache does not hold.
 
     Cache: ``cache_dir/generations/<hash of teacher settings>/shard-<time ns>-<pid>.jsonl``, one new shard per
-    call that generates anything, appended and flushed per chunk of ``chunk_size`` problems.
+    call that generates anything, appended and flushed per chunk of ``chunk_size`` problems (by default the
+    teacher's: 16, a vllm teacher 128).
     """
+    chunk_size = chunk_size or teacher.chunk_size
     folder = Path(cache_dir) / "generations" / hash_obj(teacher.settings())[:16]
     cached = read_cache(folder)
     n_wanted = min(n_samples, teacher.max_samples or n_samples)
