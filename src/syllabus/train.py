@@ -19,6 +19,11 @@
   atomically to ``out_dir/checkpoint.pt`` every ``checkpoint_every`` steps and at the end. A run
   killed at any point and resumed ends with the same weights as an uninterrupted run (CPU, same
   thread count). Batches go to the model's device; on a GPU the CUDA random state is saved too.
+* Precision: a model marked with a compute dtype (``devices.set_compute_dtype``: a bfloat16 student, whose
+  trainable weights ``models.load_student`` keeps in float32) runs each forward pass under
+  ``torch.autocast`` in bfloat16; the backward pass, the gradients, AdamW and its moments stay in float32
+  (mixed precision). Unmarked (float32) models run without autocast, as before. float16 is refused: it
+  needs loss scaling, which this loop does not do.
 * ``out_dir`` also gets ``train_log.csv`` (step, loss, lr, tokens) and ``train_summary.json``
   (steps, tokens seen, wall time, data hash and count, settings).
 * Inside a ``torch.distributed`` group (``syllabus.launch``) each process takes its share of every
@@ -45,7 +50,7 @@ except ImportError:  # a torch build without torch.distributed: nothing is ever 
     DTensor = ()
 
 from . import params as P
-from .devices import model_device
+from .devices import autocast, compute_dtype, model_device
 from .errors import SyllabusError
 from .progress import Task
 from .runs import atomic_path, atomic_write_json, atomic_write_text, hash_obj
@@ -353,6 +358,10 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainError("the model has no trainable parameters")
+    if compute_dtype(model) == "float16":
+        raise TrainError("a float16 student cannot be trained here: float16 gradients need loss scaling "
+                         "(a GradScaler), which train.sft does not do; set the student's dtype to bfloat16 "
+                         "(GPUs since Ampere) or float32")
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     if schedule_span is None:
         factor = lambda s: lr_factor(s, steps, cfg.warmup_ratio, cfg.lr_schedule)  # noqa: E731
@@ -418,11 +427,12 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
             passes += [None] * (busiest - len(passes))
         total = 0.0
         for items in passes:
-            if items is None:
-                loss = _idle_pass(model, pad_id, device)
-            else:
-                b = {key: value.to(device) for key, value in collate(items, pad_id).items()}
-                loss = target_loss(model, b, n_target)
+            with autocast(model):  # forward passes only; a float32 model: no autocast
+                if items is None:
+                    loss = _idle_pass(model, pad_id, device)
+                else:
+                    b = {key: value.to(device) for key, value in collate(items, pad_id).items()}
+                    loss = target_loss(model, b, n_target)
             loss.backward()
             total += loss.item()
         if sharded:  # FSDP summed the gradients (launch.shard sets its divide factor to 1)
