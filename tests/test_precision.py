@@ -1,13 +1,14 @@
-"""Mixed precision in SFT.
+"""Mixed precision and gradient checkpointing in SFT.
 
 A bfloat16 student trains float32 weights (AdamW's moments too) with its forward passes under
 ``torch.autocast`` in bfloat16 (CPU autocast runs bf16 here); float32 students run exactly as before, without
-autocast.
+autocast. Gradient checkpointing gives the same loss and gradients and is part of no cache key.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import random
@@ -19,6 +20,7 @@ from syllabus import devices, models, params as P, train
 from syllabus.params import ParamsError, load_profile
 from syllabus.preflight import check_runnable
 from syllabus.prompts import question_prompt, target_text
+from syllabus.runs import hash_obj
 
 torch.set_num_threads(1)
 
@@ -137,3 +139,91 @@ def test_float16_training_is_refused_with_the_fix(tmp_path):
     prof = load_profile("ci", {"students.0.dtype": "float16"})
     with pytest.raises(ParamsError, match=r"key 'students.0.dtype': is float16"):
         check_runnable(prof)
+
+
+# --------------------------------------------------------------------------- gradient checkpointing
+def count_calls(module) -> list:
+    """A list that grows by one at every run of ``module.forward``, recomputations included (torch's
+    checkpoint runs no module hooks when it recomputes)."""
+    calls, forward = [], module.forward
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    module.forward = counted
+    return calls
+
+
+def _loss_and_grads(model, tok, pairs):
+    data = train.tokenize_examples(tok, pairs, 96, "target")
+    batch = train.collate(data, tok.pad_token_id)
+    n_target = int((batch["labels"][:, 1:] != -100).sum())
+    model.zero_grad(set_to_none=True)
+    loss = train.target_loss(model, batch, n_target)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    pairs = lab_pairs(6)
+    tok = models.lab_tokenizer([p + t for p, t in pairs])
+    plain = models.build_lab_model(ARCH, tok, 0).train()
+    ckpt = copy.deepcopy(plain)
+    ckpt.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    layer_calls = count_calls(ckpt.model.layers[0].mlp)
+    loss_a, grads_a = _loss_and_grads(plain, tok, pairs)
+    loss_b, grads_b = _loss_and_grads(ckpt, tok, pairs)
+    assert len(layer_calls) == 2  # the layer ran again in the backward pass: checkpointing is on
+    assert loss_a == pytest.approx(loss_b, abs=1e-6)
+    for name, g in grads_a.items():
+        assert torch.allclose(g, grads_b[name], atol=1e-6, rtol=0), name
+
+
+def test_sft_with_gradient_checkpointing_trains_the_same_run_and_switches_it_off_after(tmp_path):
+    pairs = lab_pairs()
+    tok = models.lab_tokenizer([p + t for p, t in pairs])
+    plain = models.build_lab_model(ARCH, tok, 0)
+    ckpt = copy.deepcopy(plain)
+    layer_calls = count_calls(ckpt.model.layers[0].mlp)
+    on = TRAINING.model_copy(update={"gradient_checkpointing": True})
+    a = train.sft(plain, tok, pairs, steps=3, cfg=TRAINING, seed=0, out_dir=tmp_path / "off")
+    b = train.sft(ckpt, tok, pairs, steps=3, cfg=on, seed=0, out_dir=tmp_path / "on")
+    passes = sum(len(train.step_passes(train.tokenize_examples(tok, pairs, 96, "target"),
+                                       train.batch_indices(len(pairs), 4, s, 0), 4)) for s in range(3))
+    assert len(layer_calls) == 2 * passes  # each forward ran again in its backward pass
+    assert b.losses == pytest.approx(a.losses, abs=1e-6)
+    for (name, x), (_, y) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        assert torch.allclose(x, y, atol=1e-6, rtol=0), name
+    assert not ckpt.is_activation_checkpointing and ckpt.config.use_cache is plain.config.use_cache
+    assert not getattr(ckpt, "_require_grads_hooks", None)  # nor the embedding hook that came with it
+    assert b.summary["training"] == {**a.summary["training"], "gradient_checkpointing": True}
+    assert "gradient_checkpointing" not in a.summary["training"]
+    # a memory setting: a checkpoint written without it resumes with it (the same run key)
+    resumed = train.sft(copy.deepcopy(plain), tok, pairs, steps=3, cfg=on, seed=0, out_dir=tmp_path / "off")
+    assert resumed.resumed_from == 3
+
+
+# Training settings hashed as the SFT cache keys hold them, computed before gradient_checkpointing existed:
+# a CPU profile's lab students, distillation runs and stage-5 phases keep their cache keys.
+TRAINING_KEYS = {
+    "tiny": "6424332190ddc4ee30b72b604d4e6aff2d268d02e5d7c70505d2742dca33ee17",
+    "ci": "b37f3945ca558067918b6bdfce9eb6d684ee6100d65992bb2c6d5ff1fc44e0d5",
+    "smol": "6412f2c067c45011243e4597a358aedb693f62dbe143b36ddb1f162b7ae9a6e6",
+    "tiny-wide": "6424332190ddc4ee30b72b604d4e6aff2d268d02e5d7c70505d2742dca33ee17",
+    "tiny-wide-b": "6424332190ddc4ee30b72b604d4e6aff2d268d02e5d7c70505d2742dca33ee17",
+}
+
+
+def test_cpu_profiles_keep_their_training_cache_keys():
+    for name in CPU_PROFILES:
+        training = load_profile(name).training
+        assert not training.gradient_checkpointing
+        assert hash_obj(training.key_dump()) == TRAINING_KEYS[name], name
+
+
+def test_the_paper_profile_fits_its_micro_batch_with_the_same_rows_per_step():
+    paper = load_profile("paper")
+    t = paper.training
+    assert t.batch_size * t.grad_accum == 128 and t.batch_size <= 2 and t.gradient_checkpointing
+    assert {s.dtype for s in paper.students} == {"bfloat16"} and not any(s.lora for s in paper.students)

@@ -286,7 +286,7 @@ def texts_hash(texts: Sequence[str]) -> str:
 def lab_student_key(spec: P.Student, training: P.Training, pretrain_texts: Sequence[str],
                     vocab_texts: Sequence[str], seed: int) -> str:
     """Everything that determines a warm-started lab student, hashed."""
-    return hash_obj({"spec": spec.model_dump(mode="json"), "training": training.model_dump(mode="json"),
+    return hash_obj({"spec": spec.model_dump(mode="json"), "training": training.key_dump(),
                      "pretrain": texts_hash(pretrain_texts), "vocab": texts_hash(vocab_texts), "seed": seed,
                      "format": 1})
 
@@ -363,13 +363,13 @@ def _lab_student(spec: P.Student, *, cache_dir, training: P.Training, pretrain_t
                             "vocab_size": len(tokenizer), "parameters": count_parameters(model),
                             "warmup_steps": spec.warmup_steps, "pretrain_texts": len(texts),
                             "pretrain_hash": texts_hash(texts), "vocab_hash": texts_hash(vocab), "seed": seed,
-                            "training": training.model_dump(mode="json"),  # the profile's; the warm-up's own below
+                            "training": training.record_dump(),  # the profile's; the warm-up's own below
                             "chat_template": chat_template_info(tokenizer)}
     if spec.warmup_steps:
         warm_cfg = warmup_training(spec, training)
         result = train.sft(model.to(device), tokenizer, [("", t) for t in texts], steps=spec.warmup_steps, cfg=warm_cfg,
                      seed=seed, loss_on="all")
-        info.update(warmup_training=warm_cfg.model_dump(mode="json"), warmup_first_loss=result.losses[0],
+        info.update(warmup_training=warm_cfg.record_dump(), warmup_first_loss=result.losses[0],
                     warmup_final_loss=result.losses[-1], warmup_tokens=result.tokens_seen,
                     warmup_wall_s=round(result.wall_s, 2))
     save_model(model, tokenizer, out, info)
