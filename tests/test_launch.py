@@ -167,3 +167,38 @@ def test_a_stage_distils_each_student_at_its_own_learning_rate(tmp_path):
         _, result = distillation.distil(student, examples, steps=2, stage=stage, seed=0, tag=spec.name)
         rates[spec.name] = result.summary["training"]["learning_rate"]
     assert rates == {"plain": 0.003, "own": 0.001}
+
+
+def test_the_model_waits_on_the_cpu_while_the_launched_processes_train(tmp_path, monkeypatch):
+    # the caller's model leaves its device for the job file and returns only once the processes are done, so
+    # this process does not hold it on the GPU the first process trains on
+    import subprocess
+
+    model, tokenizer, examples = _setup()
+    events = []
+    real_to = type(model).to
+
+    def to(self, *args, **kwargs):
+        events.append(f"to {args[0] if args else kwargs}")
+        return real_to(self, *args, **kwargs)
+
+    def run(command, **kwargs):  # stands in for accelerate launch; the run then trains here (no checkpoint)
+        events.append("launch")
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(type(model), "to", to)
+    monkeypatch.setattr(launch.subprocess, "run", run)
+    launch.sft(model, tokenizer, examples, steps=1, cfg=Training(batch_size=4, max_seq_len=96), seed=0,
+               out_dir=tmp_path, processes=2)
+    assert events == ["to cpu", "launch", "to cpu"]  # the device it came from, here the CPU
+
+
+def test_more_processes_than_visible_gpus_is_an_error_naming_the_key(tmp_path, monkeypatch):
+    model, tokenizer, examples = _setup()
+    monkeypatch.setattr(launch, "visible_gpus", lambda: 1)
+    monkeypatch.setattr(launch.subprocess, "run", lambda *a, **k: pytest.fail("nothing may be launched"))
+    with pytest.raises(launch.LaunchError, match=r"parallel.sft_processes is 2 but this machine shows 1 GPU") as err:
+        launch.sft(model, tokenizer, examples, steps=1, cfg=Training(batch_size=4, max_seq_len=96), seed=0,
+                   out_dir=tmp_path, processes=2)
+    assert "parallel.sft_processes=1" in str(err.value)
+    assert not (tmp_path / "launch").exists()  # refused before any job file was written

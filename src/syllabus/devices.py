@@ -6,9 +6,17 @@ else the CPU; ``cuda`` on a machine without a GPU is a ``DeviceError`` naming th
 Every part that runs a model (students, HF teachers, SFT batches, scoring and generation batches)
 moves its tensors to ``model_device(model)``, so a model loaded onto the profile's device keeps all
 of its work there.
+
+Precision: a student whose ``dtype`` is ``bfloat16`` keeps the weights it trains in float32 (the
+optimizer's moments too) and runs its forward passes under ``torch.autocast`` in bfloat16 (mixed
+precision): ``set_compute_dtype`` marks the model when it is loaded, ``autocast(model)`` applies the mark
+(SFT, scoring, generation). A model without the mark, or marked float32, runs as it is: no autocast, the
+same operations as before.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -47,3 +55,30 @@ def model_device(model) -> torch.device:
 def rng_devices(device: torch.device) -> list[int]:
     """The CUDA devices whose random state ``torch.random.fork_rng`` must save for work on ``device``."""
     return [device.index or 0] if device.type == "cuda" else []
+
+
+COMPUTE_DTYPE_ATTR = "syllabus_compute_dtype"  # a str on the model: pickles and deep-copies with it
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def set_compute_dtype(model, dtype: str) -> None:
+    """Mark ``model`` to run its forward passes in ``dtype`` under autocast (see the module docstring);
+    float32 leaves it unmarked."""
+    if dtype == "float32":
+        return
+    if dtype not in AUTOCAST_DTYPES:
+        raise DeviceError(f"compute dtype {dtype!r} is not one of float32, {', '.join(AUTOCAST_DTYPES)}")
+    object.__setattr__(model, COMPUTE_DTYPE_ATTR, dtype)
+
+
+def compute_dtype(model) -> str:
+    """The dtype ``model``'s forward passes run in: its mark, else float32."""
+    return model.__dict__.get(COMPUTE_DTYPE_ATTR, "float32") if hasattr(model, "__dict__") else "float32"
+
+
+def autocast(model):
+    """``torch.autocast`` on the model's device in its compute dtype; a context that does nothing for float32."""
+    dtype = compute_dtype(model)
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(model_device(model).type, dtype=AUTOCAST_DTYPES[dtype])

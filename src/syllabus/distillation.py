@@ -58,7 +58,7 @@ def distil(student: StudentModel, examples: list[tuple[str, str]], *, steps: int
     prof = stage.params
     cfg = sft_training(student.spec, prof.training)
     key = hash_obj({"student": student.fingerprint(), "examples": examples, "steps": steps, "seed": seed,
-                    "training": cfg.model_dump(mode="json")})[:16]
+                    "training": cfg.key_dump()})[:16]
     out_dir = stage.run.cache / "sft" / f"{tag}-{key}"
     model = copy.deepcopy(student.model)
     result = launch.sft(model, student.tokenizer, examples, steps=steps, cfg=cfg, seed=seed,

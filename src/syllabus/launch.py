@@ -2,7 +2,11 @@
 
 ``sft(model, tokenizer, examples, processes=N, ...)`` is ``train.sft`` for ``N > 1``: it pickles the
 model (LoRA adapters included), the examples and the settings into ``out_dir/launch/``, runs
-``accelerate launch --multi_gpu --num_processes N -m syllabus.launch <job>`` and waits. Every process
+``accelerate launch --multi_gpu --num_processes N -m syllabus.launch <job>`` and waits. While the
+processes train, the caller's model waits on the CPU (it returns to its device afterwards), so this
+process does not hold it on the GPU the first process trains on; on a GPU machine N may not exceed the
+visible GPUs. accelerate's own mixed precision is off: ``train.sft`` applies the student's compute dtype
+(the mark travels with the pickled model). Every process
 joins one ``torch.distributed`` group (NCCL on GPUs, one GPU per process; gloo on the CPU), takes its
 share of each optimizer step's examples and all-reduces the gradients (``train.sft``), so every process
 takes the step one process would take on the whole batch; the first process writes the checkpoint.
@@ -51,27 +55,45 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
     kwargs.pop("resume", None)  # a launched run always resumes what is there (its key must match)
     out = Path(out_dir)
     if not _finished(out):
+        gpus = visible_gpus()
+        if gpus and processes > gpus:
+            raise LaunchError(f"parallel.sft_processes is {processes} but this machine shows {gpus} GPU(s) (one "
+                              f"process per GPU); set parallel.sft_processes to at most {gpus} (e.g. -p "
+                              f"parallel.sft_processes={gpus}), or make more GPUs visible (CUDA_VISIBLE_DEVICES)")
         job = out / "launch" / "job.pt"
         job.parent.mkdir(parents=True, exist_ok=True)
         device = next(model.parameters()).device
-        with atomic_path(job) as tmp:
-            torch.save({"model": model.to("cpu"), "tokenizer": tokenizer, "examples": list(examples), "steps": steps,
-                        "cfg": cfg, "seed": seed, "out_dir": str(out), "sharding": sharding, "kwargs": kwargs}, tmp)
-        model.to(device)
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
-                   str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "-m", "syllabus.launch", str(job)]
-        log = out / "launch" / "launch.log"
-        scratch = out / "launch" / "tmp"  # torchelastic's per-launch log folders, here rather than in the system's /tmp
-        scratch.mkdir(exist_ok=True)
-        with open(log, "w") as handle:
-            done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)})
+        # The model goes to the CPU for the job file and stays there while the processes train, so this process
+        # holds no copy of it on the GPU that the first process trains on; it comes back once they are done.
+        model.to("cpu")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # hand the freed blocks back, for the launched processes
+        try:
+            with atomic_path(job) as tmp:
+                torch.save({"model": model, "tokenizer": tokenizer, "examples": list(examples), "steps": steps,
+                            "cfg": cfg, "seed": seed, "out_dir": str(out), "sharding": sharding, "kwargs": kwargs},
+                           tmp)
+            command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                       str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                       "-m", "syllabus.launch", str(job)]
+            log = out / "launch" / "launch.log"
+            scratch = out / "launch" / "tmp"  # torchelastic's per-launch log folders, not the system's /tmp
+            scratch.mkdir(exist_ok=True)
+            with open(log, "w") as handle:
+                done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT,
+                                      env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)})
+        finally:
+            model.to(device)
         if done.returncode != 0:
             raise LaunchError(f"data-parallel SFT over {processes} processes failed (exit {done.returncode}); "
                               f"see {log} (and the processes' own logs under {scratch})")
         shutil.rmtree(scratch, ignore_errors=True)
     return train.sft(model, tokenizer, examples, steps=steps, cfg=cfg, seed=seed, out_dir=out, resume=True, **kwargs)
+
+
+def visible_gpus() -> int:
+    """GPUs the launched processes can take, one each (``_run`` uses CUDA whenever it is available); 0 without."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _finished(out: Path) -> bool:

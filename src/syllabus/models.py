@@ -35,7 +35,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, GenerationConfig,
                           PreTrainedTokenizerFast, StoppingCriteriaList)
 
 from . import decoding, params as P, train
-from .devices import model_device, resolve_device, rng_devices
+from .devices import autocast, compute_dtype, model_device, resolve_device, rng_devices, set_compute_dtype
 from .errors import SyllabusError
 from .progress import Task
 from .runs import atomic_write_json, hash_file, hash_obj, publish_mode, sha256_bytes, stable_seed
@@ -134,12 +134,19 @@ def atomic_dir(target: str | os.PathLike, replace: bool = False) -> Iterator[Pat
 def save_model(model, tokenizer, out_dir: str | os.PathLike, info: dict[str, Any] | None = None) -> Path:
     """Save a plain model directory that ``from_pretrained`` and lm-eval's ``hf`` model can load.
 
-    LoRA adapters are merged into a copy first. An existing ``out_dir`` is replaced only once the new model is
-    written (``atomic_dir(replace=True)``): a save that fails leaves the old model in place.
+    LoRA adapters are merged into a copy first. A model marked to compute in bfloat16 or float16
+    (``devices.set_compute_dtype``: a student of that ``dtype``, trained in float32) is saved in that dtype, from
+    a copy. An existing ``out_dir`` is replaced only once the new model is written (``atomic_dir(replace=True)``):
+    a save that fails leaves the old model in place.
     """
     out_dir = Path(out_dir)
+    dtype = compute_dtype(model)
     if hasattr(model, "merge_and_unload"):
         model = copy.deepcopy(model).merge_and_unload()
+        if dtype != "float32":
+            model = model.to(DTYPES[dtype])
+    elif dtype != "float32":
+        model = copy.deepcopy(model).to(DTYPES[dtype])
     _strip_quantizer(model)
     with atomic_dir(out_dir, replace=True) as tmp:
         model.save_pretrained(tmp)
@@ -279,7 +286,7 @@ def texts_hash(texts: Sequence[str]) -> str:
 def lab_student_key(spec: P.Student, training: P.Training, pretrain_texts: Sequence[str],
                     vocab_texts: Sequence[str], seed: int) -> str:
     """Everything that determines a warm-started lab student, hashed."""
-    return hash_obj({"spec": spec.model_dump(mode="json"), "training": training.model_dump(mode="json"),
+    return hash_obj({"spec": spec.model_dump(mode="json"), "training": training.key_dump(),
                      "pretrain": texts_hash(pretrain_texts), "vocab": texts_hash(vocab_texts), "seed": seed,
                      "format": 1})
 
@@ -303,8 +310,14 @@ def model_dir_for(spec: P.Student, *, cache_dir: str | os.PathLike, training: P.
 def load_student(spec: P.Student, *, cache_dir: str | os.PathLike, training: P.Training,
                  pretrain_texts: Sequence[str] | None = None, vocab_texts: Sequence[str] | None = None,
                  threads: int = 2, seed: int = 0, device: str = "cpu"):
-    """(model, tokenizer) for a student on ``device`` (a profile's ``device`` setting) in ``spec.dtype``;
-    LoRA-wrapped when ``spec.lora``.
+    """(model, tokenizer) for a student on ``device`` (a profile's ``device`` setting); LoRA-wrapped when
+    ``spec.lora``.
+
+    Precision (``spec.dtype``): float32 loads and runs in float32. For bfloat16 (or float16) the weights that
+    train stay in float32 (mixed precision: a 2e-5 step is below bfloat16's resolution of most weights) and the
+    model is marked to run its forward passes in ``spec.dtype`` under autocast (``devices.set_compute_dtype``;
+    SFT, scoring and generation apply it). A LoRA student keeps its frozen base in ``spec.dtype`` and its
+    adapters in float32 (peft's default). ``save_model`` writes the model in ``spec.dtype``.
 
     Lab students: the tokenizer is built from ``vocab_texts`` (default: ``pretrain_texts``; pass
     every lab text the student will see, teacher styles included, to avoid ``[UNK]``), the model is
@@ -316,16 +329,17 @@ def load_student(spec: P.Student, *, cache_dir: str | os.PathLike, training: P.T
     if spec.source == "lab":
         model, tokenizer = _lab_student(spec, cache_dir=cache_dir, training=training, pretrain_texts=pretrain_texts,
                                         vocab_texts=vocab_texts, seed=seed, device=target)
-        if spec.dtype != "float32":
+        if spec.lora and spec.dtype != "float32":  # the frozen base in the compute dtype; full fine-tuning: float32
             model = model.to(DTYPES[spec.dtype])
     else:
-        model, tokenizer = load_pretrained(spec.source, spec.model, gguf_file=spec.gguf_file,
-                                           cache_dir=cache_dir, dtype=spec.dtype)
+        model, tokenizer = load_pretrained(spec.source, spec.model, gguf_file=spec.gguf_file, cache_dir=cache_dir,
+                                           dtype=spec.dtype if spec.lora else "float32")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     if spec.lora:
         model = add_lora(model, training)
+    set_compute_dtype(model, spec.dtype)
     return model.to(target), tokenizer
 
 
@@ -349,13 +363,13 @@ def _lab_student(spec: P.Student, *, cache_dir, training: P.Training, pretrain_t
                             "vocab_size": len(tokenizer), "parameters": count_parameters(model),
                             "warmup_steps": spec.warmup_steps, "pretrain_texts": len(texts),
                             "pretrain_hash": texts_hash(texts), "vocab_hash": texts_hash(vocab), "seed": seed,
-                            "training": training.model_dump(mode="json"),  # the profile's; the warm-up's own below
+                            "training": training.record_dump(),  # the profile's; the warm-up's own below
                             "chat_template": chat_template_info(tokenizer)}
     if spec.warmup_steps:
         warm_cfg = warmup_training(spec, training)
         result = train.sft(model.to(device), tokenizer, [("", t) for t in texts], steps=spec.warmup_steps, cfg=warm_cfg,
                      seed=seed, loss_on="all")
-        info.update(warmup_training=warm_cfg.model_dump(mode="json"), warmup_first_loss=result.losses[0],
+        info.update(warmup_training=warm_cfg.record_dump(), warmup_first_loss=result.losses[0],
                     warmup_final_loss=result.losses[-1], warmup_tokens=result.tokens_seen,
                     warmup_wall_s=round(result.wall_s, 2))
     save_model(model, tokenizer, out, info)
@@ -478,6 +492,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
     when ``temperature == 0`` (then the samples are copies), otherwise seeded sampling (a batch's draws
     depend on its rows, so a budget that changes the batches changes the samples). Text is cut at the first
     stop string; a completion is ``truncated`` when it used all ``max_new_tokens`` without EOS or a stop string.
+    A model marked with a compute dtype runs under autocast in it (``devices.autocast``).
     """
     if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError("generate: num_samples, batch_size and max_new_tokens must be >= 1")
@@ -511,7 +526,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
             mask[r, width - len(ids):] = 1
         device = model_device(model)
         input_ids, mask = input_ids.to(device), mask.to(device)
-        with torch.random.fork_rng(devices=rng_devices(device)), torch.inference_mode():
+        with torch.random.fork_rng(devices=rng_devices(device)), torch.inference_mode(), autocast(model):
             torch.manual_seed(stable_seed(seed, b, bits=32, form="repr"))
             if through_transformers:
                 out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,

@@ -191,6 +191,21 @@ class Training(Strict):
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
     lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    gradient_checkpointing: bool = Field(
+        False, description="recompute each decoder layer's activations in the backward pass instead of keeping "
+                           "them (transformers' non-reentrant gradient checkpointing): much less memory for long "
+                           "sequences, about one more forward pass of compute, the same loss and gradients; not "
+                           "part of any cache key")
+
+    def key_dump(self) -> dict[str, Any]:
+        """The settings that decide what SFT trains, for cache and resume keys: ``model_dump(mode="json")``
+        without ``gradient_checkpointing`` (memory only), so switching it keeps every key."""
+        return self.model_dump(mode="json", exclude={"gradient_checkpointing"})
+
+    def record_dump(self) -> dict[str, Any]:
+        """The settings as training records (``train_summary.json``) hold them: ``key_dump`` plus
+        ``gradient_checkpointing`` when it is on (records of runs without it stay as they were)."""
+        return {**self.key_dump(), **({"gradient_checkpointing": True} if self.gradient_checkpointing else {})}
 
 
 # --------------------------------------------------------------------------- stages

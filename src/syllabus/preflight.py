@@ -27,6 +27,11 @@ def check_runnable(prof: Profile) -> None:
         resolve_device(prof.device)
     except DeviceError as exc:
         problems.append(("device", str(exc).removeprefix("key 'device' ")))
+    for i, spec in enumerate(prof.students):  # every student is distilled (stages 1 and 4)
+        if spec.dtype == "float16":
+            problems.append((f"students.{i}.dtype", f"is float16 (student '{spec.name}'), which SFT cannot "
+                                                    "train without loss scaling; use bfloat16 (GPUs since Ampere) "
+                                                    "or float32"))
     vllm_users = [key for key, backend in (("student_generation.backend", prof.student_generation.backend),
                                            ("benchmark.backend", prof.benchmark.backend)) if backend == "vllm"]
     vllm_users += [f"teachers.{i}.backend" for i, t in enumerate(prof.teachers) if t.backend == "vllm"]

@@ -21,7 +21,8 @@ targets, and the targets run on top of it (``share_prompts=True``, the default).
 ``score_pairs_naive`` scores one example at a time from the model's full logits: it is the baseline
 of ``benchmarks/bench_dmc_scoring.py`` and the reference the fast path must match to 1e-5.
 ``cached_scores`` keeps scores on disk per (model fingerprint, settings), one row per pair, so
-re-scoring an unchanged pair costs nothing.
+re-scoring an unchanged pair costs nothing. A student marked to compute in bfloat16 (``devices.autocast``)
+is scored under autocast; the statistics are taken from float32 logits.
 
 Tokenisation: the prompt and the target are tokenised separately (target without special tokens)
 and concatenated, the usual SFT layout. The tokenizer's own start token (BOS) is prepended when
@@ -44,6 +45,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 
+from .devices import autocast
 from .runs import atomic_write_bytes, hash_obj
 
 SCORER_VERSION = 4  # 2: prompts shared through a KV cache (equal to version 1 to 1e-5); 3: adds rank;
@@ -178,7 +180,7 @@ def score_pairs_naive(model, tokenizer, pairs: Sequence[tuple[str, str]], *, max
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(model):
             cond = [_score_one(model, c, t) for c, t in conditional]
             unc = [_score_one(model, c, t)[0] for c, t in uncond] if unconditional else [np.nan] * len(cond)
     finally:
@@ -315,7 +317,7 @@ def score_pairs(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_siz
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(model):
             score = _score_shared if share_prompts and _sharing_works(model, conditional[0], pad_id) else _score_sequences
             nll, ent, rank = score(model, conditional, batch_size, max_batch_tokens, pad_id, progress)
             nll_unc = (score(model, uncond, batch_size, max_batch_tokens, pad_id, progress, entropy=False)[0]

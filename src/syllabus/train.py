@@ -19,6 +19,15 @@
   atomically to ``out_dir/checkpoint.pt`` every ``checkpoint_every`` steps and at the end. A run
   killed at any point and resumed ends with the same weights as an uninterrupted run (CPU, same
   thread count). Batches go to the model's device; on a GPU the CUDA random state is saved too.
+* Precision: a model marked with a compute dtype (``devices.set_compute_dtype``: a bfloat16 student, whose
+  trainable weights ``models.load_student`` keeps in float32) runs each forward pass under
+  ``torch.autocast`` in bfloat16; the backward pass, the gradients, AdamW and its moments stay in float32
+  (mixed precision). Unmarked (float32) models run without autocast, as before. float16 is refused: it
+  needs loss scaling, which this loop does not do.
+* ``training.gradient_checkpointing`` recomputes each decoder layer's activations in the backward pass
+  (transformers' non-reentrant checkpointing, ``use_cache`` off) instead of keeping them: less memory,
+  about one more forward pass of compute, the same loss and gradients. It is switched off again when the
+  call returns, and it is not part of any cache key (it does not change what is trained).
 * ``out_dir`` also gets ``train_log.csv`` (step, loss, lr, tokens) and ``train_summary.json``
   (steps, tokens seen, wall time, data hash and count, settings).
 * Inside a ``torch.distributed`` group (``syllabus.launch``) each process takes its share of every
@@ -45,7 +54,7 @@ except ImportError:  # a torch build without torch.distributed: nothing is ever 
     DTensor = ()
 
 from . import params as P
-from .devices import model_device
+from .devices import autocast, compute_dtype, model_device
 from .errors import SyllabusError
 from .progress import Task
 from .runs import atomic_path, atomic_write_json, atomic_write_text, hash_obj
@@ -308,6 +317,39 @@ def _sum_over_processes(params: list[torch.Tensor], loss: float) -> float:
     return _sum_loss_over_processes(loss, flat.device)
 
 
+def _checkpointing_on(model):
+    """Switch transformers' gradient (activation) checkpointing on, non-reentrant, with ``use_cache`` off;
+    return the function that switches it off again and restores ``use_cache`` and the embedding hook that
+    transformers adds with it."""
+    # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_* (the old names warn)
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    disable = getattr(model, "activation_checkpointing_disable", None)
+    if enable is None or disable is None:
+        enable, disable = (getattr(model, "gradient_checkpointing_enable", None),
+                           getattr(model, "gradient_checkpointing_disable", None))
+        kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    else:
+        kwargs = {"activation_checkpointing_kwargs": {"use_reentrant": False}}
+    if enable is None or disable is None:
+        raise TrainError(f"training.gradient_checkpointing: {type(model).__name__} is not a transformers model "
+                         "(it has no activation_checkpointing_enable); set it to false")
+    config = getattr(model, "config", None)
+    use_cache = getattr(config, "use_cache", None)
+    had_input_hook = bool(getattr(model, "_require_grads_hooks", None))
+    enable(**kwargs)
+    if config is not None:
+        config.use_cache = False
+
+    def restore() -> None:
+        disable()
+        if not had_input_hook and getattr(model, "_require_grads_hooks", None):
+            model.disable_input_require_grads()  # the hook that makes embedding outputs require grad
+        if config is not None:
+            config.use_cache = use_cache
+
+    return restore
+
+
 # --------------------------------------------------------------------------- the loop
 def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | None, cfg: P.Training, seed: int,
         out_dir: str | Path | None = None, checkpoint_every: int | None = None, resume: bool = True,
@@ -347,12 +389,16 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
         extra["schedule_span"] = list(schedule_span)
     if optimizer_state is not None:
         extra["continued"] = True
-    run_key = hash_obj({"data": data_hash, "steps": steps, "cfg": cfg.model_dump(mode="json"), "seed": seed,
+    run_key = hash_obj({"data": data_hash, "steps": steps, "cfg": cfg.key_dump(), "seed": seed,
                         "loss_on": loss_on, **extra})
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainError("the model has no trainable parameters")
+    if compute_dtype(model) == "float16":
+        raise TrainError("a float16 student cannot be trained here: float16 gradients need loss scaling "
+                         "(a GradScaler), which train.sft does not do; set the student's dtype to bfloat16 "
+                         "(GPUs since Ampere) or float32")
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     if schedule_span is None:
         factor = lambda s: lr_factor(s, steps, cfg.warmup_ratio, cfg.lr_schedule)  # noqa: E731
@@ -395,56 +441,62 @@ def sft(model, tokenizer, examples: Sequence[tuple[str, str]], *, steps: int | N
     def summary(step: int, wall: float) -> dict[str, Any]:
         return {"steps_done": step, "steps": steps, "tokens_seen": tokens_seen, "wall_s": round(wall, 3),
                 "data_hash": data_hash, "n_examples": len(examples), "n_used": len(data), "seed": seed,
-                "loss_on": loss_on, "training": cfg.model_dump(mode="json"), "resumed_from": start_step,
+                "loss_on": loss_on, "training": cfg.record_dump(), "resumed_from": start_step,
                 "final_loss": log[-1]["loss"] if log else None,
                 "batch_order": "one pass, seeded order" if single_pass else "epochs of seeded permutations",
                 **({"processes": trained_by} if trained_by > 1 else {})}
 
     started = time.perf_counter()
     model.train()
+    restore_checkpointing = _checkpointing_on(model) if cfg.gradient_checkpointing else None
     device = model_device(model)
     micro = cfg.batch_size
     writes = out is not None and rank == 0  # under data parallelism the first process writes for all
     loop = Task("SFT steps", steps - start_step)
-    for step in range(start_step, steps):
-        chosen = (single_pass_indices(len(data), micro * cfg.grad_accum, step, seed) if single_pass
-                  else batch_indices(len(data), micro * cfg.grad_accum, step, seed))
-        # target tokens and tokens of the whole step, over every process's share of it
-        n_target = sum(sum(label != -100 for label in data[i][1][1:]) for i in chosen)
-        tokens_seen += sum(len(data[i][0]) for i in chosen)
-        passes = step_passes(data, chosen[rank::world], micro)
-        if sharded:  # every process runs as many passes as the busiest one (FSDP's collectives run per pass)
-            busiest = max(len(step_passes(data, chosen[r::world], micro)) for r in range(world))
-            passes += [None] * (busiest - len(passes))
-        total = 0.0
-        for items in passes:
-            if items is None:
-                loss = _idle_pass(model, pad_id, device)
-            else:
-                b = {key: value.to(device) for key, value in collate(items, pad_id).items()}
-                loss = target_loss(model, b, n_target)
-            loss.backward()
-            total += loss.item()
-        if sharded:  # FSDP summed the gradients (launch.shard sets its divide factor to 1)
-            total = _sum_loss_over_processes(total, device)
-        elif world > 1:
-            total = _sum_over_processes(params, total)
-        torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        log.append({"step": step + 1, "loss": total, "lr": lr, "tokens": tokens_seen})
-        done = step + 1
-        due = out is not None and ((checkpoint_every and done % checkpoint_every == 0) or done == steps)
-        if due and (writes or sharded):  # under FSDP every process helps gather the weights; the first writes
-            wall = prior_wall + time.perf_counter() - started
-            _save_checkpoint(out / CHECKPOINT if writes else None, model, optimizer, scheduler,
-                             {"step": done, "tokens_seen": tokens_seen, "log": log, "wall_s": wall, "run_key": run_key,
-                              **({"processes": world} if world > 1 else {})})
-            if writes:
-                _write_records(out, log, summary(done, wall))
-        loop.advance()
+    try:
+        for step in range(start_step, steps):
+            chosen = (single_pass_indices(len(data), micro * cfg.grad_accum, step, seed) if single_pass
+                      else batch_indices(len(data), micro * cfg.grad_accum, step, seed))
+            # target tokens and tokens of the whole step, over every process's share of it
+            n_target = sum(sum(label != -100 for label in data[i][1][1:]) for i in chosen)
+            tokens_seen += sum(len(data[i][0]) for i in chosen)
+            passes = step_passes(data, chosen[rank::world], micro)
+            if sharded:  # every process runs as many passes as the busiest one (FSDP's collectives run per pass)
+                busiest = max(len(step_passes(data, chosen[r::world], micro)) for r in range(world))
+                passes += [None] * (busiest - len(passes))
+            total = 0.0
+            for items in passes:
+                with autocast(model):  # forward passes only; a float32 model: no autocast
+                    if items is None:
+                        loss = _idle_pass(model, pad_id, device)
+                    else:
+                        b = {key: value.to(device) for key, value in collate(items, pad_id).items()}
+                        loss = target_loss(model, b, n_target)
+                loss.backward()
+                total += loss.item()
+            if sharded:  # FSDP summed the gradients (launch.shard sets its divide factor to 1)
+                total = _sum_loss_over_processes(total, device)
+            elif world > 1:
+                total = _sum_over_processes(params, total)
+            torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            log.append({"step": step + 1, "loss": total, "lr": lr, "tokens": tokens_seen})
+            done = step + 1
+            due = out is not None and ((checkpoint_every and done % checkpoint_every == 0) or done == steps)
+            if due and (writes or sharded):  # under FSDP every process helps gather the weights; the first writes
+                wall = prior_wall + time.perf_counter() - started
+                _save_checkpoint(out / CHECKPOINT if writes else None, model, optimizer, scheduler,
+                                 {"step": done, "tokens_seen": tokens_seen, "log": log, "wall_s": wall,
+                                  "run_key": run_key, **({"processes": world} if world > 1 else {})})
+                if writes:
+                    _write_records(out, log, summary(done, wall))
+            loop.advance()
+    finally:
+        if restore_checkpointing is not None:
+            restore_checkpointing()
     loop.close()
     model.eval()
     wall = prior_wall + time.perf_counter() - started

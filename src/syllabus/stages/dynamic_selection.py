@@ -500,7 +500,7 @@ def run_policy(stage: Stage, student: StudentModel, policy_name: str, seed: int,
         # made the same choices so far (dmc_static and dmc_dynamic when the latter keeps its first pick) share
         # their phases instead of training them twice. phase.json names the phase it starts from.
         key = hash_obj({"start": current.fingerprint(), "examples": examples, "steps": steps,
-                        "training": training.model_dump(mode="json"), "seed": sft_seed,
+                        "training": training.key_dump(), "seed": sft_seed,
                         **({"span": list(span), "after": previous} if span else {})})[:12]
         out_dir = phase_dir(stage, student, seed, phase, key)
         with exclusive(out_dir.parent / f"{out_dir.name}.lock"):  # a worker training it now: wait, read it back
