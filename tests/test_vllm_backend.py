@@ -12,6 +12,7 @@ import torch
 
 import vllm_standin
 from syllabus import evaluate, generation, lab, models, params as P, students, teachers, vllm_backend
+from syllabus.devices import set_compute_dtype
 from syllabus.params import load_profile
 
 torch.set_num_threads(1)
@@ -114,6 +115,17 @@ def test_vllm_serves_the_student_in_its_own_dtype(tmp_path, standin, dtype):
     prof = load_profile("ci", {"student_generation.max_new_tokens": 4, "student_generation.backend": "vllm"})
     generation.student_samples(student, PROBLEMS[:2], k=1, prof=prof, seed=0, cache_dir=tmp_path)
     assert [m["dtype"] for m in standin.LLM.made] == [dtype]  # vLLM's "auto" would run float32 in float16
+
+
+def test_vllm_serves_a_mixed_precision_student_in_its_compute_dtype(tmp_path, standin):
+    """A full fine-tune of a bf16 student keeps float32 weights and computes in bf16 (devices.set_compute_dtype);
+    vLLM must serve the bf16 copy save_model writes in bf16, not in float32."""
+    student = lab_student(tmp_path, lora=False)
+    set_compute_dtype(student.model, "bfloat16")
+    assert next(student.model.parameters()).dtype == torch.float32
+    prof = load_profile("ci", {"student_generation.max_new_tokens": 4, "student_generation.backend": "vllm"})
+    generation.student_samples(student, PROBLEMS[:2], k=1, prof=prof, seed=0, cache_dir=tmp_path)
+    assert [m["dtype"] for m in standin.LLM.made] == ["bfloat16"]
 
 
 def test_the_hf_backend_never_imports_vllm_and_keeps_its_cache_keys(tmp_path, monkeypatch):

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from . import models
+from .devices import compute_dtype
 from .errors import SyllabusError
 from .runs import sha256_bytes, stable_seed
 from .tokens import count_tokens, encode_prompt
@@ -132,8 +133,13 @@ def generate(model_dir: str | os.PathLike, tokenizer, prompts: Sequence[str], *,
 
 
 def dtype_name(model) -> str:
-    """The dtype of a model's weights by name, for vLLM's ``dtype`` (its ``auto`` runs a float32 model in
-    float16, where the hf path runs it as it is)."""
+    """The dtype the student runs in, by name, for vLLM's ``dtype`` (its ``auto`` runs a float32 model in
+    float16, where the hf path runs it as it is): the compute dtype a bf16 student trained in float32 is marked
+    with (``devices.set_compute_dtype``; ``models.save_model`` writes the copy vLLM loads in it), else the
+    dtype of its weights."""
+    marked = compute_dtype(model)
+    if marked != "float32":
+        return marked
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     return str(dtype).removeprefix("torch.")
 
