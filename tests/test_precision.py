@@ -165,12 +165,18 @@ def _loss_and_grads(model, tok, pairs):
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+def checkpointing_is_on(model) -> bool:
+    """transformers >= 5.20 says is_activation_checkpointing, earlier 5.x is_gradient_checkpointing (vLLM's
+    extra pins transformers < 5.20)."""
+    return bool(getattr(model, "is_activation_checkpointing", getattr(model, "is_gradient_checkpointing", False)))
+
+
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
     pairs = lab_pairs(6)
     tok = models.lab_tokenizer([p + t for p, t in pairs])
     plain = models.build_lab_model(ARCH, tok, 0).train()
     ckpt = copy.deepcopy(plain)
-    ckpt.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    train._checkpointing_on(ckpt)  # the package's switch: transformers' names changed in 5.20
     layer_calls = count_calls(ckpt.model.layers[0].mlp)
     loss_a, grads_a = _loss_and_grads(plain, tok, pairs)
     loss_b, grads_b = _loss_and_grads(ckpt, tok, pairs)
@@ -195,7 +201,7 @@ def test_sft_with_gradient_checkpointing_trains_the_same_run_and_switches_it_off
     assert b.losses == pytest.approx(a.losses, abs=1e-6)
     for (name, x), (_, y) in zip(plain.named_parameters(), ckpt.named_parameters()):
         assert torch.allclose(x, y, atol=1e-6, rtol=0), name
-    assert not ckpt.is_activation_checkpointing and ckpt.config.use_cache is plain.config.use_cache
+    assert not checkpointing_is_on(ckpt) and ckpt.config.use_cache is plain.config.use_cache
     assert not getattr(ckpt, "_require_grads_hooks", None)  # nor the embedding hook that came with it
     assert b.summary["training"] == {**a.summary["training"], "gradient_checkpointing": True}
     assert "gradient_checkpointing" not in a.summary["training"]
