@@ -96,6 +96,15 @@ def test_malformed_yaml_gives_line(tmp_path):
         load_profile(path)
 
 
+def test_a_profile_that_is_not_utf8_names_the_byte_offset_and_the_fix(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(MINIMAL.encode() + "description: caf\u00e9\n".encode("latin-1"))
+    offset = len(MINIMAL.encode()) + len("description: caf")
+    with pytest.raises(ParamsError, match=rf"latin1\.yaml: not UTF-8: byte 0xe9 at byte offset {offset}, line 4; "
+                                          "re-save it as UTF-8$"):
+        load_profile(path)
+
+
 def test_empty_and_non_mapping(tmp_path):
     with pytest.raises(ParamsError, match="empty"):
         load_profile(write(tmp_path, ""))

@@ -100,6 +100,17 @@ def test_file_teacher_with_a_missing_field_names_file_line_and_field(tmp_path):
         teachers.make_teacher(P.Teacher(name="b", backend="file", path=str(tmp_path / "none.jsonl")))
 
 
+def test_file_teacher_not_utf8_names_the_byte_offset_and_the_fix(tmp_path):
+    path = tmp_path / "cp1252.jsonl"
+    first = (json.dumps({"question": "a?", "answer": "1"}) + "\n").encode()
+    path.write_bytes(first + b'{"question": "b?", "answer": "\x93two\x94"}\n')
+    offset = len(first) + len('{"question": "b?", "answer": "')
+    spec = P.Teacher(name="cp", backend="file", path=str(path))
+    with pytest.raises(teachers.TeacherError, match=rf"cp1252\.jsonl: not UTF-8: byte 0x93 at byte offset {offset}, "
+                                                    r"line 2; re-save it as UTF-8$"):
+        teachers.make_teacher(spec)
+
+
 # --------------------------------------------------------------------------- openai-compatible, against a local fake
 class FakeEndpoint:
     """A tiny OpenAI-compatible server on 127.0.0.1 that serves at most ``budget`` requests, then stops.

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .dmc_factors import RULES, check_params, rule_params  # the DMC rule registry
-from .errors import SyllabusError
+from .errors import SyllabusError, utf8_problem
 from .select import POLICIES  # the selection policy registry
 
 PARAMS_SCHEMA_VERSION = 1
@@ -649,6 +649,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except DuplicateKeyError as exc:
         raise ParamsError(f"{path}: line {exc.second_line}: {exc}; keep one of them (YAML would silently use the "
                           "last)") from None
+    except UnicodeDecodeError:
+        raise ParamsError(f"{path}: {utf8_problem(path.read_bytes())}; re-save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -26,7 +26,7 @@ from transformers import AutoTokenizer
 
 from . import lab, models, params as P, vllm_backend
 from .devices import resolve_device
-from .errors import SyllabusError
+from .errors import SyllabusError, utf8_problem
 from .progress import task
 from .prompts import STOP_STRINGS, build_prompt
 from .records import Problem, Trace
@@ -141,15 +141,19 @@ class FileTeacher(Teacher):
         self.path = path = file_teacher_path(spec, data_dir)
         self.by_question: dict[str, str] = {}
         self.missing: list[str] = []
-        with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TeacherError(f"{path}, line {line_no}: not valid JSON ({exc.msg})") from None
-                self.by_question[normalise_question(self._field(row, "question", line_no))] = self._solution(row, line_no)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                for line_no, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise TeacherError(f"{path}, line {line_no}: not valid JSON ({exc.msg})") from None
+                    question = normalise_question(self._field(row, "question", line_no))
+                    self.by_question[question] = self._solution(row, line_no)
+        except UnicodeDecodeError:
+            raise TeacherError(f"{path}: {utf8_problem(path.read_bytes())}; re-save it as UTF-8") from None
         self.file_hash = hash_path(path)
 
     def _field(self, row: dict, key: str, line_no: int) -> Any:
