@@ -282,6 +282,32 @@ def test_check_runnable_refuses_a_policy_the_data_cannot_serve(tmp_path):
     check_runnable(load_profile(write(tmp_path, text), {"dynamic.policies": ["random", "ioa"]}))  # modules: 'type'
 
 
+def test_check_runnable_refuses_a_student_folder_or_gguf_that_stage_1_could_not_load(tmp_path):
+    empty, a_file, good = tmp_path / "empty", tmp_path / "weights.bin", tmp_path / "good"
+    empty.mkdir()
+    a_file.write_bytes(b"0")
+    good.mkdir()
+    (good / "config.json").write_text("{}")
+    (tmp_path / "broken.gguf").write_bytes(b"<html>not found</html>")
+    students = ("students: [{name: a, source: dir, model: %s}, {name: b, source: dir, model: %s}, "
+                "{name: c, source: gguf, model: no_such_gguf_package, gguf_file: m.gguf}, "
+                "{name: d, source: gguf, model: %s}, {name: e, source: dir, model: %s}]\n"
+                % (empty, a_file, tmp_path / "broken.gguf", good))
+    text = MINIMAL.replace("students: [{name: s, source: lab}]\n", students)
+    with pytest.raises(ParamsError) as err:
+        check_runnable(load_profile(write(tmp_path, text)))
+    message = str(err.value)
+    assert "cannot run (4 problem(s))" in message
+    assert f"key 'students.0.model': student 'a': model directory '{empty}' does not exist or has no config.json " \
+           "(the folder is empty); point 'model' at a folder written by save_pretrained" in message
+    assert f"key 'students.1.model': student 'b': model directory '{a_file}' does not exist or has no config.json " \
+           "(it is a file)" in message
+    assert "key 'students.2.model': student 'c': GGUF source 'no_such_gguf_package' is neither a .gguf file, a " \
+           "folder, nor an installed package; install it" in message
+    assert "key 'students.3.model': student 'd': " in message and "broken.gguf' is not a GGUF file" in message
+    assert "students.4" not in message
+
+
 def test_shipped_profiles_are_runnable():
     for name in ("ci", "tiny"):
         check_runnable(load_profile(name))

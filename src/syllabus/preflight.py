@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from . import teachers
+from . import models, teachers
 from .problems import problem_splits
 from .data import DataError
 from .devices import DeviceError, resolve_device
@@ -28,6 +28,10 @@ def check_runnable(prof: Profile) -> None:
     except DeviceError as exc:
         problems.append(("device", str(exc).removeprefix("key 'device' ")))
     for i, spec in enumerate(prof.students):  # every student is distilled (stages 1 and 4)
+        if spec.source == "dir" and (why := models.model_dir_problem(spec.model)):
+            problems.append((f"students.{i}.model", f"student '{spec.name}': {why}"))
+        if spec.source == "gguf" and (why := models.gguf_problem(spec.model, spec.gguf_file)):
+            problems.append((f"students.{i}.model", f"student '{spec.name}': {why}"))
         if spec.dtype == "float16":
             problems.append((f"students.{i}.dtype", f"is float16 (student '{spec.name}'), which SFT cannot "
                                                     "train without loss scaling; use bfloat16 (GPUs since Ampere) "
