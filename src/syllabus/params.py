@@ -602,6 +602,39 @@ def _list_index(node: list, part: str, dotted: str) -> int:
     raise ParamsError(f"override '{dotted}': no list item '{part}' (names: {names})")
 
 
+def _absolute_model_paths(raw: dict[str, Any]) -> None:
+    """Write the relative model paths of ``raw`` (``dir`` students, ``gguf`` students given by a path, ``hf`` and
+    ``vllm`` teachers given by a path) as absolute paths, so that the notebooks, which run in the project root,
+    read the folder the profile was checked against: the working directory's, else the project root's. A path not
+    found in either is left as written (validation reports it); package names and hub ids are not paths."""
+    for section, is_path in (("students", _student_model_is_path), ("teachers", _teacher_model_is_path)):
+        items = raw.get(section)
+        for item in items if isinstance(items, list) else ():
+            if isinstance(item, dict) and isinstance(item.get("model"), str) and is_path(item):
+                item["model"] = _absolute_local_path(item["model"])
+
+
+def _student_model_is_path(item: dict[str, Any]) -> bool:
+    model = item["model"]
+    return item.get("source") == "dir" or (item.get("source") == "gguf" and (_looks_like_path(model) or "/" in model))
+
+
+def _teacher_model_is_path(item: dict[str, Any]) -> bool:
+    return item.get("backend") in ("hf", "vllm") and _looks_like_path(item["model"])
+
+
+def _absolute_local_path(ref: str) -> str:
+    """A relative path as the absolute path where it exists, in the working directory or else the project root
+    (where ``_local_path_exists`` looks); an absolute path, or one found in neither, as it is."""
+    path = Path(os.path.expandvars(ref)).expanduser()
+    if path.is_absolute():
+        return ref
+    for base in (Path.cwd(), PROJECT_ROOT):
+        if (base / path).exists():
+            return os.path.normpath(base / path)
+    return ref
+
+
 def _format_validation_error(path: Path, exc: ValidationError) -> str:
     lines = [f"{path}: invalid profile ({exc.error_count()} problem(s)):"]
     for err in exc.errors():
@@ -668,10 +701,11 @@ def load_profile(profile: str | os.PathLike, overrides: dict[str, Any] | None = 
     path = resolve_profile_path(profile)
     raw = apply_overrides(read_yaml(path), overrides)
     # A relative data.data_dir is relative to the profile file's folder (a teacher's trace path is read from the
-    # data folder; model paths from the working directory, then the project root).
+    # data folder; model paths from the working directory, then the project root, and written absolute).
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("data_dir"), str):
         data["data_dir"] = str((path.parent / os.path.expandvars(data["data_dir"])).resolve())
+    _absolute_model_paths(raw)
     try:
         prof = Profile.model_validate(raw)
     except ValidationError as exc:
