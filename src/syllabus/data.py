@@ -44,7 +44,7 @@ HUB_IDS: dict[str, str] = {
     "math500": "HuggingFaceH4/MATH-500",
 }
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-SOURCES = ("gsm8k", "math", "math500", "humaneval", "lab")
+SOURCES = P.PROBLEM_SOURCES  # ("gsm8k", "math", "math500", "humaneval", "lab")
 LAB_SPLITS = ("pool", "probe", "heldout")
 MAX_ROW_WARNINGS = 10
 
@@ -248,6 +248,11 @@ def find_local_file(relative: str, data_dir: str | os.PathLike | None = None) ->
     return None, tried
 
 
+def hub_offline() -> list[str]:
+    """The variables (``OFFLINE_VARIABLES``) that keep ``datasets`` off the hub here: set, only its local cache is read."""
+    return [name for name in OFFLINE_VARIABLES if os.environ.get(name, "").lower() in ("1", "true", "yes")]
+
+
 def load_problems(source: str, split: str = "test", *, data_dir: str | os.PathLike | None = None,
                   hub_id: str | None = None, limit: int | None = None, lab_task: LabTask | None = None,
                   lab_sizes: dict[str, int] | None = None, seed: int = 0) -> ProblemSet:
@@ -286,7 +291,7 @@ def _load_benchmark(source: str, split: str, data_dir, hub_id: str | None) -> Pr
         return _from_hub(hub_id, source, split)
     except Exception as exc:  # offline, unknown id, no network: every place has failed
         first_line = (str(exc).strip().splitlines() or [""])[0]
-        offline = [name for name in OFFLINE_VARIABLES if os.environ.get(name, "").lower() in ("1", "true", "yes")]
+        offline = hub_offline()
         hub_why = f"{type(exc).__name__}: {first_line}" + (
             f" ({'/'.join(offline)} set: only the local datasets cache was tried)" if offline else "")
     places = "; ".join(f"{i}. {line}" for i, line in enumerate(tried, start=1))

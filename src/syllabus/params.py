@@ -61,6 +61,10 @@ class LabTask(Strict):
         return self
 
 
+# The problem sources of ``syllabus.data`` (its ``SOURCES``): what ``data.eval_sets`` may name.
+PROBLEM_SOURCES = ("gsm8k", "math", "math500", "humaneval", "lab")
+
+
 class Data(Strict):
     """Where problems come from. Hub ids are used only when set; otherwise ``data_dir``."""
 
@@ -74,6 +78,14 @@ class Data(Strict):
     n_probe: int = Field(60, ge=2, description="probe problems (teacher selection, NLL_ref, IOA probes)")
     n_heldout: int = Field(100, ge=1, description="held-out problems for gains and evaluation")
     lab: LabTask = Field(default_factory=LabTask)
+
+    @field_validator("eval_sets")
+    @classmethod
+    def _known_sets(cls, eval_sets: list[str]) -> list[str]:
+        unknown = [name for name in eval_sets if name not in PROBLEM_SOURCES]
+        if unknown:
+            raise ValueError(f"unknown eval set(s) {unknown}; choose from {list(PROBLEM_SOURCES)}")
+        return eval_sets
 
     def resolved_data_dir(self) -> Path | None:
         """The local data folder: ``data_dir``, else ``$SYLLABUS_DATA_DIR``, else ``../shared/data`` if it exists."""
