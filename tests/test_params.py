@@ -90,6 +90,21 @@ def test_wrong_type_and_out_of_range(tmp_path):
         load_profile(write(tmp_path, MINIMAL + "correlation: {sft_steps: -5}\n"))
 
 
+def test_a_bad_override_is_blamed_on_its_p_not_on_the_file(tmp_path):
+    path = write(tmp_path, MINIMAL + "data: {n_pool: eighty}\n")
+    overrides = dict(parse_override(p) for p in ("seed=abc", "students.s.lora=maybe", "dynamic.seeds=[]"))
+    with pytest.raises(ParamsError) as err:
+        load_profile(path, overrides)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{path}: invalid profile (4 problem(s)):"
+    assert "  - key 'seed' (from -p seed=abc): Input should be a valid integer" in lines[1]
+    assert "  - key 'data.n_pool': Input should be a valid integer" in lines[2]  # the file's own mistake
+    assert "  - key 'students.0.lora' (from -p students.s.lora=maybe): " in lines[3]  # by name, validated by index
+    assert "  - key 'dynamic.seeds' (from -p dynamic.seeds=[]): List should have at least 1 item" in lines[4]
+    with pytest.raises(ParamsError, match=r"key 'dmc' \(with -p dmc\.params\.r0=2\): .*'window' has no parameter"):
+        load_profile(write(tmp_path, MINIMAL, "ok.yaml"), dict([parse_override("dmc.params.r0=2")]))
+
+
 def test_malformed_yaml_gives_line(tmp_path):
     path = write(tmp_path, "name: x\nstudents: [oops\n")
     with pytest.raises(ParamsError, match=r"line \d+, column \d+: malformed YAML"):

@@ -8,6 +8,7 @@ errors, reported before any work starts.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -580,16 +581,20 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """Set dotted keys; list items are addressed by index or by their ``name`` (``students.s1.lora=true``)."""
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None,
+                    applied: dict[str, str] | None = None) -> dict[str, Any]:
+    """Set dotted keys; list items are addressed by index or by their ``name`` (``students.s1.lora=true``).
+    ``applied``, when given, gets each override's key as validation names it (list items by index) -> its key."""
     out = copy.deepcopy(raw)
     for dotted, value in (overrides or {}).items():
         parts = dotted.split(".")
         node: Any = out
+        resolved = []
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
             if isinstance(node, list):
                 idx = _list_index(node, part, dotted)
+                resolved.append(str(idx))
                 if last:
                     node[idx] = value
                 else:
@@ -597,10 +602,13 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> di
                 continue
             if not isinstance(node, dict):
                 raise ParamsError(f"override '{dotted}': '{'.'.join(parts[:i])}' is not a mapping")
+            resolved.append(part)
             if last:
                 node[part] = value
             else:
                 node = node.setdefault(part, {})
+        if applied is not None:
+            applied[".".join(resolved)] = dotted
     return out
 
 
@@ -647,17 +655,32 @@ def _absolute_local_path(ref: str) -> str:
     return ref
 
 
-def _format_validation_error(path: Path, exc: ValidationError) -> str:
+def _override_note(key: str, applied: dict[str, str], overrides: dict[str, Any]) -> str:
+    """`` (from -p k=v)`` when the value at ``key`` came from an override (of it or of a section holding it),
+    `` (with -p k=v)`` when an override set a key inside it (a rule across its keys failed), else ''."""
+    for resolved, dotted in applied.items():
+        value = overrides[dotted]
+        shown = value if isinstance(value, str) else json.dumps(value, default=str)
+        if key == resolved or key.startswith(resolved + "."):
+            return f" (from -p {dotted}={shown})"
+        if resolved.startswith(key + "."):
+            return f" (with -p {dotted}={shown})"
+    return ""
+
+
+def _format_validation_error(path: Path, exc: ValidationError, applied: dict[str, str] | None = None,
+                             overrides: dict[str, Any] | None = None) -> str:
     lines = [f"{path}: invalid profile ({exc.error_count()} problem(s)):"]
     for err in exc.errors():
         key = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        where = _override_note(key, applied or {}, overrides or {})
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (typo?); see the defaults in params/tiny.yaml or syllabus.params"
         elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
             got = repr(err["input"])  # a whole section (a rule across keys failed) would bury the message
             msg += f" (got {got if len(got) <= 120 else got[:117] + '...'})"
-        lines.append(f"  - key '{key}': {msg}")
+        lines.append(f"  - key '{key}'{where}: {msg}")
     return "\n".join(lines)
 
 
@@ -711,7 +734,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def load_profile(profile: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Profile:
     """Read, override and validate a profile; raise ParamsError naming file, key and reason."""
     path = resolve_profile_path(profile)
-    raw = apply_overrides(read_yaml(path), overrides)
+    applied: dict[str, str] = {}  # the keys the overrides set, as validation names them
+    raw = apply_overrides(read_yaml(path), overrides, applied)
     # A relative data.data_dir is relative to the profile file's folder (a teacher's trace path is read from the
     # data folder; model paths from the working directory, then the project root, and written absolute).
     data = raw.get("data")
@@ -721,6 +745,6 @@ def load_profile(profile: str | os.PathLike, overrides: dict[str, Any] | None = 
     try:
         prof = Profile.model_validate(raw)
     except ValidationError as exc:
-        raise ParamsError(_format_validation_error(path, exc)) from None
+        raise ParamsError(_format_validation_error(path, exc, applied, overrides)) from None
     prof._source_file = path
     return prof
