@@ -253,6 +253,23 @@ def test_report_of_a_folder_whose_only_stage_has_a_damaged_manifest_says_so(tmp_
     assert "01_teacher_selection's damaged manifest.json" in err and f"--run-dir {tmp_path} --profile ci" in err
 
 
+def test_status_of_a_folder_that_is_not_a_run_says_so_instead_of_every_stage_missing(tmp_path, capsys):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("x\n")
+    assert main(["status", "--run-dir", str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"syllabus: error: '{notes}' is not a run folder (no run.json and no <stage>/manifest.json); give "
+                   "the folder of a run with --run-dir, e.g. results/tiny, or a new or empty folder for a run not "
+                   "started\n")
+    assert main(["status", "--run-dir", str(notes / "todo.txt")]) == 2
+    assert "is a file, not a run folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    for fresh in (tmp_path / "empty", tmp_path / "new"):  # a run not started: every stage missing
+        assert main(["status", "--run-dir", str(fresh)]) == 0
+        assert status_rows(capsys.readouterr().out)["01_teacher_selection"].startswith("missing")
+
+
 def test_why_stale_names_each_changed_part():
     old = {"params": {"seed": "a", "dmc": "b"}, "notebook": "n", "code": {"x.py": "1"}, "upstream": {"01": "o"}}
     new = {"params": {"seed": "a", "dmc": "c"}, "notebook": "m", "code": {"x.py": "1", "y.py": "2"}, "upstream": {}}

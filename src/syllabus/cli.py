@@ -343,6 +343,7 @@ def status_target(args: argparse.Namespace) -> tuple[RunDir, Profile]:
         return RunDir(default_run_dir(prof)), prof
     run = RunDir(args.run_dir)
     run_json = run.root / "run.json"
+    check_run_folder(run)
     recorded = read_run_json(run_json).get("profile") if run_json.is_file() else None
     if args.profile is not None:
         prof = load_profile(args.profile, overrides)
@@ -356,6 +357,19 @@ def status_target(args: argparse.Namespace) -> tuple[RunDir, Profile]:
     else:
         prof = load_profile("tiny", overrides)
     return run, prof
+
+
+def check_run_folder(run: RunDir) -> None:
+    """Refuse a ``--run-dir`` that is a file, or a folder with files in it but neither a run.json nor a stage's
+    manifest: not a run (every run writes run.json first), so "missing" for every stage would misread it. A
+    folder that does not exist yet, or an empty one, is a run not started."""
+    if run.root.exists() and not run.root.is_dir():
+        raise RunError(f"'{run.root}' is a file, not a run folder; give the folder of a run with --run-dir, "
+                       "e.g. results/tiny")
+    if (run.root.is_dir() and any(run.root.iterdir()) and not (run.root / "run.json").is_file()
+            and not any(run.manifest_path(stage).is_file() for stage in STAGES)):
+        raise RunError(f"'{run.root}' is not a run folder (no run.json and no <stage>/manifest.json); give the folder "
+                       "of a run with --run-dir, e.g. results/tiny, or a new or empty folder for a run not started")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
