@@ -144,6 +144,19 @@ def test_a_long_bad_value_is_shortened_in_the_error(tmp_path):
     assert len(str(err.value)) < 400
 
 
+def test_two_students_or_teachers_of_one_name_name_both_and_the_fix(tmp_path):
+    text = MINIMAL.replace("teachers: [{name: t, backend: lab, style: prose}]",
+                           "teachers: [{name: t, backend: lab, style: prose}, {name: u, backend: lab, style: prose}, "
+                           "{name: t, backend: lab, style: equations}]")
+    with pytest.raises(ParamsError) as err:
+        load_profile(write(tmp_path, text))
+    assert str(err.value).splitlines()[1] == ("  - key 'teachers': teachers.0 and teachers.2 are both named 't'; rename "
+                                             "one of them (names label tables, caches and -p overrides)")
+    twice = MINIMAL.replace("students: [{name: s, source: lab}]", "students: [{name: s}, {name: s, lora: true}]")
+    with pytest.raises(ParamsError, match=r"key 'students': students\.0 and students\.1 are both named 's'; rename one"):
+        load_profile(write(tmp_path, twice))
+
+
 def test_teacher_backend_needs_its_field(tmp_path):
     text = "name: m\nstudents: [{name: s}]\nteachers: [{name: t, backend: file}]\n"
     with pytest.raises(ParamsError, match="needs 'path'"):

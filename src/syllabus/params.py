@@ -483,6 +483,18 @@ class Profile(Strict):
         """The YAML file the profile was loaded from (None when built in code)."""
         return self._source_file
 
+    @field_validator("students", "teachers")
+    @classmethod
+    def _unique_names(cls, items: list, info) -> list:
+        """Names label tables, caches and ``-p`` overrides (``students.<name>.lora``): one per student, one per teacher."""
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            if item.name in seen:
+                raise ValueError(f"{info.field_name}.{seen[item.name]} and {info.field_name}.{i} are both named "
+                                 f"'{item.name}'; rename one of them (names label tables, caches and -p overrides)")
+            seen[item.name] = i
+        return items
+
     @model_validator(mode="after")
     def _check(self) -> "Profile":
         if self.params_version != PARAMS_SCHEMA_VERSION:
@@ -490,11 +502,6 @@ class Profile(Strict):
                 f"params_version {self.params_version} is not supported (this syllabus reads version "
                 f"{PARAMS_SCHEMA_VERSION}); update the file to the current layout"
             )
-        for kind, items in (("student", self.students), ("teacher", self.teachers)):
-            names = [x.name for x in items]
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            if dupes:
-                raise ValueError(f"duplicate {kind} names {dupes}")
         names = [s.name for s in self.students]
         unknown = sorted(set(self.correlation.sft_tokens_by_student) - set(names))
         if unknown:
@@ -677,7 +684,8 @@ def _format_validation_error(path: Path, exc: ValidationError, applied: dict[str
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (typo?); see the defaults in params/tiny.yaml or syllabus.params"
-        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+        elif ("input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict)
+              and not (isinstance(err["input"], list) and any(isinstance(x, dict) for x in err["input"]))):
             got = repr(err["input"])  # a whole section (a rule across keys failed) would bury the message
             msg += f" (got {got if len(got) <= 120 else got[:117] + '...'})"
         lines.append(f"  - key '{key}'{where}: {msg}")
