@@ -150,10 +150,10 @@ def test_two_students_or_teachers_of_one_name_name_both_and_the_fix(tmp_path):
                            "{name: t, backend: lab, style: equations}]")
     with pytest.raises(ParamsError) as err:
         load_profile(write(tmp_path, text))
-    assert str(err.value).splitlines()[1] == ("  - key 'teachers': teachers.0 and teachers.2 are both named 't'; rename "
-                                             "one of them (names label tables, caches and -p overrides)")
+    assert str(err.value).splitlines()[1] == ("  - key 'teachers': teachers.0 and teachers.2 are both named 't'; "
+                                             "rename one of them (names label tables, caches and -p overrides)")
     twice = MINIMAL.replace("students: [{name: s, source: lab}]", "students: [{name: s}, {name: s, lora: true}]")
-    with pytest.raises(ParamsError, match=r"key 'students': students\.0 and students\.1 are both named 's'; rename one"):
+    with pytest.raises(ParamsError, match=r"key 'students': students\.0 and students\.1 are both named 's'; rename"):
         load_profile(write(tmp_path, twice))
 
 

@@ -239,7 +239,8 @@ def test_a_damaged_run_json_is_one_clear_line_naming_it_and_the_fix(stand_in, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{run_dir / 'run.json'} is damaged (not valid JSON" in err
     assert "delete it and run again with the run's profile" in err
-    assert main(["run", "--profile", "ci", "--run-dir", str(run_dir), "--notebooks-dir", str(stand_in["notebooks"])]) == 2
+    common = ["--profile", "ci", "--run-dir", str(run_dir), "--notebooks-dir", str(stand_in["notebooks"])]
+    assert main(["run", *common]) == 2
     assert "run.json is damaged" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 

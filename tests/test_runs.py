@@ -81,8 +81,9 @@ def test_input_from_a_stage_with_a_damaged_manifest_is_a_clear_error(tmp_path):
     first.finish()
     (tmp_path / "01_teacher_selection" / "manifest.json").write_text('{"stage": ')
     assert not first.run.is_complete("01")
-    with pytest.raises(RunError, match=r"stage 01_teacher_selection has not finished in .* \(its damaged manifest\.json: "
-                                       r"not valid JSON: .*\); run it again: syllabus run --run-dir .* --stages 01"):
+    with pytest.raises(RunError, match=r"stage 01_teacher_selection has not finished in .* \(its damaged "
+                                       r"manifest\.json: not valid JSON: .*\); run it again: syllabus run --run-dir "
+                                       r".* --stages 01"):
         open_stage("02", "ci", run_dir=tmp_path).read_table("01", "problems")
     with pytest.raises(RunError, match=r"x\.json is damaged \(not UTF-8: byte 0xff at byte offset 2, line 1\); "
                                        "delete it and re-run the stage that wrote it"):

@@ -103,7 +103,8 @@ def test_file_teacher_with_a_missing_field_names_file_line_and_field(tmp_path):
 def test_file_teacher_refuses_a_question_that_is_not_text_or_not_there_naming_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     spec = P.Teacher(name="bad", backend="file", path=str(path), field="solution")
-    path.write_text(json.dumps({"question": "a?", "solution": "1"}) + "\n" + json.dumps({"question": 7, "solution": "2"}))
+    path.write_text("".join(json.dumps(row) + "\n" for row in ({"question": "a?", "solution": "1"},
+                                                                {"question": 7, "solution": "2"})))
     with pytest.raises(teachers.TeacherError, match=r"bad\.jsonl, line 2: field 'question' is int, expected the "
                                                     r"problem's text \(a string\); fix the line"):
         teachers.make_teacher(spec)

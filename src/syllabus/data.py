@@ -249,7 +249,8 @@ def find_local_file(relative: str, data_dir: str | os.PathLike | None = None) ->
 
 
 def hub_offline() -> list[str]:
-    """The variables (``OFFLINE_VARIABLES``) that keep ``datasets`` off the hub here: set, only its local cache is read."""
+    """The variables (``OFFLINE_VARIABLES``) set here that keep ``datasets`` off the hub (only its local cache is
+    read)."""
     return [name for name in OFFLINE_VARIABLES if os.environ.get(name, "").lower() in ("1", "true", "yes")]
 
 

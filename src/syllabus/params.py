@@ -486,7 +486,8 @@ class Profile(Strict):
     @field_validator("students", "teachers")
     @classmethod
     def _unique_names(cls, items: list, info) -> list:
-        """Names label tables, caches and ``-p`` overrides (``students.<name>.lora``): one per student, one per teacher."""
+        """Names label tables, caches and ``-p`` overrides (``students.<name>.lora``): one per student, one per
+        teacher."""
         seen: dict[str, int] = {}
         for i, item in enumerate(items):
             if item.name in seen:

@@ -110,9 +110,10 @@ def benchmark_data_problems(prof: Profile) -> list[tuple[str, str]]:
             for rel in BUILTIN_LOCAL_TASKS[task].values():
                 if folder is None or not (folder / rel).is_file():
                     where = f"{folder / rel} does not exist" if folder else "no data folder is set"
+                    other = f"syllabus_{task.split('_')[-1]}"
                     problems.append((f"benchmark.tasks.{i}", f"task '{task}' (lm-eval's own, on local files) needs "
                                                              f"{rel}: {where}; set data.data_dir or ${DATA_DIR_ENV} "
-                                                             f"to the folder holding it, or use syllabus_{task.split('_')[-1]}"))
+                                                             f"to the folder holding it, or use {other}"))
                     break
     return problems
 
