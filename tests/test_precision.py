@@ -168,7 +168,9 @@ def _loss_and_grads(model, tok, pairs):
 def checkpointing_is_on(model) -> bool:
     """transformers >= 5.20 says is_activation_checkpointing, earlier 5.x is_gradient_checkpointing (vLLM's
     extra pins transformers < 5.20)."""
-    return bool(getattr(model, "is_activation_checkpointing", getattr(model, "is_gradient_checkpointing", False)))
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
