@@ -11,7 +11,6 @@ import contextlib
 import copy
 import json
 import math
-import random
 
 import pytest
 import torch
@@ -19,8 +18,8 @@ import torch
 from syllabus import devices, models, params as P, train
 from syllabus.params import ParamsError, load_profile
 from syllabus.preflight import check_runnable
-from syllabus.prompts import question_prompt, target_text
 from syllabus.runs import hash_obj
+from tiny_lm import apple_pairs
 
 torch.set_num_threads(1)
 
@@ -36,13 +35,7 @@ def one_thread():
 
 
 def lab_pairs(n: int = 16, seed: int = 0) -> list[tuple[str, str]]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        a, b = rng.randint(1, 20), rng.randint(1, 20)
-        out.append((question_prompt(f"Tom has {a} apples and buys {b} more. How many now?"),
-                    target_text(f"Tom has {a} + {b} = {a + b} apples.\n#### {a + b}")))
-    return out
+    return apple_pairs(n, seed)
 
 
 def student(tmp_path, dtype: str, **spec):
