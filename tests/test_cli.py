@@ -34,6 +34,7 @@ def test_help_explains_run():
         (["run", "--profile", "ci", "--stages", "07"], "unknown stage '07'"),
         (["run", "--profile", "ci", "-p", "dmc.lamda=3"], "dmc.lamda"),
         (["run", "--profile", "ci", "-p", "seed"], "key=value"),
+        (["check", "--profile", "ci", "-p", "seed=abc"], "key 'seed' (from -p seed=abc): Input should be a valid"),
     ],
 )
 def test_bad_input_one_clear_line_nonzero_exit(args, message, capsys):

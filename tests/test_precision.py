@@ -11,7 +11,6 @@ import contextlib
 import copy
 import json
 import math
-import random
 
 import pytest
 import torch
@@ -19,8 +18,8 @@ import torch
 from syllabus import devices, models, params as P, train
 from syllabus.params import ParamsError, load_profile
 from syllabus.preflight import check_runnable
-from syllabus.prompts import question_prompt, target_text
 from syllabus.runs import hash_obj
+from tiny_lm import apple_pairs
 
 torch.set_num_threads(1)
 
@@ -36,13 +35,7 @@ def one_thread():
 
 
 def lab_pairs(n: int = 16, seed: int = 0) -> list[tuple[str, str]]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        a, b = rng.randint(1, 20), rng.randint(1, 20)
-        out.append((question_prompt(f"Tom has {a} apples and buys {b} more. How many now?"),
-                    target_text(f"Tom has {a} + {b} = {a + b} apples.\n#### {a + b}")))
-    return out
+    return apple_pairs(n, seed)
 
 
 def student(tmp_path, dtype: str, **spec):
@@ -168,7 +161,9 @@ def _loss_and_grads(model, tok, pairs):
 def checkpointing_is_on(model) -> bool:
     """transformers >= 5.20 says is_activation_checkpointing, earlier 5.x is_gradient_checkpointing (vLLM's
     extra pins transformers < 5.20)."""
-    return bool(getattr(model, "is_activation_checkpointing", getattr(model, "is_gradient_checkpointing", False)))
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients():

@@ -209,6 +209,68 @@ def test_status_refuses_a_profile_the_run_folder_does_not_belong_to(stand_in, ca
     assert "belongs to profile 'ci'" in capsys.readouterr().err
 
 
+def test_a_damaged_manifest_is_reported_and_the_next_run_re_runs_the_stage(stand_in, capsys, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(stand_in["run_dir"], run_dir)
+    manifest = run_dir / "01_teacher_selection" / "manifest.json"
+    manifest.write_bytes(manifest.read_bytes()[:200])  # cut short, as a full disk or a copy outside syllabus leaves it
+    tables = {p: p.read_bytes() for p in sorted((run_dir / "01_teacher_selection").rglob("tables/*"))}
+    rows = call_status(capsys, {**stand_in, "run_dir": run_dir})
+    assert rows["01_teacher_selection"].startswith("stale"), rows
+    assert "damaged manifest.json: not valid JSON" in rows["01_teacher_selection"] and "a run re-runs it" in rows[
+        "01_teacher_selection"]
+    assert rows["02_trace_curation"].startswith("stale")  # what it read is no longer vouched for
+    assert main(["report", str(run_dir)]) == 0  # stage 02's results are still reported
+    capsys.readouterr()
+    common = ["--profile", "ci", "--run-dir", str(run_dir), "--notebooks-dir", str(stand_in["notebooks"]), "--quiet"]
+    assert main(["run", *common, "--stages", "01"]) == 0
+    assert "01_teacher_selection: running ..." in capsys.readouterr().out
+    assert json.loads(manifest.read_text())["stage"] == "01_teacher_selection"
+    assert {p: p.read_bytes() for p in tables} == tables  # the seeded re-run wrote the same tables
+    assert call_status(capsys, {**stand_in, "run_dir": run_dir})["01_teacher_selection"].startswith("up to date")
+
+
+def test_a_damaged_run_json_is_one_clear_line_naming_it_and_the_fix(stand_in, capsys, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(stand_in["run_dir"], run_dir)
+    (run_dir / "run.json").write_text('{"profile": "c')
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert main(["status", "--run-dir", str(run_dir), "--notebooks-dir", str(stand_in["notebooks"])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{run_dir / 'run.json'} is damaged (not valid JSON" in err
+    assert "delete it and run again with the run's profile" in err
+    common = ["--profile", "ci", "--run-dir", str(run_dir), "--notebooks-dir", str(stand_in["notebooks"])]
+    assert main(["run", *common]) == 2
+    assert "run.json is damaged" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_report_of_a_folder_whose_only_stage_has_a_damaged_manifest_says_so(tmp_path, capsys):
+    (tmp_path / "run.json").write_text('{"profile": "ci", "params_version": 1}')
+    (tmp_path / "01_teacher_selection").mkdir()
+    (tmp_path / "01_teacher_selection" / "manifest.json").write_text('{"stage": "01_tea')
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "01_teacher_selection's damaged manifest.json" in err and f"--run-dir {tmp_path} --profile ci" in err
+
+
+def test_status_of_a_folder_that_is_not_a_run_says_so_instead_of_every_stage_missing(tmp_path, capsys):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("x\n")
+    assert main(["status", "--run-dir", str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"syllabus: error: '{notes}' is not a run folder (no run.json and no <stage>/manifest.json); give "
+                   "the folder of a run with --run-dir, e.g. results/tiny, or a new or empty folder for a run not "
+                   "started\n")
+    assert main(["status", "--run-dir", str(notes / "todo.txt")]) == 2
+    assert "is a file, not a run folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    for fresh in (tmp_path / "empty", tmp_path / "new"):  # a run not started: every stage missing
+        assert main(["status", "--run-dir", str(fresh)]) == 0
+        assert status_rows(capsys.readouterr().out)["01_teacher_selection"].startswith("missing")
+
+
 def test_why_stale_names_each_changed_part():
     old = {"params": {"seed": "a", "dmc": "b"}, "notebook": "n", "code": {"x.py": "1"}, "upstream": {"01": "o"}}
     new = {"params": {"seed": "a", "dmc": "c"}, "notebook": "m", "code": {"x.py": "1", "y.py": "2"}, "upstream": {}}

@@ -75,6 +75,22 @@ def test_input_from_unfinished_stage_is_a_clear_error(tmp_path):
         stage.read_table("02", "datasets")
 
 
+def test_input_from_a_stage_with_a_damaged_manifest_is_a_clear_error(tmp_path):
+    first = open_stage("01", "ci", run_dir=tmp_path)
+    first.save_table(pd.DataFrame({"x": [1]}), "problems")
+    first.finish()
+    (tmp_path / "01_teacher_selection" / "manifest.json").write_text('{"stage": ')
+    assert not first.run.is_complete("01")
+    with pytest.raises(RunError, match=r"stage 01_teacher_selection has not finished in .* \(its damaged "
+                                       r"manifest\.json: not valid JSON: .*\); run it again: syllabus run --run-dir "
+                                       r".* --stages 01"):
+        open_stage("02", "ci", run_dir=tmp_path).read_table("01", "problems")
+    with pytest.raises(RunError, match=r"x\.json is damaged \(not UTF-8: byte 0xff at byte offset 2, line 1\); "
+                                       "delete it and re-run the stage that wrote it"):
+        (tmp_path / "x.json").write_bytes(b'"a\xff"')
+        runs.read_json(tmp_path / "x.json")
+
+
 def test_a_stage_reads_only_its_declared_inputs(tmp_path):
     """Stage keys cover the outputs of the stage table's inputs only, so reading anything else must fail loudly."""
     from syllabus.runs import STAGE_SECTIONS, STAGE_TABLE, STAGES

@@ -100,6 +100,51 @@ def test_file_teacher_with_a_missing_field_names_file_line_and_field(tmp_path):
         teachers.make_teacher(P.Teacher(name="b", backend="file", path=str(tmp_path / "none.jsonl")))
 
 
+def test_file_teacher_refuses_a_question_that_is_not_text_or_not_there_naming_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    spec = P.Teacher(name="bad", backend="file", path=str(path), field="solution")
+    path.write_text("".join(json.dumps(row) + "\n" for row in ({"question": "a?", "solution": "1"},
+                                                                {"question": 7, "solution": "2"})))
+    with pytest.raises(teachers.TeacherError, match=r"bad\.jsonl, line 2: field 'question' is int, expected the "
+                                                    r"problem's text \(a string\); fix the line"):
+        teachers.make_teacher(spec)
+    path.write_text(json.dumps({"problem": "What is 1 + 1?", "solution": "$\\boxed{2}$"}) + "\n")  # MATH's key
+    with pytest.raises(teachers.TeacherError) as err:
+        teachers.make_teacher(spec)
+    message = str(err.value)
+    assert "bad.jsonl, line 1: no field 'question' (fields: ['problem', 'solution'])" in message
+    assert "rename its 'problem' field to 'question'" in message and "'field' setting" not in message
+    path.write_text(json.dumps({"question": "a?", "answer": "1"}) + "\n")  # the solution field: its own setting
+    with pytest.raises(teachers.TeacherError, match=r"line 1: no field 'solution' .*the teacher's 'field' setting"):
+        teachers.make_teacher(spec)
+
+
+def test_file_teacher_refuses_one_question_with_two_different_solutions_naming_both_lines(tmp_path):
+    path = tmp_path / "dups.jsonl"
+    rows = [{"question": "What is 2 + 2?", "solution": "#### 4"}, {"question": "What is 3 + 3?", "solution": "#### 6"},
+            {"question": "what is  2 + 2?", "solution": "#### 4"},  # the same line again (case, spaces): kept once
+            {"question": "What is 2 + 2? ", "solution": "2 + 2 = 5\n#### 5"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]))
+    spec = P.Teacher(name="dups", backend="file", path=str(path), field="solution")
+    assert teachers.make_teacher(spec).by_question == {"what is 2 + 2?": "#### 4", "what is 3 + 3?": "#### 6"}
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(teachers.TeacherError, match=r"dups\.jsonl, lines 1 and 4: the same question \(case and "
+                                                    r"whitespace aside\) with two different solutions in field "
+                                                    r"'solution'; .*keep one of the two lines"):
+        teachers.make_teacher(spec)
+
+
+def test_file_teacher_not_utf8_names_the_byte_offset_and_the_fix(tmp_path):
+    path = tmp_path / "cp1252.jsonl"
+    first = (json.dumps({"question": "a?", "answer": "1"}) + "\n").encode()
+    path.write_bytes(first + b'{"question": "b?", "answer": "\x93two\x94"}\n')
+    offset = len(first) + len('{"question": "b?", "answer": "')
+    spec = P.Teacher(name="cp", backend="file", path=str(path))
+    with pytest.raises(teachers.TeacherError, match=rf"cp1252\.jsonl: not UTF-8: byte 0x93 at byte offset {offset}, "
+                                                    r"line 2; re-save it as UTF-8$"):
+        teachers.make_teacher(spec)
+
+
 # --------------------------------------------------------------------------- openai-compatible, against a local fake
 class FakeEndpoint:
     """A tiny OpenAI-compatible server on 127.0.0.1 that serves at most ``budget`` requests, then stops.

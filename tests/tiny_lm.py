@@ -43,3 +43,18 @@ def tiny_llama(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2) -> L
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     return LlamaForCausalLM(config).eval()
+
+
+def apple_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` seeded (prompt, target) SFT pairs of one-step additions, in the package's prompt and target format."""
+    import random
+
+    from syllabus.prompts import question_prompt, target_text
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
+        out.append((question_prompt(f"Tom has {a} apples and buys {b} more. How many now?"),
+                    target_text(f"Tom has {a} + {b} = {a + b} apples.\n#### {a + b}")))
+    return out

@@ -41,8 +41,10 @@ from .runs import (
     hash_file,
     hash_obj,
     hash_path,
+    load_json,
     normalise_stage,
     read_json,
+    read_run_json,
     stage_params,
 )
 
@@ -136,7 +138,7 @@ def stage_key(run: RunDir, stage: str, notebook: Path, params: dict, src_hash: s
     upstream = {}
     for earlier in STAGE_TABLE[stage].inputs:
         if run.is_complete(earlier):
-            upstream[earlier] = read_json(run.manifest_path(earlier)).get("outputs", {})
+            upstream[earlier] = run.manifest(earlier).get("outputs", {})
     return hash_obj({"stage": stage, "params": stage_params(params, stage), "notebook": hash_file(notebook),
                      "code": src_hash, "upstream": upstream})
 
@@ -147,7 +149,7 @@ def key_inputs(run: RunDir, stage: str, notebook: Path, params: dict, files: dic
         "params": {section: hash_obj(value) for section, value in stage_params(params, stage).items()},
         "notebook": hash_file(notebook),
         "code": files,
-        "upstream": {earlier: hash_obj(read_json(run.manifest_path(earlier)).get("outputs", {}))
+        "upstream": {earlier: hash_obj(run.manifest(earlier).get("outputs", {}))
                      for earlier in STAGE_TABLE[stage].inputs if run.is_complete(earlier)},
     }
 
@@ -186,11 +188,13 @@ def changed_outputs(run: RunDir, stage: str, manifest: dict) -> list[str]:
 def stage_status(run: RunDir, stage: str, notebook: Path, params: dict, files: dict[str, str]) -> dict:
     """``{"stage", "state", "why", "wall_seconds"}``: state is "up to date" (a run reuses it), "stale" (a run
     re-runs it; ``why`` says what changed), "done" (finished outside ``syllabus run``) or "missing"."""
-    if not run.is_complete(stage):
+    manifest, damage = run.read_manifest(stage)
+    if damage:
+        return {"stage": stage, "state": "stale", "why": [f"{damage}; a run re-runs it"], "wall_seconds": None}
+    if manifest is None:
         failed = run.stage_dir(stage) / f"{stage}.failed.ipynb"
         why = f"its last run failed ({failed.name} is kept)" if failed.is_file() else "not run yet"
         return {"stage": stage, "state": "missing", "why": [why], "wall_seconds": None}
-    manifest = read_json(run.manifest_path(stage))
     status = {"stage": stage, "state": "up to date", "why": [], "wall_seconds": manifest.get("wall_seconds")}
     if "cache_key" not in manifest:
         return status | {"state": "done", "why": ["finished outside syllabus run (no cache key); a run re-runs it"]}
@@ -203,10 +207,8 @@ def stage_status(run: RunDir, stage: str, notebook: Path, params: dict, files: d
 
 
 def is_up_to_date(run: RunDir, stage: str, key: str) -> bool:
-    if not run.is_complete(stage):
-        return False
-    manifest = read_json(run.manifest_path(stage))
-    if manifest.get("cache_key") != key:
+    manifest, _ = run.read_manifest(stage)  # a damaged manifest: not up to date, the stage re-runs
+    if manifest is None or manifest.get("cache_key") != key:
         return False
     for rel, digest in manifest.get("outputs", {}).items():
         path = run.stage_dir(stage) / rel
@@ -253,7 +255,7 @@ def execute_stage(run: RunDir, stage: str, notebook: Path, on_cell=None) -> None
 def previous_results(run: RunDir, stage: str) -> str:
     """What a failed run of ``stage`` left in place, in words."""
     if run.is_complete(stage):
-        finished = read_json(run.manifest_path(stage)).get("finished", "?")
+        finished = run.manifest(stage).get("finished", "?")
         return f"the previous results of {stage} (finished {finished}) are kept unchanged in {run.stage_dir(stage)}"
     return f"{stage} has no earlier results"
 
@@ -341,7 +343,8 @@ def status_target(args: argparse.Namespace) -> tuple[RunDir, Profile]:
         return RunDir(default_run_dir(prof)), prof
     run = RunDir(args.run_dir)
     run_json = run.root / "run.json"
-    recorded = read_json(run_json).get("profile") if run_json.is_file() else None
+    check_run_folder(run)
+    recorded = read_run_json(run_json).get("profile") if run_json.is_file() else None
     if args.profile is not None:
         prof = load_profile(args.profile, overrides)
         if recorded is not None and recorded != prof.name:
@@ -354,6 +357,19 @@ def status_target(args: argparse.Namespace) -> tuple[RunDir, Profile]:
     else:
         prof = load_profile("tiny", overrides)
     return run, prof
+
+
+def check_run_folder(run: RunDir) -> None:
+    """Refuse a ``--run-dir`` that is a file, or a folder with files in it but neither a run.json nor a stage's
+    manifest: not a run (every run writes run.json first), so "missing" for every stage would misread it. A
+    folder that does not exist yet, or an empty one, is a run not started."""
+    if run.root.exists() and not run.root.is_dir():
+        raise RunError(f"'{run.root}' is a file, not a run folder; give the folder of a run with --run-dir, "
+                       "e.g. results/tiny")
+    if (run.root.is_dir() and any(run.root.iterdir()) and not (run.root / "run.json").is_file()
+            and not any(run.manifest_path(stage).is_file() for stage in STAGES)):
+        raise RunError(f"'{run.root}' is not a run folder (no run.json and no <stage>/manifest.json); give the folder "
+                       "of a run with --run-dir, e.g. results/tiny, or a new or empty folder for a run not started")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -383,6 +399,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     run = RunDir(args.run_dir)
     if not any(run.is_complete(stage) for stage in STAGES):
+        damaged = [f"{stage}'s {why}" for stage in STAGES if (why := run.read_manifest(stage)[1])]
+        if damaged:
+            info, _ = load_json(run.root / "run.json") if (run.root / "run.json").is_file() else (None, None)
+            profile = info.get("profile") if isinstance(info, dict) else None
+            raise RunError(f"'{run.root}' holds no finished stage ({'; '.join(damaged)}); re-run the stage(s): "
+                           f"syllabus run --run-dir {run.root} --profile {profile or '<its profile>'}")
         raise RunError(f"'{run.root}' holds no finished stage (no <stage>/manifest.json); "
                        "give the folder of a run, e.g. results/tiny")
     from . import report  # lazy, as check_runnable

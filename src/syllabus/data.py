@@ -24,7 +24,7 @@ import datasets
 
 from . import lab
 from . import params as P
-from .errors import SyllabusError
+from .errors import SyllabusError, utf8_problem
 from .params import DATA_DIR_ENV, Data, LabTask, Profile
 from .records import Problem
 from .runs import hash_file
@@ -44,7 +44,7 @@ HUB_IDS: dict[str, str] = {
     "math500": "HuggingFaceH4/MATH-500",
 }
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-SOURCES = ("gsm8k", "math", "math500", "humaneval", "lab")
+SOURCES = P.PROBLEM_SOURCES  # ("gsm8k", "math", "math500", "humaneval", "lab")
 LAB_SPLITS = ("pool", "probe", "heldout")
 MAX_ROW_WARNINGS = 10
 
@@ -155,18 +155,29 @@ def _parse_file(path: str, mtime_ns: int, size: int, source: str, split: str) ->
     convert = CONVERTERS[source]
     problems: list[Problem] = []
     skipped: list[tuple[int, str]] = []
-    with _open_text(Path(path)) as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise RowError(f"a row must be a JSON object, got {type(row).__name__}")
-                problems.append(convert(row, len(problems) + len(skipped), split))
-            except (json.JSONDecodeError, RowError) as exc:
-                skipped.append((line_no, f"{type(exc).__name__}: {exc}"))
+    try:
+        with _open_text(Path(path)) as fh:
+            for line_no, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise RowError(f"a row must be a JSON object, got {type(row).__name__}")
+                    problems.append(convert(row, len(problems) + len(skipped), split))
+                except (json.JSONDecodeError, RowError) as exc:
+                    skipped.append((line_no, f"{type(exc).__name__}: {exc}"))
+    except UnicodeDecodeError:
+        raise _not_utf8(Path(path)) from None
     return tuple(problems), tuple(skipped)
+
+
+def _not_utf8(path: Path) -> DataError:
+    """The error for a data file that is not UTF-8: where it stops being UTF-8, and the fix."""
+    zipped = path.suffix == ".gz"
+    with (gzip.open if zipped else open)(path, "rb") as fh:
+        where = utf8_problem(fh.read())
+    return DataError(f"{path}: {where}{' (of its unzipped text)' if zipped else ''}; re-save it as UTF-8")
 
 
 def _from_file(path: Path, source: str, split: str) -> ProblemSet:
@@ -237,6 +248,12 @@ def find_local_file(relative: str, data_dir: str | os.PathLike | None = None) ->
     return None, tried
 
 
+def hub_offline() -> list[str]:
+    """The variables (``OFFLINE_VARIABLES``) set here that keep ``datasets`` off the hub (only its local cache is
+    read)."""
+    return [name for name in OFFLINE_VARIABLES if os.environ.get(name, "").lower() in ("1", "true", "yes")]
+
+
 def load_problems(source: str, split: str = "test", *, data_dir: str | os.PathLike | None = None,
                   hub_id: str | None = None, limit: int | None = None, lab_task: LabTask | None = None,
                   lab_sizes: dict[str, int] | None = None, seed: int = 0) -> ProblemSet:
@@ -275,7 +292,7 @@ def _load_benchmark(source: str, split: str, data_dir, hub_id: str | None) -> Pr
         return _from_hub(hub_id, source, split)
     except Exception as exc:  # offline, unknown id, no network: every place has failed
         first_line = (str(exc).strip().splitlines() or [""])[0]
-        offline = [name for name in OFFLINE_VARIABLES if os.environ.get(name, "").lower() in ("1", "true", "yes")]
+        offline = hub_offline()
         hub_why = f"{type(exc).__name__}: {first_line}" + (
             f" ({'/'.join(offline)} set: only the local datasets cache was tried)" if offline else "")
     places = "; ".join(f"{i}. {line}" for i, line in enumerate(tried, start=1))
@@ -322,20 +339,24 @@ def load_model_solutions(data_dir: str | os.PathLike | None = None) -> list[dict
                         f"the folder holding {MODEL_SOLUTIONS_FILE}")
     ids = {p.text: p.id for p in load_problems("gsm8k", "test", data_dir=path.parents[1])}
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            try:
-                row = json.loads(line)
-                gold = row["ground_truth"].rsplit("A:", 1)[1].strip()
-                pid = ids[row["question"]]
-            except (json.JSONDecodeError, KeyError, IndexError, AttributeError) as exc:
-                warnings.warn(f"{path}:{line_no}: skipped malformed row ({type(exc).__name__}: {exc})", stacklevel=2)
-                continue
-            for model in MODEL_SOLUTION_KEYS:
-                item = row.get(model) or {}
-                if isinstance(item.get("solution"), str) and isinstance(item.get("is_correct"), bool):
-                    out.append({"problem_id": pid, "model": model, "solution": item["solution"],
-                                "is_correct": item["is_correct"], "gold": gold, "line": line_no})
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line_no, line in enumerate(fh, start=1):
+                try:
+                    row = json.loads(line)
+                    gold = row["ground_truth"].rsplit("A:", 1)[1].strip()
+                    pid = ids[row["question"]]
+                except (json.JSONDecodeError, KeyError, IndexError, AttributeError) as exc:
+                    warnings.warn(f"{path}:{line_no}: skipped malformed row ({type(exc).__name__}: {exc})",
+                                  stacklevel=2)
+                    continue
+                for model in MODEL_SOLUTION_KEYS:
+                    item = row.get(model) or {}
+                    if isinstance(item.get("solution"), str) and isinstance(item.get("is_correct"), bool):
+                        out.append({"problem_id": pid, "model": model, "solution": item["solution"],
+                                    "is_correct": item["is_correct"], "gold": gold, "line": line_no})
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     return out
 
 

@@ -11,3 +11,13 @@ from __future__ import annotations
 
 class SyllabusError(Exception):
     """An error with a message meant for the user: what went wrong, where, and how to fix it."""
+
+
+def utf8_problem(data: bytes) -> str:
+    """Where ``data`` (a file's bytes) stops being UTF-8, in words: the byte, its offset and line."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        return f"not UTF-8: byte 0x{data[exc.start]:02x} at byte offset {exc.start}, line {line}"
+    return "UTF-8"

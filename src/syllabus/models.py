@@ -209,6 +209,34 @@ def resolve_gguf(model: str, gguf_file: str | None = None) -> Path:
     return path
 
 
+def model_dir_problem(model: str | os.PathLike) -> str | None:
+    """Why ``model`` is not a folder the ``dir`` source loads (``save_pretrained``'s, with a config.json), in
+    words with the fix; None when it is one."""
+    path = Path(model).expanduser()
+    if path.is_dir() and (path / "config.json").is_file():
+        return None
+    seen = ("it is a file" if path.is_file() else "the folder is empty" if path.is_dir() and not any(path.iterdir())
+            else f"the folder holds {sorted(p.name for p in path.iterdir())[:5]}" if path.is_dir() else "")
+    return (f"model directory '{path}' does not exist or has no config.json{f' ({seen})' if seen else ''}; "
+            "point 'model' at a folder written by save_pretrained")
+
+
+def gguf_problem(model: str, gguf_file: str | None = None) -> str | None:
+    """Why a ``gguf`` student's ``model`` (+ ``gguf_file``) names no GGUF file (a missing file or package, a
+    folder or package without that file, a file that is not GGUF), with the fix; None when it names one.
+    Finds a package as ``resolve_gguf`` does (``find_spec``, never imported); converts nothing."""
+    try:
+        path = resolve_gguf(model, gguf_file)
+    except ModelError as exc:
+        return str(exc)
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        return (f"'{path}' is not a GGUF file (it starts with {magic!r}, not b'GGUF'); download it again or point "
+                "'model' at another")
+    return None
+
+
 def gguf_model_dir(model: str, gguf_file: str | None, *, cache_dir: str | os.PathLike) -> Path:
     """Convert a GGUF once into a plain fp32 model directory under ``cache_dir/models``; return it."""
     path = resolve_gguf(model, gguf_file)
@@ -248,11 +276,9 @@ def load_pretrained(source: str, model: str, *, gguf_file: str | None = None,
                     cache_dir: str | os.PathLike | None = None, dtype: str = "float32"):
     """(model, tokenizer) from a local directory, a hub id or a GGUF file/package."""
     if source == "dir":
-        path = Path(model).expanduser()
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise ModelError(f"model directory '{path}' does not exist or has no config.json; "
-                             "point 'model' at a folder written by save_pretrained")
-        return _load_dir(path, dtype)
+        if why := model_dir_problem(model):
+            raise ModelError(why)
+        return _load_dir(Path(model).expanduser(), dtype)
     if source == "gguf":
         if cache_dir is None:
             raise ModelError("a GGUF model needs a cache_dir to hold its converted model directory")

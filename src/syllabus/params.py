@@ -8,6 +8,7 @@ errors, reported before any work starts.
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .dmc_factors import RULES, check_params, rule_params  # the DMC rule registry
-from .errors import SyllabusError
+from .errors import SyllabusError, utf8_problem
 from .select import POLICIES  # the selection policy registry
 
 PARAMS_SCHEMA_VERSION = 1
@@ -61,6 +62,10 @@ class LabTask(Strict):
         return self
 
 
+# The problem sources of ``syllabus.data`` (its ``SOURCES``): what ``data.eval_sets`` may name.
+PROBLEM_SOURCES = ("gsm8k", "math", "math500", "humaneval", "lab")
+
+
 class Data(Strict):
     """Where problems come from. Hub ids are used only when set; otherwise ``data_dir``."""
 
@@ -74,6 +79,14 @@ class Data(Strict):
     n_probe: int = Field(60, ge=2, description="probe problems (teacher selection, NLL_ref, IOA probes)")
     n_heldout: int = Field(100, ge=1, description="held-out problems for gains and evaluation")
     lab: LabTask = Field(default_factory=LabTask)
+
+    @field_validator("eval_sets")
+    @classmethod
+    def _known_sets(cls, eval_sets: list[str]) -> list[str]:
+        unknown = [name for name in eval_sets if name not in PROBLEM_SOURCES]
+        if unknown:
+            raise ValueError(f"unknown eval set(s) {unknown}; choose from {list(PROBLEM_SOURCES)}")
+        return eval_sets
 
     def resolved_data_dir(self) -> Path | None:
         """The local data folder: ``data_dir``, else ``$SYLLABUS_DATA_DIR``, else ``../shared/data`` if it exists."""
@@ -470,6 +483,19 @@ class Profile(Strict):
         """The YAML file the profile was loaded from (None when built in code)."""
         return self._source_file
 
+    @field_validator("students", "teachers")
+    @classmethod
+    def _unique_names(cls, items: list, info) -> list:
+        """Names label tables, caches and ``-p`` overrides (``students.<name>.lora``): one per student, one per
+        teacher."""
+        seen: dict[str, int] = {}
+        for i, item in enumerate(items):
+            if item.name in seen:
+                raise ValueError(f"{info.field_name}.{seen[item.name]} and {info.field_name}.{i} are both named "
+                                 f"'{item.name}'; rename one of them (names label tables, caches and -p overrides)")
+            seen[item.name] = i
+        return items
+
     @model_validator(mode="after")
     def _check(self) -> "Profile":
         if self.params_version != PARAMS_SCHEMA_VERSION:
@@ -477,11 +503,6 @@ class Profile(Strict):
                 f"params_version {self.params_version} is not supported (this syllabus reads version "
                 f"{PARAMS_SCHEMA_VERSION}); update the file to the current layout"
             )
-        for kind, items in (("student", self.students), ("teacher", self.teachers)):
-            names = [x.name for x in items]
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            if dupes:
-                raise ValueError(f"duplicate {kind} names {dupes}")
         names = [s.name for s in self.students]
         unknown = sorted(set(self.correlation.sft_tokens_by_student) - set(names))
         if unknown:
@@ -568,16 +589,20 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    """Set dotted keys; list items are addressed by index or by their ``name`` (``students.s1.lora=true``)."""
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None,
+                    applied: dict[str, str] | None = None) -> dict[str, Any]:
+    """Set dotted keys; list items are addressed by index or by their ``name`` (``students.s1.lora=true``).
+    ``applied``, when given, gets each override's key as validation names it (list items by index) -> its key."""
     out = copy.deepcopy(raw)
     for dotted, value in (overrides or {}).items():
         parts = dotted.split(".")
         node: Any = out
+        resolved = []
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
             if isinstance(node, list):
                 idx = _list_index(node, part, dotted)
+                resolved.append(str(idx))
                 if last:
                     node[idx] = value
                 else:
@@ -585,10 +610,13 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any] | None) -> di
                 continue
             if not isinstance(node, dict):
                 raise ParamsError(f"override '{dotted}': '{'.'.join(parts[:i])}' is not a mapping")
+            resolved.append(part)
             if last:
                 node[part] = value
             else:
                 node = node.setdefault(part, {})
+        if applied is not None:
+            applied[".".join(resolved)] = dotted
     return out
 
 
@@ -602,17 +630,66 @@ def _list_index(node: list, part: str, dotted: str) -> int:
     raise ParamsError(f"override '{dotted}': no list item '{part}' (names: {names})")
 
 
-def _format_validation_error(path: Path, exc: ValidationError) -> str:
+def _absolute_model_paths(raw: dict[str, Any]) -> None:
+    """Write the relative model paths of ``raw`` (``dir`` students, ``gguf`` students given by a path, ``hf`` and
+    ``vllm`` teachers given by a path) as absolute paths, so that the notebooks, which run in the project root,
+    read the folder the profile was checked against: the working directory's, else the project root's. A path not
+    found in either is left as written (validation reports it); package names and hub ids are not paths."""
+    for section, is_path in (("students", _student_model_is_path), ("teachers", _teacher_model_is_path)):
+        items = raw.get(section)
+        for item in items if isinstance(items, list) else ():
+            if isinstance(item, dict) and isinstance(item.get("model"), str) and is_path(item):
+                item["model"] = _absolute_local_path(item["model"])
+
+
+def _student_model_is_path(item: dict[str, Any]) -> bool:
+    model = item["model"]
+    return item.get("source") == "dir" or (item.get("source") == "gguf" and (_looks_like_path(model) or "/" in model))
+
+
+def _teacher_model_is_path(item: dict[str, Any]) -> bool:
+    return item.get("backend") in ("hf", "vllm") and _looks_like_path(item["model"])
+
+
+def _absolute_local_path(ref: str) -> str:
+    """A relative path as the absolute path where it exists, in the working directory or else the project root
+    (where ``_local_path_exists`` looks); an absolute path, or one found in neither, as it is."""
+    path = Path(os.path.expandvars(ref)).expanduser()
+    if path.is_absolute():
+        return ref
+    for base in (Path.cwd(), PROJECT_ROOT):
+        if (base / path).exists():
+            return os.path.normpath(base / path)
+    return ref
+
+
+def _override_note(key: str, applied: dict[str, str], overrides: dict[str, Any]) -> str:
+    """`` (from -p k=v)`` when the value at ``key`` came from an override (of it or of a section holding it),
+    `` (with -p k=v)`` when an override set a key inside it (a rule across its keys failed), else ''."""
+    for resolved, dotted in applied.items():
+        value = overrides[dotted]
+        shown = value if isinstance(value, str) else json.dumps(value, default=str)
+        if key == resolved or key.startswith(resolved + "."):
+            return f" (from -p {dotted}={shown})"
+        if resolved.startswith(key + "."):
+            return f" (with -p {dotted}={shown})"
+    return ""
+
+
+def _format_validation_error(path: Path, exc: ValidationError, applied: dict[str, str] | None = None,
+                             overrides: dict[str, Any] | None = None) -> str:
     lines = [f"{path}: invalid profile ({exc.error_count()} problem(s)):"]
     for err in exc.errors():
         key = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        where = _override_note(key, applied or {}, overrides or {})
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (typo?); see the defaults in params/tiny.yaml or syllabus.params"
-        elif "input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict):
+        elif ("input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict)
+              and not (isinstance(err["input"], list) and any(isinstance(x, dict) for x in err["input"]))):
             got = repr(err["input"])  # a whole section (a rule across keys failed) would bury the message
             msg += f" (got {got if len(got) <= 120 else got[:117] + '...'})"
-        lines.append(f"  - key '{key}': {msg}")
+        lines.append(f"  - key '{key}'{where}: {msg}")
     return "\n".join(lines)
 
 
@@ -649,6 +726,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except DuplicateKeyError as exc:
         raise ParamsError(f"{path}: line {exc.second_line}: {exc}; keep one of them (YAML would silently use the "
                           "last)") from None
+    except UnicodeDecodeError:
+        raise ParamsError(f"{path}: {utf8_problem(path.read_bytes())}; re-save it as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -664,15 +743,17 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def load_profile(profile: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Profile:
     """Read, override and validate a profile; raise ParamsError naming file, key and reason."""
     path = resolve_profile_path(profile)
-    raw = apply_overrides(read_yaml(path), overrides)
+    applied: dict[str, str] = {}  # the keys the overrides set, as validation names them
+    raw = apply_overrides(read_yaml(path), overrides, applied)
     # A relative data.data_dir is relative to the profile file's folder (a teacher's trace path is read from the
-    # data folder; model paths from the working directory, then the project root).
+    # data folder; model paths from the working directory, then the project root, and written absolute).
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("data_dir"), str):
         data["data_dir"] = str((path.parent / os.path.expandvars(data["data_dir"])).resolve())
+    _absolute_model_paths(raw)
     try:
         prof = Profile.model_validate(raw)
     except ValidationError as exc:
-        raise ParamsError(_format_validation_error(path, exc)) from None
+        raise ParamsError(_format_validation_error(path, exc, applied, overrides)) from None
     prof._source_file = path
     return prof

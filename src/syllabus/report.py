@@ -19,7 +19,7 @@ import nbformat
 import pandas as pd
 from nbconvert import HTMLExporter
 
-from .runs import STAGES, RunDir, atomic_write_text, read_json
+from .runs import STAGES, RunDir, atomic_write_text, read_json, read_run_json
 from .stats import score_interval, wilson
 
 REPORT_FILE = "report.html"
@@ -199,7 +199,7 @@ def _run_table(run: RunDir) -> list[str]:
         if not run.is_complete(stage):
             rows.append([stage, "not finished", "-", "-"])
             continue
-        m = read_json(run.manifest_path(stage))
+        m = run.manifest(stage)
         wall = m.get("wall_seconds")
         commit = (m.get("git") or {}).get("commit") or "n/a"
         dirty = " (uncommitted changes)" if (m.get("git") or {}).get("dirty") else ""
@@ -209,7 +209,7 @@ def _run_table(run: RunDir) -> list[str]:
 
 def summary_markdown(run: RunDir) -> str:
     """Headline numbers of every finished stage, with their 95% intervals."""
-    info = read_json(run.root / "run.json") if (run.root / "run.json").is_file() else {}
+    info = read_run_json(run.root / "run.json") if (run.root / "run.json").is_file() else {}
     lines = [f"# syllabus run `{run.root.name}` (profile {info.get('profile', 'n/a')})", "", *_run_table(run)]
     for stage, (title, headline) in HEADLINES.items():
         if run.is_complete(stage) and (body := headline(run)):

@@ -49,7 +49,7 @@ import pandas as pd
 import torch
 import yaml
 
-from .errors import SyllabusError
+from .errors import SyllabusError, utf8_problem
 from .params import PARAMS_SCHEMA_VERSION, PROJECT_ROOT, Profile, load_profile
 from .records import Splits
 
@@ -264,9 +264,27 @@ def write_table(df, path_stem: str | os.PathLike) -> list[Path]:
     return [parquet, csv]
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+DAMAGED_FIX = "delete it and re-run the stage that wrote it"
+
+
+def load_json(path: str | os.PathLike) -> tuple[Any, str | None]:
+    """``(value, None)``, or ``(None, why)`` for a file that is not JSON: cut short (a full disk, a kill or a copy
+    outside syllabus's atomic writes), edited, or not UTF-8."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh), None
+    except json.JSONDecodeError as exc:
+        return None, f"not valid JSON: {exc}"
+    except UnicodeDecodeError:
+        return None, utf8_problem(Path(path).read_bytes())
+
+
+def read_json(path: str | os.PathLike, fix: str = DAMAGED_FIX) -> Any:
+    """The JSON value in ``path``; a damaged file raises RunError naming it, where it breaks, and ``fix``."""
+    value, why = load_json(path)
+    if why is not None:
+        raise RunError(f"{path} is damaged ({why}); {fix}")
+    return value
 
 
 # --------------------------------------------------------------------------- provenance
@@ -357,17 +375,31 @@ class RunDir:
     def manifest_path(self, stage: str) -> Path:
         return self.stage_dir(stage) / "manifest.json"
 
-    def is_complete(self, stage: str) -> bool:
-        return self.manifest_path(stage).is_file()
-
-    def manifest(self, stage: str) -> dict[str, Any]:
+    def read_manifest(self, stage: str) -> tuple[dict[str, Any] | None, str | None]:
+        """``(manifest, None)`` for a finished stage, ``(None, None)`` for one without a manifest, and
+        ``(None, why)`` for one whose manifest is damaged (cut short or edited): its results cannot be vouched
+        for, so it counts as unfinished and the next run re-runs it."""
         path = self.manifest_path(stage)
         if not path.is_file():
-            raise RunError(
-                f"stage {normalise_stage(stage)} has not finished in {self.root} (no {path.name}); "
-                f"run it first: syllabus run --run-dir {self.root} --stages {normalise_stage(stage)[:2]}"
-            )
-        return read_json(path)
+            return None, None
+        manifest, why = load_json(path)
+        if why is None and not isinstance(manifest, dict):
+            why = f"a JSON {type(manifest).__name__}, not an object"
+        return (manifest, None) if why is None else (None, f"damaged {path.name}: {why}")
+
+    def is_complete(self, stage: str) -> bool:
+        """The stage has finished: its manifest is there and reads (a damaged one does not count)."""
+        return self.read_manifest(stage)[0] is not None
+
+    def manifest(self, stage: str) -> dict[str, Any]:
+        manifest, damage = self.read_manifest(stage)
+        if manifest is None:
+            name = normalise_stage(stage)
+            what = f"its {damage}" if damage else f"no {self.manifest_path(stage).name}"
+            raise RunError(f"stage {name} has not finished in {self.root} ({what}); "
+                           f"run it {'again' if damage else 'first'}: syllabus run --run-dir {self.root} "
+                           f"--stages {name[:2]}")
+        return manifest
 
     def staging_dir(self, stage: str) -> Path:
         """Where ``syllabus run`` runs ``stage`` before swapping it in (a name ``remove_temps`` keeps)."""
@@ -447,7 +479,7 @@ class RunDir:
         self.check_not_locked()
         run_json = self.root / "run.json"
         if run_json.is_file():
-            info = read_json(run_json)
+            info = read_run_json(run_json)
             if info.get("params_version") != PARAMS_SCHEMA_VERSION:
                 raise RunError(
                     f"run folder '{self.root}' was made with params_version {info.get('params_version')}, "
@@ -462,6 +494,18 @@ class RunDir:
         remove_temps(self.root)  # what a killed run was writing when it died
         atomic_write_json(run_json, {"profile": prof.name, "params_version": PARAMS_SCHEMA_VERSION})
         atomic_write_text(self.params_file, yaml.safe_dump(prof.to_dict(), sort_keys=False))
+
+
+def read_run_json(path: Path) -> dict[str, Any]:
+    """A run folder's ``run.json``: RunError naming it and the fix when it is damaged."""
+    info = read_json(path, fix=RUN_JSON_FIX)
+    if not isinstance(info, dict):
+        raise RunError(f"{path} is damaged (a JSON {type(info).__name__}, not an object); {RUN_JSON_FIX}")
+    return info
+
+
+RUN_JSON_FIX = ("it only records the run's profile name and params version: delete it and run again with the "
+                "run's profile (syllabus run writes it anew), or use a new --run-dir (nothing was changed)")
 
 
 class RunLock:

@@ -26,7 +26,7 @@ from transformers import AutoTokenizer
 
 from . import lab, models, params as P, vllm_backend
 from .devices import resolve_device
-from .errors import SyllabusError
+from .errors import SyllabusError, utf8_problem
 from .progress import task
 from .prompts import STOP_STRINGS, build_prompt
 from .records import Problem, Trace
@@ -141,15 +141,28 @@ class FileTeacher(Teacher):
         self.path = path = file_teacher_path(spec, data_dir)
         self.by_question: dict[str, str] = {}
         self.missing: list[str] = []
-        with open(path, encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TeacherError(f"{path}, line {line_no}: not valid JSON ({exc.msg})") from None
-                self.by_question[normalise_question(self._field(row, "question", line_no))] = self._solution(row, line_no)
+        first_line: dict[str, int] = {}  # question -> the line that gave it first
+        try:
+            with open(path, encoding="utf-8") as fh:
+                for line_no, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise TeacherError(f"{path}, line {line_no}: not valid JSON ({exc.msg})") from None
+                    question = normalise_question(self._question(row, line_no))
+                    solution = self._solution(row, line_no)
+                    if question in first_line and self.by_question[question] != solution:
+                        raise TeacherError(
+                            f"{path}, lines {first_line[question]} and {line_no}: the same question (case and "
+                            f"whitespace aside) with two different solutions in field '{self.field}'; a file teacher "
+                            "gives one trace per problem: keep one of the two lines (or put the other in a second "
+                            "file, for a second teacher)")
+                    first_line.setdefault(question, line_no)
+                    self.by_question[question] = solution
+        except UnicodeDecodeError:
+            raise TeacherError(f"{path}: {utf8_problem(path.read_bytes())}; re-save it as UTF-8") from None
         self.file_hash = hash_path(path)
 
     def _field(self, row: dict, key: str, line_no: int) -> Any:
@@ -158,6 +171,20 @@ class FileTeacher(Teacher):
             raise TeacherError(f"{self.path}, line {line_no}: no field '{key}' (fields: {have}); "
                                f"fix the file or the teacher's 'field' setting")
         return row[key]
+
+    def _question(self, row: dict, line_no: int) -> str:
+        if not isinstance(row, dict) or "question" not in row:
+            have = sorted(row) if isinstance(row, dict) else type(row).__name__
+            named = next((k for k in ("problem", "prompt", "input") if isinstance(row, dict) and k in row), None)
+            fix = (f"rename its '{named}' field to 'question' (in a copy, if the file is the data's own)" if named else
+                   "add it (traces are matched to the data's problems by this text)")
+            raise TeacherError(f"{self.path}, line {line_no}: no field 'question' (fields: {have}); every line needs "
+                               f"the problem's text under 'question': {fix}")
+        value = row["question"]
+        if not isinstance(value, str):
+            raise TeacherError(f"{self.path}, line {line_no}: field 'question' is {type(value).__name__}, expected the "
+                               "problem's text (a string); fix the line")
+        return value
 
     def _solution(self, row: dict, line_no: int) -> str:
         value = self._field(row, self.field, line_no)

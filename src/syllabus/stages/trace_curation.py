@@ -37,12 +37,17 @@ def eval_sets(prof: Profile, splits: Splits) -> dict[str, list[Problem]]:
     then it is partitioned into pool, probe and held-out, and the run evaluates on its held-out part.
     """
     sets: dict[str, list[Problem]] = {"heldout": splits.heldout, "probe": splits.probe}
-    for name in prof.data.eval_sets:
-        if name == "lab" or (name == prof.data.task and prof.data.pool_split == "test"):
-            continue
+    for name in loaded_eval_sets(prof):
         sets[name] = list(data.load_problems(name, "test", data_dir=prof.data.resolved_data_dir(),
                                              hub_id=prof.data.hub.get(name)))
     return sets
+
+
+def loaded_eval_sets(prof: Profile) -> list[str]:
+    """The names of ``data.eval_sets`` whose test problems ``eval_sets`` loads (all but ``lab`` and, with
+    ``pool_split: test``, the task's own)."""
+    return [name for name in prof.data.eval_sets
+            if not (name == "lab" or (name == prof.data.task and prof.data.pool_split == "test"))]
 
 
 def curate_pool(stage: Stage, student: StudentModel, splits: Splits,
