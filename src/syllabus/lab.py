@@ -219,9 +219,9 @@ def generate_problems(n: int, seed: int, *, modules: Iterable[str] | None = None
     ``modules``); its earlier steps from the main module's prerequisites and itself, within ``modules``.
     So ``main_modules=[k]`` gives module k's problems as they occur among ``modules``' (IOA's probe items).
     Operands are at most ``max_operand`` (a percent step's rate is one of ``PERCENTS``); every value along
-    the way at most ``max_value`` (default
-    ``max_operand * MAX_VALUE_FACTOR``). When the settings allow fewer than ``n`` distinct problems this raises,
-    or with ``up_to`` returns the ones found (2,000 draws in a row without a new one end the search).
+    the way at most ``max_value`` (default ``max_operand * MAX_VALUE_FACTOR``). When the settings allow fewer
+    than ``n`` distinct problems this raises, or with ``up_to`` returns the ones found (2,000 draws in a row
+    without a new one end the search).
     """
     modules = list(MODULES if modules is None else modules)
     _check_modules(modules)

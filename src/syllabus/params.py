@@ -378,8 +378,8 @@ class DynamicSelection(Strict):
     budget: Literal["tokens", "steps"] = Field(
         "tokens", description="equal compute per phase: 'tokens' trains every policy on the same number of "
                               "tokens (steps_per_phase x batch x grad_accum examples of the candidates' mean "
-                              "length, one pass, "
-                              "within one example); 'steps' on the same number of optimizer steps and examples")
+                              "length, one pass, within one example); 'steps' on the same number of optimizer "
+                              "steps and examples")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     mixture: Literal["best", "softmax"] = "best"
     softmax_temperature: float = Field(0.05, gt=0)

@@ -143,10 +143,9 @@ def policy_means(tidy: pd.DataFrame, finals: pd.DataFrame) -> pd.DataFrame:
     Two parts of noise, added in quadrature on each side: the problems' part, the interval of the mean
     score on the ``n`` problems (``stats.score_interval``: Wilson for a share, so it stays in [0, 1] and is
     not empty at 0; ``problems_se`` is the root mean square of the seeds' lm-eval standard errors), which does
-    not average out
-    over seeds that answer the same problems; and the seeds' part, t x seed SD / sqrt(seeds), t the Student
-    quantile at seeds - 1 df (4.30 for 3 seeds: ``stats.t_quantile``). ``se``
-    is sqrt(seed SD^2 / seeds + problems_se^2), for reference."""
+    not average out over seeds that answer the same problems; and the seeds' part, t x seed SD / sqrt(seeds), t
+    the Student quantile at seeds - 1 df (4.30 for 3 seeds: ``stats.t_quantile``). ``se`` is
+    sqrt(seed SD^2 / seeds + problems_se^2), for reference."""
     rows = []
     for (student, policy, task, metric), g in final_rows(tidy, finals).groupby(["student", "policy", "task", "metric"],
                                                                              sort=True):

@@ -3,10 +3,10 @@
 Each (policy, seed) run starts from the same student and gets the same compute per phase: with
 ``budget: tokens`` (default) one pass over examples drawn until they hold the phase's token budget
 (``steps_per_phase`` x batch x ``training.grad_accum`` examples of the candidates' mean length), so every
-policy trains on the
-same number of tokens within one example; with ``budget: steps`` ``steps_per_phase`` optimizer steps
-on ``steps_per_phase`` x batch examples, whatever their length. With ``carry_optimizer`` (default) the
-phases continue one AdamW state and one LR schedule: a phase is a re-selection point, not a restart.
+policy trains on the same number of tokens within one example; with ``budget: steps`` ``steps_per_phase``
+optimizer steps on ``steps_per_phase`` x batch examples, whatever their length. With ``carry_optimizer``
+(default) the phases continue one AdamW state and one LR schedule: a phase is a re-selection point, not a
+restart.
 Before each phase the policy sees a ``select.SelectionState`` measured on the current checkpoint: the
 DMC of the candidate datasets (``dynamic.datasets``; recomputed, for the DMC policies), the student's
 per-module accuracy on IOA's probe items (P_S) and the teacher's on the same items (P_T). The phase's
