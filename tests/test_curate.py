@@ -205,9 +205,8 @@ def test_contaminated_problem_is_dropped_with_eval_set_and_ngram():
     assert why["dirty"] == ("gsm8k:e1 (ngram 'janets ducks lay 16 eggs per day she eats three for breakfast every')")
     assert why["short"].startswith("gsm8k:e2 (contains")
     assert why["wraps"].startswith("gsm8k:e2 (contained")
-    table = O.contamination_table(O.find_contamination(problems, {"gsm8k": EVAL}, n=13))
-    assert list(table["problem_id"]) == ["dirty", "short", "wraps"]
-    assert list(table["match"]) == ["ngram", "contains", "contained"]
+    found = O.find_contamination(problems, {"gsm8k": EVAL}, n=13)
+    assert [(c.problem_id, c.match) for c in found] == [("dirty", "ngram"), ("short", "contains"), ("wraps", "contained")]
 
 
 def test_twelve_shared_words_are_not_a_13gram_match():
@@ -402,8 +401,6 @@ def test_candidate_datasets_are_named_tidy_and_hashed_stably():
     summary = C.dataset_summary(df)
     row = summary.set_index("dataset").loc["all"]
     assert (row["rows"], row["problems"], row["teachers"], row["length_unit"]) == (3, 2, 2, "words")
-    dist = C.difficulty_distribution(df)
-    assert dist[dist["dataset"] == "all"][["level", "traces"]].values.tolist() == [["1", 2], ["2", 1]]
     assert len(C.length_distribution(df)) == len(df)
     assert set(C.build_candidate_datasets(problems, traces, min_rows=2)["dataset"]) == {"all", "teacher=eq", "level=1"}
     # A dataset equal to an earlier one (one teacher: teacher=eq is all) is left out unless asked for.

@@ -573,15 +573,6 @@ def length_distribution(candidates: pd.DataFrame, count_tokens: CountTokens | No
     return pd.DataFrame({"dataset": candidates["dataset"], "teacher": candidates["teacher"], "length": length})
 
 
-def difficulty_distribution(candidates: pd.DataFrame, by: Literal["level", "band"] = "level") -> pd.DataFrame:
-    """Counts of traces and problems per dataset and level (or pass-rate band); missing -> ``none``."""
-    df = candidates.assign(stratum=candidates[by].map(lambda v: "none" if pd.isna(v) else str(
-        int(v) if by == "level" else v)))
-    return (df.groupby(["dataset", "stratum"], sort=True)
-            .agg(traces=("text", "size"), problems=("problem_id", "nunique")).reset_index()
-            .rename(columns={"stratum": by}))
-
-
 # --------------------------------------------------------------------------- the whole funnel
 @dataclass
 class CurationResult:

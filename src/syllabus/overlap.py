@@ -15,11 +15,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from .records import Problem
 
@@ -142,6 +141,3 @@ def find_contamination(problems: Sequence[Problem], eval_sets: EvalSets, n: int 
                 found.append(Contamination(p.id, name, *hit))
     return found
 
-
-def contamination_table(found: Sequence[Contamination]) -> pd.DataFrame:
-    return pd.DataFrame([asdict(c) for c in found], columns=["problem_id", "eval_set", "eval_id", "match", "text"])
