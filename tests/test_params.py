@@ -103,6 +103,11 @@ def test_a_bad_override_is_blamed_on_its_p_not_on_the_file(tmp_path):
     assert "  - key 'dynamic.seeds' (from -p dynamic.seeds=[]): List should have at least 1 item" in lines[4]
     with pytest.raises(ParamsError, match=r"key 'dmc' \(with -p dmc\.params\.r0=2\): .*'window' has no parameter"):
         load_profile(write(tmp_path, MINIMAL, "ok.yaml"), dict([parse_override("dmc.params.r0=2")]))
+    # a rule across sections: the override whose key the message names
+    with pytest.raises(ParamsError, match=r"key '\(top level\)' \(with -p dynamic\.student=nope\): dynamic\.student 'nope'"):
+        load_profile(write(tmp_path, MINIMAL, "ok.yaml"), dict([parse_override("dynamic.student=nope")]))
+    with pytest.raises(ParamsError, match=r"key '\(top level\)': dynamic\.student 'nope'"):  # the file's own
+        load_profile(write(tmp_path, MINIMAL + "dynamic: {student: nope}\n", "own.yaml"), dict([parse_override("seed=3")]))
 
 
 def test_malformed_yaml_gives_line(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -663,12 +664,17 @@ def _absolute_local_path(ref: str) -> str:
     return ref
 
 
-def _override_note(key: str, applied: dict[str, str], overrides: dict[str, Any]) -> str:
+def _override_note(key: str, applied: dict[str, str], overrides: dict[str, Any], msg: str = "") -> str:
     """`` (from -p k=v)`` when the value at ``key`` came from an override (of it or of a section holding it),
-    `` (with -p k=v)`` when an override set a key inside it (a rule across its keys failed), else ''."""
+    `` (with -p k=v)`` when an override set a key inside it (a rule across its keys failed) or, for a rule
+    across sections (``key`` empty), a key the message names, else ''."""
     for resolved, dotted in applied.items():
         value = overrides[dotted]
         shown = value if isinstance(value, str) else json.dumps(value, default=str)
+        if not key:
+            if re.search(rf"(?<![\w.]){re.escape(resolved)}(?![\w])", msg):
+                return f" (with -p {dotted}={shown})"
+            continue
         if key == resolved or key.startswith(resolved + "."):
             return f" (from -p {dotted}={shown})"
         if resolved.startswith(key + "."):
@@ -680,9 +686,10 @@ def _format_validation_error(path: Path, exc: ValidationError, applied: dict[str
                              overrides: dict[str, Any] | None = None) -> str:
     lines = [f"{path}: invalid profile ({exc.error_count()} problem(s)):"]
     for err in exc.errors():
-        key = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        where = _override_note(key, applied or {}, overrides or {})
+        key = ".".join(str(x) for x in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        where = _override_note(key, applied or {}, overrides or {}, msg)
+        key = key or "(top level)"
         if err["type"] == "extra_forbidden":
             msg = "unknown key (typo?); see the defaults in params/tiny.yaml or syllabus.params"
         elif ("input" in err and err["type"] not in ("missing",) and not isinstance(err["input"], dict)
