@@ -17,6 +17,7 @@ from pathlib import Path
 
 import papermill as pm
 import yaml
+from jupyter_client import AsyncKernelManager
 from traitlets.config import Config
 
 from .errors import SyllabusError
@@ -222,6 +223,19 @@ def is_up_to_date(run: RunDir, stage: str, key: str) -> bool:
 KERNEL_CONFIG = Config({"KernelManager": {"transport": "ipc"}})
 
 
+class StageKernelManager(AsyncKernelManager):
+    """jupyter_client's kernel manager, except that shutting a stage's kernel down does not interrupt it first.
+
+    jupyter_client sends every kernel SIGINT before its shutdown request; when the signal lands while the
+    kernel is still handling a message, ipykernel logs "ERROR | KeyboardInterrupt caught in kernel" after a
+    stage that succeeded. A kernel that is still busy (a failed or aborted run) is killed instead once the
+    shutdown wait (``shutdown_wait_time``, 5 s) has passed."""
+
+    async def _async_interrupt_kernel(self) -> None:
+        if not self.shutting_down:
+            await super()._async_interrupt_kernel()
+
+
 def execute_stage(run: RunDir, stage: str, notebook: Path, on_cell=None) -> None:
     """Run the notebook in the stage's staging folder; the stage folder is not touched. A failing notebook
     is moved beside the stage's previous results as ``<stage>.failed.ipynb``. ``on_cell(i, n)`` hears of
@@ -236,7 +250,8 @@ def execute_stage(run: RunDir, stage: str, notebook: Path, on_cell=None) -> None
                 pm.execute_notebook(
                     str(notebook), str(tmp), parameters={"profile": str(run.params_file), "run_dir": str(run.root)},
                     kernel_name="python3", cwd=str(PROJECT_ROOT), progress_bar=False, language="python",
-                    config=KERNEL_CONFIG, engine_name=papermill_engine(), on_cell=on_cell,
+                    config=KERNEL_CONFIG, kernel_manager_class=StageKernelManager, engine_name=papermill_engine(),
+                    on_cell=on_cell,
                 )
             except BaseException:
                 if tmp.exists() and tmp.stat().st_size:
