@@ -400,11 +400,14 @@ def test_shipped_profiles_are_runnable():
 def test_vllm_teacher_engine_settings_default_to_vllms_and_belong_to_the_vllm_backend(tmp_path):
     qwq = next(t for t in load_profile("paper").teachers if t.backend == "vllm")
     assert (qwq.tensor_parallel_size, qwq.max_model_len) == (2, 16384)  # QwQ-32B over two GPUs, a bounded context
+    assert qwq.gpu_memory_utilization == 0.85  # room for the student on GPU 0
     assert qwq.max_model_len > qwq.sampling.max_new_tokens
     for name in ("tiny", "ci", "smol"):
-        assert all((t.tensor_parallel_size, t.max_model_len) == (1, None) for t in load_profile(name).teachers)
-    with pytest.raises(ParamsError, match=r"tensor_parallel_size and max_model_len are settings of the vllm backend"):
-        load_profile(write(tmp_path, MINIMAL.replace("style: prose", "style: prose, tensor_parallel_size: 2")))
+        assert all((t.tensor_parallel_size, t.max_model_len, t.gpu_memory_utilization) == (1, None, None)
+                   for t in load_profile(name).teachers)
+    for setting in ("tensor_parallel_size: 2", "gpu_memory_utilization: 0.5"):
+        with pytest.raises(ParamsError, match=r"gpu_memory_utilization are settings of the vllm backend"):
+            load_profile(write(tmp_path, MINIMAL.replace("style: prose", f"style: prose, {setting}")))
     vllm = MINIMAL.replace("backend: lab, style: prose", "backend: vllm, model: some/model, max_model_len: 256")
     with pytest.raises(ParamsError, match=r"max_model_len 256 leaves no room for the prompt.*max_new_tokens 256"):
         load_profile(write(tmp_path, vllm))

@@ -78,12 +78,19 @@ def test_the_student_engine_and_its_weights_folder_last_one_call(tmp_path, stand
     student = lab_student(tmp_path, lora=True)
     prof = load_profile("ci", {"student_generation.max_new_tokens": 4, "student_generation.backend": "vllm"})
     events = []
-    monkeypatch.setattr(vllm_backend, "free_gpu_memory", lambda: events.append("free") or gc.collect())
+
+    def free():
+        gc.collect()
+        events.append(("free", len(standin.LLM.alive)))  # engines still alive once collected
+
+    monkeypatch.setattr(vllm_backend, "free_gpu_memory", free)
     real_init = standin.LLM.__init__
     monkeypatch.setattr(standin.LLM, "__init__",
                         lambda self, *a, **kw: events.append("build") or real_init(self, *a, **kw))
     generation.student_samples(student, PROBLEMS[:2], k=1, prof=prof, seed=0, cache_dir=tmp_path)
-    assert events == ["free", "build", "free"]  # freed before vLLM measures the GPU, and released after the call
+    # freed before vLLM measures the GPU, and the engine gone when it is released after the call (no name for it
+    # left in generate's frame)
+    assert events == [("free", 0), "build", ("free", 0)]
     assert vllm_backend._ENGINE == {} and not standin.LLM.alive  # nothing holds the GPU while the student trains
     assert not Path(standin.LLM.made[0]["model"]).exists()  # no copy of the weights left behind
     assert list((tmp_path / "vllm_models").iterdir()) == []
@@ -297,10 +304,10 @@ def test_a_vllm_teachers_engine_spreads_over_its_gpus_with_a_bounded_context(tmp
     spec = vllm_teacher_spec(tmp_path)
     problems = PROBLEMS[:2]
     teachers.generate_traces(teachers.make_teacher(spec), problems, 1, cache_dir=tmp_path / "a", progress=False)
-    big = spec.model_copy(update={"tensor_parallel_size": 2, "max_model_len": 96})
+    big = spec.model_copy(update={"tensor_parallel_size": 2, "max_model_len": 96, "gpu_memory_utilization": 0.85})
     teacher = teachers.make_teacher(big)
     teachers.generate_traces(teacher, problems, 1, cache_dir=tmp_path / "b", progress=False)
     plain, split = standin.LLM.made
-    assert "tensor_parallel_size" not in plain and "max_model_len" not in plain  # vLLM's own defaults
-    assert (split["tensor_parallel_size"], split["max_model_len"]) == (2, 96)
+    assert not {"tensor_parallel_size", "max_model_len", "gpu_memory_utilization"} & set(plain)  # vLLM's defaults
+    assert (split["tensor_parallel_size"], split["max_model_len"], split["gpu_memory_utilization"]) == (2, 96, 0.85)
     assert teacher.settings()["max_model_len"] == 96  # a bound can cut a trace short: part of the cache key

@@ -38,6 +38,7 @@ class LLM:
         LLM.made.append({"model": str(model), "dtype": dtype, "seed": seed, **kwargs,
                          "files": sorted(p.name for p in Path(model).iterdir()) if Path(model).is_dir() else None})
         LLM.alive.add(self)
+        self._engine_core = SimpleNamespace(client=self)  # a reference cycle, as a real engine's: freed by gc only
 
     def get_tokenizer(self):
         return self.tokenizer

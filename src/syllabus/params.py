@@ -178,15 +178,19 @@ class Teacher(Strict):
                                                            "(a 32B teacher in bf16 does not fit one 80 GB GPU)")
     max_model_len: int | None = Field(None, ge=2, description="vllm backend: longest prompt + completion the engine "
                                                              "serves (None: the model's own context length)")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="vllm backend: the share of each of its GPUs the engine takes (None: vLLM's "
+                                      "0.9); the student stays on the first GPU beside it, so leave it room")
 
     @model_validator(mode="after")
     def _check(self) -> "Teacher":
         need = {"lab": "style", "hf": "model", "file": "path", "openai": "model", "vllm": "model"}[self.backend]
         if getattr(self, need) in (None, ""):
             raise ValueError(f"teacher '{self.name}': backend '{self.backend}' needs '{need}'")
-        if self.backend != "vllm" and (self.tensor_parallel_size != 1 or self.max_model_len is not None):
-            raise ValueError(f"teacher '{self.name}': tensor_parallel_size and max_model_len are settings of the "
-                             f"vllm backend, not of '{self.backend}'; remove them")
+        if self.backend != "vllm" and (self.tensor_parallel_size != 1 or self.max_model_len is not None
+                                       or self.gpu_memory_utilization is not None):
+            raise ValueError(f"teacher '{self.name}': tensor_parallel_size, max_model_len and gpu_memory_utilization "
+                             f"are settings of the vllm backend, not of '{self.backend}'; remove them")
         if self.max_model_len is not None and self.max_model_len <= self.sampling.max_new_tokens:
             raise ValueError(f"teacher '{self.name}': max_model_len {self.max_model_len} leaves no room for the prompt "
                              f"beside sampling.max_new_tokens {self.sampling.max_new_tokens}; raise it")

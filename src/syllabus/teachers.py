@@ -324,16 +324,19 @@ class VLLMTeacher(Teacher):
             raise TeacherError(str(exc)) from None
         self.name, self.model_name, self.sampling = spec.name, spec.model, spec.sampling
         self.tensor_parallel_size, self.max_model_len = spec.tensor_parallel_size, spec.max_model_len
+        self.gpu_memory_utilization = spec.gpu_memory_utilization
         self.tokenizer = AutoTokenizer.from_pretrained(spec.model)
         self.use_chat = bool(getattr(self.tokenizer, "chat_template", None))
 
     def _engine(self):
         return vllm_backend.engine(self.model_name, what=f"vllm teacher '{self.name}'", fallback="use backend: hf",
-                                   tensor_parallel_size=self.tensor_parallel_size, max_model_len=self.max_model_len)
+                                   tensor_parallel_size=self.tensor_parallel_size, max_model_len=self.max_model_len,
+                                   gpu_memory_utilization=self.gpu_memory_utilization)
 
     def settings(self):
         # version 2: token-id prompts and a seed per problem (version 1: text prompts, one seed for all).
-        # max_model_len can cut a completion short; the GPUs the model is split over decide nothing
+        # max_model_len can cut a completion short; the GPUs the model is split over, and its share of them,
+        # decide nothing
         return {"backend": "vllm", "model": self.model_name, "sampling": self.sampling.model_dump(),
                 "use_chat_template": self.use_chat, "chat_template": models.chat_template_info(self.tokenizer),
                 "stop": list(STOP_STRINGS), "max_model_len": self.max_model_len, "version": 2}

@@ -119,6 +119,7 @@ def generate(model_dir: str | os.PathLike, tokenizer, prompts: Sequence[str], *,
     tokenizer's own start token, as ``tokens.encode_prompt``), one seed per prompt (so a prompt's
     samples do not depend on what else is in the batch). The engine is made for this call and released
     when it ends, so it holds no GPU memory while the student trains (its weights then change anyway)."""
+    llm = None
     try:
         llm = engine(str(model_dir), dtype=dtype, what="student_generation.backend 'vllm'",
                      fallback="set student_generation.backend: hf", gpu_memory_utilization=STUDENT_GPU_SHARE)
@@ -129,6 +130,7 @@ def generate(model_dir: str | os.PathLike, tokenizer, prompts: Sequence[str], *,
                   for prompt in prompts]
         return to_generations(llm.generate(requests, params, use_tqdm=False), num_samples, tokenizer)
     finally:
+        llm = None  # this frame's name for the engine (a traceback keeps the frame): release() holds the last one
         release()
 
 
