@@ -116,8 +116,9 @@ def generate(model_dir: str | os.PathLike, tokenizer, prompts: Sequence[str], *,
              temperature: float, top_p: float, num_samples: int, seed: int, stop: Sequence[str],
              dtype: str = "auto") -> list[list]:
     """``models.generate`` through vLLM on the model in ``model_dir``: the same prompt tokens (the
-    tokenizer's own start token, as ``tokens.encode_prompt``), one seed per prompt (so a prompt's
-    samples do not depend on what else is in the batch). The engine is made for this call and released
+    tokenizer's own start token, as ``tokens.encode_prompt``), one seed per prompt (so a prompt's random
+    draws do not depend on what else is in the batch; vLLM's logits may still, in float rounding, so samples
+    are not guaranteed identical across batchings). The engine is made for this call and released
     when it ends, so it holds no GPU memory while the student trains (its weights then change anyway)."""
     llm = None
     try:
