@@ -341,6 +341,29 @@ def test_a_models_own_generation_settings_go_through_transformers(trained):
     assert penalised != plain  # the model's setting applied, as transformers' generate does
 
 
+def test_generation_ends_at_any_end_token_of_the_models_generation_config(trained):
+    model, tok = trained
+    prompt = question_prompt("Tom has 3 apples. Tom buys 4 more. How many apples does Tom have now?")
+    first = models.generate(model, tok, [prompt], max_new_tokens=24)[0][0]
+    assert first.n_tokens > 3
+    third = tok(first.text, add_special_tokens=False)["input_ids"][2]  # the third token the model writes
+    own = model.generation_config.eos_token_id
+    assert models.eos_ids(model, tok) == [tok.eos_token_id]
+    model.generation_config.eos_token_id = [tok.eos_token_id, third]
+    try:
+        assert models.eos_ids(model, tok) == [tok.eos_token_id, third]
+        cut = models.generate(model, tok, [prompt], max_new_tokens=24)[0][0]
+        model.generation_config.repetition_penalty = 1.0001  # the same model through transformers' generate
+        cut_by_transformers = models.generate(model, tok, [prompt], max_new_tokens=24)[0][0]
+    finally:
+        model.generation_config.eos_token_id = own
+        model.generation_config.repetition_penalty = 1.0
+    # the completion ends before the second end token, as at the tokenizer's own EOS (and as vLLM ends it)
+    assert cut.n_tokens == 2 and not cut.truncated
+    assert cut.text == tok.decode(tok(first.text, add_special_tokens=False)["input_ids"][:2], skip_special_tokens=True)
+    assert cut_by_transformers.n_tokens == 2 and not cut_by_transformers.truncated
+
+
 def test_generate_sampling_is_seeded(trained):
     model, tok = trained
     prompts = [question_prompt("Lee has 7 apples."), question_prompt("Ana has 1 apples. Ana buys 2 more.")]

@@ -141,14 +141,18 @@ def test_the_hf_backend_never_imports_vllm_and_keeps_its_cache_keys(tmp_path, mo
     prof = load_profile("ci", {"student_generation.max_new_tokens": 8})
     generation.pass_rates(student, PROBLEMS, k=1, prof=prof, seed=0, cache_dir=tmp_path)
     assert "vllm" not in sys.modules
-    keys = generation.generation_settings(prof)
-    assert "backend" not in keys and "token_budget" not in keys  # the hf backend adds nothing to the cache keys
+    keys = generation.generation_settings(prof, student)
+    assert not {"backend", "token_budget", "eos_ids"} & set(keys)  # the hf backend adds nothing to the cache keys
     budgeted = load_profile("ci", {"student_generation.token_budget": 4096})
-    assert generation.generation_settings(budgeted)["token_budget"] == 4096  # a budget can change the samples
+    assert generation.generation_settings(budgeted, student)["token_budget"] == 4096  # a budget can change the samples
     vl = load_profile("ci", {"student_generation.backend": "vllm", "student_generation.token_budget": 4096})
-    assert generation.generation_settings(vl)["backend"] == "vllm"
-    assert generation.generation_settings(vl)["vllm_dtype"] == "student"  # samples of the "auto" dtype are not reused
-    assert "token_budget" not in generation.generation_settings(vl)  # vLLM schedules its own batches
+    assert generation.generation_settings(vl, student)["backend"] == "vllm"
+    assert generation.generation_settings(vl, student)["vllm_dtype"] == "student"  # "auto" dtype samples not reused
+    assert "token_budget" not in generation.generation_settings(vl, student)  # vLLM schedules its own batches
+    # a model whose generation config names a second end token stops on it now: its samples are not reused
+    student.model.generation_config.eos_token_id = [student.tokenizer.eos_token_id, 5]
+    assert generation.generation_settings(prof, student)["eos_ids"] == [student.tokenizer.eos_token_id, 5]
+    assert "eos_ids" not in generation.generation_settings(vl, student)  # vLLM always stopped on them
 
 
 def test_vllm_missing_is_a_clear_error_naming_the_setting(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ product depends on the batch size above them); elsewhere a rare near-tie may com
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
@@ -55,13 +55,14 @@ def _forward_parameters(model) -> set[str]:
 
 
 def decode(model, input_ids: torch.LongTensor, attention_mask: torch.LongTensor, *, max_new_tokens: int,
-           temperature: float = 0.0, top_p: float = 1.0, eos_id: int | None = None,
+           temperature: float = 0.0, top_p: float = 1.0, eos_id: int | Collection[int] | None = None,
            ended: Callable[[list[int]], bool] = lambda ids: False) -> list[list[int]]:
     """New token ids of each row of a left-padded batch, up to and including the token that ends it:
-    ``eos_id``, a token after which ``ended(row's new ids)`` is true (a stop string), or the
+    ``eos_id`` (one id or several), a token after which ``ended(row's new ids)`` is true (a stop string), or the
     ``max_new_tokens``-th. Greedy when ``temperature == 0``; otherwise sampled from the torch global
     generator (seed it before the call). Call under ``torch.inference_mode()``."""
     rows, sampling = input_ids.shape[0], temperature > 0
+    enders = frozenset() if eos_id is None else frozenset([eos_id] if isinstance(eos_id, int) else eos_id)
     warpers = []
     if sampling:
         if temperature != 1.0:
@@ -98,7 +99,7 @@ def decode(model, input_ids: torch.LongTensor, attention_mask: torch.LongTensor,
         for row, token in zip(members, next_tokens.tolist()):
             if live[row]:
                 new[row].append(token)
-                live[row] = token != eos_id and not ended(new[row])
+                live[row] = token not in enders and not ended(new[row])
         running = [j for j, row in enumerate(members) if live[row]]
         if not running or step + 1 == max_new_tokens:
             break

@@ -54,20 +54,25 @@ def pass_rates(student: StudentModel, problems: list[Problem], *, k: int, prof: 
         rates = compute()
     else:
         key = hash_obj({"student": student.fingerprint(), "problems": [(p.id, p.text) for p in problems], "k": k,
-                        "gen": generation_settings(prof), "seed": seed if k > 1 else None})[:24]
+                        "gen": generation_settings(prof, student), "seed": seed if k > 1 else None})[:24]
         rates = cached_json(Path(cache_dir) / "pass_rates" / f"{key}.json", compute)
     return pd.Series(rates, index=[p.id for p in problems], name="pass_rate", dtype=float)
 
 
-def generation_settings(prof: Profile) -> dict[str, Any]:
+def generation_settings(prof: Profile, student: StudentModel) -> dict[str, Any]:
     """What decides the student's samples, for cache keys (the ``hf`` backend without a token budget keeps
     its earlier keys; vLLM ignores the budget; ``vllm_dtype``: vLLM runs the student in its own dtype, where
-    its ``auto`` had run a float32 student in float16)."""
+    its ``auto`` had run a float32 student in float16; ``eos_ids``: the ``hf`` backend stops on every end token
+    of the model's generation config, where it had stopped on the tokenizer's EOS alone; a model with only
+    that one keeps its earlier keys)."""
     settings = prof.student_generation.model_dump(mode="json")
     if settings["token_budget"] is None or settings["backend"] == "vllm":
         del settings["token_budget"]
     if settings["backend"] == "hf":
         del settings["backend"]
+        ends = models.eos_ids(student.model, student.tokenizer)
+        if len(ends) > 1:
+            settings["eos_ids"] = ends
     else:
         settings["vllm_dtype"] = "student"
     return settings

@@ -453,11 +453,12 @@ class _StopStrings:
 
 class _StopOnStrings:
     """The stop-string check as a stopping criterion of transformers' ``generate`` (models whose own
-    generation settings ``decoding.decode`` does not apply): a row that stopped, or wrote ``eos_id``,
-    is never checked again."""
+    generation settings ``decoding.decode`` does not apply): a row that stopped, or wrote one of
+    ``eos_ids``, is never checked again."""
 
-    def __init__(self, tokenizer, stops: Sequence[str], prompt_len: int, eos_id: int | None = None):
-        self.check, self.prompt_len, self.eos_id = _StopStrings(tokenizer, stops), prompt_len, eos_id
+    def __init__(self, tokenizer, stops: Sequence[str], prompt_len: int, eos_ids: Sequence[int] = ()):
+        self.check, self.prompt_len = _StopStrings(tokenizer, stops), prompt_len
+        self.eos_ids = torch.tensor(list(eos_ids), dtype=torch.long)
         self.done: torch.BoolTensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
@@ -466,7 +467,7 @@ class _StopOnStrings:
         if not self.check.stops:
             return self.done.clone()
         last = input_ids[:, -1]
-        ended = self.done | (last == self.eos_id) if self.eos_id is not None else self.done
+        ended = self.done | torch.isin(last, self.eos_ids.to(last.device))
         # only a row whose newest token can end a stop string is decoded (``_StopStrings``)
         enders = self.check.ender_mask.to(last.device)
         candidates = ~ended & (last < len(enders)) & enders[last.clamp(0, len(enders) - 1)]
@@ -488,6 +489,16 @@ def transformers_only_settings(model) -> list[str]:
     (e.g. a hub model's ``repetition_penalty``); empty for the lab students and converted GGUF models."""
     config = getattr(model, "generation_config", None)
     return sorted(set(config.to_diff_dict()) - _DECODER_SETTINGS) if config is not None else []
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """The token ids that end a completion: the tokenizer's EOS, then any other end token the model's own
+    ``generation_config`` names (e.g. Qwen2.5-Instruct's ``<|endoftext|>`` beside ``<|im_end|>``), as
+    transformers' ``generate`` and vLLM stop on them."""
+    config = getattr(model, "generation_config", None)
+    own = getattr(config, "eos_token_id", None)
+    own = [] if own is None else [own] if isinstance(own, int) else list(own)
+    return list(dict.fromkeys(i for i in [tokenizer.eos_token_id, *own] if i is not None))
 
 
 def generation_batches(lengths: Sequence[int], per_batch: int, *, new_tokens: int, copies: int = 1,
@@ -518,6 +529,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
     when ``temperature == 0`` (then the samples are copies), otherwise seeded sampling (a batch's draws
     depend on its rows, so a budget that changes the batches changes the samples). Text is cut at the first
     stop string; a completion is ``truncated`` when it used all ``max_new_tokens`` without EOS or a stop string.
+    A completion ends at the tokenizer's EOS or any other end token of the model's ``generation_config``
+    (``eos_ids``).
     A model marked with a compute dtype runs under autocast in it (``devices.autocast``).
     """
     if num_samples < 1 or batch_size < 1 or max_new_tokens < 1:
@@ -527,6 +540,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
     sampling = temperature > 0
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+    enders = eos_ids(model, tokenizer)
     encoded = [encode_prompt(tokenizer, p) for p in prompts]
     per_batch = max(1, batch_size // num_samples) if sampling else batch_size
     returns = num_samples if sampling else 1
@@ -538,7 +552,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
     through_transformers = bool(transformers_only_settings(model))
     if through_transformers:
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=returns,
-                                  pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=tokenizer.bos_token_id,
+                                  pad_token_id=pad_id, eos_token_id=enders if len(enders) > 1 else eos_id,
+                                  bos_token_id=tokenizer.bos_token_id,
                                   **({"temperature": temperature, "top_p": top_p, "top_k": 0} if sampling else {}))
     stop_check = _StopStrings(tokenizer, stop)
     batches = Task("generation", len(planned), "batches")
@@ -556,15 +571,15 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
             torch.manual_seed(stable_seed(seed, b, bits=32, form="repr"))
             if through_transformers:
                 out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config,
-                                     stopping_criteria=StoppingCriteriaList([_StopOnStrings(tokenizer, stop, width, eos_id)]))
+                                     stopping_criteria=StoppingCriteriaList([_StopOnStrings(tokenizer, stop, width, enders)]))
                 new_tokens = out[:, width:].tolist()
             else:
                 new_tokens = decoding.decode(model, input_ids.repeat_interleave(returns, dim=0),
                                              mask.repeat_interleave(returns, dim=0), max_new_tokens=max_new_tokens,
                                              temperature=temperature if sampling else 0.0, top_p=top_p,
-                                             eos_id=eos_id, ended=stop_check)
+                                             eos_id=enders, ended=stop_check)
         for k, ids in enumerate(new_tokens):
-            gen = _finish(tokenizer, ids, stop, max_new_tokens, {eos_id, pad_id})
+            gen = _finish(tokenizer, ids, stop, max_new_tokens, {*enders, pad_id})
             results[rows[k // returns]].extend([gen] * (1 if sampling else num_samples))
         batches.advance()
     batches.close()

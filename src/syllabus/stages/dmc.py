@@ -88,7 +88,7 @@ def own_samples(stage: Stage, student: StudentModel, problems: list[Problem], *,
                 for j, g in enumerate(gens[:k])]
 
     key = hash_obj({"student": student.fingerprint(), "problems": [(p.id, p.text) for p in problems], "k": k,
-                    "temperature": temperature, "gen": generation.generation_settings(prof), "seed": seed})[:24]
+                    "temperature": temperature, "gen": generation.generation_settings(prof, student), "seed": seed})[:24]
     rows = cached_json(Path(stage.run.cache) / "own_samples" / f"{key}.json", compute)
     frame = pd.DataFrame(rows, columns=["problem_id", "sample", "correct", "text"])
     by_id = {p.id: p for p in problems}
