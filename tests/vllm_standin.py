@@ -1,6 +1,6 @@
 """A stand-in for the ``vllm`` package on machines without it (no GPU): the few names syllabus uses
-(``LLM(model, dtype, seed)``, ``LLM.generate`` over token-id prompts with one ``SamplingParams`` per
-prompt or for all, ``LLM.get_tokenizer``), backed by a real transformers model loaded from the same
+(``LLM(model, dtype, seed, ...)`` with the engine arguments syllabus passes and no others, ``LLM.generate``
+over token-id prompts with one ``SamplingParams`` per prompt or for all, ``LLM.get_tokenizer``), backed by a real transformers model loaded from the same
 directory vLLM would load. Greedy outputs are transformers' greedy outputs. Completions end as vLLM's do:
 ``token_ids`` keeps the EOS token a completion stopped on, and a stop string ends a completion at the token
 that completes it (kept in ``token_ids``, ``stop_reason`` the string) and is left out of its text
@@ -29,8 +29,15 @@ class LLM:
     alive: "weakref.WeakSet[LLM]" = weakref.WeakSet()  # the engines not yet garbage-collected
     calls: list[list] = []  # every generate call's (prompt, sampling params) pairs
 
+    # the engine arguments (vLLM's ``EngineArgs`` fields) syllabus may pass; like vLLM, any other raises TypeError
+    ENGINE_ARGS = ("gpu_memory_utilization", "tensor_parallel_size", "max_model_len")
+
     def __init__(self, model, dtype="auto", seed=0, **kwargs):
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        unknown = sorted(set(kwargs) - set(LLM.ENGINE_ARGS))
+        if unknown:
+            raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument {unknown[0]!r}")
 
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         self.model = AutoModelForCausalLM.from_pretrained(model).eval()
@@ -43,8 +50,12 @@ class LLM:
     def get_tokenizer(self):
         return self.tokenizer
 
-    def generate(self, prompts, params, use_tqdm=True):
-        params = params if isinstance(params, list) else [params] * len(prompts)
+    def generate(self, prompts, sampling_params=None, *, use_tqdm=True):
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
+        if len(params) != len(prompts):  # as vLLM's LLM._validate_and_add_requests
+            raise ValueError("The lengths of prompts and sampling_params must be the same.")
         LLM.calls.append(list(zip(prompts, params)))
         return [SimpleNamespace(outputs=[self._one(p, sp, k) for k in range(sp.n)]) for p, sp in zip(prompts, params)]
 
