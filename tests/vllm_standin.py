@@ -1,7 +1,7 @@
 """A stand-in for the ``vllm`` package on machines without it (no GPU): the few names syllabus uses
 (``LLM(model, dtype, seed, ...)`` with the engine arguments syllabus passes and no others, ``LLM.generate``
-over token-id prompts with one ``SamplingParams`` per prompt or for all, ``LLM.get_tokenizer``), backed by a real transformers model loaded from the same
-directory vLLM would load. Greedy outputs are transformers' greedy outputs. Completions end as vLLM's do:
+over token-id prompts with one ``SamplingParams`` per prompt or for all, ``LLM.get_tokenizer``), backed by
+a real transformers model loaded from the same directory vLLM would load. Greedy outputs are transformers' greedy outputs. Completions end as vLLM's do:
 ``token_ids`` keeps the EOS token a completion stopped on, and a stop string ends a completion at the token
 that completes it (kept in ``token_ids``, ``stop_reason`` the string) and is left out of its text
 (vLLM's ``IncrementalDetokenizer`` and ``check_stop``)."""
