@@ -552,7 +552,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, t
     through_transformers = bool(transformers_only_settings(model))
     if through_transformers:
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=returns,
-                                  pad_token_id=pad_id, eos_token_id=enders if len(enders) > 1 else eos_id,
+                                  pad_token_id=pad_id, eos_token_id=enders or None,
                                   bos_token_id=tokenizer.bos_token_id,
                                   **({"temperature": temperature, "top_p": top_p, "top_k": 0} if sampling else {}))
     stop_check = _StopStrings(tokenizer, stop)
